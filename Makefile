@@ -1,0 +1,36 @@
+# The two commands a new user needs: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev
+
+.PHONY: demo test lint unit integration benchmark clean
+
+$(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# constraints.txt pins torch to the CPU wheel: anything else pulls GBs of CUDA.
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python -m bo_queue.demo
+
+lint: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+unit: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python -m pytest tests/integration
+
+benchmark: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

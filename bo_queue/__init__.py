@@ -1,0 +1,59 @@
+"""bo_queue: a distributed task queue for optimization work, on Celery and Redis.
+
+Importing this package is light: it never imports torch or Ax.
+"""
+
+from bo_queue.client import BOQueue, TaskRequest
+from bo_queue.config import Settings
+from bo_queue.context import TaskContext
+from bo_queue.errors import (
+    BOQueueError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    DependencyError,
+    InvalidResultError,
+    TaskCancelledError,
+    TaskError,
+    TaskExpiredError,
+    TaskFailedError,
+    TaskTimeoutError,
+    UnknownHandlerError,
+    UnknownTaskError,
+    ValidationError,
+)
+from bo_queue.handle import Progress, TaskHandle
+from bo_queue.records import TaskInfo
+from bo_queue.registry import handler
+from bo_queue.retry import RetryPolicy
+from bo_queue.states import TERMINAL_STATES, Priority, TaskState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TERMINAL_STATES",
+    "BOQueue",
+    "BOQueueError",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "DependencyError",
+    "InvalidResultError",
+    "Priority",
+    "Progress",
+    "RetryPolicy",
+    "Settings",
+    "TaskCancelledError",
+    "TaskContext",
+    "TaskError",
+    "TaskExpiredError",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskInfo",
+    "TaskRequest",
+    "TaskState",
+    "TaskTimeoutError",
+    "UnknownHandlerError",
+    "UnknownTaskError",
+    "ValidationError",
+    "__version__",
+    "handler",
+]

@@ -1,0 +1,64 @@
+"""The one factory that builds a Celery app from Settings, producers and workers alike."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from bo_queue.config import Settings
+from bo_queue.keys import Keys
+from bo_queue.states import Priority
+
+
+def make_celery(settings: Settings) -> Celery:
+    keys = Keys(settings.namespace)
+    visibility = settings.visibility_timeout_s
+    app = Celery(
+        f"bo_queue.{settings.namespace}",
+        broker=settings.redis_url,
+        backend=settings.results_url,
+        set_as_current=False,
+    )
+    app.conf.update(
+        # JSON only, on the wire and in the backend: pickle is never accepted.
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # At-least-once: a message is acknowledged only after its task ran, and comes
+        # back if the worker dies; each worker process holds one message at a time.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # The Redis transport: 10 priority lists per queue (0 served first), every key
+        # under the namespace, and one visibility timeout in all three places Celery reads.
+        broker_transport_options={
+            "visibility_timeout": visibility,
+            "priority_steps": list(range(10)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "global_keyprefix": keys.broker_prefix,
+            "socket_connect_timeout": settings.connect_timeout_s,
+        },
+        result_backend_transport_options={
+            "visibility_timeout": visibility,
+            "global_keyprefix": keys.results_prefix,
+        },
+        visibility_timeout=visibility,
+        redis_socket_connect_timeout=settings.connect_timeout_s,
+        broker_connection_timeout=settings.connect_timeout_s,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.default_queue,
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in settings.queues],
+        task_default_priority=Priority.NORMAL.broker_priority,
+        result_expires=settings.result_expires_s,
+        result_extended=True,
+        # Events for Flower and the monitor.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        enable_utc=True,
+        timezone="UTC",
+    )
+    return app

@@ -1,0 +1,400 @@
+"""BOQueue: the facade producers use to submit, watch and cancel tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import kombu.exceptions
+import pydantic
+import redis
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bo_queue import registry
+from bo_queue.app import make_celery
+from bo_queue.config import Settings
+from bo_queue.delays import DelayedSubmissions
+from bo_queue.errors import (
+    BrokerUnavailableError,
+    UnknownHandlerError,
+    UnknownTaskError,
+    ValidationError,
+)
+from bo_queue.handle import TaskHandle
+from bo_queue.keys import Keys
+from bo_queue.records import RecordStore, TaskInfo
+from bo_queue.results import CallbackDispatcher, ResultWaiter
+from bo_queue.states import Priority, TaskState
+
+
+class TaskRequest(BaseModel):
+    """One submission, validated at the edge. `submit_many` takes these (or dicts)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    handler: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    queue: str | None = None
+    countdown: float | None = Field(None, ge=0)
+    eta: datetime | None = None
+    expires: float | datetime | None = None
+    tags: tuple[str, ...] = ()
+    parent_id: str | None = None
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> Priority:
+        return Priority.parse(value)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not tag or len(tag) > 128 for tag in tags):
+            raise ValueError("tags must be non-empty strings of at most 128 characters")
+        return tuple(dict.fromkeys(tags))
+
+    @field_validator("expires")
+    @classmethod
+    def _expires(cls, value: float | datetime | None) -> float | datetime | None:
+        if isinstance(value, int | float) and not value > 0:
+            raise ValueError("expires (seconds from now) must be positive")
+        return value
+
+
+def _timestamp(moment: datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class _Plan:
+    """A validated request turned into what gets written and sent."""
+
+    __slots__ = ("due_at", "expires_at", "held", "id", "queue", "request")
+
+    def __init__(
+        self, request: TaskRequest, queue: str, due_at: float | None,
+        expires_at: float | None, held: bool,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.request = request
+        self.queue = queue
+        self.due_at = due_at
+        self.expires_at = expires_at
+        self.held = held
+
+
+class BOQueue:
+    """Submit tasks to named priority queues, and watch, wait for and cancel them.
+
+        bq = BOQueue(redis_url="redis://127.0.0.1:6379/0", namespace="boq")
+        h = bq.submit("reports.build", {"x": 1}, priority="high", tags=("nightly",))
+        h.get(timeout=10)
+    """
+
+    handler = staticmethod(registry.handler)
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        *,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            given = {"redis_url": redis_url, "namespace": namespace, **overrides}
+            settings = Settings.load(**{k: v for k, v in given.items() if v is not None})
+        elif redis_url or namespace or overrides:
+            raise ValidationError("pass either settings or individual options, not both")
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.app: Celery = make_celery(settings)
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=settings.connect_timeout_s,
+            socket_timeout=max(settings.connect_timeout_s, 10.0),
+        )
+        self.records = RecordStore(self.redis, self.keys, settings.result_expires_s)
+        self.delays = DelayedSubmissions(self.redis, self.keys)
+        self._directory: dict[str, dict[str, Any]] = {}
+        self._directory_read_at = -math.inf
+        self._results: ResultWaiter | None = None
+        self._callbacks: CallbackDispatcher | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> BOQueue:
+        """Settings from BO_QUEUE_* environment variables (see Settings)."""
+        return cls(settings=Settings.load(**overrides))
+
+    def __enter__(self) -> BOQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._callbacks is not None:
+            self._callbacks.close()
+        self.redis.close()
+
+    # -- results ------------------------------------------------------------------------
+
+    @property
+    def results(self) -> ResultWaiter:
+        if self._results is None:
+            with self._lock:
+                if self._results is None:
+                    probe = self.app.backend.get_key_for_task("x")  # Celery's own key scheme
+                    probe = probe.decode() if isinstance(probe, bytes) else probe
+                    prefix = probe[: -len("x")]
+                    client = redis.Redis.from_url(
+                        self.settings.results_url,
+                        socket_connect_timeout=self.settings.connect_timeout_s,
+                    )
+                    self._results = ResultWaiter(client, prefix)
+        return self._results
+
+    @property
+    def callbacks(self) -> CallbackDispatcher:
+        if self._callbacks is None:
+            with self._lock:
+                if self._callbacks is None:
+                    self._callbacks = CallbackDispatcher(self.results)
+        return self._callbacks
+
+    # -- submitting ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        handler: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: Priority | str | int = Priority.NORMAL,
+        queue: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        tags: Iterable[str] = (),
+        parent_id: str | None = None,
+    ) -> TaskHandle:
+        """Queue one task for the handler `handler`. Raises ValidationError (or
+        UnknownHandlerError) for bad input and BrokerUnavailableError if Redis is down;
+        in both cases nothing was queued."""
+        request = _request(
+            handler=handler, payload=payload if payload is not None else {},
+            priority=priority, queue=queue, countdown=countdown, eta=eta,
+            expires=expires, tags=tuple(tags), parent_id=parent_id,
+        )
+        return self._submit([self._plan(request)])[0]
+
+    def submit_many(
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]]
+    ) -> list[TaskHandle]:
+        """Queue many tasks in two pipelined round trips (records, then broker).
+        All are validated first: one bad request rejects the batch, nothing is queued."""
+        plans = []
+        for index, item in enumerate(requests):
+            try:
+                request = item if isinstance(item, TaskRequest) else _request(**item)
+                plans.append(self._plan(request))
+            except ValidationError as exc:
+                raise type(exc)(f"request {index}: {exc}") from None
+            except TypeError as exc:
+                raise ValidationError(f"request {index}: {exc}") from None
+        return self._submit(plans)
+
+    def _plan(self, request: TaskRequest) -> _Plan:
+        _check_payload(request.payload, self.settings.max_payload_bytes)
+        declared = self._handler_queue(request.handler)
+        queue = request.queue or declared or self.settings.default_queue
+        if queue not in self.settings.queues and queue != declared:
+            raise ValidationError(
+                f"unknown queue {queue!r}; configured queues: {', '.join(self.settings.queues)}"
+            )
+        now = time.time()
+        due_at = None
+        if request.countdown is not None and request.eta is not None:
+            raise ValidationError("give countdown or eta, not both")
+        if request.countdown:
+            due_at = now + request.countdown
+        if request.eta is not None:
+            due_at = _timestamp(request.eta)
+            if due_at < now - self.settings.eta_tolerance_s:
+                raise ValidationError(f"eta {request.eta.isoformat()} is in the past")
+            due_at = max(due_at, now)
+        expires_at = None
+        if request.expires is not None:
+            expires = request.expires
+            expires_at = _timestamp(expires) if isinstance(expires, datetime) else now + expires
+            if expires_at <= (due_at or now):
+                raise ValidationError("expires must be later than when the task is due")
+        held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
+        return _Plan(request, queue, due_at, expires_at, held)
+
+    def _submit(self, plans: list[_Plan]) -> list[TaskHandle]:
+        now = time.time()
+        with self._broker_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for plan in plans:
+                req = plan.request
+                self.records.create(pipe, {
+                    "id": plan.id, "handler": req.handler, "queue": plan.queue,
+                    "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
+                    "state": TaskState.PENDING if plan.held else TaskState.QUEUED,
+                    "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
+                })
+                if plan.held:
+                    self.delays.hold(pipe, plan.id, plan.due_at or now, self._message(plan))
+            pipe.execute()
+        to_send = [p for p in plans if not p.held]
+        if to_send:
+            with self._broker_errors(), self.app.producer_or_acquire() as producer:
+                with producer.batch() if len(to_send) > 1 else _nothing():
+                    for plan in to_send:
+                        self.send(plan.id, self._message(plan), producer=producer)
+        return [TaskHandle(self, plan.id) for plan in plans]
+
+    def _message(self, plan: _Plan) -> dict[str, Any]:
+        req = plan.request
+        return {
+            "handler": req.handler, "payload": req.payload, "queue": plan.queue,
+            "priority": req.priority.broker_priority, "due_at": plan.due_at,
+            "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
+        }
+
+    def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None) -> None:
+        """Hand one task message to Celery (used for new, held and retried tasks)."""
+        due_at, expires_at = message.get("due_at"), message.get("expires_at")
+        self.app.send_task(
+            message["handler"],
+            args=[message["payload"]],
+            task_id=task_id,
+            queue=message["queue"],
+            priority=message["priority"],
+            eta=_utc(due_at) if due_at and due_at > time.time() else None,
+            expires=_utc(expires_at) if expires_at else None,
+            retries=message.get("retries", 0),
+            parent_id=message.get("parent_id"),
+            producer=producer,
+        )
+
+    @contextmanager
+    def _broker_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis at {self.settings.redis_url} is unavailable: {exc}"
+            ) from exc
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _handler_queue(self, name: str) -> str | None:
+        """The queue a handler declared; UnknownHandlerError if nobody declared it."""
+        spec = registry.get(name)
+        if spec is not None:
+            return spec.queue
+        entry = self._directory.get(name)
+        if entry is None and time.monotonic() - self._directory_read_at > 0.5:
+            self.refresh_handlers()
+            entry = self._directory.get(name)
+        if entry is None:
+            raise UnknownHandlerError(name, sorted(self._directory) + sorted(registry.registered()))
+        queue: str | None = entry.get("queue")
+        return queue
+
+    def refresh_handlers(self) -> dict[str, dict[str, Any]]:
+        """Re-read the handler directory that workers publish when they start."""
+        with self._broker_errors():
+            raw = self.redis.hgetall(self.keys.handlers)
+        self._directory = {name: json.loads(spec) for name, spec in raw.items()}
+        self._directory_read_at = time.monotonic()
+        return dict(self._directory)
+
+    # -- looking and cancelling ---------------------------------------------------------
+
+    def handle(self, task_id: str) -> TaskHandle:
+        if not self.records.exists(task_id):
+            raise UnknownTaskError(task_id)
+        return TaskHandle(self, task_id)
+
+    def info(self, task_id: str) -> TaskInfo:
+        record = self.records.get(task_id)
+        if record is None:
+            raise UnknownTaskError(task_id)
+        return record
+
+    def cancel(
+        self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
+    ) -> TaskState:
+        """Cancel a task, persistently. A queued or delayed task never starts; a running
+        one sees `ctx.cancelled` (or is killed with terminate=True). Returns the state
+        after the call: CANCELLED, RUNNING (stopping), or the state it had already ended in.
+        """
+        return self._cancel(task_id, terminate, reason)[1]
+
+    def _cancel(self, task_id: str, terminate: bool, reason: str) -> tuple[TaskState, TaskState]:
+        """(state before, state after) of a cancellation."""
+        prior = self.records.cancel(task_id, reason)
+        if prior is None:
+            raise UnknownTaskError(task_id)
+        if prior.terminal:
+            return prior, prior
+        if prior is TaskState.RUNNING:
+            if terminate:
+                self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+            return prior, TaskState.RUNNING
+        self.delays.drop(task_id)
+        self.app.backend.mark_as_revoked(task_id, reason)  # wakes get() and then()
+        return prior, TaskState.CANCELLED
+
+    def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
+        """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
+        cancelled = []
+        for task_id in sorted(self.records.tagged(tag)):
+            try:
+                prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
+            except UnknownTaskError:  # its record expired; nothing left to cancel
+                continue
+            if not prior.terminal:
+                cancelled.append(task_id)
+        return cancelled
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _request(**fields: Any) -> TaskRequest:
+    try:
+        return TaskRequest(**fields)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValidationError(problems) from None
+
+
+def _check_payload(payload: Mapping[str, Any], limit: int) -> None:
+    try:
+        size = len(json.dumps(payload, allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"payload is not JSON-serialisable: {exc}") from None
+    if size > limit:
+        raise ValidationError(f"payload is {size} bytes; the limit is {limit}")
+

@@ -1,0 +1,96 @@
+"""One validated settings object. Every option is a field with its unit in the name;
+an unknown option (a typo in a keyword or in a BO_QUEUE_* variable) is an error, not ignored."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bo_queue.errors import ConfigurationError
+
+ENV_PREFIX = "BO_QUEUE_"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_url: str | None = None  # the result backend; defaults to redis_url
+    namespace: str = "boq"  # prefixes every Redis key bo_queue and Celery write
+    imports: Annotated[list[str], NoDecode] = Field(default_factory=list)  # handler modules
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default", "bo", "evaluate"]
+    )
+    default_queue: str = "default"
+    visibility_timeout_s: int = Field(3600, ge=10)  # > the longest task, or it runs twice
+    hold_delays_over_s: float = Field(300.0, gt=0)  # longer delays wait in Redis, not a worker
+    result_expires_s: int = Field(86_400, ge=60)  # results and task records
+    max_payload_bytes: int = Field(1_048_576, gt=0)
+    eta_tolerance_s: float = Field(5.0, ge=0)  # an eta this far in the past is still accepted
+    connect_timeout_s: float = Field(5.0, gt=0)
+    default_time_limit_s: float | None = Field(None, gt=0)
+
+    _split = field_validator("imports", "queues", mode="before")(_split_csv)
+
+    @field_validator("redis_url", "result_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+        return url
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", value):
+            raise ValueError("namespace: lowercase letters, digits, '_' or '-', at most 32")
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: list[str]) -> list[str]:
+        bad = [q for q in value if not _NAME.match(q)]
+        if bad or not value:
+            raise ValueError(f"queue names must be simple identifiers, got {bad or value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.default_queue not in self.queues:
+            raise ValueError(f"default_queue {self.default_queue!r} is not in queues")
+        if self.hold_delays_over_s >= self.visibility_timeout_s:
+            raise ValueError("hold_delays_over_s must be below visibility_timeout_s")
+        limit = self.default_time_limit_s
+        if limit is not None and limit >= self.visibility_timeout_s:
+            raise ValueError("default_time_limit_s must be below visibility_timeout_s")
+        return self
+
+    @property
+    def results_url(self) -> str:
+        return self.result_url or self.redis_url
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Settings from BO_QUEUE_* variables and keyword overrides; errors are ours."""
+        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**overrides)
+        except pydantic.ValidationError as exc:
+            raise ConfigurationError(str(exc)) from None

@@ -1,0 +1,78 @@
+"""TaskContext: what a handler gets besides its payload."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bo_queue.errors import TaskCancelledError, ValidationError
+
+if TYPE_CHECKING:
+    from bo_queue.client import BOQueue
+    from bo_queue.handle import TaskHandle
+
+_UNSET: Any = object()
+
+
+class TaskContext:
+    """Progress, cooperative cancellation, checkpoints, subtasks and a logger for one run.
+
+    A context lives for one attempt; what must outlive it (checkpoints, progress,
+    cancellation) is in Redis, keyed by the task id, so a retry or a redelivery to
+    another worker sees it.
+    """
+
+    def __init__(
+        self, bq: BOQueue, task_id: str, handler: str, attempt: int, retries: int
+    ) -> None:
+        self.task_id = task_id
+        self.handler = handler
+        self.attempt = attempt  # 1 on the first run; counts retries and redeliveries
+        self.retries = retries  # retries so far, as Celery counts them
+        self.log = logging.LoggerAdapter(
+            logging.getLogger(f"bo_queue.task.{handler}"),
+            {"task_id": task_id, "handler": handler, "attempt": attempt},
+        )
+        self._bq = bq
+        self._checkpoint: Any = _UNSET
+        self.cancel_seen = False  # the runner ends the task CANCELLED once this is set
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress as a fraction in [0, 1] with an optional message."""
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValidationError(f"progress fraction must be within [0, 1], got {fraction}")
+        self._bq.records.set_progress(self.task_id, float(fraction), str(message))
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled; the handler should stop and return soon."""
+        if not self.cancel_seen and self._bq.records.is_cancelled(self.task_id):
+            self.cancel_seen = True
+        return self.cancel_seen
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise TaskCancelledError(self.task_id, "cancelled while running")
+
+    def checkpoint(self, state: Any) -> None:
+        """Save JSON state that a later attempt of this task can resume from."""
+        try:
+            encoded = json.dumps(state, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"checkpoint is not JSON-serialisable: {exc}") from None
+        key = self._bq.keys.checkpoint(self.task_id)
+        self._bq.redis.set(key, encoded, ex=self._bq.settings.result_expires_s)
+        self._checkpoint = state
+
+    @property
+    def last_checkpoint(self) -> Any:
+        """The last state passed to checkpoint() by any attempt of this task, or None."""
+        if self._checkpoint is _UNSET:
+            raw = self._bq.redis.get(self._bq.keys.checkpoint(self.task_id))
+            self._checkpoint = None if raw is None else json.loads(raw)
+        return self._checkpoint
+
+    def spawn(self, handler: str, payload: dict[str, Any] | None = None, **options: Any) -> TaskHandle:
+        """Submit a subtask; the parent/child link is recorded on both records."""
+        return self._bq.submit(handler, payload, parent_id=self.task_id, **options)

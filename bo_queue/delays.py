@@ -1,0 +1,77 @@
+"""Submissions held in Redis until they are due.
+
+A Celery ETA task waits, unacknowledged, in a worker's memory; past the visibility
+timeout the Redis transport hands it to a second worker as well. So a delay longer than
+`hold_delays_over_s` (a long countdown, a far eta, a long retry backoff) is held here
+instead: a sorted set of task ids scored by due time, and a hash of what to send. Any
+worker (and beat) moves due ones to their queue; a claim is a lease, so a mover that
+dies mid-way only delays the send, never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bo_queue.keys import Keys
+
+log = logging.getLogger(__name__)
+
+# KEYS: delayed zset, specs hash. ARGV: now, limit, lease_s. Re-scores what it claims.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], id)
+  local spec = redis.call('HGET', KEYS[2], id)
+  if spec then
+    table.insert(out, id)
+    table.insert(out, spec)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
+
+class DelayedSubmissions:
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.zset = keys.delayed
+        self.specs = f"{keys.delayed}:specs"
+        self._claim = client.register_script(_CLAIM)
+
+    def hold(self, pipe: Any, task_id: str, due_at: float, spec: dict[str, Any]) -> None:
+        pipe.hset(self.specs, task_id, json.dumps(spec))
+        pipe.zadd(self.zset, {task_id: due_at})
+
+    def drop(self, task_id: str) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.zset, task_id)
+            pipe.hdel(self.specs, task_id)
+            pipe.execute()
+
+    def pending(self) -> int:
+        return int(self.redis.zcard(self.zset))
+
+    def release_due(
+        self, send: Callable[[str, dict[str, Any]], None], limit: int = 100, lease_s: float = 30
+    ) -> int:
+        """Send every due submission; returns how many were sent."""
+        reply = self._claim(keys=[self.zset, self.specs], args=[time.time(), limit, lease_s])
+        sent = 0
+        for task_id, spec in zip(reply[::2], reply[1::2], strict=True):
+            try:
+                send(task_id, json.loads(spec))
+            except Exception:  # keep the lease: it is retried once the lease runs out
+                log.exception("could not send held task %s; will retry", task_id)
+                continue
+            self.drop(task_id)
+            sent += 1
+        return sent

@@ -1,0 +1,97 @@
+"""bo_queue's exceptions: one root, so callers can catch everything the library raises.
+
+    BOQueueError
+    ├── ConfigurationError          settings that cannot work (unknown key, bad URL, ...)
+    ├── ValidationError             bad input at the edge (also a ValueError)
+    │   └── UnknownHandlerError     no worker or producer declared that handler name
+    ├── UnknownTaskError            no record for that task id (also a LookupError)
+    ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
+    ├── DependencyError             a dependency cycle, or an unknown or failed dependency
+    └── TaskError                   how a task ended, raised by TaskHandle.get()
+        ├── TaskFailedError         the handler raised; carries the remote type, message, traceback
+        ├── TaskCancelledError      cancelled (by id, tag or terminate) before it could finish
+        ├── TaskExpiredError        its `expires` passed before a worker started it
+        └── TaskTimeoutError        get(timeout=...) gave up waiting (the task may still finish)
+
+    InvalidResultError (a ValidationError) is raised *inside* a worker when a handler
+    returns something that is not JSON; the task then fails with it as its remote type.
+"""
+
+from __future__ import annotations
+
+
+class BOQueueError(Exception):
+    """Root of every exception bo_queue raises."""
+
+
+class ConfigurationError(BOQueueError):
+    """The settings cannot work: an unknown key, a malformed URL, contradictory values."""
+
+
+class ValidationError(BOQueueError, ValueError):
+    """Bad input at the edge: the call is rejected and nothing was written."""
+
+
+class UnknownHandlerError(ValidationError):
+    """No worker has registered a handler of that name (and this process has not either)."""
+
+    def __init__(self, name: str, known: list[str] | None = None) -> None:
+        hint = f"; known handlers: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"unknown handler {name!r}{hint}")
+        self.name = name
+
+
+class InvalidResultError(ValidationError):
+    """A handler returned a value that cannot be stored as JSON."""
+
+
+class UnknownTaskError(BOQueueError, LookupError):
+    """No task record exists for that id (never submitted, or past its retention)."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id!r} (never submitted, or past retention)")
+        self.task_id = task_id
+
+
+class BrokerUnavailableError(BOQueueError, ConnectionError):
+    """Redis could not be reached in time; nothing was submitted."""
+
+
+class DependencyError(BOQueueError):
+    """A dependency cycle, a dependency on an unknown task, or a failed dependency."""
+
+
+class TaskError(BOQueueError):
+    """How a task ended, when it did not succeed. `task_id` names the task."""
+
+    def __init__(self, task_id: str, message: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """The handler raised. The remote exception's type, message and traceback come along."""
+
+    def __init__(
+        self, task_id: str, remote_type: str, remote_message: str, remote_traceback: str | None
+    ) -> None:
+        super().__init__(task_id, f"task {task_id} failed: {remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled before it could finish. Handlers may raise it to stop early."""
+
+    def __init__(self, task_id: str = "", reason: str = "cancelled") -> None:
+        super().__init__(task_id, f"task {task_id} was cancelled: {reason}")
+        self.reason = reason
+
+
+class TaskExpiredError(TaskError):
+    """The task's `expires` passed before any worker started it; it never ran."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """`get(timeout=...)` gave up waiting. The task itself may still finish later."""

@@ -1,0 +1,75 @@
+"""TaskHandle: the producer's view of one submitted task."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from bo_queue.errors import TaskCancelledError, TaskExpiredError, TaskTimeoutError
+from bo_queue.records import TaskInfo
+from bo_queue.results import OnFailure, OnSuccess, outcome
+from bo_queue.states import TaskState
+
+if TYPE_CHECKING:
+    from bo_queue.client import BOQueue
+
+
+class Progress(NamedTuple):
+    fraction: float
+    message: str
+
+
+class TaskHandle:
+    __slots__ = ("_bq", "id")
+
+    def __init__(self, bq: BOQueue, task_id: str) -> None:
+        self._bq = bq
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def info(self) -> TaskInfo:
+        return self._bq.info(self.id)
+
+    @property
+    def state(self) -> TaskState:
+        return self.info().state
+
+    @property
+    def progress(self) -> Progress:
+        fraction, message = self._bq.records.get_fields(self.id, "progress", "progress_message")
+        return Progress(float(fraction or 0.0), message or "")
+
+    def ready(self) -> bool:
+        """True once the task has ended, whichever way."""
+        return self.state.terminal
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The handler's return value. Raises TaskFailedError, TaskCancelledError,
+        TaskExpiredError, or TaskTimeoutError once `timeout` seconds pass (None: wait)."""
+        meta = self._bq.results.fetch(self.id)
+        if meta is None:
+            state = self.state
+            if state is TaskState.EXPIRED:
+                raise TaskExpiredError(self.id, f"task {self.id} expired before it started")
+            if state is TaskState.CANCELLED:
+                raise TaskCancelledError(self.id, "cancelled before it started")
+            meta = self._bq.results.wait(self.id, timeout)
+        if meta is None:
+            raise TaskTimeoutError(self.id, f"task {self.id} did not finish within {timeout} s")
+        return outcome(self.id, meta)
+
+    def then(self, on_success: OnSuccess, on_failure: OnFailure | None = None) -> TaskHandle:
+        """Run `on_success(result)` or `on_failure(TaskError)` in this process when the task
+        ends (on a bo_queue thread). Returns self."""
+        self._bq.callbacks.watch(self.id, on_success, on_failure)
+        return self
+
+    def cancel(self, terminate: bool = False) -> TaskState:
+        return self._bq.cancel(self.id, terminate=terminate)

@@ -1,0 +1,50 @@
+"""Redis key names. Everything bo_queue writes lives under `{namespace}:`; Celery's own keys
+live under `{namespace}:broker:` and `{namespace}:results:` (kombu's global_keyprefix),
+so several deployments share one Redis without seeing each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str
+
+    @property
+    def broker_prefix(self) -> str:
+        return f"{self.namespace}:broker:"
+
+    @property
+    def results_prefix(self) -> str:
+        return f"{self.namespace}:results:"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.namespace}:task:{task_id}"
+
+    def children(self, task_id: str) -> str:
+        return f"{self.namespace}:task:{task_id}:children"
+
+    def checkpoint(self, task_id: str) -> str:
+        return f"{self.namespace}:task:{task_id}:checkpoint"
+
+    def cancelled(self, task_id: str) -> str:
+        return f"{self.namespace}:cancelled:{task_id}"
+
+    def tag(self, tag: str) -> str:
+        return f"{self.namespace}:tag:{tag}"
+
+    @property
+    def handlers(self) -> str:
+        """Hash: handler name -> JSON spec, written by every worker at start."""
+        return f"{self.namespace}:handlers"
+
+    @property
+    def workers(self) -> str:
+        """Hash: worker hostname -> last heartbeat (unix seconds)."""
+        return f"{self.namespace}:workers"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of held submissions, scored by the time they are due."""
+        return f"{self.namespace}:delayed"

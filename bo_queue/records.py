@@ -1,0 +1,191 @@
+"""Task records: one Redis hash per task under the namespace, with a TTL.
+
+The record is the source of truth for a task's state, progress, tags and lineage; the
+Celery result backend holds its result. State changes that race (a cancel against a
+worker starting the task) are single Lua scripts, so exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from bo_queue.keys import Keys
+from bo_queue.states import Priority, TaskState
+
+
+class TaskInfo(BaseModel):
+    """A task record as `bq.info()` returns it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    handler: str
+    state: TaskState
+    queue: str
+    priority: Priority
+    tags: tuple[str, ...] = ()
+    parent_id: str | None = None
+    children: tuple[str, ...] = ()
+    created_at: datetime
+    due_at: datetime | None = None
+    expires_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    attempts: int = 0  # how many times a worker started it (retries and redeliveries)
+    retries: int = 0
+    worker: str | None = None
+    progress: float = 0.0
+    progress_message: str = ""
+    error: str | None = None
+
+
+# KEYS: record, cancel flag. ARGV: worker, now, ttl.
+# -> {"cancelled"} | {"done"} | {"run", attempts}
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if state ~= 'SUCCEEDED' and state ~= 'FAILED' and state ~= 'EXPIRED' then
+    redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[2])
+  end
+  return {'cancelled'}
+end
+if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
+  return {'done'}
+end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_at', ARGV[2], 'worker', ARGV[1])
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {'run', attempts}
+"""
+
+# KEYS: record, cancel flag. ARGV: now, ttl, reason.
+# -> nil (no such task) | the state before the cancel
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return nil end
+if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
+  return state
+end
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
+if state ~= 'RUNNING' then
+  redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[1], 'error', ARGV[3])
+end
+return state
+"""
+
+# KEYS: record. ARGV: new state, ttl, then field/value pairs.
+# Moves a non-terminal record on; a terminal record keeps its final state.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, tuple | list):
+            out[key] = json.dumps(list(value))
+        elif isinstance(value, Priority):
+            out[key] = str(int(value))
+        else:
+            out[key] = str(value)
+    return out
+
+
+class RecordStore:
+    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+        self.redis = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._start = client.register_script(_START)
+        self._cancel = client.register_script(_CANCEL)
+        self._transition = client.register_script(_TRANSITION)
+
+    def create(self, pipe: Any, fields: Mapping[str, Any]) -> None:
+        """Queue the writes for a new record (and its tag and parent links) on `pipe`."""
+        task_id = fields["id"]
+        key = self.keys.task(task_id)
+        pipe.hset(key, mapping=_encode(fields))
+        pipe.expire(key, self.ttl_s)
+        for tag in fields.get("tags") or ():
+            pipe.sadd(self.keys.tag(tag), task_id)
+            pipe.expire(self.keys.tag(tag), self.ttl_s)
+        parent = fields.get("parent_id")
+        if parent:
+            pipe.sadd(self.keys.children(parent), task_id)
+            pipe.expire(self.keys.children(parent), self.ttl_s)
+
+    def start(self, task_id: str, worker: str) -> tuple[str, int]:
+        """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) | ('done', 0)."""
+        keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
+        reply = self._start(keys=keys, args=[worker, time.time(), self.ttl_s])
+        return str(reply[0]), int(reply[1]) if len(reply) > 1 else 0
+
+    def transition(self, task_id: str, state: TaskState, **fields: Any) -> bool:
+        """Move a record to `state` unless it has already ended. False if it had."""
+        flat: list[str] = []
+        for key, value in _encode(fields).items():
+            flat += [key, value]
+        args = [state.value, self.ttl_s, *flat]
+        return bool(self._transition(keys=[self.keys.task(task_id)], args=args))
+
+    def cancel(self, task_id: str, reason: str) -> TaskState | None:
+        """Persist a cancellation. Returns the state before it, or None for an unknown id."""
+        keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
+        prior = self._cancel(keys=keys, args=[time.time(), self.ttl_s, reason])
+        return None if prior is None else TaskState(prior)
+
+    def is_cancelled(self, task_id: str) -> bool:
+        return bool(self.redis.exists(self.keys.cancelled(task_id)))
+
+    def set_progress(self, task_id: str, fraction: float, message: str) -> None:
+        key = self.keys.task(task_id)
+        self.redis.hset(key, mapping={"progress": fraction, "progress_message": message})
+
+    def get_fields(self, task_id: str, *fields: str) -> list[str | None]:
+        return list(self.redis.hmget(self.keys.task(task_id), list(fields)))
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.task(task_id))
+            pipe.smembers(self.keys.children(task_id))
+            raw, children = pipe.execute()
+        if not raw:
+            return None
+        return parse_record(raw, children)
+
+    def tagged(self, tag: str) -> set[str]:
+        return set(self.redis.smembers(self.keys.tag(tag)))
+
+    def exists(self, task_id: str) -> bool:
+        return bool(self.redis.exists(self.keys.task(task_id)))
+
+
+def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> TaskInfo:
+    data: dict[str, Any] = dict(raw)
+    data["tags"] = tuple(json.loads(data.get("tags", "[]")))
+    data["children"] = tuple(sorted(children or ()))
+    state = TaskState(data["state"])
+    expires = data.get("expires_at")
+    # A task whose `expires` passed while it waited will never run: say so now, not only
+    # once a worker picks its message up and discards it.
+    if state in (TaskState.PENDING, TaskState.QUEUED) and expires and float(expires) < time.time():
+        data["state"] = TaskState.EXPIRED
+    return TaskInfo.model_validate(data)

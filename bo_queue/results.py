@@ -1,0 +1,186 @@
+"""Waiting for results in the Celery result backend, and `then()` callbacks.
+
+Celery's Redis backend SETs each result under `celery-task-meta-<id>` and PUBLISHes it on
+a channel of the same name. We read that directly (JSON only) rather than through
+AsyncResult.get(), whose shared result consumer is not safe across threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bo_queue.errors import (
+    TaskCancelledError,
+    TaskError,
+    TaskExpiredError,
+    TaskFailedError,
+)
+
+log = logging.getLogger(__name__)
+
+READY_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+OnSuccess = Callable[[Any], None]
+OnFailure = Callable[[TaskError], None]
+
+
+def _message(exc_info: dict[str, Any]) -> str:
+    message = exc_info.get("exc_message", "")
+    if isinstance(message, list | tuple):
+        return " ".join(str(part) for part in message)
+    return str(message)
+
+
+def outcome(task_id: str, meta: dict[str, Any]) -> Any:
+    """The result of a finished task, or the TaskError that says how it ended."""
+    status = meta["status"]
+    if status == "SUCCESS":
+        return meta.get("result")
+    exc_info = meta.get("result") or {}
+    if not isinstance(exc_info, dict):
+        exc_info = {"exc_type": "Exception", "exc_message": str(exc_info)}
+    if status == "REVOKED":
+        reason = _message(exc_info)
+        if reason == "expired":
+            raise TaskExpiredError(task_id, f"task {task_id} expired before it started")
+        raise TaskCancelledError(task_id, reason or "cancelled")
+    module = exc_info.get("exc_module")
+    name = exc_info.get("exc_type", "Exception")
+    remote_type = f"{module}.{name}" if module and module != "builtins" else name
+    raise TaskFailedError(task_id, remote_type, _message(exc_info), meta.get("traceback"))
+
+
+class ResultWaiter:
+    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+        self.redis = client
+        self.prefix = key_prefix
+
+    def key(self, task_id: str) -> str:
+        return self.prefix + task_id
+
+    def fetch(self, task_id: str) -> dict[str, Any] | None:
+        """The stored meta if the task is finished, else None."""
+        return _ready(self.redis.get(self.key(task_id)))
+
+    def fetch_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        raws = self.redis.mget([self.key(t) for t in task_ids]) if task_ids else []
+        return [_ready(raw) for raw in raws]
+
+    def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """Block until the task is finished (meta) or the timeout passes (None)."""
+        meta = self.fetch(task_id)
+        if meta is not None:
+            return meta
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.key(task_id))
+            meta = self.fetch(task_id)  # it may have finished before we subscribed
+            while meta is None:
+                left = 1.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                message = pubsub.get_message(timeout=min(left, 1.0))
+                if message is not None:
+                    meta = _ready(message["data"])
+            return meta
+        finally:
+            pubsub.close()
+
+
+def _ready(raw: bytes | str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    meta: dict[str, Any] = json.loads(raw)
+    return meta if meta.get("status") in READY_STATUSES else None
+
+
+class CallbackDispatcher:
+    """One daemon thread that runs `then()` callbacks in the producer as results arrive.
+
+    The thread owns its pub/sub connection (redis-py's PubSub is not thread-safe);
+    other threads hand it work through a queue.
+    """
+
+    def __init__(self, waiter: ResultWaiter) -> None:
+        self.waiter = waiter
+        self._requests: queue.SimpleQueue[tuple[str, OnSuccess, OnFailure | None]] = (
+            queue.SimpleQueue()
+        )
+        self._pending: dict[str, list[tuple[OnSuccess, OnFailure | None]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bo-queue-callbacks", daemon=True)
+        self._thread.start()
+
+    def watch(self, task_id: str, on_success: OnSuccess, on_failure: OnFailure | None) -> None:
+        self._requests.put((task_id, on_success, on_failure))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        pubsub = self.waiter.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step(pubsub)
+                except redis.RedisError:
+                    log.exception("result listener lost Redis; retrying")
+                    time.sleep(0.5)
+                    pubsub.close()
+                    pubsub = self.waiter.redis.pubsub(ignore_subscribe_messages=True)
+                    if self._pending:
+                        pubsub.subscribe(*[self.waiter.key(t) for t in self._pending])
+                        self._check(list(self._pending), pubsub)
+        finally:
+            pubsub.close()
+
+    def _step(self, pubsub: redis.client.PubSub) -> None:
+        added: list[str] = []
+        while not self._requests.empty():
+            task_id, ok, err = self._requests.get()
+            if task_id not in self._pending:
+                added.append(task_id)
+            self._pending.setdefault(task_id, []).append((ok, err))
+        if added:
+            pubsub.subscribe(*[self.waiter.key(t) for t in added])
+            self._check(added, pubsub)  # results stored before we subscribed
+        if not pubsub.subscribed:
+            time.sleep(0.02)
+            return
+        message = pubsub.get_message(timeout=0.02)
+        if message is not None:
+            meta = _ready(message["data"])
+            if meta is not None:
+                task_id = message["channel"].decode()[len(self.waiter.prefix) :]
+                self._fire(task_id, meta, pubsub)
+
+    def _check(self, task_ids: list[str], pubsub: redis.client.PubSub) -> None:
+        for task_id, meta in zip(task_ids, self.waiter.fetch_many(task_ids), strict=True):
+            if meta is not None:
+                self._fire(task_id, meta, pubsub)
+
+    def _fire(self, task_id: str, meta: dict[str, Any], pubsub: redis.client.PubSub) -> None:
+        callbacks = self._pending.pop(task_id, [])
+        if not callbacks:
+            return
+        pubsub.unsubscribe(self.waiter.key(task_id))
+        for on_success, on_failure in callbacks:
+            try:
+                try:
+                    value = outcome(task_id, meta)
+                except TaskError as exc:
+                    if on_failure is not None:
+                        on_failure(exc)
+                else:
+                    on_success(value)
+            except Exception:
+                log.exception("a then() callback for task %s raised", task_id)

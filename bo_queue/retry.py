@@ -1,0 +1,49 @@
+"""RetryPolicy: which errors retry, how often, and how long to wait between attempts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff with a cap and optional full jitter.
+
+    The delay before retry n (0-based) is min(backoff_max, backoff * 2**n); with jitter
+    it is drawn uniformly from [0, that]. `on` lists the exception types that retry;
+    anything else fails the task at once.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    max_retries: int = Field(3, ge=0, le=100)
+    backoff: float = Field(1.0, ge=0)
+    backoff_max: float = Field(600.0, ge=0)
+    jitter: bool = True
+    on: tuple[type[BaseException], ...] = (Exception,)
+
+    @model_validator(mode="after")
+    def _check(self) -> RetryPolicy:
+        if self.backoff_max < self.backoff:
+            raise ValueError("backoff_max must be at least backoff")
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.on):
+            raise ValueError("`on` takes exception classes")
+        return self
+
+    def retries(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.on)
+
+    def delay_s(self, retry: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff * (2**retry))
+        return random.uniform(0, ceiling) if self.jitter else ceiling
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly summary (for the handler directory and monitoring)."""
+        data = self.model_dump(exclude={"on"})
+        data["on"] = [f"{t.__module__}.{t.__qualname__}" for t in self.on]
+        return data
+
+
+NO_RETRY = RetryPolicy(max_retries=0)

@@ -1,0 +1,1 @@
+"""bo_queue workers: the Celery app they run, the task runner, and built-in handlers."""

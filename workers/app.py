@@ -1,0 +1,32 @@
+"""The Celery app a worker runs: `celery -A workers.app worker` (what `bo-queue worker` runs).
+
+Settings come from BO_QUEUE_* variables; every module in BO_QUEUE_IMPORTS is imported and
+each handler it declares becomes a task this worker runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from celery import Celery
+
+from bo_queue.client import BOQueue
+from bo_queue.config import Settings
+from bo_queue.errors import ConfigurationError
+from workers import lifecycle
+from workers.runner import bind_handlers
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    bq = BOQueue(settings=settings or Settings.load())
+    for module in ["workers.builtin", *bq.settings.imports]:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"cannot import handler module {module!r}: {exc}") from exc
+    bind_handlers(bq.app, bq)
+    lifecycle.install(bq.app, bq)
+    return bq.app
+
+
+app = create_worker_app()

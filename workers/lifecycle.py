@@ -1,0 +1,98 @@
+"""What a bo_queue worker does besides running tasks.
+
+- publishes its handlers to the directory producers read (so they can submit by name),
+- writes a heartbeat,
+- moves held submissions that are due to their queues (bo_queue.delays),
+- keeps task records right where Celery ends a task outside the handler: revoked,
+  expired, killed by the hard time limit, or failed after its worker was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+from celery import Celery, bootsteps
+from celery.signals import task_failure, task_revoked
+
+from bo_queue import registry
+from bo_queue.client import BOQueue
+from bo_queue.states import TaskState
+from workers.runner import describe
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+
+
+def install(app: Celery, bq: BOQueue) -> None:
+    class BOQueueStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires: ClassVar = {"celery.worker.components:Timer"}
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self.tref: Any = None
+            self.hostname = ""
+
+        def start(self, worker: Any) -> None:
+            self.hostname = worker.hostname
+            publish_handlers(bq, worker.hostname)
+            self.tick()
+            self.tref = worker.timer.call_repeatedly(TICK_S, self.tick)
+
+        def stop(self, worker: Any) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+            try:
+                bq.redis.hdel(bq.keys.workers, self.hostname)
+            except Exception:
+                log.warning("could not remove the heartbeat of %s", self.hostname)
+
+        def tick(self) -> None:
+            try:
+                bq.redis.hset(bq.keys.workers, self.hostname, time.time())
+                bq.delays.release_due(bq.send)
+            except Exception:  # Redis down: the next tick tries again
+                log.exception("bo_queue worker tick failed")
+
+    app.steps["worker"].add(BOQueueStep)
+
+
+def publish_handlers(bq: BOQueue, hostname: str) -> None:
+    now = time.time()
+    directory = {}
+    for name, spec in registry.registered().items():
+        entry = spec.describe()
+        entry.update(queue=spec.queue or bq.settings.default_queue, worker=hostname, updated_at=now)
+        directory[name] = json.dumps(entry)
+    if directory:
+        bq.redis.hset(bq.keys.handlers, mapping=directory)
+
+
+def _bq_of(sender: Any) -> BOQueue | None:
+    bq = getattr(sender, "bq", None)
+    return bq if isinstance(bq, BOQueue) else None
+
+
+@task_revoked.connect(weak=False)
+def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    bq = _bq_of(sender)
+    if bq is None or request is None:
+        return
+    state = TaskState.EXPIRED if expired else TaskState.CANCELLED
+    bq.records.transition(request.id, state, finished_at=time.time())
+
+
+@task_failure.connect(weak=False)
+def _on_failure(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+    **_: Any,
+) -> None:
+    bq = _bq_of(sender)
+    if bq is None or task_id is None or exception is None:
+        return
+    bq.records.transition(
+        task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exception)
+    )

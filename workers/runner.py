@@ -1,0 +1,151 @@
+"""How a worker runs a handler: every registered handler becomes a Celery task of the
+same name whose body is `execute`.
+
+Record writes that say a task has ended happen in the Task hooks Celery calls *after*
+it stored the result, so a worker lost in between leaves a record that still says
+RUNNING (and the redelivered message runs again) rather than one that says SUCCEEDED
+over a missing result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Retry
+
+from bo_queue import registry
+from bo_queue.client import BOQueue
+from bo_queue.context import TaskContext
+from bo_queue.errors import ConfigurationError, InvalidResultError, TaskCancelledError
+from bo_queue.registry import HandlerSpec
+from bo_queue.states import TaskState
+
+log = logging.getLogger(__name__)
+
+HARD_LIMIT_GRACE_S = 5.0  # the soft limit raises in the handler; the hard one kills it
+
+
+class HandlerTask(Task):  # type: ignore[misc]
+    """The Celery task class behind a bo_queue handler."""
+
+    bq: BOQueue
+    spec: HandlerSpec
+    typing = False
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        self.bq.records.transition(
+            task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0
+        )
+        _hook(self.spec.on_success, self.request, retval)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        self.bq.records.transition(
+            task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc)
+        )
+        _hook(self.spec.on_failure, self.request, exc)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hook(hook: Any, request: Any, value: Any, *extra: Any) -> None:
+    ctx = getattr(request, "bo_context", None)
+    if hook is None or ctx is None:
+        return
+    try:
+        hook(ctx, value, *extra)
+    except Exception:
+        log.exception("the %s hook of handler %s raised", hook.__name__, ctx.handler)
+
+
+def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
+    bq, spec, req = task.bq, task.spec, task.request
+    verdict, attempt = bq.records.start(req.id, worker=req.hostname or "?")
+    if verdict == "cancelled":  # cancelled while queued: never start it
+        task.backend.mark_as_revoked(req.id, "cancelled")
+        raise Ignore()
+    if verdict == "done":  # a redelivery of a task that already ended
+        raise Ignore()
+    ctx = TaskContext(bq, req.id, spec.name, attempt, req.retries)
+    req.bo_context = ctx
+    try:
+        result = spec.fn(payload, ctx)
+        if ctx.cancel_seen:
+            raise TaskCancelledError(req.id, "cancelled while running")
+        _check_json(spec.name, result)
+        return result
+    except TaskCancelledError as exc:
+        task.backend.mark_as_revoked(req.id, exc.reason)
+        bq.records.transition(
+            req.id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason
+        )
+        raise Ignore() from None
+    except Exception as exc:
+        policy = spec.retry
+        if not policy.retries(exc) or req.retries >= policy.max_retries:
+            raise  # Celery stores the failure, then calls HandlerTask.on_failure
+        raise _retry(task, ctx, payload, exc) from exc
+
+
+def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Exception) -> Retry:
+    bq, spec, req = task.bq, task.spec, task.request
+    delay = spec.retry.delay_s(req.retries)
+    due_at = time.time() + delay
+    bq.records.transition(
+        req.id, TaskState.RETRYING, next_attempt_at=due_at, retries=req.retries + 1,
+        error=describe(exc),
+    )
+    _hook(spec.on_retry, req, exc, delay)
+    if delay <= bq.settings.hold_delays_over_s:
+        return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)  # type: ignore[no-any-return]
+    # A long backoff waits in Redis, not in a worker's memory (see bo_queue.delays).
+    info = req.delivery_info or {}
+    expires = datetime.fromisoformat(req.expires).timestamp() if req.expires else None
+    bq.delays.hold(bq.redis, req.id, due_at, {
+        "handler": spec.name, "payload": payload,
+        "queue": info.get("routing_key") or spec.queue or bq.settings.default_queue,
+        "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
+        "retries": req.retries + 1, "parent_id": req.parent_id,
+    })
+    return Retry(exc=exc, when=delay)
+
+
+def _check_json(handler: str, result: Any) -> None:
+    try:
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidResultError(
+            f"handler {handler!r} returned a value that is not JSON-serialisable: {exc}"
+        ) from None
+
+
+def bind_handlers(app: Celery, bq: BOQueue) -> list[str]:
+    """Make a Celery task on `app` for every registered handler not bound yet."""
+    bound = []
+    for name, spec in registry.registered().items():
+        if name in app.tasks:
+            continue
+        limit = spec.time_limit_s or bq.settings.default_time_limit_s
+        if limit is not None and limit + HARD_LIMIT_GRACE_S >= bq.settings.visibility_timeout_s:
+            raise ConfigurationError(
+                f"handler {name!r}: time limit {limit} s (+{HARD_LIMIT_GRACE_S} s grace) must be "
+                f"below visibility_timeout_s={bq.settings.visibility_timeout_s}"
+            )
+        limits = {} if limit is None else {
+            "soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_S
+        }
+        app.task(
+            name=name, base=HandlerTask, bind=True, bq=bq, spec=spec,
+            queue=spec.queue or bq.settings.default_queue,
+            max_retries=spec.retry.max_retries, **limits,
+        )(execute)
+        bound.append(name)
+    return bound
