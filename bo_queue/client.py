@@ -31,7 +31,7 @@ from bo_queue.errors import (
 from bo_queue.handle import TaskHandle
 from bo_queue.keys import Keys
 from bo_queue.records import RecordStore, TaskInfo
-from bo_queue.results import CallbackDispatcher, ResultWaiter
+from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, TaskState
 
 
@@ -261,10 +261,13 @@ class BOQueue:
             pipe.execute()
         to_send = [p for p in plans if not p.held]
         if to_send:
-            with self._broker_errors(), self.app.producer_or_acquire() as producer:
-                with producer.batch() if len(to_send) > 1 else _nothing():
-                    for plan in to_send:
-                        self.send(plan.id, self._message(plan), producer=producer)
+            with (
+                self._broker_errors(),
+                self.app.producer_or_acquire() as producer,
+                producer.batch() if len(to_send) > 1 else _nothing(),
+            ):
+                for plan in to_send:
+                    self.send(plan.id, self._message(plan), producer=producer)
         return [TaskHandle(self, plan.id) for plan in plans]
 
     def _message(self, plan: _Plan) -> dict[str, Any]:
@@ -295,7 +298,7 @@ class BOQueue:
     def _broker_errors(self) -> Iterator[None]:
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:  # noqa: E501
             raise BrokerUnavailableError(
                 f"Redis at {self.settings.redis_url} is unavailable: {exc}"
             ) from exc
@@ -335,6 +338,12 @@ class BOQueue:
         record = self.records.get(task_id)
         if record is None:
             raise UnknownTaskError(task_id)
+        if not record.state.terminal:
+            # The result backend learns that a task ended a moment before the worker
+            # updates the record; the stored result wins, so get() and state agree.
+            meta = self.results.fetch(task_id)
+            if meta is not None:
+                record = TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})
         return record
 
     def cancel(

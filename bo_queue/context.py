@@ -73,6 +73,8 @@ class TaskContext:
             self._checkpoint = None if raw is None else json.loads(raw)
         return self._checkpoint
 
-    def spawn(self, handler: str, payload: dict[str, Any] | None = None, **options: Any) -> TaskHandle:
+    def spawn(
+        self, handler: str, payload: dict[str, Any] | None = None, **options: Any
+    ) -> TaskHandle:
         """Submit a subtask; the parent/child link is recorded on both records."""
         return self._bq.submit(handler, payload, parent_id=self.task_id, **options)

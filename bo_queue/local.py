@@ -74,7 +74,7 @@ class RedisServer:
             "--dir", self.dir, "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
 
         def up() -> bool:

@@ -23,6 +23,7 @@ from bo_queue.errors import (
     TaskExpiredError,
     TaskFailedError,
 )
+from bo_queue.states import TaskState, from_celery_state
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,33 @@ OnSuccess = Callable[[Any], None]
 OnFailure = Callable[[TaskError], None]
 
 
-def _message(exc_info: dict[str, Any]) -> str:
+def _message(exc_info: Any) -> str:
+    if not isinstance(exc_info, dict):
+        return str(exc_info)
     message = exc_info.get("exc_message", "")
     if isinstance(message, list | tuple):
         return " ".join(str(part) for part in message)
     return str(message)
+
+
+def state_of(meta: dict[str, Any]) -> TaskState:
+    """The final state a stored result says the task ended in."""
+    if meta["status"] == "REVOKED" and _message(meta.get("result") or {}) == "expired":
+        return TaskState.EXPIRED
+    return from_celery_state(meta["status"])
+
+
+def final_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """Record fields as the stored result has them (the record catches up a moment later)."""
+    state = state_of(meta)
+    fields: dict[str, Any] = {"state": state, "finished_at": meta.get("date_done")}
+    if state is TaskState.SUCCEEDED:
+        fields["progress"] = 1.0
+    elif state is TaskState.FAILED:
+        info = meta.get("result") or {}
+        name = info.get("exc_type", "Exception") if isinstance(info, dict) else "Exception"
+        fields["error"] = f"{name}: {_message(info)}"
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def outcome(task_id: str, meta: dict[str, Any]) -> Any:
@@ -46,11 +69,10 @@ def outcome(task_id: str, meta: dict[str, Any]) -> Any:
     exc_info = meta.get("result") or {}
     if not isinstance(exc_info, dict):
         exc_info = {"exc_type": "Exception", "exc_message": str(exc_info)}
+    if state_of(meta) is TaskState.EXPIRED:
+        raise TaskExpiredError(task_id, f"task {task_id} expired before it started")
     if status == "REVOKED":
-        reason = _message(exc_info)
-        if reason == "expired":
-            raise TaskExpiredError(task_id, f"task {task_id} expired before it started")
-        raise TaskCancelledError(task_id, reason or "cancelled")
+        raise TaskCancelledError(task_id, _message(exc_info) or "cancelled")
     module = exc_info.get("exc_module")
     name = exc_info.get("exc_type", "Exception")
     remote_type = f"{module}.{name}" if module and module != "builtins" else name

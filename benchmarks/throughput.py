@@ -1,0 +1,542 @@
+"""Throughput and latency of no-op tasks: the BOQueue facade against raw Celery.
+
+    .venv/bin/python benchmarks/throughput.py            # default size, about 1-2 minutes
+    .venv/bin/python benchmarks/throughput.py --quick    # smoke run, about 20 s
+    .venv/bin/python benchmarks/throughput.py --n 5000 --rounds 5 --markdown-out table.md
+
+One run starts its own redis-server (a free port, never 127.0.0.1:6379) and one
+`bo-queue worker` (prefork, concurrency 2, queue "default"), then measures, on that same
+Redis and that same worker:
+
+1. submit rate, one by one: `bq.submit("bo_queue.ping", {})` against raw
+   `bq.app.send_task("bo_queue.ping", args=[{}])`;
+2. `bq.submit_many` of N against N one-by-one `bq.submit`;
+3. end-to-end rate (submit N one by one, then get each result): the facade
+   (`submit` + `TaskHandle.get`) against raw Celery (`send_task` + `AsyncResult.get`);
+4. round-trip latency p50/p99, one task at a time (submit, get, next).
+
+Raw Celery uses the facade's own Celery app (`bq.app`), so the broker, result backend,
+serializer, priorities and worker are identical; what differs is the bo_queue layer on the
+producer (validation, the task record, the handler lookup, its own result waiter). The
+worker runs the same bo_queue task for `bo_queue.ping` whoever sent it (it writes the
+record's start and finish and checks for a cancellation), so the end-to-end and latency
+rows are repeated against a plain `@shared_task` on the same worker, which has no bo_queue
+layer at all: those rows show what the worker side costs.
+
+Every variant runs once per round, the order rotating from round to round, so machine
+noise falls on all of them; the table gives the median of the rounds, and the ratio
+facade / baseline (for rates higher is better, for latencies lower is better).
+
+Results go to benchmarks/results/throughput.json (raw numbers of every round, the machine
+and the date); the table is printed, and written alone with --markdown-out PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from celery import shared_task
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "throughput.json"
+
+PING = "bo_queue.ping"  # the built-in bo_queue handler that answers at once
+PLAIN = "bench.plain_ping"  # the same body as a plain Celery task: no bo_queue on the worker
+RUN_QUEUE = "default"  # the queue the worker consumes
+PARKED_QUEUE = "bo"  # a configured queue no worker consumes: submit-only rows send here
+GET_TIMEOUT_S = 120.0
+
+
+@shared_task(name=PLAIN)  # type: ignore[untyped-decorator,unused-ignore]
+def plain_ping(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `bo_queue.ping` answers, as a plain Celery task (the worker imports this module)."""
+    return {"pong": True, "at": time.time(), "echo": payload.get("echo")}
+
+
+# -- the variants ----------------------------------------------------------------------------
+#
+# Each takes the facade and a task count and returns what it measured: elapsed seconds for
+# the rate variants, one round-trip time per task for the latency variants. Imports of
+# bo_queue happen inside main(), so a worker importing this module for `plain_ping` stays light.
+
+Variant = Callable[[Any, int], float]
+LatencyVariant = Callable[[Any, int], list[float]]
+
+
+def _check(result: Any) -> None:
+    if not (isinstance(result, dict) and result.get("pong") is True):
+        raise RuntimeError(f"unexpected result from a ping task: {result!r}")
+
+
+def facade_submit(bq: Any, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        bq.submit(PING, {}, queue=PARKED_QUEUE)
+    return time.perf_counter() - start
+
+
+def raw_submit(bq: Any, n: int) -> float:
+    send = bq.app.send_task
+    start = time.perf_counter()
+    for _ in range(n):
+        send(PING, args=[{}], queue=PARKED_QUEUE)
+    return time.perf_counter() - start
+
+
+def facade_submit_many(bq: Any, n: int) -> float:
+    start = time.perf_counter()
+    bq.submit_many([{"handler": PING, "payload": {}, "queue": PARKED_QUEUE} for _ in range(n)])
+    return time.perf_counter() - start
+
+
+def facade_e2e(bq: Any, n: int) -> float:
+    start = time.perf_counter()
+    handles = [bq.submit(PING, {}) for _ in range(n)]
+    results = [h.get(timeout=GET_TIMEOUT_S) for h in handles]
+    elapsed = time.perf_counter() - start
+    _check(results[0]), _check(results[-1])
+    return elapsed
+
+
+def facade_many_e2e(bq: Any, n: int) -> float:
+    start = time.perf_counter()
+    handles = bq.submit_many([{"handler": PING, "payload": {}} for _ in range(n)])
+    results = [h.get(timeout=GET_TIMEOUT_S) for h in handles]
+    elapsed = time.perf_counter() - start
+    _check(results[0]), _check(results[-1])
+    return elapsed
+
+
+def _raw_e2e(name: str) -> Variant:
+    def run(bq: Any, n: int) -> float:
+        send = bq.app.send_task
+        start = time.perf_counter()
+        pending = [send(name, args=[{}], queue=RUN_QUEUE) for _ in range(n)]
+        results = [r.get(timeout=GET_TIMEOUT_S) for r in pending]
+        elapsed = time.perf_counter() - start
+        _check(results[0]), _check(results[-1])
+        return elapsed
+
+    return run
+
+
+def facade_latency(bq: Any, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        result = bq.submit(PING, {}).get(timeout=GET_TIMEOUT_S)
+        samples.append(time.perf_counter() - start)
+        _check(result)
+    return samples
+
+
+def _raw_latency(name: str) -> LatencyVariant:
+    def run(bq: Any, n: int) -> list[float]:
+        send = bq.app.send_task
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter()
+            result = send(name, args=[{}], queue=RUN_QUEUE).get(timeout=GET_TIMEOUT_S)
+            samples.append(time.perf_counter() - start)
+            _check(result)
+        return samples
+
+    return run
+
+
+SUBMIT_VARIANTS: dict[str, Variant] = {
+    "facade_submit": facade_submit,
+    "raw_submit": raw_submit,
+    "facade_submit_many": facade_submit_many,
+}
+E2E_VARIANTS: dict[str, Variant] = {
+    "facade_e2e": facade_e2e,
+    "raw_e2e": _raw_e2e(PING),
+    "plain_e2e": _raw_e2e(PLAIN),
+    "facade_many_e2e": facade_many_e2e,
+}
+LATENCY_VARIANTS: dict[str, LatencyVariant] = {
+    "facade_latency": facade_latency,
+    "raw_latency": _raw_latency(PING),
+    "plain_latency": _raw_latency(PLAIN),
+}
+
+
+# -- bookkeeping -------------------------------------------------------------------------------
+
+
+@dataclass
+class Samples:
+    """Per-round measurements of every variant."""
+
+    rates: dict[str, list[float]] = field(default_factory=dict)  # tasks/s, one per round
+    latencies: dict[str, list[list[float]]] = field(default_factory=dict)  # seconds, per round
+
+    def rate(self, name: str) -> float:
+        return statistics.median(self.rates[name])
+
+    def latency_ms(self, name: str, pct: float) -> float:
+        """The median over rounds of each round's percentile `pct`, in milliseconds."""
+        return statistics.median(percentile(r, pct) for r in self.latencies[name]) * 1000
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    metric: str
+    facade: float
+    baseline: float
+    unit: str  # "tasks/s" or "ms"
+    target: float | None = None  # minimum ratio facade / baseline
+    headline: bool = True  # False: an extra row, for information
+
+    @property
+    def ratio(self) -> float:
+        return self.facade / self.baseline if self.baseline else math.nan
+
+    @property
+    def meets_target(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
+
+
+def build_rows(s: Samples) -> list[Row]:
+    rows = [
+        Row("submit", "submit rate, one by one — baseline: raw `app.send_task`",
+            s.rate("facade_submit"), s.rate("raw_submit"), "tasks/s", 0.8),
+        Row("submit_many", "`submit_many(N)` — baseline: N one-by-one facade `submit`",
+            s.rate("facade_submit_many"), s.rate("facade_submit"), "tasks/s", 5.0),
+        Row("e2e", "end-to-end rate (submit N one by one, then get each) — baseline: raw "
+            "`send_task` + `AsyncResult.get`",
+            s.rate("facade_e2e"), s.rate("raw_e2e"), "tasks/s", 0.9),
+        Row("e2e_vs_plain", "end-to-end rate — baseline: a plain Celery task "
+            "(no bo_queue layer on the worker either)",
+            s.rate("facade_e2e"), s.rate("plain_e2e"), "tasks/s", 0.9, headline=False),
+        Row("e2e_submit_many", "end-to-end rate with `submit_many(N)` then get each — "
+            "baseline: raw `send_task` + `AsyncResult.get`",
+            s.rate("facade_many_e2e"), s.rate("raw_e2e"), "tasks/s", None, headline=False),
+    ]
+    for pct in (50, 99):
+        rows.append(Row(
+            f"latency_p{pct}", f"round-trip latency p{pct}, one task at a time — "
+            "baseline: raw `send_task` + `AsyncResult.get`",
+            s.latency_ms("facade_latency", pct), s.latency_ms("raw_latency", pct), "ms"))
+    for pct in (50, 99):
+        rows.append(Row(
+            f"latency_p{pct}_vs_plain", f"round-trip latency p{pct} — baseline: a plain "
+            "Celery task", s.latency_ms("facade_latency", pct),
+            s.latency_ms("plain_latency", pct), "ms", headline=False))
+    return rows
+
+
+def _fmt(value: float, unit: str) -> str:
+    return f"{value:,.0f} tasks/s" if unit == "tasks/s" else f"{value:.2f} ms"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| metric | facade | baseline | ratio | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        if row.target is None:
+            target = "—" if row.unit == "tasks/s" else "— (lower is better)"
+        else:
+            target = f"≥ {row.target:g}× ({'met' if row.meets_target else 'NOT met'})"
+        metric = row.metric if row.headline else f"*{row.metric}*"
+        lines.append(
+            f"| {metric} | {_fmt(row.facade, row.unit)} | {_fmt(row.baseline, row.unit)} "
+            f"| {row.ratio:.2f}× | {target} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def broker_queue_keys(bq: Any, queue: str) -> list[str]:
+    """The Redis lists kombu keeps for `queue` (one per priority step)."""
+    prefix = bq.keys.broker_prefix
+    return [f"{prefix}{queue}"] + [f"{prefix}{queue}:{step}" for step in range(1, 10)]
+
+
+def queued(bq: Any, queue: str) -> int:
+    with bq.redis.pipeline(transaction=False) as pipe:
+        for key in broker_queue_keys(bq, queue):
+            pipe.llen(key)
+        return sum(pipe.execute())
+
+
+def empty_parked_queue(bq: Any, expect: int | None) -> None:
+    """Check that the submit-only variant queued what it said, then throw it away."""
+    found = queued(bq, PARKED_QUEUE)
+    if expect is not None and found != expect:
+        raise RuntimeError(f"expected {expect} messages on {PARKED_QUEUE!r}, found {found}")
+    bq.redis.delete(*broker_queue_keys(bq, PARKED_QUEUE))
+
+
+def run_rounds(
+    bq: Any, n: int, latency_n: int, rounds: int, log: Callable[[str], None]
+) -> Samples:
+    samples = Samples()
+    for rnd in range(rounds):
+        log(f"round {rnd + 1}/{rounds}")
+        for group in (SUBMIT_VARIANTS, E2E_VARIANTS):
+            names = list(group)
+            shift = rnd % len(names)
+            for name in names[shift:] + names[:shift]:
+                elapsed = group[name](bq, n)
+                if group is SUBMIT_VARIANTS:
+                    empty_parked_queue(bq, n)
+                rate = n / elapsed
+                samples.rates.setdefault(name, []).append(rate)
+                log(f"  {name:<20} {rate:9,.0f} tasks/s")
+        names = list(LATENCY_VARIANTS)
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            times = LATENCY_VARIANTS[name](bq, latency_n)
+            samples.latencies.setdefault(name, []).append(times)
+            log(f"  {name:<20} p50 {percentile(times, 50) * 1000:6.2f} ms"
+                f"  p99 {percentile(times, 99) * 1000:6.2f} ms")
+    return samples
+
+
+def warm_up(bq: Any, n: int) -> None:
+    """Connections, the handler directory, the worker's pool processes, Lua script caches."""
+    for submit in SUBMIT_VARIANTS.values():
+        submit(bq, n)
+        empty_parked_queue(bq, None)
+    for e2e in E2E_VARIANTS.values():
+        e2e(bq, n)
+    for latency in LATENCY_VARIANTS.values():
+        latency(bq, max(5, n // 10))
+
+
+def profile_submit(bq: Any, n: int) -> str:
+    """cProfile of n facade submits and n raw send_task calls (submit-only queue)."""
+    out = io.StringIO()
+    for name in ("facade_submit", "raw_submit"):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        SUBMIT_VARIANTS[name](bq, n)
+        profiler.disable()
+        empty_parked_queue(bq, n)
+        out.write(f"\n### cProfile: {name}, {n} tasks (sorted by cumulative time)\n\n")
+        stats = pstats.Stats(profiler, stream=out)
+        stats.strip_dirs().sort_stats("cumulative").print_stats(30)
+    return out.getvalue()
+
+
+def machine_info(redis_version: str) -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "bo_queue", "workers"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {dist: version(dist) for dist in
+                     ("bo-queue", "celery", "kombu", "redis", "pydantic")},
+        "redis_server": redis_version,
+        "git_commit": commit,
+        "library_modified_since_commit": dirty,
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Throughput and latency of no-op tasks: bo_queue facade vs raw Celery.",
+    )
+    parser.add_argument("--n", type=int, default=None,
+                        help="tasks per rate measurement (default 2000; 300 with --quick)")
+    parser.add_argument("--latency-n", type=int, default=None,
+                        help="round trips per latency measurement (default N/5, at least 50)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (median is reported)")
+    parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--markdown-out", type=Path, default=None,
+                        help="also write the markdown table (alone) to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="after measuring, print a cProfile of facade and raw submits")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    args = parser.parse_args(argv)
+    if args.n is None:
+        args.n = 300 if args.quick else 2000
+    if args.latency_n is None:
+        args.latency_n = max(50, args.n // 5)
+    if args.n < 1 or args.latency_n < 2 or args.rounds < 1:
+        parser.error("--n, --latency-n and --rounds must be positive (--latency-n at least 2)")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # The same settings for the producer and the worker: nothing from the caller's BO_QUEUE_*.
+    for name in [k for k in os.environ if k.startswith("BO_QUEUE_")]:
+        del os.environ[name]
+
+    from bo_queue import BOQueue
+    from bo_queue.local import RedisServer, WorkerProcess
+
+    def log(message: str) -> None:
+        if args.verbose:
+            print(message, file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` cleans up on kill too
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    log_dir = tempfile.mkdtemp(prefix="bo-queue-bench-")
+    keep_logs = True
+    try:
+        with ExitStack() as stack:
+            server = RedisServer()
+            stack.callback(server.close)
+            server.start()
+            namespace = f"bench{os.getpid()}"
+            worker = WorkerProcess(
+                server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
+                pool=args.pool, name="bench", imports=["benchmarks.throughput"],
+                # so the worker can import this module (for the plain Celery task)
+                env={"PYTHONPATH": os.pathsep.join(
+                    p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
+                log_path=os.path.join(log_dir, "worker.log"),
+            )
+            stack.callback(worker.__exit__, None, None, None)  # stops it, even if start fails
+            print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
+                  f"{args.concurrency}, queue {RUN_QUEUE!r}; N={args.n}, latency N="
+                  f"{args.latency_n}, {args.rounds} rounds", file=sys.stderr, flush=True)
+            worker.start(wait=60)
+            bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
+            redis_version = str(bq.redis.info("server").get("redis_version"))
+
+            warm_up(bq, min(args.n, 200))
+            samples = run_rounds(bq, args.n, args.latency_n, args.rounds, log)
+            profile = profile_submit(bq, args.n) if args.profile else ""
+        keep_logs = False
+    except KeyboardInterrupt:
+        print("interrupted; workers and redis-server stopped", file=sys.stderr)
+        return 130
+    finally:
+        if keep_logs:
+            print(f"worker log kept in {log_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
+
+    rows = build_rows(samples)
+    table = markdown_table(rows)
+    load_after = os.getloadavg()
+    notes = [
+        f"Median of {args.rounds} rounds; every variant runs once per round, in an order that "
+        "rotates from round to round. Ratio = facade / baseline: for rates higher is better, "
+        "for latencies lower is better.",
+        f"Submit-only rows send to queue {PARKED_QUEUE!r}, which no worker consumes, so the "
+        "producer does not share the CPUs with busy workers; each variant's messages are "
+        "counted (all N must be queued) and deleted before the next.",
+        "Raw Celery is `bq.app.send_task(...)` + `AsyncResult.get()` on the facade's own app: "
+        "same broker, backend, serializer and worker. The worker runs the same bo_queue task "
+        f"for {PING!r} whoever sent it, so the non-italic rows measure the producer-side "
+        f"layer; the italic 'plain Celery task' rows use `{PLAIN}`, a plain `@shared_task` "
+        "on the same worker, so they include the worker-side layer too.",
+        f"Worker: one `bo-queue worker`, pool {args.pool}, concurrency {args.concurrency}. "
+        f"Machine: {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after (other work on the machine makes numbers noisy).",
+    ]
+    print(table)
+    for note in notes:
+        print(f"- {note}")
+    if profile:
+        print(profile)
+
+    result = {
+        "benchmark": "throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - began, 1),
+        "machine": {**machine_info(redis_version),
+                    "loadavg_before": load_before, "loadavg_after": load_after},
+        "config": {
+            "n": args.n, "latency_n": args.latency_n, "rounds": args.rounds,
+            "quick": args.quick, "worker_pool": args.pool,
+            "worker_concurrency": args.concurrency, "run_queue": RUN_QUEUE,
+            "submit_only_queue": PARKED_QUEUE, "handler": PING, "plain_task": PLAIN,
+        },
+        "metrics": {
+            row.key: {
+                "metric": row.metric, "unit": row.unit, "facade": row.facade,
+                "baseline": row.baseline, "ratio": row.ratio, "target_ratio": row.target,
+                "meets_target": row.meets_target, "headline": row.headline,
+            }
+            for row in rows
+        },
+        "rounds": {
+            "rates_tasks_per_s": samples.rates,
+            "latency_ms": {
+                name: [{"p50": percentile(r, 50) * 1000, "p90": percentile(r, 90) * 1000,
+                        "p99": percentile(r, 99) * 1000, "max": max(r) * 1000,
+                        "mean": statistics.fmean(r) * 1000} for r in rounds]
+                for name, rounds in samples.latencies.items()
+            },
+        },
+        "notes": notes,
+        "table_markdown": table,
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.json_out}", file=sys.stderr)
+    if args.markdown_out is not None:
+        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown_out.write_text(table)
+        print(f"wrote {args.markdown_out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Handlers the integration tests' worker processes import (`--import tests.integration.handlers`).
+
+They leave evidence in Redis (under `evidence:*` in the test server) so the tests can check
+what really ran, how often, where and when.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from functools import cache
+from typing import Any
+
+import redis
+
+from bo_queue import RetryPolicy, TaskContext, handler
+
+
+class TransientError(Exception):
+    """Retryable by the policies below."""
+
+
+@cache
+def evidence() -> redis.Redis:
+    return redis.Redis.from_url(os.environ["BO_QUEUE_REDIS_URL"], decode_responses=True)
+
+
+def _mark_run(ctx: TaskContext) -> None:
+    evidence().hincrby("evidence:runs", ctx.task_id, 1)
+
+
+@handler("t.echo")
+def echo(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    _mark_run(ctx)
+    return payload
+
+
+@handler("t.record_order")
+def record_order(payload: dict[str, Any], ctx: TaskContext) -> str:
+    _mark_run(ctx)
+    evidence().rpush(payload["list"], payload["label"])
+    return str(payload["label"])
+
+
+@handler("t.gate", time_limit=60)
+def gate(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Hold this worker process until the key `payload["key"]` exists."""
+    evidence().set(payload["key"] + ":entered", 1)
+    while not evidence().exists(payload["key"]):
+        time.sleep(0.02)
+    return "opened"
+
+
+FLAKY = RetryPolicy(max_retries=3, backoff=0.4, backoff_max=10, jitter=False, on=(TransientError,))
+
+
+@handler("t.flaky", retry=FLAKY)
+def flaky(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    evidence().rpush(f"evidence:attempts:{ctx.task_id}", time.time())
+    if ctx.attempt <= payload.get("fail_times", 0):
+        raise TransientError(f"attempt {ctx.attempt} failed")
+    if payload.get("fatal"):
+        raise ValueError("not retryable")
+    return {"attempt": ctx.attempt}
+
+
+@handler("t.long_backoff", retry=RetryPolicy(max_retries=1, backoff=2.5, jitter=False))
+def long_backoff(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    evidence().rpush(f"evidence:attempts:{ctx.task_id}", time.time())
+    if ctx.attempt == 1:
+        raise TransientError("first attempt fails")
+    return {"attempt": ctx.attempt}
+
+
+@handler("t.checkpointed", retry=RetryPolicy(max_retries=2, backoff=0.1, jitter=False))
+def checkpointed(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    start = (ctx.last_checkpoint or {"step": 0})["step"]
+    for step in range(start, 6):
+        ctx.checkpoint({"step": step})
+        if step == 3 and ctx.attempt == 1:
+            raise TransientError("lost at step 3")
+    return {"resumed_from": start, "attempt": ctx.attempt}
+
+
+@handler("t.progress")
+def progress(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    _mark_run(ctx)
+    steps = payload.get("steps", 5)
+    for step in range(steps):
+        if ctx.cancelled:
+            return {"stopped_at": step}
+        time.sleep(payload.get("step_s", 0.3))
+        ctx.progress((step + 1) / steps, f"step {step + 1}")
+    return {"steps": steps}
+
+
+@handler("t.sleep", time_limit=120)
+def sleep(payload: dict[str, Any], ctx: TaskContext) -> str:
+    evidence().set(f"evidence:started:{ctx.task_id}", socket.gethostname())
+    time.sleep(payload["seconds"])
+    return "slept"
+
+
+@handler("t.survivor")
+def survivor(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Announces which worker runs it, then works long enough for that worker to be killed."""
+    _mark_run(ctx)
+    evidence().rpush(f"evidence:survivor:{ctx.task_id}", os.environ.get("TEST_WORKER_NAME", "?"))
+    time.sleep(payload.get("seconds", 3))
+    return {"attempt": ctx.attempt}
+
+
+@handler("t.bad_result")
+def bad_result(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    return {1, 2, 3}
+
+
+@handler("t.spawner")
+def spawner(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
+    return [ctx.spawn("t.echo", {"child": i}).id for i in range(payload["children"])]
+
+
+def _hook_log(kind: str) -> Any:
+    def hook(ctx: TaskContext, value: Any, *extra: Any) -> None:
+        evidence().rpush(f"evidence:hooks:{ctx.task_id}", kind)
+
+    return hook
+
+
+@handler(
+    "t.hooked",
+    retry=RetryPolicy(max_retries=1, backoff=0.1, jitter=False, on=(TransientError,)),
+    on_success=_hook_log("success"), on_failure=_hook_log("failure"), on_retry=_hook_log("retry"),
+)
+def hooked(payload: dict[str, Any], ctx: TaskContext) -> str:
+    if ctx.attempt == 1:
+        raise TransientError("retry me")
+    if payload.get("fail"):
+        raise ValueError("fails for good")
+    return "ok"

@@ -1,0 +1,181 @@
+"""Tasks end to end on real workers: results, failures, retries, progress, callbacks,
+delays, checkpoints, subtasks and hooks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from bo_queue import (
+    BOQueue,
+    Priority,
+    TaskFailedError,
+    TaskState,
+    TaskTimeoutError,
+    UnknownHandlerError,
+    UnknownTaskError,
+)
+from bo_queue.local import wait_until
+
+
+def test_result_and_record(bq: BOQueue) -> None:
+    h = bq.submit("t.echo", {"x": 1}, priority="high", tags=("a", "b"))
+    assert h.get(timeout=20) == {"x": 1}
+    info = bq.info(h.id)
+    assert info.state is TaskState.SUCCEEDED and h.ready()
+    assert (info.handler, info.queue, info.priority) == ("t.echo", "default", Priority.HIGH)
+    assert info.tags == ("a", "b") and info.attempts == 1 and info.progress == 1.0
+    assert info.worker and info.started_at and info.finished_at
+    assert info.created_at <= info.started_at <= info.finished_at
+
+
+def test_submit_many_runs_every_task(bq: BOQueue) -> None:
+    handles = bq.submit_many({"handler": "t.echo", "payload": {"i": i}} for i in range(50))
+    assert len({h.id for h in handles}) == 50
+    assert [h.get(timeout=30)["i"] for h in handles] == list(range(50))
+
+
+def test_unknown_handler_is_rejected_at_submit(bq: BOQueue, evidence: redis.Redis) -> None:
+    before = len(evidence.keys(f"{bq.keys.namespace}:task:*"))
+    with pytest.raises(UnknownHandlerError, match="no.such.handler"):
+        bq.submit("no.such.handler", {})
+    assert len(evidence.keys(f"{bq.keys.namespace}:task:*")) == before
+
+
+def test_handler_exception_comes_back_as_task_failed(bq: BOQueue) -> None:
+    h = bq.submit("t.flaky", {"fatal": True})
+    with pytest.raises(TaskFailedError) as caught:
+        h.get(timeout=20)
+    assert caught.value.remote_type == "ValueError"
+    assert caught.value.remote_message == "not retryable"
+    assert "raise ValueError" in (caught.value.remote_traceback or "")
+    info = bq.info(h.id)
+    assert info.state is TaskState.FAILED and info.attempts == 1  # not retried
+    assert info.error == "ValueError: not retryable"
+
+
+def test_non_json_result_fails_with_a_clear_message(bq: BOQueue) -> None:
+    with pytest.raises(TaskFailedError) as caught:
+        bq.submit("t.bad_result", {}).get(timeout=20)
+    assert caught.value.remote_type.endswith("InvalidResultError")
+    assert "not JSON-serialisable" in caught.value.remote_message
+    assert "'t.bad_result'" in caught.value.remote_message
+
+
+def _attempt_times(evidence: redis.Redis, task_id: str) -> list[float]:
+    return [float(t) for t in evidence.lrange(f"evidence:attempts:{task_id}", 0, -1)]
+
+
+def test_retry_twice_then_succeed_with_growing_backoff(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    h = bq.submit("t.flaky", {"fail_times": 2})
+    wait_until(lambda: h.state is TaskState.RETRYING, 10, 0.01, "the RETRYING state")
+    assert h.get(timeout=30) == {"attempt": 3}
+    times = _attempt_times(evidence, h.id)
+    assert len(times) == 3
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # backoff 0.4 s then 0.8 s (no jitter): each wait at least its delay, the second longer
+    assert gaps[0] >= 0.35 and gaps[1] >= 0.75 and gaps[1] > gaps[0]
+    info = bq.info(h.id)
+    assert info.state is TaskState.SUCCEEDED and info.attempts == 3 and info.retries == 2
+
+
+def test_retries_exhausted_fail_with_the_last_error(bq: BOQueue, evidence: redis.Redis) -> None:
+    h = bq.submit("t.flaky", {"fail_times": 99})
+    with pytest.raises(TaskFailedError) as caught:
+        h.get(timeout=60)
+    assert caught.value.remote_type.endswith("TransientError")
+    assert caught.value.remote_message == "attempt 4 failed"  # max_retries=3: 4 attempts
+    assert len(_attempt_times(evidence, h.id)) == 4
+    assert bq.info(h.id).state is TaskState.FAILED
+
+
+def test_progress_is_seen_from_the_producer(bq: BOQueue) -> None:
+    h = bq.submit("t.progress", {"steps": 5, "step_s": 0.3})
+    seen: list[float] = []
+    deadline = time.monotonic() + 20
+    while not h.ready() and time.monotonic() < deadline:
+        fraction, _ = h.progress
+        if not seen or fraction != seen[-1]:
+            seen.append(fraction)
+        time.sleep(0.05)
+    assert h.get(timeout=5) == {"steps": 5}
+    partial = [f for f in seen if 0 < f < 1]
+    assert len(partial) >= 2, seen
+    assert seen == sorted(seen)
+    assert h.progress.fraction == 1.0
+
+
+def test_then_callbacks_fire_in_the_producer(bq: BOQueue) -> None:
+    got: dict[str, Any] = {}
+    done = threading.Event()
+
+    def record(kind: str) -> Any:
+        def callback(value: Any) -> None:
+            got[kind] = value
+            if len(got) == 2:
+                done.set()
+        return callback
+
+    bq.submit("t.echo", {"ok": 1}).then(record("ok"), record("unexpected error"))
+    bq.submit("t.flaky", {"fatal": True}).then(record("unexpected ok"), record("error"))
+    assert done.wait(20), got
+    assert got["ok"] == {"ok": 1}
+    assert isinstance(got["error"], TaskFailedError)
+    # a callback registered after the task finished fires too
+    h = bq.submit("t.echo", {"late": 1})
+    h.get(timeout=20)
+    late = threading.Event()
+    h.then(lambda value: late.set())
+    assert late.wait(10)
+
+
+def test_get_times_out_with_a_clear_error(bq: BOQueue) -> None:
+    h = bq.submit("t.sleep", {"seconds": 2})
+    with pytest.raises(TaskTimeoutError):
+        h.get(timeout=0.2)
+    assert h.get(timeout=20) == "slept"
+
+
+def test_countdown_delays_the_start(bq: BOQueue) -> None:
+    h = bq.submit("t.echo", {}, countdown=1.5)
+    assert bq.info(h.id).state is TaskState.QUEUED
+    h.get(timeout=20)
+    info = bq.info(h.id)
+    assert info.started_at is not None and info.due_at is not None
+    assert (info.started_at - info.created_at).total_seconds() >= 1.4
+
+
+def test_checkpoint_survives_a_retry(bq: BOQueue) -> None:
+    h = bq.submit("t.checkpointed", {})
+    assert h.get(timeout=20) == {"resumed_from": 3, "attempt": 2}
+
+
+def test_spawned_children_are_linked(bq: BOQueue) -> None:
+    parent = bq.submit("t.spawner", {"children": 3})
+    child_ids = parent.get(timeout=20)
+    assert sorted(bq.info(parent.id).children) == sorted(child_ids)
+    for child_id in child_ids:
+        assert bq.info(child_id).parent_id == parent.id
+        assert bq.handle(child_id).get(timeout=20)["child"] in (0, 1, 2)
+
+
+def test_lifecycle_hooks_run_on_the_worker(bq: BOQueue, evidence: redis.Redis) -> None:
+    ok = bq.submit("t.hooked", {})
+    bad = bq.submit("t.hooked", {"fail": True})
+    assert ok.get(timeout=20) == "ok"
+    with pytest.raises(TaskFailedError):
+        bad.get(timeout=20)
+    assert evidence.lrange(f"evidence:hooks:{ok.id}", 0, -1) == ["retry", "success"]
+    assert evidence.lrange(f"evidence:hooks:{bad.id}", 0, -1) == ["retry", "failure"]
+
+
+def test_unknown_task_ids_are_errors(bq: BOQueue) -> None:
+    for call in (bq.info, bq.handle, bq.cancel):
+        with pytest.raises(UnknownTaskError):
+            call("no-such-task")

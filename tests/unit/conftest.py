@@ -1,0 +1,60 @@
+"""Shared fixtures for the unit tests: no Redis server, no workers, no Celery eager mode.
+
+Every BOQueue built here points at a closed port and has its Redis client replaced by
+fakeredis before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+
+from bo_queue import BOQueue
+from bo_queue.delays import DelayedSubmissions
+from bo_queue.records import RecordStore
+
+# Nothing listens here; BOQueue never connects at construction, and the tests swap in
+# fakeredis before any command is sent.
+UNREACHABLE_URL = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture(autouse=True)
+def _clean_bo_queue_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session may export BO_QUEUE_* for the integration tests; unit tests start clean."""
+    for name in list(os.environ):
+        if name.startswith("BO_QUEUE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """A text client, as BOQueue's own (decode_responses=True)."""
+    return fakeredis.FakeRedis(server=server, decode_responses=True)
+
+
+def attach_fakeredis(bq: BOQueue, server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
+    """Point every Redis client a BOQueue uses at one fake server."""
+    client = fakeredis.FakeRedis(server=server, decode_responses=True)
+    bq.redis = client
+    bq.records = RecordStore(client, bq.keys, bq.settings.result_expires_s)
+    bq.delays = DelayedSubmissions(client, bq.keys)
+    # Celery's result backend (bytes client, as Celery uses it) and our reader of it.
+    bq.app.backend.client = fakeredis.FakeRedis(server=server)
+    bq.results.redis = fakeredis.FakeRedis(server=server)
+    return client
+
+
+@pytest.fixture
+def bq(server: fakeredis.FakeServer) -> Iterator[BOQueue]:
+    queue = BOQueue(redis_url=UNREACHABLE_URL, namespace="unit")
+    attach_fakeredis(queue, server)
+    yield queue
+    queue.close()
