@@ -69,7 +69,7 @@ PARKED_QUEUE = "bo"  # a configured queue no worker consumes: submit-only rows s
 GET_TIMEOUT_S = 120.0
 
 
-@shared_task(name=PLAIN)  # type: ignore[untyped-decorator,unused-ignore]
+@shared_task(name=PLAIN)
 def plain_ping(payload: dict[str, Any]) -> dict[str, Any]:
     """What `bo_queue.ping` answers, as a plain Celery task (the worker imports this module)."""
     return {"pong": True, "at": time.time(), "echo": payload.get("echo")}
@@ -116,7 +116,8 @@ def facade_e2e(bq: Any, n: int) -> float:
     handles = [bq.submit(PING, {}) for _ in range(n)]
     results = [h.get(timeout=GET_TIMEOUT_S) for h in handles]
     elapsed = time.perf_counter() - start
-    _check(results[0]), _check(results[-1])
+    _check(results[0])
+    _check(results[-1])
     return elapsed
 
 
@@ -125,7 +126,8 @@ def facade_many_e2e(bq: Any, n: int) -> float:
     handles = bq.submit_many([{"handler": PING, "payload": {}} for _ in range(n)])
     results = [h.get(timeout=GET_TIMEOUT_S) for h in handles]
     elapsed = time.perf_counter() - start
-    _check(results[0]), _check(results[-1])
+    _check(results[0])
+    _check(results[-1])
     return elapsed
 
 
@@ -136,7 +138,8 @@ def _raw_e2e(name: str) -> Variant:
         pending = [send(name, args=[{}], queue=RUN_QUEUE) for _ in range(n)]
         results = [r.get(timeout=GET_TIMEOUT_S) for r in pending]
         elapsed = time.perf_counter() - start
-        _check(results[0]), _check(results[-1])
+        _check(results[0])
+        _check(results[-1])
         return elapsed
 
     return run
@@ -270,11 +273,11 @@ def markdown_table(rows: list[Row]) -> str:
         if row.target is None:
             target = "—" if row.unit == "tasks/s" else "— (lower is better)"
         else:
-            target = f"≥ {row.target:g}× ({'met' if row.meets_target else 'NOT met'})"
+            target = f"≥ {row.target:g}x ({'met' if row.meets_target else 'NOT met'})"
         metric = row.metric if row.headline else f"*{row.metric}*"
         lines.append(
             f"| {metric} | {_fmt(row.facade, row.unit)} | {_fmt(row.baseline, row.unit)} "
-            f"| {row.ratio:.2f}× | {target} |"
+            f"| {row.ratio:.2f}x | {target} |"
         )
     return "\n".join(lines) + "\n"
 

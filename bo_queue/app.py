@@ -40,6 +40,11 @@ def make_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
             "global_keyprefix": keys.broker_prefix,
             "socket_connect_timeout": settings.connect_timeout_s,
+            # A lost worker's unacknowledged messages come back once they are older than
+            # the visibility timeout, at the next sweep: every restore_sweep_s, not
+            # kombu's default of every 10 x 10 s.
+            "unacked_restore_interval": settings.restore_sweep_s,
+            "unacked_restore_throttle": 1,
         },
         result_backend_transport_options={
             "visibility_timeout": visibility,

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     default_queue: str = "default"
     visibility_timeout_s: int = Field(3600, ge=10)  # > the longest task, or it runs twice
     hold_delays_over_s: float = Field(300.0, gt=0)  # longer delays wait in Redis, not a worker
+    restore_sweep_s: int = Field(10, ge=1)  # how often workers look for abandoned messages
     result_expires_s: int = Field(86_400, ge=60)  # results and task records
     max_payload_bytes: int = Field(1_048_576, gt=0)
     eta_tolerance_s: float = Field(5.0, ge=0)  # an eta this far in the past is still accepted

@@ -82,11 +82,15 @@ class Cluster:
 
 def make_cluster(redis_url: str, workers: int, concurrency: int, **settings: str) -> Cluster:
     cluster = Cluster(redis_url, new_namespace(), settings)
-    started = [cluster.add_worker(concurrency, start=False) for _ in range(workers)]
-    for worker in started:  # start them side by side: each takes a couple of seconds
-        worker.start(wait=0)
-    for worker in started:
-        worker.wait_ready()
+    try:
+        started = [cluster.add_worker(concurrency, start=False) for _ in range(workers)]
+        for worker in started:  # start them side by side: each takes a couple of seconds
+            worker.start(wait=0)
+        for worker in started:
+            worker.wait_ready()
+    except BaseException:
+        cluster.close()
+        raise
     return cluster
 
 

@@ -43,7 +43,7 @@ def record_order(payload: dict[str, Any], ctx: TaskContext) -> str:
     return str(payload["label"])
 
 
-@handler("t.gate", time_limit=60)
+@handler("t.gate")
 def gate(payload: dict[str, Any], ctx: TaskContext) -> str:
     """Hold this worker process until the key `payload["key"]` exists."""
     evidence().set(payload["key"] + ":entered", 1)
@@ -95,11 +95,17 @@ def progress(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     return {"steps": steps}
 
 
-@handler("t.sleep", time_limit=120)
+@handler("t.sleep")
 def sleep(payload: dict[str, Any], ctx: TaskContext) -> str:
     evidence().set(f"evidence:started:{ctx.task_id}", socket.gethostname())
     time.sleep(payload["seconds"])
     return "slept"
+
+
+@handler("t.too_slow", time_limit=1)
+def too_slow(payload: dict[str, Any], ctx: TaskContext) -> str:
+    time.sleep(5)
+    return "finished anyway"
 
 
 @handler("t.survivor")

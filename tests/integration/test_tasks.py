@@ -142,6 +142,14 @@ def test_get_times_out_with_a_clear_error(bq: BOQueue) -> None:
     assert h.get(timeout=20) == "slept"
 
 
+def test_time_limit_fails_a_slow_task(bq: BOQueue) -> None:
+    started = time.monotonic()
+    with pytest.raises(TaskFailedError) as caught:
+        bq.submit("t.too_slow", {}).get(timeout=20)
+    assert caught.value.remote_type.endswith("SoftTimeLimitExceeded")
+    assert time.monotonic() - started < 4.5  # stopped at its 1 s limit, not after 5 s
+
+
 def test_countdown_delays_the_start(bq: BOQueue) -> None:
     h = bq.submit("t.echo", {}, countdown=1.5)
     assert bq.info(h.id).state is TaskState.QUEUED

@@ -13,12 +13,8 @@ import fakeredis
 import pytest
 
 from bo_queue import BOQueue
-from bo_queue.delays import DelayedSubmissions
-from bo_queue.records import RecordStore
 
-# Nothing listens here; BOQueue never connects at construction, and the tests swap in
-# fakeredis before any command is sent.
-UNREACHABLE_URL = "redis://127.0.0.1:1/0"
+from .fakes import UNREACHABLE_URL, attach_fakeredis
 
 
 @pytest.fixture(autouse=True)
@@ -38,18 +34,6 @@ def server() -> fakeredis.FakeServer:
 def fake(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
     """A text client, as BOQueue's own (decode_responses=True)."""
     return fakeredis.FakeRedis(server=server, decode_responses=True)
-
-
-def attach_fakeredis(bq: BOQueue, server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    """Point every Redis client a BOQueue uses at one fake server."""
-    client = fakeredis.FakeRedis(server=server, decode_responses=True)
-    bq.redis = client
-    bq.records = RecordStore(client, bq.keys, bq.settings.result_expires_s)
-    bq.delays = DelayedSubmissions(client, bq.keys)
-    # Celery's result backend (bytes client, as Celery uses it) and our reader of it.
-    bq.app.backend.client = fakeredis.FakeRedis(server=server)
-    bq.results.redis = fakeredis.FakeRedis(server=server)
-    return client
 
 
 @pytest.fixture

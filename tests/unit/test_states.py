@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from celery import states as celery_states
 
@@ -11,9 +13,8 @@ from bo_queue.states import from_celery_state
 
 def test_terminal_states() -> None:
     assert isinstance(TERMINAL_STATES, frozenset)
-    assert TERMINAL_STATES == {
-        TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED
-    }
+    expected = {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED}
+    assert expected == TERMINAL_STATES
     for state in TaskState:
         assert state.terminal is (state in TERMINAL_STATES)
 
@@ -105,4 +106,4 @@ def test_broker_priority_is_strictly_monotonic_and_in_range() -> None:
     levels = sorted(Priority)  # LOW .. CRITICAL
     broker = [p.broker_priority for p in levels]
     assert all(0 <= b <= 9 for b in broker)
-    assert all(a > b for a, b in zip(broker, broker[1:], strict=False)), broker
+    assert all(a > b for a, b in itertools.pairwise(broker)), broker
