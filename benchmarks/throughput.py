@@ -195,10 +195,14 @@ class Samples:
     """Per-round measurements of every variant."""
 
     rates: dict[str, list[float]] = field(default_factory=dict)  # tasks/s, one per round
+    cpu_us: dict[str, list[float]] = field(default_factory=dict)  # producer CPU per task
     latencies: dict[str, list[list[float]]] = field(default_factory=dict)  # seconds, per round
 
     def rate(self, name: str) -> float:
         return statistics.median(self.rates[name])
+
+    def cpu(self, name: str) -> float:
+        return statistics.median(self.cpu_us[name])
 
     def latency_ms(self, name: str, pct: float) -> float:
         """The median over rounds of each round's percentile `pct`, in milliseconds."""
@@ -218,7 +222,7 @@ class Row:
     metric: str
     facade: float
     baseline: float
-    unit: str  # "tasks/s" or "ms"
+    unit: str  # "tasks/s", "ms" or "us"
     target: float | None = None  # minimum ratio facade / baseline
     headline: bool = True  # False: an extra row, for information
 
@@ -235,6 +239,9 @@ def build_rows(s: Samples) -> list[Row]:
     rows = [
         Row("submit", "submit rate, one by one — baseline: raw `app.send_task`",
             s.rate("facade_submit"), s.rate("raw_submit"), "tasks/s", 0.8),
+        Row("submit_cpu", "producer CPU time per one-by-one submit — baseline: raw "
+            "`app.send_task`", s.cpu("facade_submit"), s.cpu("raw_submit"), "us",
+            headline=False),
         Row("submit_many", "`submit_many(N)` — baseline: N one-by-one facade `submit`",
             s.rate("facade_submit_many"), s.rate("facade_submit"), "tasks/s", 5.0),
         Row("e2e", "end-to-end rate (submit N one by one, then get each) — baseline: raw "
@@ -261,7 +268,9 @@ def build_rows(s: Samples) -> list[Row]:
 
 
 def _fmt(value: float, unit: str) -> str:
-    return f"{value:,.0f} tasks/s" if unit == "tasks/s" else f"{value:.2f} ms"
+    if unit == "tasks/s":
+        return f"{value:,.0f} tasks/s"
+    return f"{value:.2f} ms" if unit == "ms" else f"{value:,.0f} us"
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -306,25 +315,63 @@ def empty_parked_queue(bq: Any, expect: int | None) -> None:
     bq.redis.delete(*broker_queue_keys(bq, PARKED_QUEUE))
 
 
+def _split(n: int, chunk: int) -> list[int]:
+    """n as consecutive chunks of at most `chunk`."""
+    return [min(chunk, n - start) for start in range(0, n, chunk)]
+
+
+def submit_round(
+    bq: Any, n: int, chunk: int, rnd: int
+) -> dict[str, tuple[float, float]]:
+    """One round of the submit-only variants: {name: (elapsed s, producer CPU s)} for n tasks.
+
+    The one-by-one facade and raw submits alternate in chunks, so a burst of load from
+    elsewhere on the machine hits both; `submit_many` gets the whole N in one call, at a
+    position among the chunks that moves from round to round.
+    """
+    totals = {name: [0.0, 0.0] for name in SUBMIT_VARIANTS}
+
+    def run(name: str, size: int) -> None:
+        cpu = time.process_time()
+        elapsed = SUBMIT_VARIANTS[name](bq, size)
+        totals[name][1] += time.process_time() - cpu
+        totals[name][0] += elapsed
+        empty_parked_queue(bq, size)
+
+    one_by_one = ["facade_submit", "raw_submit"][:: -1 if rnd % 2 else 1]
+    sizes = _split(n, chunk)
+    many_at = rnd % (len(sizes) + 1)
+    for index, size in enumerate(sizes):
+        if index == many_at:
+            run("facade_submit_many", n)
+        for name in one_by_one:
+            run(name, size)
+    if many_at == len(sizes):
+        run("facade_submit_many", n)
+    return {name: (wall, cpu) for name, (wall, cpu) in totals.items()}
+
+
 def run_rounds(
-    bq: Any, n: int, latency_n: int, rounds: int, log: Callable[[str], None]
+    bq: Any, n: int, latency_n: int, rounds: int, chunk: int, log: Callable[[str], None]
 ) -> Samples:
     samples = Samples()
     for rnd in range(rounds):
         log(f"round {rnd + 1}/{rounds}")
-        for group in (SUBMIT_VARIANTS, E2E_VARIANTS):
-            names = list(group)
-            shift = rnd % len(names)
-            for name in names[shift:] + names[:shift]:
-                elapsed = group[name](bq, n)
-                if group is SUBMIT_VARIANTS:
-                    empty_parked_queue(bq, n)
-                rate = n / elapsed
-                samples.rates.setdefault(name, []).append(rate)
-                log(f"  {name:<20} {rate:9,.0f} tasks/s")
+        for name, (wall, cpu) in submit_round(bq, n, chunk, rnd).items():
+            samples.rates.setdefault(name, []).append(n / wall)
+            samples.cpu_us.setdefault(name, []).append(cpu / n * 1e6)
+            log(f"  {name:<20} {n / wall:9,.0f} tasks/s"
+                f"  producer CPU {cpu / n * 1e6:6,.0f} us/task")
+        names = list(E2E_VARIANTS)
+        shift = rnd % len(names)
+        for name in names[shift:] + names[:shift]:
+            rate = n / E2E_VARIANTS[name](bq, n)
+            samples.rates.setdefault(name, []).append(rate)
+            log(f"  {name:<20} {rate:9,.0f} tasks/s")
         names = list(LATENCY_VARIANTS)
         shift = rnd % len(names)
         for name in names[shift:] + names[:shift]:
+            LATENCY_VARIANTS[name](bq, 5)  # untimed: not paying for what the last variant left
             times = LATENCY_VARIANTS[name](bq, latency_n)
             samples.latencies.setdefault(name, []).append(times)
             log(f"  {name:<20} p50 {percentile(times, 50) * 1000:6.2f} ms"
@@ -394,10 +441,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Throughput and latency of no-op tasks: bo_queue facade vs raw Celery.",
     )
     parser.add_argument("--n", type=int, default=None,
-                        help="tasks per rate measurement (default 2000; 300 with --quick)")
+                        help="tasks per rate measurement and round (default 1000; 150 with "
+                        "--quick)")
     parser.add_argument("--latency-n", type=int, default=None,
-                        help="round trips per latency measurement (default N/5, at least 50)")
+                        help="round trips per latency measurement and round (default 300; 50 "
+                        "with --quick)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median is reported)")
+    parser.add_argument("--chunk", type=int, default=250,
+                        help="one-by-one facade and raw submits alternate in chunks of this size")
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
     parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
@@ -409,11 +460,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
     args = parser.parse_args(argv)
     if args.n is None:
-        args.n = 300 if args.quick else 2000
+        args.n = 150 if args.quick else 1000
     if args.latency_n is None:
-        args.latency_n = max(50, args.n // 5)
-    if args.n < 1 or args.latency_n < 2 or args.rounds < 1:
-        parser.error("--n, --latency-n and --rounds must be positive (--latency-n at least 2)")
+        args.latency_n = 50 if args.quick else 300
+    if min(args.n, args.latency_n, args.rounds, args.chunk) < 1:
+        parser.error("--n, --latency-n, --rounds and --chunk must be positive")
     return args
 
 
@@ -462,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             redis_version = str(bq.redis.info("server").get("redis_version"))
 
             warm_up(bq, min(args.n, 200))
-            samples = run_rounds(bq, args.n, args.latency_n, args.rounds, log)
+            samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
             profile = profile_submit(bq, args.n) if args.profile else ""
         keep_logs = False
     except KeyboardInterrupt:
@@ -482,8 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         "rotates from round to round. Ratio = facade / baseline: for rates higher is better, "
         "for latencies lower is better.",
         f"Submit-only rows send to queue {PARKED_QUEUE!r}, which no worker consumes, so the "
-        "producer does not share the CPUs with busy workers; each variant's messages are "
-        "counted (all N must be queued) and deleted before the next.",
+        "producer does not share the CPUs with busy workers; the messages are counted (all "
+        "must be queued) and deleted after each batch. One-by-one facade and raw submits "
+        f"alternate in chunks of {args.chunk}; `submit_many` gets all N in one call. Producer "
+        "CPU time is less sensitive than wall time to other load on the machine.",
         "Raw Celery is `bq.app.send_task(...)` + `AsyncResult.get()` on the facade's own app: "
         "same broker, backend, serializer and worker. The worker runs the same bo_queue task "
         f"for {PING!r} whoever sent it, so the non-italic rows measure the producer-side "
@@ -507,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_before": load_before, "loadavg_after": load_after},
         "config": {
             "n": args.n, "latency_n": args.latency_n, "rounds": args.rounds,
+            "submit_chunk": args.chunk,
             "quick": args.quick, "worker_pool": args.pool,
             "worker_concurrency": args.concurrency, "run_queue": RUN_QUEUE,
             "submit_only_queue": PARKED_QUEUE, "handler": PING, "plain_task": PLAIN,
@@ -521,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "rounds": {
             "rates_tasks_per_s": samples.rates,
+            "producer_cpu_us_per_task": samples.cpu_us,
             "latency_ms": {
                 name: [{"p50": percentile(r, 50) * 1000, "p90": percentile(r, 90) * 1000,
                         "p99": percentile(r, 99) * 1000, "max": max(r) * 1000,

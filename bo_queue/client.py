@@ -158,7 +158,8 @@ class BOQueue:
         if self._results is None:
             with self._lock:
                 if self._results is None:
-                    probe = self.app.backend.get_key_for_task("x")  # Celery's own key scheme
+                    backend: Any = self.app.backend
+                    probe = backend.get_key_for_task("x")  # Celery's own key scheme
                     probe = probe.decode() if isinstance(probe, bytes) else probe
                     prefix = probe[: -len("x")]
                     client = redis.Redis.from_url(
@@ -212,7 +213,8 @@ class BOQueue:
                 request = item if isinstance(item, TaskRequest) else _request(**item)
                 plans.append(self._plan(request))
             except ValidationError as exc:
-                raise type(exc)(f"request {index}: {exc}") from None
+                exc.args = (f"request {index}: {exc}",)  # keeps the type and its fields
+                raise
             except TypeError as exc:
                 raise ValidationError(f"request {index}: {exc}") from None
         return self._submit(plans)
@@ -323,7 +325,7 @@ class BOQueue:
         """Re-read the handler directory that workers publish when they start."""
         with self._broker_errors():
             raw = self.redis.hgetall(self.keys.handlers)
-        self._directory = {name: json.loads(spec) for name, spec in raw.items()}
+        self._directory = {str(name): json.loads(spec) for name, spec in raw.items()}
         self._directory_read_at = time.monotonic()
         return dict(self._directory)
 

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bo_queue.errors import ConfigurationError
 
 ENV_PREFIX = "BO_QUEUE_"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 def _split_csv(value: Any) -> Any:
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     @field_validator("queues")
     @classmethod
     def _queue_names(cls, value: list[str]) -> list[str]:
-        bad = [q for q in value if not _NAME.match(q)]
+        bad = [q for q in value if not _NAME.fullmatch(q)]
         if bad or not value:
             raise ValueError(f"queue names must be simple identifiers, got {bad or value}")
         return value

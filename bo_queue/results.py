@@ -101,7 +101,7 @@ class ResultWaiter:
         if meta is not None:
             return meta
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = _pubsub(self.redis)
         try:
             pubsub.subscribe(self.key(task_id))
             meta = self.fetch(task_id)  # it may have finished before we subscribed
@@ -115,6 +115,13 @@ class ResultWaiter:
             return meta
         finally:
             pubsub.close()
+
+
+def _pubsub(client: redis.Redis) -> redis.client.PubSub:
+    pubsub: redis.client.PubSub = client.pubsub(  # type: ignore[no-untyped-call]
+        ignore_subscribe_messages=True
+    )
+    return pubsub
 
 
 def _ready(raw: bytes | str | None) -> dict[str, Any] | None:
@@ -149,7 +156,7 @@ class CallbackDispatcher:
         self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        pubsub = self.waiter.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub = _pubsub(self.waiter.redis)
         try:
             while not self._stop.is_set():
                 try:
@@ -158,7 +165,7 @@ class CallbackDispatcher:
                     log.exception("result listener lost Redis; retrying")
                     time.sleep(0.5)
                     pubsub.close()
-                    pubsub = self.waiter.redis.pubsub(ignore_subscribe_messages=True)
+                    pubsub = _pubsub(self.waiter.redis)
                     if self._pending:
                         pubsub.subscribe(*[self.waiter.key(t) for t in self._pending])
                         self._check(list(self._pending), pubsub)
@@ -194,7 +201,7 @@ class CallbackDispatcher:
         callbacks = self._pending.pop(task_id, [])
         if not callbacks:
             return
-        pubsub.unsubscribe(self.waiter.key(task_id))
+        pubsub.unsubscribe(self.waiter.key(task_id))  # type: ignore[no-untyped-call]
         for on_success, on_failure in callbacks:
             try:
                 try:

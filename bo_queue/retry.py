@@ -5,7 +5,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bo_queue.errors import ValidationError
 
 
 class RetryPolicy(BaseModel):
@@ -23,6 +26,12 @@ class RetryPolicy(BaseModel):
     backoff_max: float = Field(600.0, ge=0)
     jitter: bool = True
     on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"invalid RetryPolicy: {exc}") from None
 
     @model_validator(mode="after")
     def _check(self) -> RetryPolicy:

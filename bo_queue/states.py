@@ -32,7 +32,7 @@ _FROM_CELERY = {
     "SUCCESS": TaskState.SUCCEEDED,
     "FAILURE": TaskState.FAILED,
     "REVOKED": TaskState.CANCELLED,
-    "REJECTED": TaskState.FAILED,
+    "REJECTED": TaskState.QUEUED,  # rejected messages go back to the queue (worker lost)
     "IGNORED": TaskState.CANCELLED,
 }
 
@@ -55,6 +55,13 @@ class Priority(IntEnum):
     def broker_priority(self) -> int:
         """The Redis transport's priority list (0..9, where 0 is served first)."""
         return _BROKER_PRIORITY[self]
+
+    @classmethod
+    def from_broker(cls, broker_priority: int | None) -> Priority:
+        """The level whose broker list a message came from (None: the default level)."""
+        if broker_priority is None:
+            return cls.NORMAL
+        return min(cls, key=lambda p: (abs(p.broker_priority - broker_priority), -p))
 
     @classmethod
     def parse(cls, value: object) -> Priority:

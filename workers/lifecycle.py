@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_failure, task_revoked
+from redis.typing import EncodableT, FieldT
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
@@ -28,8 +29,8 @@ TICK_S = 1.0
 
 
 def install(app: Celery, bq: BOQueue) -> None:
-    class BOQueueStep(bootsteps.StartStopStep):  # type: ignore[misc]
-        requires: ClassVar = {"celery.worker.components:Timer"}
+    class BOQueueStep(bootsteps.StartStopStep):
+        requires = ("celery.worker.components:Timer",)
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
@@ -62,7 +63,7 @@ def install(app: Celery, bq: BOQueue) -> None:
 
 def publish_handlers(bq: BOQueue, hostname: str) -> None:
     now = time.time()
-    directory = {}
+    directory: dict[FieldT, EncodableT] = {}
     for name, spec in registry.registered().items():
         entry = spec.describe()
         entry.update(queue=spec.queue or bq.settings.default_queue, worker=hostname, updated_at=now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -23,14 +23,14 @@ from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
 from bo_queue.errors import ConfigurationError, InvalidResultError, TaskCancelledError
 from bo_queue.registry import HandlerSpec
-from bo_queue.states import TaskState
+from bo_queue.states import Priority, TaskState
 
 log = logging.getLogger(__name__)
 
 HARD_LIMIT_GRACE_S = 5.0  # the soft limit raises in the handler; the hard one kills it
 
 
-class HandlerTask(Task):  # type: ignore[misc]
+class HandlerTask(Task[Any, Any]):
     """The Celery task class behind a bo_queue handler."""
 
     bq: BOQueue
@@ -68,24 +68,30 @@ def _hook(hook: Any, request: Any, value: Any, *extra: Any) -> None:
 
 def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
     bq, spec, req = task.bq, task.spec, task.request
-    verdict, attempt = bq.records.start(req.id, worker=req.hostname or "?")
+    task_id = str(req.id)
+    info = req.delivery_info or {}
+    verdict, attempt = bq.records.start(
+        task_id, req.hostname or "?", spec.name,
+        info.get("routing_key") or spec.queue or bq.settings.default_queue,
+        Priority.from_broker(info.get("priority")),
+    )
     if verdict == "cancelled":  # cancelled while queued: never start it
-        task.backend.mark_as_revoked(req.id, "cancelled")
+        task.backend.mark_as_revoked(task_id, "cancelled")
         raise Ignore()
     if verdict == "done":  # a redelivery of a task that already ended
         raise Ignore()
-    ctx = TaskContext(bq, req.id, spec.name, attempt, req.retries)
-    req.bo_context = ctx
+    ctx = TaskContext(bq, task_id, spec.name, attempt, req.retries)
+    setattr(req, "bo_context", ctx)  # noqa: B010  (for the on_success/on_failure hooks)
     try:
         result = spec.fn(payload, ctx)
         if ctx.cancel_seen:
-            raise TaskCancelledError(req.id, "cancelled while running")
+            raise TaskCancelledError(task_id, "cancelled while running")
         _check_json(spec.name, result)
         return result
     except TaskCancelledError as exc:
-        task.backend.mark_as_revoked(req.id, exc.reason)
+        task.backend.mark_as_revoked(task_id, exc.reason)
         bq.records.transition(
-            req.id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason
+            task_id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason
         )
         raise Ignore() from None
     except Exception as exc:
@@ -97,25 +103,26 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
 
 def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Exception) -> Retry:
     bq, spec, req = task.bq, task.spec, task.request
+    task_id = str(req.id)
     delay = spec.retry.delay_s(req.retries)
     due_at = time.time() + delay
     bq.records.transition(
-        req.id, TaskState.RETRYING, next_attempt_at=due_at, retries=req.retries + 1,
-        error=describe(exc),
+        task_id, TaskState.RETRYING, ttl_s=bq.records.ttl_for(due_at), next_attempt_at=due_at,
+        retries=req.retries + 1, error=describe(exc),
     )
     _hook(spec.on_retry, req, exc, delay)
     if delay <= bq.settings.hold_delays_over_s:
-        return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)  # type: ignore[no-any-return]
+        return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.delays).
     info = req.delivery_info or {}
-    expires = datetime.fromisoformat(req.expires).timestamp() if req.expires else None
-    bq.delays.hold(bq.redis, req.id, due_at, {
+    expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
+    bq.delays.hold(bq.redis, task_id, due_at, {
         "handler": spec.name, "payload": payload,
         "queue": info.get("routing_key") or spec.queue or bq.settings.default_queue,
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
         "retries": req.retries + 1, "parent_id": req.parent_id,
     })
-    return Retry(exc=exc, when=delay)
+    return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
 
 
 def _check_json(handler: str, result: Any) -> None:
@@ -142,7 +149,8 @@ def bind_handlers(app: Celery, bq: BOQueue) -> list[str]:
         limits = {} if limit is None else {
             "soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_S
         }
-        app.task(
+        declare: Any = app.task  # celery-types' overloads do not cover float time limits
+        declare(
             name=name, base=HandlerTask, bind=True, bq=bq, spec=spec,
             queue=spec.queue or bq.settings.default_queue,
             max_retries=spec.retry.max_retries, **limits,

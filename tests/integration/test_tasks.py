@@ -3,6 +3,7 @@ delays, checkpoints, subtasks and hooks."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -41,7 +42,7 @@ def test_submit_many_runs_every_task(bq: BOQueue) -> None:
 
 def test_unknown_handler_is_rejected_at_submit(bq: BOQueue, evidence: redis.Redis) -> None:
     before = len(evidence.keys(f"{bq.keys.namespace}:task:*"))
-    with pytest.raises(UnknownHandlerError, match="no.such.handler"):
+    with pytest.raises(UnknownHandlerError, match=r"no\.such\.handler"):
         bq.submit("no.such.handler", {})
     assert len(evidence.keys(f"{bq.keys.namespace}:task:*")) == before
 
@@ -78,7 +79,7 @@ def test_retry_twice_then_succeed_with_growing_backoff(
     assert h.get(timeout=30) == {"attempt": 3}
     times = _attempt_times(evidence, h.id)
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     # backoff 0.4 s then 0.8 s (no jitter): each wait at least its delay, the second longer
     assert gaps[0] >= 0.35 and gaps[1] >= 0.75 and gaps[1] > gaps[0]
     info = bq.info(h.id)

@@ -14,6 +14,9 @@ from bo_queue.records import RecordStore
 
 TTL = 100
 
+# what a worker passes from the message: handler, queue, priority
+MSG = ("unit.echo", "default", Priority.NORMAL)
+
 
 @pytest.fixture
 def store(fake: fakeredis.FakeRedis) -> RecordStore:
@@ -91,7 +94,7 @@ def test_get_unknown_is_none(store: RecordStore) -> None:
 
 def test_start_runs_and_counts_redeliveries(store: RecordStore) -> None:
     make(store, "a")
-    assert store.start("a", "worker-1") == ("run", 1)
+    assert store.start("a", "worker-1", *MSG) == ("run", 1)
     info = store.get("a")
     assert info is not None
     assert info.state is TaskState.RUNNING
@@ -99,7 +102,7 @@ def test_start_runs_and_counts_redeliveries(store: RecordStore) -> None:
     assert info.started_at is not None
     assert info.attempts == 1
     # The message comes back (lost worker, redelivery): the same task runs again.
-    assert store.start("a", "worker-2") == ("run", 2)
+    assert store.start("a", "worker-2", *MSG) == ("run", 2)
     info = store.get("a")
     assert info is not None and info.worker == "worker-2" and info.attempts == 2
 
@@ -110,7 +113,7 @@ def test_start_clears_next_attempt_and_refreshes_ttl(
     make(store, "a")
     assert store.transition("a", TaskState.RETRYING, next_attempt_at=time.time() + 5, retries=1)
     fake.expire(store.keys.task("a"), 5)
-    assert store.start("a", "w")[0] == "run"
+    assert store.start("a", "w", *MSG)[0] == "run"
     info = store.get("a")
     assert info is not None and info.next_attempt_at is None and info.retries == 1
     assert fake.ttl(store.keys.task("a")) > 5
@@ -126,7 +129,7 @@ def test_cancel_queued(store: RecordStore) -> None:
     assert info.finished_at is not None
     assert store.is_cancelled("a")
     # A worker that picks the message up afterwards must not run it.
-    assert store.start("a", "w") == ("cancelled", 0)
+    assert store.start("a", "w", *MSG) == ("cancelled", 0)
     info = store.get("a")
     assert info is not None and info.state is TaskState.CANCELLED and info.attempts == 0
 
@@ -140,7 +143,7 @@ def test_cancel_pending_held_task(store: RecordStore) -> None:
 
 def test_cancel_running_only_sets_the_flag(store: RecordStore, fake: fakeredis.FakeRedis) -> None:
     make(store, "a")
-    store.start("a", "w")
+    store.start("a", "w", *MSG)
     assert store.cancel("a", "stop please") is TaskState.RUNNING
     info = store.get("a")
     assert info is not None
@@ -173,7 +176,7 @@ def test_cancel_terminal_writes_nothing(
 
 def test_transition_moves_a_live_record(store: RecordStore, fake: fakeredis.FakeRedis) -> None:
     make(store, "a")
-    store.start("a", "w")
+    store.start("a", "w", *MSG)
     fake.expire(store.keys.task("a"), 5)
     assert store.transition("a", TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0)
     info = store.get("a")
@@ -199,7 +202,7 @@ def test_transition_never_moves_a_terminal_record(
 @pytest.mark.parametrize("final", [TaskState.SUCCEEDED, TaskState.FAILED, TaskState.EXPIRED])
 def test_start_on_an_ended_record_is_done(store: RecordStore, final: TaskState) -> None:
     make(store, "a", state=final)
-    assert store.start("a", "w") == ("done", 0)
+    assert store.start("a", "w", *MSG) == ("done", 0)
     info = store.get("a")
     assert info is not None and info.state is final and info.attempts == 0
 
@@ -208,10 +211,10 @@ def test_start_on_a_succeeded_record_that_is_also_flagged_stays_succeeded(
     store: RecordStore,
 ) -> None:
     make(store, "a")
-    store.start("a", "w")
+    store.start("a", "w", *MSG)
     store.cancel("a", "stop")  # flag set while running
     assert store.transition("a", TaskState.SUCCEEDED)  # it finished anyway
-    assert store.start("a", "w2") == ("cancelled", 0)  # a redelivery does not run it
+    assert store.start("a", "w2", *MSG) == ("cancelled", 0)  # a redelivery does not run it
     info = store.get("a")
     assert info is not None and info.state is TaskState.SUCCEEDED
 
@@ -254,3 +257,12 @@ def test_transition_of_a_vanished_record_creates_no_stub(
     store.transition("vanished", TaskState.SUCCEEDED, finished_at=time.time())
     assert not fake.exists(key), f"transition() wrote a stub record: {fake.hgetall(key)}"
     assert store.get("vanished") is None
+
+
+def test_start_without_a_record_runs_and_creates_one(store: RecordStore) -> None:
+    """A message sent with plain Celery send_task has no record: it runs, and gets one."""
+    assert store.start("raw", "w", "unit.echo", "bo", Priority.HIGH) == ("run", 1)
+    info = store.get("raw")
+    assert info is not None
+    assert (info.handler, info.queue, info.priority) == ("unit.echo", "bo", Priority.HIGH)
+    assert info.state is TaskState.RUNNING and info.worker == "w"

@@ -323,7 +323,7 @@ def test_unknown_ids(bq: BOQueue) -> None:
 
 def test_cancel_of_a_running_task_reports_running(bq: BOQueue) -> None:
     _record(bq, "a", TaskState.QUEUED)
-    assert bq.records.start("a", "w")[0] == "run"
+    assert bq.records.start("a", "w", "unit.echo", "default", Priority.NORMAL)[0] == "run"
     assert bq.cancel("a") is TaskState.RUNNING  # it stops at its next ctx.cancelled check
     assert bq.records.is_cancelled("a")
     assert bq.info("a").state is TaskState.RUNNING

@@ -8,7 +8,7 @@ import random
 import pydantic
 import pytest
 
-from bo_queue import RetryPolicy
+from bo_queue import RetryPolicy, ValidationError
 from bo_queue.retry import NO_RETRY
 
 
@@ -92,8 +92,8 @@ def test_defaults_and_no_retry() -> None:
     ],
     ids=repr,
 )
-def test_invalid_policies_raise_pydantic_validation_error(kwargs: dict[str, object]) -> None:
-    with pytest.raises(pydantic.ValidationError):
+def test_invalid_policies_raise_our_validation_error(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="invalid RetryPolicy"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 

@@ -35,7 +35,7 @@ CELERY_TO_BO = {
     celery_states.SUCCESS: TaskState.SUCCEEDED,
     celery_states.FAILURE: TaskState.FAILED,
     celery_states.REVOKED: TaskState.CANCELLED,
-    celery_states.REJECTED: TaskState.FAILED,
+    celery_states.REJECTED: TaskState.QUEUED,  # requeued when its worker was lost
     celery_states.IGNORED: TaskState.CANCELLED,
 }
 

@@ -1,0 +1,8 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml constraints.txt README.md ./
+COPY bo_queue ./bo_queue
+COPY workers ./workers
+COPY scheduler ./scheduler
+RUN pip install --no-cache-dir -c constraints.txt .
+USER nobody

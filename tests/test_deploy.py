@@ -1,0 +1,67 @@
+"""docker-compose.yml cannot be run here (no Docker engine); read it and check that each
+service is what it says and that every command is a real entry point of this package."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bo_queue.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_services_and_redis_persistence(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) >= {"redis", "worker", "beat", "flower"}
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    for name in ("worker", "beat", "flower"):
+        env = services[name]["environment"]
+        assert env["BO_QUEUE_REDIS_URL"].startswith("redis://redis:")
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    # scalable with --scale: a fixed container_name or host port would collide
+    assert "container_name" not in services["worker"] and "ports" not in services["worker"]
+
+
+def test_worker_command_parses_with_our_cli(compose: dict[str, Any]) -> None:
+    command = compose["services"]["worker"]["command"]
+    assert command[0] == "bo-queue"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "worker"
+    assert args.queues == "default,bo,evaluate"
+
+
+@pytest.mark.parametrize("service", ["beat", "flower"])
+def test_celery_commands_name_our_worker_app(compose: dict[str, Any], service: str) -> None:
+    command = compose["services"][service]["command"]
+    assert command[:3] == ["celery", "-A", "workers.app"]
+    assert command[3] == service
+    # the subcommand exists in the installed celery (flower registers itself as one)
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", command[3], "--help"], capture_output=True, text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Usage" in out.stdout
+
+
+def test_console_script_is_declared() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'bo-queue = "bo_queue.cli:main"' in pyproject
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "-c constraints.txt" in dockerfile
+    for path in ("bo_queue", "workers", "scheduler"):
+        assert f"COPY {path} " in dockerfile, shlex.quote(path)
