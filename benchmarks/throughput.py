@@ -489,41 +489,46 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     load_before = os.getloadavg()
     log_dir = tempfile.mkdtemp(prefix="bo-queue-bench-")
-    keep_logs = True
+    failed, interrupted = True, False
     try:
-        with ExitStack() as stack:
-            server = RedisServer()
-            stack.callback(server.close)
-            server.start()
-            namespace = f"bench{os.getpid()}"
-            worker = WorkerProcess(
-                server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
-                pool=args.pool, name="bench", imports=["benchmarks.throughput"],
-                # so the worker can import this module (for the plain Celery task)
-                env={"PYTHONPATH": os.pathsep.join(
-                    p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
-                log_path=os.path.join(log_dir, "worker.log"),
-            )
-            stack.callback(worker.__exit__, None, None, None)  # stops it, even if start fails
-            print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
-                  f"{args.concurrency}, queue {RUN_QUEUE!r}; N={args.n}, latency N="
-                  f"{args.latency_n}, {args.rounds} rounds", file=sys.stderr, flush=True)
-            worker.start(wait=60)
-            bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
-            redis_version = str(bq.redis.info("server").get("redis_version"))
+        with ExitStack() as stack:  # closes, last first: the facade, the worker, redis-server
+            try:
+                server = RedisServer()
+                stack.callback(server.close)
+                server.start()
+                namespace = f"bench{os.getpid()}"
+                worker = WorkerProcess(
+                    server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
+                    pool=args.pool, name="bench", imports=["benchmarks.throughput"],
+                    # so the worker can import this module (for the plain Celery task)
+                    env={"PYTHONPATH": os.pathsep.join(
+                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
+                    log_path=os.path.join(log_dir, "worker.log"),
+                )
+                stack.callback(worker.__exit__, None, None, None)  # stops it even if start fails
+                print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
+                      f"{args.concurrency}, queue {RUN_QUEUE!r}; N={args.n}, latency N="
+                      f"{args.latency_n}, {args.rounds} rounds", file=sys.stderr, flush=True)
+                worker.start(wait=60)
+                bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
+                redis_version = str(bq.redis.info("server").get("redis_version"))
 
-            warm_up(bq, min(args.n, 200))
-            samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
-            profile = profile_submit(bq, args.n) if args.profile else ""
-        keep_logs = False
-    except KeyboardInterrupt:
-        print("interrupted; workers and redis-server stopped", file=sys.stderr)
-        return 130
+                warm_up(bq, min(args.n, 200))
+                samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
+                profile = profile_submit(bq, args.n) if args.profile else ""
+            except KeyboardInterrupt:
+                interrupted = True
+            # Leaving the handler frees the interrupted frames, and the Celery AsyncResults in
+            # them, while redis-server still runs (their __del__ talks to it).
+        failed = False
     finally:
-        if keep_logs:
+        if failed:
             print(f"worker log kept in {log_dir}", file=sys.stderr)
         else:
             shutil.rmtree(log_dir, ignore_errors=True)
+    if interrupted:
+        print("interrupted; the worker and redis-server are stopped", file=sys.stderr)
+        return 130
 
     rows = build_rows(samples)
     table = markdown_table(rows)

@@ -133,7 +133,7 @@ class BOQueue:
         self._directory_read_at = -math.inf
         self._results: ResultWaiter | None = None
         self._callbacks: CallbackDispatcher | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # callbacks() builds results() under it
 
     @classmethod
     def from_env(cls, **overrides: Any) -> BOQueue:

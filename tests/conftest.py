@@ -60,12 +60,12 @@ class Cluster:
         return self.bq
 
     def add_worker(self, concurrency: int = 1, name: str | None = None, start: bool = True,
-                   **kwargs: object) -> WorkerProcess:
+                   imports: tuple[str, ...] = (HANDLERS,), **kwargs: object) -> WorkerProcess:
         name = name or f"{self.namespace}-{len(self.workers) + 1}"
         env = {"PYTHONPATH": str(ROOT), "TEST_WORKER_NAME": name}
         env.update({f"BO_QUEUE_{k.upper()}": v for k, v in self.settings.items()})
         worker = WorkerProcess(
-            self.redis_url, self.namespace, concurrency=concurrency, imports=[HANDLERS],
+            self.redis_url, self.namespace, concurrency=concurrency, imports=imports,
             name=name, env=env, **kwargs,  # type: ignore[arg-type]
         )
         self.workers.append(worker)

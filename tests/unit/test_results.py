@@ -333,3 +333,21 @@ def test_cancel_of_a_finished_task_reports_its_end(bq: BOQueue) -> None:
     _record(bq, "a", TaskState.SUCCEEDED)
     assert bq.cancel("a") is TaskState.SUCCEEDED
     assert not bq.records.is_cancelled("a")
+
+
+def test_then_as_the_first_result_call_does_not_deadlock() -> None:
+    """`callbacks` builds `results` under the same lock: it must be re-entrant."""
+    import threading
+
+    from bo_queue import BOQueue
+
+    bq = BOQueue(redis_url="redis://127.0.0.1:1/0", namespace="unitlock")
+    finished = threading.Event()
+
+    def first_call() -> None:
+        bq.callbacks  # noqa: B018  (the property builds the dispatcher)
+        finished.set()
+
+    threading.Thread(target=first_call, daemon=True).start()
+    assert finished.wait(5), "BOQueue.callbacks deadlocked on its own lock"
+    bq.close()

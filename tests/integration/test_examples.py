@@ -1,0 +1,26 @@
+"""The README's tour (examples/) runs as written, against a real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from examples.tour import tour
+from tests.conftest import Cluster, make_cluster
+
+
+@pytest.fixture(scope="module")
+def reports(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=0, concurrency=2)
+    c.add_worker(concurrency=2, imports=("examples.reports",))
+    yield c
+    c.close()
+
+
+def test_readme_tour(reports: Cluster) -> None:
+    result = tour(reports.producer())
+    assert result["state"] == "SUCCEEDED" and result["children"] == 5
+    assert result["parts"] == [{"part": i, "rows": 100 * i} for i in range(5)]
+    assert result["rows"] == sum(100 * i for i in range(20))
+    assert result["cancelled"] is True and result["later"] == "CANCELLED"
