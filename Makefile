@@ -17,7 +17,7 @@ demo: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m bo_queue.demo
 
 lint: $(BIN)/.installed-$(EXTRAS)
-	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks
+	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks examples
 	$(BIN)/mypy
 
 test: lint

@@ -1,7 +1,7 @@
 """Throughput and latency of no-op tasks: the BOQueue facade against raw Celery.
 
     .venv/bin/python benchmarks/throughput.py            # default size, about 1-2 minutes
-    .venv/bin/python benchmarks/throughput.py --quick    # smoke run, about 20 s
+    .venv/bin/python benchmarks/throughput.py --quick    # smoke run, about 20-30 s
     .venv/bin/python benchmarks/throughput.py --n 5000 --rounds 5 --markdown-out table.md
 
 One run starts its own redis-server (a free port, never 127.0.0.1:6379) and one

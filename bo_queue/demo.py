@@ -30,8 +30,9 @@ def main() -> int:
                           name=f"demo{i}")
             for i in (1, 2)
         ]
-        for worker in workers:
-            stack.enter_context(worker.start(wait=0) and worker)
+        for worker in workers:  # start side by side, then wait for both
+            worker.start(wait=0)
+            stack.callback(worker.stop)
         for worker in workers:
             worker.wait_ready()
         bq = stack.enter_context(BOQueue(redis_url=url, namespace=namespace))

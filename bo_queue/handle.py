@@ -55,7 +55,7 @@ class TaskHandle:
         TaskExpiredError, or TaskTimeoutError once `timeout` seconds pass (None: wait)."""
         meta = self._bq.results.fetch(self.id)
         if meta is None:
-            state = self.state
+            state = self._bq.records.state(self.id)
             if state is TaskState.EXPIRED:
                 raise TaskExpiredError(self.id, f"task {self.id} expired before it started")
             if state is TaskState.CANCELLED:

@@ -189,6 +189,13 @@ class RecordStore:
         key = self.keys.task(task_id)
         self.redis.hset(key, mapping={"progress": fraction, "progress_message": message})
 
+    def state(self, task_id: str) -> TaskState | None:
+        """Just the state (EXPIRED once `expires` has passed unstarted); None if unknown."""
+        state, expires = self.get_fields(task_id, "state", "expires_at")
+        if state is None:
+            return None
+        return _derived_state(TaskState(state), expires)
+
     def get_fields(self, task_id: str, *fields: str) -> list[str | None]:
         values = self.redis.hmget(self.keys.task(task_id), list(fields))
         return [None if v is None else str(v) for v in values]
@@ -213,10 +220,14 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
     data: dict[str, Any] = dict(raw)
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
     data["children"] = tuple(sorted(children or ()))
-    state = TaskState(data["state"])
-    expires = data.get("expires_at")
+    data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
+    return TaskInfo.model_validate(data)
+
+
+def _derived_state(state: TaskState, expires_at: str | None) -> TaskState:
     # A task whose `expires` passed while it waited will never run: say so now, not only
     # once a worker picks its message up and discards it.
-    if state in (TaskState.PENDING, TaskState.QUEUED) and expires and float(expires) < time.time():
-        data["state"] = TaskState.EXPIRED
-    return TaskInfo.model_validate(data)
+    waiting = state in (TaskState.PENDING, TaskState.QUEUED)
+    if waiting and expires_at and float(expires_at) < time.time():
+        return TaskState.EXPIRED
+    return state

@@ -83,6 +83,7 @@ class ResultWaiter:
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.redis = client
         self.prefix = key_prefix
+        self._local = threading.local()  # one pub/sub connection per thread, reused
 
     def key(self, task_id: str) -> str:
         return self.prefix + task_id
@@ -101,20 +102,32 @@ class ResultWaiter:
         if meta is not None:
             return meta
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = _pubsub(self.redis)
+        channel = self.key(task_id)
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._local.pubsub = _pubsub(self.redis)
         try:
-            pubsub.subscribe(self.key(task_id))
+            pubsub.subscribe(channel)
             meta = self.fetch(task_id)  # it may have finished before we subscribed
             while meta is None:
                 left = 1.0 if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     return None
                 message = pubsub.get_message(timeout=min(left, 1.0))
-                if message is not None:
+                if message is not None and _text(message["channel"]) == channel:
                     meta = _ready(message["data"])
             return meta
+        except redis.RedisError:
+            pubsub.close()  # a broken connection: the next wait opens a new one
+            self._local.pubsub = None
+            raise
         finally:
-            pubsub.close()
+            if self._local.pubsub is not None:
+                pubsub.unsubscribe(channel)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pubsub(client: redis.Redis) -> redis.client.PubSub:
@@ -189,7 +202,7 @@ class CallbackDispatcher:
         if message is not None:
             meta = _ready(message["data"])
             if meta is not None:
-                task_id = message["channel"].decode()[len(self.waiter.prefix) :]
+                task_id = _text(message["channel"])[len(self.waiter.prefix) :]
                 self._fire(task_id, meta, pubsub)
 
     def _check(self, task_ids: list[str], pubsub: redis.client.PubSub) -> None:

@@ -188,3 +188,4 @@ def test_unknown_task_ids_are_errors(bq: BOQueue) -> None:
     for call in (bq.info, bq.handle, bq.cancel):
         with pytest.raises(UnknownTaskError):
             call("no-such-task")
+
