@@ -30,7 +30,7 @@ integration: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest tests/integration
 
 benchmark: $(BIN)/.installed-$(EXTRAS)
-	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput.py --markdown-out benchmarks/results/throughput.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
