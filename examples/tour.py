@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from bo_queue import BOQueue, Priority, TaskCancelledError
 
 
@@ -19,10 +21,8 @@ def tour(bq: BOQueue) -> dict[str, object]:
 
     later = bq.submit("reports.build", {}, countdown=600, tags=("nightly",))
     cancelled = bq.cancel_tag("nightly")
-    try:
+    with contextlib.suppress(TaskCancelledError):
         later.get(timeout=5)
-    except TaskCancelledError:
-        pass
     return {
         "state": bq.info(h.id).state.value, "children": len(bq.info(h.id).children),
         "parts": parts, "rows": rows, "cancelled": cancelled == [later.id],
