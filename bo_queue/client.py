@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
 import pydantic
@@ -33,6 +33,9 @@ from bo_queue.keys import Keys
 from bo_queue.records import RecordStore, TaskInfo
 from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, TaskState
+
+if TYPE_CHECKING:
+    from bo_queue.studies.manager import StudyManager
 
 
 class TaskRequest(BaseModel):
@@ -85,9 +88,9 @@ class _Plan:
 
     def __init__(
         self, request: TaskRequest, queue: str, due_at: float | None,
-        expires_at: float | None, held: bool,
+        expires_at: float | None, held: bool, task_id: str | None = None,
     ) -> None:
-        self.id = str(uuid.uuid4())
+        self.id = task_id or str(uuid.uuid4())
         self.request = request
         self.queue = queue
         self.due_at = due_at
@@ -132,6 +135,8 @@ class BOQueue:
         self._directory: dict[str, dict[str, Any]] = {}
         self._directory_read_at = -math.inf
         self._results: ResultWaiter | None = None
+        self._studies: StudyManager | None = None
+        self._raw_redis: redis.Redis | None = None
         self._callbacks: CallbackDispatcher | None = None
         self._lock = threading.RLock()  # callbacks() builds results() under it
 
@@ -150,6 +155,26 @@ class BOQueue:
         if self._callbacks is not None:
             self._callbacks.close()
         self.redis.close()
+        if self._raw_redis is not None:
+            self._raw_redis.close()
+
+    @property
+    def raw_redis(self) -> redis.Redis:
+        """A client on the same server that returns bytes (for binary values)."""
+        if self._raw_redis is None:
+            self._raw_redis = redis.Redis.from_url(
+                self.settings.redis_url, socket_connect_timeout=self.settings.connect_timeout_s
+            )
+        return self._raw_redis
+
+    @property
+    def studies(self) -> StudyManager:
+        """Optimization studies: create, run, suggest, report, best, ... (bo_queue.studies)."""
+        if self._studies is None:
+            from bo_queue.studies.manager import StudyManager
+
+            self._studies = StudyManager(self)
+        return self._studies
 
     # -- results ------------------------------------------------------------------------
 
@@ -219,7 +244,7 @@ class BOQueue:
                 raise ValidationError(f"request {index}: {exc}") from None
         return self._submit(plans)
 
-    def _plan(self, request: TaskRequest) -> _Plan:
+    def _plan(self, request: TaskRequest, task_id: str | None = None) -> _Plan:
         _check_payload(request.payload, self.settings.max_payload_bytes)
         declared = self._handler_queue(request.handler)
         queue = request.queue or declared or self.settings.default_queue
@@ -245,7 +270,7 @@ class BOQueue:
             if expires_at <= (due_at or now):
                 raise ValidationError("expires must be later than when the task is due")
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
-        return _Plan(request, queue, due_at, expires_at, held)
+        return _Plan(request, queue, due_at, expires_at, held, task_id)
 
     def _submit(self, plans: list[_Plan]) -> list[TaskHandle]:
         now = time.time()

@@ -38,6 +38,11 @@ class TaskContext:
         self._checkpoint: Any = _UNSET
         self.cancel_seen = False  # the runner ends the task CANCELLED once this is set
 
+    @property
+    def bq(self) -> BOQueue:
+        """The worker's facade, to submit or look up other tasks."""
+        return self._bq
+
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress as a fraction in [0, 1] with an optional message."""
         if not 0.0 <= float(fraction) <= 1.0:

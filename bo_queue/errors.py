@@ -3,18 +3,25 @@
     BOQueueError
     ├── ConfigurationError          settings that cannot work (unknown key, bad URL, ...)
     ├── ValidationError             bad input at the edge (also a ValueError)
-    │   └── UnknownHandlerError     no worker or producer declared that handler name
+    │   ├── UnknownHandlerError     no worker or producer declared that handler name
+    │   └── InvalidResultError      a handler's result, or a trial's reported values, that
+    │                               cannot be stored (not JSON, wrong keys, NaN, ...)
     ├── UnknownTaskError            no record for that task id (also a LookupError)
     ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
     ├── DependencyError             a dependency cycle, or an unknown or failed dependency
+    ├── StudyError                  about an optimization study
+    │   ├── StudyNotFoundError      no study with that id (also a LookupError)
+    │   ├── TrialNotFoundError      no trial with that index in the study (also a LookupError)
+    │   ├── InvalidTransitionError  a lifecycle change the study's status does not allow
+    │   └── ReportConflictError     a second, different result for a trial that has one
     └── TaskError                   how a task ended, raised by TaskHandle.get()
         ├── TaskFailedError         the handler raised; carries the remote type, message, traceback
         ├── TaskCancelledError      cancelled (by id, tag or terminate) before it could finish
         ├── TaskExpiredError        its `expires` passed before a worker started it
         └── TaskTimeoutError        get(timeout=...) gave up waiting (the task may still finish)
 
-    InvalidResultError (a ValidationError) is raised *inside* a worker when a handler
-    returns something that is not JSON; the task then fails with it as its remote type.
+    InvalidResultError raised *inside* a worker (a handler returned something that is not
+    JSON) fails that task, with it as the remote type.
 """
 
 from __future__ import annotations
@@ -59,6 +66,31 @@ class BrokerUnavailableError(BOQueueError, ConnectionError):
 
 class DependencyError(BOQueueError):
     """A dependency cycle, a dependency on an unknown task, or a failed dependency."""
+
+
+class StudyError(BOQueueError):
+    """Something about an optimization study."""
+
+
+class StudyNotFoundError(StudyError, LookupError):
+    def __init__(self, study_id: str) -> None:
+        super().__init__(f"no study with id {study_id!r}")
+        self.study_id = study_id
+
+
+class TrialNotFoundError(StudyError, LookupError):
+    def __init__(self, study_id: str, index: int) -> None:
+        super().__init__(f"study {study_id!r} has no trial {index}")
+        self.study_id = study_id
+        self.index = index
+
+
+class InvalidTransitionError(StudyError):
+    """A lifecycle change the study's current status does not allow."""
+
+
+class ReportConflictError(StudyError):
+    """A trial already has a different result; results are written once."""
 
 
 class TaskError(BOQueueError):

@@ -16,10 +16,12 @@ from bo_queue.errors import ConfigurationError
 from workers import lifecycle
 from workers.runner import bind_handlers
 
+BUILTIN_MODULES = ("workers.builtin", "workers.studies", "workers.objectives")
+
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
     bq = BOQueue(settings=settings or Settings.load())
-    for module in ["workers.builtin", *bq.settings.imports]:
+    for module in [*BUILTIN_MODULES, *bq.settings.imports]:
         try:
             importlib.import_module(module)
         except ImportError as exc:

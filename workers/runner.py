@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 HARD_LIMIT_GRACE_S = 5.0  # the soft limit raises in the handler; the hard one kills it
 
+# Called as listener(task, payload, result, error) once a task has ended for good
+# (after its result is stored): how an evaluation's outcome reaches its study.
+FinishListener = Callable[["HandlerTask", Any, Any, BaseException | None], None]
+finish_listeners: list[FinishListener] = []
+
 
 class HandlerTask(Task[Any, Any]):
     """The Celery task class behind a bo_queue handler."""
@@ -42,6 +48,7 @@ class HandlerTask(Task[Any, Any]):
             task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0
         )
         _hook(self.spec.on_success, self.request, retval)
+        _notify(self, args, retval, None)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -50,6 +57,16 @@ class HandlerTask(Task[Any, Any]):
             task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc)
         )
         _hook(self.spec.on_failure, self.request, exc)
+        _notify(self, args, None, exc)
+
+
+def _notify(task: HandlerTask, args: Any, result: Any, error: BaseException | None) -> None:
+    payload = args[0] if args else None
+    for listener in finish_listeners:
+        try:
+            listener(task, payload, result, error)
+        except Exception:
+            log.exception("finish listener %s failed for task %s", listener, task.request.id)
 
 
 def describe(exc: BaseException) -> str:

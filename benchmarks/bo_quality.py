@@ -1,0 +1,619 @@
+"""BO quality: does a bo_queue study find minima as well as Ax run in process?
+
+    .venv/bin/python benchmarks/bo_quality.py                  # both problems, seeds 0..9
+    .venv/bin/python benchmarks/bo_quality.py --quick          # Branin, seeds 0..2 (~1 min)
+    .venv/bin/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
+        --markdown-out /tmp/bo_quality.md
+
+Problems (minimised; the objectives and their spaces come from workers.objectives):
+
+    branin      2-d, N = 20 trials, 5 initial (center + Sobol), regret threshold 0.1
+    hartmann6   6-d, N = 30 trials, 8 initial (center + Sobol), regret threshold 0.15
+
+Methods, each run once per problem and seed, all in the same process run:
+
+    ax          Ax in process: ax.Client(random_seed=seed), "fast" generation strategy
+                (center, Sobol seeded with `seed`, then BoTorch), one trial at a time:
+                get_next_trials(max_trials=1) then complete_trial. The reference.
+    sobol       scrambled Sobol points (scipy.stats.qmc.Sobol(seed=seed)), N of them.
+    optuna-tpe  Optuna's TPESampler(seed=seed), N trials (skipped if optuna is missing).
+    bq-p1/bq-p4 bo_queue's closed loop (`run_closed_loop`) with parallelism 1 and 4,
+                through Redis and real workers: skipped until that function is wired.
+
+Regret is the best value observed in the N trials minus the known minimum. The table
+gives, per problem and method: the median and the worst regret over the seeds, how many
+seeds ended under the threshold, the median wall time of a run and, where it applies, the
+median time of one model-based generation step. Then the issue's targets:
+
+    - parallelism 1 matches Ax in process: median regret within 1.5x of Ax's,
+      Branin < 0.1 in >= 7/10 seeds, Hartmann6 < 0.15 in >= 6/10 seeds;
+    - parallelism 4 loses at most 2x in median regret against Ax in process;
+    - step overhead (lock, load, save) under 20 % of the generation time.
+
+Every run's numbers, the warnings Ax and friends raised (category, message, count), the
+machine, library versions, the git commit and the date go to
+benchmarks/results/bo_quality.json. The table is printed, and written alone with
+--markdown-out PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from workers.objectives import (
+    BRANIN_MIN,
+    BRANIN_SPACE,
+    HARTMANN6_MIN,
+    HARTMANN6_SPACE,
+    branin,
+    hartmann6,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "bo_quality.json"
+
+# The closed-loop runs share these with Ax in process, so both start from the same design.
+BRANIN_TRIALS = 20
+BRANIN_INITIAL_TRIALS = 5
+HARTMANN6_TRIALS = 30
+HARTMANN6_INITIAL_TRIALS = 8
+
+DEFAULT_SEEDS = tuple(range(10))
+QUICK_SEEDS = (0, 1, 2)
+DEFAULT_PARALLELISM = (1, 4)
+
+# The issue's targets.
+P1_MEDIAN_RATIO_MAX = 1.5
+P4_MEDIAN_RATIO_MAX = 2.0
+OVERHEAD_FRACTION_MAX = 0.20
+SEEDS_UNDER_THRESHOLD_MIN = {"branin": 0.7, "hartmann6": 0.6}  # fraction of seeds
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str  # also the objective (metric) name the evaluator returns
+    evaluator: str  # the bo_queue handler in workers.objectives
+    space: dict[str, tuple[float, float]]
+    minimum: float
+    trials: int
+    initial_trials: int
+    threshold: float  # a run "succeeds" when its regret is below this
+    fn: Callable[[dict[str, float]], float]
+
+
+PROBLEMS: dict[str, Problem] = {
+    "branin": Problem(
+        name="branin", evaluator="bench.branin", space=BRANIN_SPACE, minimum=BRANIN_MIN,
+        trials=BRANIN_TRIALS, initial_trials=BRANIN_INITIAL_TRIALS, threshold=0.1,
+        fn=lambda p: branin(p["x1"], p["x2"]),
+    ),
+    "hartmann6": Problem(
+        name="hartmann6", evaluator="bench.hartmann6", space=HARTMANN6_SPACE,
+        minimum=HARTMANN6_MIN, trials=HARTMANN6_TRIALS,
+        initial_trials=HARTMANN6_INITIAL_TRIALS, threshold=0.15,
+        fn=lambda p: hartmann6([p[name] for name in HARTMANN6_SPACE]),
+    ),
+}
+
+
+@dataclass
+class RunResult:
+    """One optimisation run: a method on a problem with a seed."""
+
+    method: str
+    problem: str
+    seed: int
+    best_value: float
+    regret: float
+    wall_s: float  # the whole run, from building the optimiser to the last result
+    trials: int  # trials that returned a value
+    parallelism: int | None = None  # closed loop only
+    best_so_far: list[float] = field(default_factory=list)  # after each trial
+    # Model-based generation steps (Ax in process: each get_next_trials after the initial
+    # design; closed loop: the time the study step spent inside Ax's generation).
+    generation_s: list[float] = field(default_factory=list)
+    # Closed loop only: per study step, the time spent outside generation and evaluation
+    # (lock, load and save of the Ax snapshot, bookkeeping), for the overhead target.
+    overhead_s: list[float] = field(default_factory=list)
+    notes: str = ""
+
+
+# -- the methods -------------------------------------------------------------------------
+
+
+def _trace(values: Iterable[float]) -> list[float]:
+    best, out = math.inf, []
+    for value in values:
+        best = min(best, value)
+        out.append(best)
+    return out
+
+
+def _result(
+    method: str, problem: Problem, seed: int, values: Sequence[float], wall_s: float, **extra: Any
+) -> RunResult:
+    best = min(values)
+    return RunResult(
+        method=method, problem=problem.name, seed=seed, best_value=best,
+        regret=best - problem.minimum, wall_s=wall_s, trials=len(values),
+        best_so_far=_trace(values), **extra,
+    )
+
+
+def run_ax(problem: Problem, seed: int) -> RunResult:
+    """Ax in process, one trial at a time: the reference the closed loop must match."""
+    from ax import Client, RangeParameterConfig
+
+    started = time.perf_counter()
+    client = Client(random_seed=seed)
+    client.configure_experiment(
+        parameters=[
+            RangeParameterConfig(name=name, bounds=bounds, parameter_type="float")
+            for name, bounds in problem.space.items()
+        ]
+    )
+    client.configure_optimization(objective=f"-{problem.name}")  # "-name" minimises
+    client.configure_generation_strategy(
+        method="fast",
+        initialization_budget=problem.initial_trials,
+        initialization_random_seed=seed,
+    )
+    values: list[float] = []
+    generation_s: list[float] = []
+    while len(values) < problem.trials:
+        t0 = time.perf_counter()
+        trials = client.get_next_trials(max_trials=1)
+        if len(values) >= problem.initial_trials:
+            generation_s.append(time.perf_counter() - t0)
+        for index, params in trials.items():
+            value = problem.fn({name: float(params[name]) for name in problem.space})
+            client.complete_trial(trial_index=index, raw_data={problem.name: value})
+            values.append(value)
+    return _result("ax", problem, seed, values, time.perf_counter() - started,
+                   generation_s=generation_s)
+
+
+def run_sobol(problem: Problem, seed: int) -> RunResult:
+    """N scrambled Sobol points scaled to the box: what BO has to beat."""
+    from scipy.stats import qmc
+
+    started = time.perf_counter()
+    names = list(problem.space)
+    sampler = qmc.Sobol(d=len(names), scramble=True, seed=seed)
+    # The first N points of a 2^m draw: the same points as random(N), without the warning
+    # that N is not a power of two.
+    unit = sampler.random_base2(m=max(0, math.ceil(math.log2(problem.trials))))[: problem.trials]
+    lows = [problem.space[name][0] for name in names]
+    highs = [problem.space[name][1] for name in names]
+    points = qmc.scale(unit, lows, highs)
+    values = [problem.fn(dict(zip(names, map(float, row), strict=True))) for row in points]
+    return _result("sobol", problem, seed, values, time.perf_counter() - started)
+
+
+def optuna_available() -> bool:
+    return importlib.util.find_spec("optuna") is not None
+
+
+def run_optuna(problem: Problem, seed: int) -> RunResult:
+    """Optuna's TPE sampler with its defaults (10 random startup trials), seeded."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed))
+
+    def objective(trial: optuna.Trial) -> float:
+        space = problem.space.items()
+        return problem.fn({name: trial.suggest_float(name, lo, hi) for name, (lo, hi) in space})
+
+    study.optimize(objective, n_trials=problem.trials)
+    values = [float(t.value) for t in study.trials if t.value is not None]
+    return _result("optuna-tpe", problem, seed, values, time.perf_counter() - started)
+
+
+# -- the closed loop: to be wired to bq.studies ------------------------------------------
+
+
+def run_closed_loop(problem: Problem, seed: int, parallelism: int) -> RunResult:
+    """bo_queue's closed loop on real workers. NOT WIRED YET: the lead wires it to bq.studies.
+
+    To do (the only stub in this script, replaced in the same session):
+
+        s = bq.studies.create(
+            name=f"bo-quality-{problem.name}-s{seed}-p{parallelism}",
+            parameters=[Range(name, lo, hi) for name, (lo, hi) in problem.space.items()],
+            objectives=[Objective(problem.name, minimize=True)],
+            strategy=Strategy(initial_trials=problem.initial_trials,
+                              max_trials=problem.trials,
+                              parallelism=parallelism, seed=seed),
+            evaluator=problem.evaluator,          # "bench.branin" / "bench.hartmann6"
+        )
+        t0 = time.perf_counter(); bq.studies.run(s.id); bq.studies.wait(s.id, timeout=...)
+        best = bq.studies.best(s.id)              # Trial(index, params, values)
+
+    and return `RunResult(method=f"bq-p{parallelism}", problem=problem.name, seed=seed,
+    best_value=best.values[problem.name], regret=best_value - problem.minimum,
+    wall_s=..., trials=<completed trials>, parallelism=parallelism,
+    best_so_far=<from the trials in index order>, generation_s=<per step>,
+    overhead_s=<per step: lock + load + save + bookkeeping>)`. The Redis server and
+    workers (queues bo and evaluate, BO_QUEUE_IMPORTS=workers.objectives) can be started
+    once per benchmark run the way benchmarks/throughput.py does. Use the observed values
+    of the trials for best_value (not a model prediction), as the baselines do.
+
+    The main loop calls this once per (problem, seed, parallelism); the first
+    NotImplementedError skips every closed-loop column with a printed note.
+    """
+    raise NotImplementedError("run_closed_loop is not wired to bq.studies yet")
+
+
+# -- running everything ------------------------------------------------------------------
+
+
+@contextmanager
+def recorded_warnings(into: Counter[tuple[str, str, str]]) -> Iterator[None]:
+    """Collect every warning (category, message, where) instead of printing it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                where = f"{Path(w.filename).as_posix().split('site-packages/')[-1]}:{w.lineno}"
+                into[(w.category.__module__ + "." + w.category.__qualname__,
+                      str(w.message).splitlines()[0][:200], where)] += 1
+
+
+def quiet_ax_logs() -> None:
+    """Ax logs every generated and completed trial at INFO on stderr."""
+    from ax.utils.common.logger import set_ax_logger_levels
+
+    set_ax_logger_levels(logging.WARNING)
+
+
+def time_import_ax() -> float:
+    """Seconds a fresh interpreter needs for `from ax import Client` (what a step pays cold)."""
+    code = "import time; t = time.perf_counter(); import ax; print(time.perf_counter() - t)"
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_all(
+    problems: Sequence[Problem],
+    seeds: Sequence[int],
+    parallelisms: Sequence[int],
+    max_minutes: float,
+    verbose: bool,
+    seen_warnings: Counter[tuple[str, str, str]],
+) -> tuple[list[RunResult], list[str]]:
+    notes: list[str] = []
+    baselines: list[tuple[str, Callable[[Problem, int], RunResult]]] = [
+        ("ax", run_ax), ("sobol", run_sobol)
+    ]
+    if optuna_available():
+        baselines.append(("optuna-tpe", run_optuna))
+    else:
+        note = "optuna is not installed: the optuna-tpe column is skipped (pip install optuna)"
+        print(f"note: {note}", flush=True)
+        notes.append(note)
+    closed_loop = True
+    results: list[RunResult] = []
+    deadline = time.monotonic() + max_minutes * 60
+    for problem in problems:
+        for seed in seeds:
+            if time.monotonic() > deadline:
+                note = (f"stopped at {problem.name} seed {seed}: past --max-minutes "
+                        f"{max_minutes:g}; the table covers the runs done so far")
+                print(f"note: {note}", flush=True)
+                notes.append(note)
+                return results, notes
+            runs: list[tuple[str, Callable[[], RunResult]]] = [
+                (name, partial(fn, problem, seed)) for name, fn in baselines
+            ]
+            if closed_loop:
+                runs += [
+                    (f"bq-p{p}", partial(run_closed_loop, problem, seed, p)) for p in parallelisms
+                ]
+            for name, run in runs:
+                if name.startswith("bq-") and not closed_loop:
+                    continue
+                with recorded_warnings(seen_warnings):
+                    try:
+                        result = run()
+                    except NotImplementedError as exc:
+                        note = f"closed-loop columns skipped: {exc}"
+                        print(f"note: {note}", flush=True)
+                        notes.append(note)
+                        closed_loop = False
+                        continue
+                results.append(result)
+                if verbose or name == "ax":
+                    gen = (f", BO step median {statistics.median(result.generation_s):.2f} s"
+                           if result.generation_s else "")
+                    print(f"  {problem.name:9} seed {seed} {name:10} regret {result.regret:9.4g}"
+                          f"  wall {result.wall_s:6.2f} s{gen}", flush=True)
+    return results, notes
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    keys: list[tuple[str, str]] = []
+    for r in results:
+        if (r.problem, r.method) not in keys:
+            keys.append((r.problem, r.method))
+    for problem_name, method in keys:
+        runs = [r for r in results if (r.problem, r.method) == (problem_name, method)]
+        problem = PROBLEMS[problem_name]
+        regrets = [r.regret for r in runs]
+        generation = [g for r in runs for g in r.generation_s]
+        overhead = [o for r in runs for o in r.overhead_s]
+        rows.append({
+            "problem": problem_name,
+            "method": method,
+            "runs": len(runs),
+            "seeds": [r.seed for r in runs],
+            "median_regret": statistics.median(regrets),
+            "worst_regret": max(regrets),
+            "threshold": problem.threshold,
+            "under_threshold": sum(r < problem.threshold for r in regrets),
+            "median_wall_s": statistics.median(r.wall_s for r in runs),
+            "median_generation_s": _median(generation),
+            "overhead_fraction": (sum(overhead) / sum(generation))
+            if overhead and generation else None,
+        })
+    return rows
+
+
+def targets(rows: Sequence[dict[str, Any]], parallelisms: Sequence[int]) -> list[dict[str, Any]]:
+    """The issue's targets, for every problem in the run; `met` is None when not measured."""
+    by = {(row["problem"], row["method"]): row for row in rows}
+    out: list[dict[str, Any]] = []
+
+    def check(problem: str, target: str, value: Any, met: bool | None) -> None:
+        out.append({"problem": problem, "target": target, "value": value, "met": met})
+
+    for problem in dict.fromkeys(row["problem"] for row in rows):
+        ax = by.get((problem, "ax"))
+        threshold = PROBLEMS[problem].threshold
+        share = SEEDS_UNDER_THRESHOLD_MIN[problem]
+        for p, limit in ((1, P1_MEDIAN_RATIO_MAX), (4, P4_MEDIAN_RATIO_MAX)):
+            if p not in parallelisms:
+                continue
+            row = by.get((problem, f"bq-p{p}"))
+            ratio = None
+            if row is not None and ax is not None:
+                ratio = (row["median_regret"] / ax["median_regret"]
+                         if ax["median_regret"] > 0 else math.inf)
+            check(problem, f"p={p}: median regret / Ax in process <= {limit:g}", ratio,
+                  None if ratio is None else ratio <= limit)
+            if p == 1:
+                for label, r in (("p=1", row), ("Ax in process (reference)", ax)):
+                    check(problem, f"{label}: regret < {threshold:g} in >= {share:.0%} of seeds",
+                          None if r is None else f"{r['under_threshold']}/{r['runs']}",
+                          None if r is None else r["under_threshold"] >= share * r["runs"])
+            overhead = None if row is None else row["overhead_fraction"]
+            check(problem, f"p={p}: step overhead / generation time < {OVERHEAD_FRACTION_MAX:.0%}",
+                  overhead, None if overhead is None else overhead < OVERHEAD_FRACTION_MAX)
+    return out
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]],
+             notes: Sequence[str]) -> str:
+    lines = [
+        "| problem (N) | method | seeds | median regret | worst regret | seeds under threshold "
+        "| median wall time / run | median BO step |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        problem = PROBLEMS[row["problem"]]
+        step = row["median_generation_s"]
+        lines.append(
+            f"| {row['problem']} ({problem.trials}) | {row['method']} | {row['runs']} "
+            f"| {_fmt(row['median_regret'])} | {_fmt(row['worst_regret'])} "
+            f"| {row['under_threshold']}/{row['runs']} (< {row['threshold']:g}) "
+            f"| {row['median_wall_s']:.2f} s | {'-' if step is None else f'{step:.2f} s'} |"
+        )
+    if checks:
+        lines += ["", "| problem | target | value | met |", "|---|---|---:|---|"]
+        for c in checks:
+            met = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
+            value = c["value"]
+            if isinstance(value, float) and "overhead" in c["target"]:
+                shown = f"{value:.0%}"
+            elif isinstance(value, float):
+                shown = f"{_fmt(value)}x"
+            else:
+                shown = _fmt(value)
+            lines.append(f"| {c['problem']} | {c['target']} | {shown} | {met} |")
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("ax-platform", "botorch", "gpytorch", "torch", "scipy", "numpy", "pandas",
+                 "optuna"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def _seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part[1:]:
+            lo, hi = part.split("-", 1)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            seeds.append(int(part))
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seeds given")
+    return seeds
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PROBLEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown problem(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PROBLEMS)}"
+        )
+    return names
+
+
+def _ints(text: str) -> list[int]:
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seeds", type=_seeds, default=None,
+                        help="e.g. 0-9 or 0,3,5 (default 0-9; --quick: 0-2)")
+    parser.add_argument("--problems", type=_names, default=None,
+                        help="comma-separated: branin,hartmann6 (default both; --quick: branin)")
+    parser.add_argument("--parallelism", type=_ints, default=list(DEFAULT_PARALLELISM),
+                        help="closed-loop parallelisms (default 1,4)")
+    parser.add_argument("--quick", action="store_true", help="3 seeds, Branin only")
+    parser.add_argument("--max-minutes", type=float, default=60.0,
+                        help="start no new seed after this long (default 60)")
+    parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--markdown-out", type=Path, default=None,
+                        help="also write the table alone to this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
+    args = parser.parse_args(argv)
+
+    seeds = args.seeds or (list(QUICK_SEEDS) if args.quick else list(DEFAULT_SEEDS))
+    names = args.problems or (["branin"] if args.quick else list(PROBLEMS))
+    problems = [PROBLEMS[name] for name in names]
+
+    seen_warnings: Counter[tuple[str, str, str]] = Counter()
+    load_before = os.getloadavg()
+    with recorded_warnings(seen_warnings):
+        logging.disable(logging.INFO)  # Ax logs at INFO while it is imported
+        t0 = time.perf_counter()
+        import ax  # noqa: F401  (measured here, so no run pays for it)
+
+        import_in_process_s = time.perf_counter() - t0
+        logging.disable(logging.NOTSET)
+        quiet_ax_logs()
+    import_ax_s = time_import_ax()
+    print(f"bo_quality: problems {', '.join(names)}; seeds {seeds}; "
+          f"import ax: {import_ax_s:.1f} s in a fresh interpreter", flush=True)
+
+    started = time.perf_counter()
+    results, notes = run_all(problems, seeds, args.parallelism, args.max_minutes,
+                             args.verbose, seen_warnings)
+    total_s = time.perf_counter() - started
+    if not results:
+        print("no runs finished", file=sys.stderr)
+        return 1
+
+    rows = summarize(results)
+    checks = targets(rows, args.parallelism)
+    table = markdown(rows, checks, notes)
+    print()
+    print(table)
+    if seen_warnings:
+        print(f"{sum(seen_warnings.values())} warnings were raised (kept in the JSON), by kind:")
+        kinds = Counter[str]()
+        for (category, message, _), count in seen_warnings.items():
+            kinds[f"{category}: {message[:90]}"] += count
+        for kind, count in kinds.most_common():
+            print(f"  {count:6} x {kind}")
+
+    report = {
+        "benchmark": "bo_quality",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "load_avg_before": load_before,
+            "load_avg_after": os.getloadavg(),
+        },
+        "versions": _versions(),
+        "args": {"seeds": seeds, "problems": names, "parallelism": args.parallelism,
+                 "quick": args.quick},
+        "problems": {
+            p.name: {"evaluator": p.evaluator, "space": p.space, "minimum": p.minimum,
+                     "trials": p.trials, "initial_trials": p.initial_trials,
+                     "threshold": p.threshold}
+            for p in problems
+        },
+        "import_ax_s": {"fresh_interpreter": import_ax_s, "this_process": import_in_process_s},
+        "total_s": total_s,
+        "summary": rows,
+        "targets": checks,
+        "notes": notes,
+        "warnings": [
+            {"category": c, "message": m, "where": w, "count": n}
+            for (c, m, w), n in seen_warnings.most_common()
+        ],
+        "runs": [asdict(r) for r in results],
+    }
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"\nwrote {args.json_out} ({total_s:.0f} s of runs)")
+    if args.markdown_out is not None:
+        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown_out.write_text(table)
+        print(f"wrote {args.markdown_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

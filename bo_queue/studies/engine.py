@@ -1,0 +1,171 @@
+"""The Ax engine: a study's spec becomes an Ax 1.x Client; its state is the Client's JSON
+snapshot, zlib-compressed, with the seed re-applied on load (Ax does not persist it).
+
+Imported only where a study step runs: it pulls in Ax, torch and BoTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ax import ChoiceParameterConfig, Client, RangeParameterConfig
+
+from bo_queue.studies.models import Choice, Outcome, Range, StudySpec, Value
+
+log = logging.getLogger(__name__)
+
+
+class GenerationTimeout(Exception):
+    """Generation took longer than the strategy's time limit."""
+
+
+class Engine:
+    def __init__(self, spec: StudySpec, client: Client) -> None:
+        self.spec = spec
+        self.client = client
+
+    @classmethod
+    def create(cls, spec: StudySpec) -> Engine:
+        strategy = spec.strategy
+        client = Client(random_seed=strategy.seed)
+        client.configure_experiment(
+            parameters=[_parameter(p) for p in spec.parameters],
+            parameter_constraints=[c.expression() for c in spec.parameter_constraints] or None,
+            name=spec.name,
+        )
+        client.configure_optimization(
+            objective=", ".join(("-" if o.minimize else "") + o.name for o in spec.objectives),
+            outcome_constraints=[f"{c.metric} {c.op} {c.bound}" for c in spec.outcome_constraints]
+            or None,
+        )
+        client.configure_generation_strategy(
+            method=strategy.method,
+            initialization_budget=strategy.initial_trials,
+            initialization_random_seed=strategy.seed,
+        )
+        return cls(spec, client)
+
+    @classmethod
+    def load(cls, spec: StudySpec, model: bytes) -> Engine:
+        client = Client._from_json_snapshot(json.loads(zlib.decompress(model)))
+        client._random_seed = spec.strategy.seed  # not part of the snapshot
+        return cls(spec, client)
+
+    def snapshot(self) -> bytes:
+        return zlib.compress(json.dumps(self.client._to_json_snapshot()).encode(), 6)
+
+    def generate(
+        self, count: int, time_limit_s: float, fallback_seed: int
+    ) -> list[tuple[int, dict[str, Value], str]]:
+        """`count` new trials as (index, params, generator). Past the time limit the rest
+        come from a scrambled Sobol sequence instead, and say so."""
+        made: list[tuple[int, dict[str, Value], str]] = []
+        try:
+            with _time_box(time_limit_s):
+                while len(made) < count:
+                    want = count - len(made)
+                    if self.spec.strategy.batch_size:
+                        want = min(want, self.spec.strategy.batch_size)
+                    batch = self.client.get_next_trials(max_trials=want)
+                    node = self._node_name()  # Ax moves to the generating node first
+                    made.extend((index, dict(params), node) for index, params in batch.items())
+        except GenerationTimeout:
+            log.warning(
+                "generation passed %.1f s; Sobol for %d trial(s)", time_limit_s, count - len(made)
+            )
+            for params in sobol_points(self.spec, count - len(made), fallback_seed):
+                made.append((self.client.attach_trial(params), params, "sobol-fallback"))
+        return made
+
+    def attach(self, params: Mapping[str, Value]) -> int:
+        return self.client.attach_trial(dict(params))
+
+    def complete(self, index: int, values: Mapping[str, Outcome]) -> None:
+        self.client.complete_trial(index, raw_data=dict(values))
+
+    def fail(self, index: int, reason: str) -> None:
+        self.client.mark_trial_failed(index, failed_reason=reason)
+
+    def _node_name(self) -> str:
+        strategy = getattr(self.client, "_generation_strategy", None)
+        node = getattr(strategy, "current_node_name", "") if strategy is not None else ""
+        return str(node or "ax")
+
+
+def _parameter(p: Range | Choice) -> RangeParameterConfig | ChoiceParameterConfig:
+    if isinstance(p, Range):
+        return RangeParameterConfig(
+            name=p.name,
+            bounds=(p.low, p.high),
+            parameter_type="int" if p.integer else "float",
+            scaling="log" if p.log else "linear",
+        )
+    return ChoiceParameterConfig(
+        name=p.name,
+        values=list(p.values),  # type: ignore[arg-type]  # one type, checked by Choice
+        parameter_type=p.value_type,
+        is_ordered=p.ordered,
+    )
+
+
+@contextmanager
+def _time_box(limit_s: float) -> Iterator[None]:
+    """Raise GenerationTimeout in this thread after `limit_s` (SIGALRM: main thread only,
+    which is where a prefork or solo worker runs its tasks; elsewhere no time box)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise GenerationTimeout()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def sobol_points(spec: StudySpec, count: int, seed: int) -> list[dict[str, Value]]:
+    """Scrambled Sobol points in the space (log scales, integers and choices mapped),
+    keeping only those that satisfy the linear constraints."""
+    from scipy.stats import qmc  # type: ignore[import-untyped]
+
+    sampler = qmc.Sobol(d=len(spec.parameters), scramble=True, seed=seed)
+    points: list[dict[str, Value]] = []
+    for _ in range(64):  # rounds of rejection sampling
+        for row in sampler.random(max(2, count * 2)):
+            params = {
+                p.name: _scale(p, float(u)) for p, u in zip(spec.parameters, row, strict=True)
+            }
+            if all(c.holds(params) for c in spec.parameter_constraints):
+                points.append(params)
+                if len(points) == count:
+                    return points
+    raise RuntimeError("no Sobol point satisfies the parameter constraints")
+
+
+def _scale(p: Range | Choice, u: float) -> Value:
+    if isinstance(p, Choice):
+        return p.values[min(int(u * len(p.values)), len(p.values) - 1)]
+    if p.log:
+        value = math.exp(math.log(p.low) + u * (math.log(p.high) - math.log(p.low)))
+    else:
+        value = p.low + u * (p.high - p.low)
+    return int(min(max(round(value), p.low), p.high)) if p.integer else value
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    return fn(), time.perf_counter() - started

@@ -1,0 +1,329 @@
+"""StudyManager (`bq.studies`): the producer's side of optimization studies.
+
+Nothing here imports Ax. Everything that touches the Ax model (initializing, generating
+trials, telling it results) happens in a `bo_queue.study.step` task on a worker, under
+the study's lock: the only writer of a study's model.
+"""
+
+from __future__ import annotations
+
+import builtins
+import random
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from bo_queue.errors import (
+    InvalidTransitionError,
+    StudyError,
+    UnknownHandlerError,
+    ValidationError,
+)
+from bo_queue.studies.models import (
+    TRANSITIONS,
+    Choice,
+    LinearConstraint,
+    Objective,
+    OutcomeConstraint,
+    Range,
+    Strategy,
+    Study,
+    StudySpec,
+    StudyStatus,
+    Trial,
+    TrialStatus,
+)
+from bo_queue.studies.storage import RedisStorage, StorageBackend, StudyState, canonical
+
+if TYPE_CHECKING:
+    from bo_queue.client import BOQueue
+
+STEP = "bo_queue.study.step"
+STUDY_TAG = "study:{}"
+
+
+class StudyTimeoutError(StudyError, TimeoutError):
+    """wait() gave up before the study ended."""
+
+
+class StudyManager:
+    def __init__(self, bq: BOQueue) -> None:
+        self.bq = bq
+        self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis)
+
+    # -- creating and configuring -------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        parameters: Sequence[Range | Choice],
+        objectives: Sequence[Objective],
+        strategy: Strategy | None = None,
+        evaluator: str | None = None,
+        *,
+        parameter_constraints: Sequence[LinearConstraint] = (),
+        outcome_constraints: Sequence[OutcomeConstraint] = (),
+        evaluator_options: Mapping[str, Any] | None = None,
+    ) -> Study:
+        """Validate and store a new study (status CREATED). A strategy without a seed gets
+        a random one, stored with the study, so a study resumes reproducibly."""
+        strategy = strategy or Strategy()
+        if strategy.seed is None:
+            strategy = Strategy(**{**strategy.model_dump(), "seed": random.randrange(2**31)})
+        spec = StudySpec(
+            name=name,
+            parameters=list(parameters),
+            objectives=list(objectives),
+            strategy=strategy,
+            evaluator=evaluator,
+            parameter_constraints=list(parameter_constraints),
+            outcome_constraints=list(outcome_constraints),
+            evaluator_options=dict(evaluator_options or {}),
+        )
+        return self.create_from_spec(spec)
+
+    def create_from_spec(self, spec: StudySpec | Mapping[str, Any]) -> Study:
+        if not isinstance(spec, StudySpec):
+            spec = StudySpec(**spec)
+        if spec.evaluator is not None:
+            self._check_evaluator(spec.evaluator)
+        now = datetime.now(UTC)
+        study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now)
+        self.store.create(study)
+        return study
+
+    def _check_evaluator(self, name: str) -> None:
+        try:
+            self.bq._handler_queue(name)
+        except UnknownHandlerError as exc:
+            raise UnknownHandlerError(name) from exc
+
+    def set_parameter_space(
+        self,
+        study_id: str,
+        parameters: Sequence[Range | Choice],
+        parameter_constraints: Sequence[LinearConstraint] = (),
+    ) -> Study:
+        return self._respec(
+            study_id, parameters=list(parameters), parameter_constraints=list(parameter_constraints)
+        )
+
+    def set_strategy(self, study_id: str, strategy: Strategy) -> Study:
+        return self._respec(study_id, strategy=strategy)
+
+    def _respec(self, study_id: str, **changes: Any) -> Study:
+        study = self.get(study_id)
+        if study.status is not StudyStatus.CREATED:
+            raise InvalidTransitionError(
+                f"the space and strategy are fixed once a study has started ({study.status})"
+            )
+        fields = {**study.spec.model_dump(), **changes}
+        spec = StudySpec(**fields)
+        self.store.set_spec(study_id, spec)
+        return self.get(study_id)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, study_id: str) -> Study:
+        return self.store.study(study_id)
+
+    def list(
+        self, status: StudyStatus | str | None = None, name: str | None = None
+    ) -> builtins.list[Study]:
+        wanted = None if status is None else StudyStatus(status)
+        studies = self.store.studies(self.store.list())
+        return [
+            s
+            for s in studies
+            if (wanted is None or s.status is wanted) and (name is None or s.name == name)
+        ]
+
+    def trials(self, study_id: str, status: TrialStatus | None = None) -> builtins.list[Trial]:
+        self.get(study_id)
+        return [t for t in self.store.trials(study_id) if status is None or t.status is status]
+
+    def trial(self, study_id: str, index: int) -> Trial:
+        return self.store.trial(study_id, index)
+
+    def best(self, study_id: str) -> Trial | None:
+        """The best completed trial as observed (single objective), or None if none is."""
+        study = self.get(study_id)
+        if len(study.spec.objectives) != 1:
+            raise StudyError("best() is for one objective; use pareto() for several")
+        objective = study.spec.objectives[0]
+        done = [t for t in self.store.trials(study_id) if _feasible(study.spec, t)]
+        if not done:
+            return None
+        sign = 1 if objective.minimize else -1
+        return min(done, key=lambda t: (sign * _mean(t, objective.name), t.index))
+
+    def pareto(self, study_id: str) -> builtins.list[Trial]:
+        """The completed, feasible trials that no other trial beats on every objective."""
+        study = self.get(study_id)
+        signs = {o.name: 1 if o.minimize else -1 for o in study.spec.objectives}
+        done = [t for t in self.store.trials(study_id) if _feasible(study.spec, t)]
+        scores = {t.index: [s * _mean(t, name) for name, s in signs.items()] for t in done}
+
+        def dominated(a: builtins.list[float]) -> bool:
+            return any(
+                all(x <= y for x, y in zip(b, a, strict=True)) and b != a for b in scores.values()
+            )
+
+        return [t for t in done if not dominated(scores[t.index])]
+
+    def export(self, study_id: str, include_model: bool = False) -> dict[str, Any]:
+        """Everything about a study as JSON-ready data: spec, status, trials, results."""
+        state = self.store.load(study_id)
+        data: dict[str, Any] = {
+            "study": state.study.model_dump(mode="json"),
+            "trials": [t.model_dump(mode="json") for t in state.trials],
+        }
+        if include_model:
+            data["model"] = state.model_json()
+        return data
+
+    # -- ask / tell ---------------------------------------------------------------------
+
+    def suggest(self, study_id: str, count: int = 1, timeout: float = 300) -> builtins.list[Trial]:
+        """`count` new trials to evaluate, generated by Ax on a worker. Report each with
+        report() (or report_failure()) before its lease runs out."""
+        if count < 1:
+            raise ValidationError("count must be at least 1")
+        study = self.get(study_id)
+        if study.status.terminal:
+            raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
+        indices = self._step(study_id, {"suggest": count}).get(timeout=timeout)
+        return [self.store.trial(study_id, i) for i in indices]
+
+    def add_design_points(
+        self, study_id: str, points: Iterable[Mapping[str, Any]], timeout: float = 300
+    ) -> builtins.list[Trial]:
+        """Trials at points you choose (validated against the space), to report like any."""
+        study = self.get(study_id)
+        checked = [study.spec.check_params(p) for p in points]
+        indices = self._step(study_id, {"attach": checked}).get(timeout=timeout)
+        return [self.store.trial(study_id, i) for i in indices]
+
+    def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
+        """Record a trial's result. Idempotent: the same values again change nothing (and
+        return False); different values for a trial that has a result raise."""
+        study = self.get(study_id)
+        checked = study.spec.check_values(values)
+        marker = canonical({k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()})
+        entry = {"index": index, "values": checked}
+        return self._tell(study_id, index, entry, marker)
+
+    def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
+        """Record that a trial could not be evaluated; the study goes on without it."""
+        self.get(study_id)
+        entry = {"index": index, "error": reason or "reported failed"}
+        return self._tell(study_id, index, entry, canonical({"failed": entry["error"]}))
+
+    def add_results(self, study_id: str, results: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
+        return sum(self.report(study_id, index, values) for index, values in results)
+
+    def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:
+        outcome = self.store.report(study_id, index, entry, marker)
+        if outcome.startswith("closed:"):
+            trial = self.store.trial(study_id, index)
+            raise StudyError(f"trial {index} is {trial.status}: {trial.error or 'closed'}")
+        if outcome == "new":
+            self._step(study_id, {})
+        return outcome == "new"
+
+    # -- closed loop and lifecycle ------------------------------------------------------
+
+    def run(self, study_id: str) -> Study:
+        """Start (or resume) the closed loop: workers evaluate trials with the study's
+        evaluator, `parallelism` at a time, until `max_trials` have completed."""
+        study = self.get(study_id)
+        if study.spec.evaluator is None:
+            raise ValidationError(f"study {study_id} has no evaluator; use suggest/report")
+        if study.status.terminal:
+            raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
+        self.store.redis.hset(self.store.meta(study_id), "mode", "closed_loop")
+        if study.status is StudyStatus.PAUSED:
+            self._move(study_id, StudyStatus.ACTIVE)
+        self._step(study_id, {})
+        return self.get(study_id)
+
+    def pause(self, study_id: str) -> Study:
+        """No new trials; those running finish and are recorded."""
+        return self._move(study_id, StudyStatus.PAUSED)
+
+    def resume(self, study_id: str) -> Study:
+        study = self._move(study_id, StudyStatus.ACTIVE)
+        self._step(study_id, {})
+        return study
+
+    def complete(self, study_id: str, message: str = "completed by request") -> Study:
+        study = self._move(study_id, StudyStatus.COMPLETED, message)
+        self.bq.cancel_tag(STUDY_TAG.format(study_id))
+        return study
+
+    def fail(self, study_id: str, reason: str) -> Study:
+        study = self._move(study_id, StudyStatus.FAILED, reason)
+        self.bq.cancel_tag(STUDY_TAG.format(study_id))
+        return study
+
+    def update_status(self, study_id: str, status: StudyStatus | str, message: str = "") -> Study:
+        return self._move(study_id, StudyStatus(status), message)
+
+    def _move(self, study_id: str, to: StudyStatus, message: str = "") -> Study:
+        current = self.get(study_id).status
+        current.check_transition(to)
+        allowed = {s for s, targets in TRANSITIONS.items() if to in targets}
+        after = self.store.set_status(study_id, to, allowed, message)
+        if after is not to:
+            after.check_transition(to)  # it changed under us; say why it cannot move now
+        return self.get(study_id)
+
+    def wait(self, study_id: str, timeout: float = 600, poll_s: float = 0.25) -> Study:
+        """Block until the study is COMPLETED or FAILED."""
+        deadline = time.monotonic() + timeout
+        while True:
+            study = self.get(study_id)
+            if study.status.terminal:
+                return study
+            if time.monotonic() > deadline:
+                raise StudyTimeoutError(
+                    f"study {study_id} still {study.status} after {timeout} s "
+                    f"({study.completed_trials}/{study.spec.strategy.max_trials} trials)"
+                )
+            time.sleep(poll_s)
+
+    def delete(self, study_id: str) -> bool:
+        self.bq.cancel_tag(STUDY_TAG.format(study_id))
+        return self.store.delete(study_id)
+
+    # -- other backends -----------------------------------------------------------------
+
+    def persist(self, study_id: str, backend: StorageBackend) -> None:
+        """Copy a study's whole state (spec, trials, model) to another backend."""
+        backend.save(self.store.load(study_id))
+
+    def load(self, study_id: str, backend: StorageBackend) -> Study:
+        """Bring a study back from another backend, to inspect or continue it here."""
+        state: StudyState = backend.load(study_id)
+        self.store.save(state)
+        return self.get(study_id)
+
+    def _step(self, study_id: str, request: dict[str, Any]) -> Any:
+        return self.bq.submit(STEP, {"study_id": study_id, **request}, queue="bo")
+
+
+def _mean(trial: Trial, name: str) -> float:
+    value = (trial.values or {})[name]
+    return float(value[0] if isinstance(value, tuple | list) else value)
+
+
+def _feasible(spec: StudySpec, trial: Trial) -> bool:
+    if trial.status is not TrialStatus.COMPLETED or not trial.values:
+        return False
+    for c in spec.outcome_constraints:
+        value = _mean(trial, c.metric)
+        if (c.op == "<=" and value > c.bound) or (c.op == ">=" and value < c.bound):
+            return False
+    return True

@@ -1,0 +1,362 @@
+"""Study and trial models: the parameter space, objectives, strategy, lifecycle.
+
+Everything here is plain pydantic (no Ax), so producers can build and validate studies
+without importing torch; bo_queue.studies.engine turns these into an Ax Client on a worker.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bo_queue.errors import InvalidResultError, InvalidTransitionError, ValidationError
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+Value = int | float | str | bool
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:  # Range("lr", 1e-4, 1e-1): positional fields in declaration order
+            names = [n for n in type(self).model_fields if n not in data]
+            data.update(zip(names, args, strict=False))
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"invalid {type(self).__name__}: {_short(exc)}") from None
+
+
+def _short(exc: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid name (letters, digits, '_')")
+    return name
+
+
+class Range(_Frozen):
+    """A float or integer range, optionally on a log scale: Range("lr", 1e-4, 1e-1, log=True)."""
+
+    kind: Literal["range"] = "range"
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:
+            data.update(zip(["name", "low", "high"], args, strict=False))
+        super().__init__(**data)
+
+    _name = field_validator("name")(_check_name)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("bounds must be finite")
+        if self.low >= self.high:
+            raise ValueError(f"{self.name}: low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"{self.name}: a log scale needs low > 0, got {self.low}")
+        if self.integer and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"{self.name}: integer bounds must be whole numbers")
+        return self
+
+    def check(self, value: Any) -> Value:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"{self.name}: expected a number, got {value!r}")
+        if self.integer and value != int(value):
+            raise ValidationError(f"{self.name}: expected an integer, got {value!r}")
+        if not self.low <= value <= self.high:
+            raise ValidationError(f"{self.name}={value} is outside [{self.low}, {self.high}]")
+        return int(value) if self.integer else float(value)
+
+
+class Choice(_Frozen):
+    """A choice among values of one type: Choice("booster", ["gbtree", "dart"])."""
+
+    kind: Literal["choice"] = "choice"
+    name: str
+    values: list[Value]
+    ordered: bool | None = None  # None: ordered for numbers, not for strings and bools
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:
+            data.update(zip(["name", "values"], args, strict=False))
+        super().__init__(**data)
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keep_types(cls, values: Any) -> Any:
+        return (
+            list(values) if isinstance(values, Sequence) and not isinstance(values, str) else values
+        )
+
+    @model_validator(mode="after")
+    def _values(self) -> Choice:
+        if len(self.values) < 2:
+            raise ValueError(f"{self.name}: a choice needs at least two values")
+        if len({type(v) for v in self.values}) > 1:
+            raise ValueError(f"{self.name}: values must all have one type")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError(f"{self.name}: values must be distinct")
+        return self
+
+    @property
+    def value_type(self) -> Literal["int", "float", "str", "bool"]:
+        kind = type(self.values[0])
+        return {bool: "bool", int: "int", float: "float"}.get(kind, "str")  # type: ignore[return-value]
+
+    def check(self, value: Any) -> Value:
+        if value not in self.values or type(value) is not type(self.values[0]):
+            raise ValidationError(f"{self.name}={value!r} is not one of {self.values}")
+        checked: Value = value
+        return checked
+
+
+Parameter = Annotated[Range | Choice, Field(discriminator="kind")]
+
+
+class LinearConstraint(_Frozen):
+    """sum(coefficient * parameter) <= bound (or >=), over numeric range parameters."""
+
+    coefficients: dict[str, float]
+    op: Literal["<=", ">="] = "<="
+    bound: float
+
+    def expression(self) -> str:
+        terms = " + ".join(f"{c} * {name}" for name, c in self.coefficients.items())
+        return f"{terms} {self.op} {self.bound}"
+
+    def holds(self, params: Mapping[str, Any]) -> bool:
+        total = sum(c * float(params[name]) for name, c in self.coefficients.items())
+        return total <= self.bound + 1e-9 if self.op == "<=" else total >= self.bound - 1e-9
+
+
+class Objective(_Frozen):
+    name: str
+    minimize: bool = True
+
+    _name = field_validator("name")(_check_name)
+
+    def __init__(self, *args: Any, **data: Any) -> None:
+        if args:
+            data.update(zip(["name", "minimize"], args, strict=False))
+        super().__init__(**data)
+
+
+class OutcomeConstraint(_Frozen):
+    """A metric the evaluator reports that must stay above or below a bound."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    bound: float
+
+    _name = field_validator("metric")(_check_name)
+
+
+class Strategy(_Frozen):
+    initial_trials: int = Field(5, ge=1)  # quasi-random (Sobol) trials before the model
+    max_trials: int = Field(30, ge=1)  # completed trials at which the study completes
+    batch_size: int | None = Field(None, ge=1)  # trials per Ax call (None: all at once)
+    parallelism: int = Field(1, ge=1)  # trials running at once in a closed loop
+    seed: int | None = None
+    method: Literal["fast", "quality", "random_search"] = "fast"  # Ax's generation strategy
+    generation_time_limit_s: float = Field(120.0, gt=0)  # past it: Sobol for that batch
+    trial_lease_s: float = Field(3600.0, gt=0)  # a RUNNING trial older than this is failed
+    max_failed_trials: int | None = Field(None, ge=0)  # default: max_trials
+
+    @model_validator(mode="after")
+    def _fits(self) -> Strategy:
+        if self.initial_trials > self.max_trials:
+            raise ValueError("initial_trials cannot exceed max_trials")
+        return self
+
+    @property
+    def failure_budget(self) -> int:
+        return self.max_trials if self.max_failed_trials is None else self.max_failed_trials
+
+
+class StudyStatus(StrEnum):
+    CREATED = "CREATED"
+    INITIALIZING = "INITIALIZING"
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StudyStatus.COMPLETED, StudyStatus.FAILED)
+
+    def check_transition(self, to: StudyStatus) -> None:
+        if to not in TRANSITIONS[self]:
+            allowed = ", ".join(sorted(TRANSITIONS[self])) or "none (it has ended)"
+            raise InvalidTransitionError(
+                f"a study cannot go from {self} to {to}; from {self}: {allowed}"
+            )
+
+
+TRANSITIONS: dict[StudyStatus, frozenset[StudyStatus]] = {
+    StudyStatus.CREATED: frozenset({StudyStatus.INITIALIZING, StudyStatus.FAILED}),
+    StudyStatus.INITIALIZING: frozenset({StudyStatus.ACTIVE, StudyStatus.FAILED}),
+    StudyStatus.ACTIVE: frozenset({StudyStatus.PAUSED, StudyStatus.COMPLETED, StudyStatus.FAILED}),
+    StudyStatus.PAUSED: frozenset({StudyStatus.ACTIVE, StudyStatus.COMPLETED, StudyStatus.FAILED}),
+    StudyStatus.COMPLETED: frozenset(),
+    StudyStatus.FAILED: frozenset(),
+}
+
+
+class TrialStatus(StrEnum):
+    RUNNING = "RUNNING"  # handed out (suggested, or an evaluation in flight)
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"  # the evaluation failed, or its lease ran out
+    ABANDONED = "ABANDONED"  # given up on by the producer
+
+
+Outcome = float | tuple[float, float]  # a mean, or (mean, sem)
+
+
+class Trial(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    index: int
+    params: dict[str, Value]
+    status: TrialStatus = TrialStatus.RUNNING
+    values: dict[str, Outcome] | None = None
+    batch: int = 0  # the step that generated it
+    generator: str = ""  # "sobol", "botorch", "sobol-fallback" (time box), "manual"
+    task_id: str | None = None  # the evaluation task, in a closed loop
+    worker: str | None = None
+    created_at: datetime
+    leased_until: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+class StudySpec(_Frozen):
+    """What a study is: its space, goals and strategy. Validated as a whole."""
+
+    name: str = Field(min_length=1, max_length=200)
+    parameters: list[Parameter]
+    objectives: list[Objective]
+    parameter_constraints: list[LinearConstraint] = Field(default_factory=list)
+    outcome_constraints: list[OutcomeConstraint] = Field(default_factory=list)
+    strategy: Strategy = Field(default_factory=Strategy)
+    evaluator: str | None = None  # a handler name; None for ask/tell only
+    evaluator_options: dict[str, Any] = Field(default_factory=dict)  # passed as "options"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> StudySpec:
+        names = [p.name for p in self.parameters]
+        if not names:
+            raise ValueError("a study needs at least one parameter")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names: {_dupes(names)}")
+        metrics = [o.name for o in self.objectives]
+        if not metrics:
+            raise ValueError("a study needs at least one objective")
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"duplicate objective names: {_dupes(metrics)}")
+        constrained = [c.metric for c in self.outcome_constraints]
+        if set(constrained) & set(metrics):
+            raise ValueError("an outcome constraint cannot be on an objective")
+        if set(metrics + constrained) & set(names):
+            raise ValueError("metric names must differ from parameter names")
+        ranges = {p.name for p in self.parameters if isinstance(p, Range) and not p.log}
+        for constraint in self.parameter_constraints:
+            unknown = set(constraint.coefficients) - ranges
+            if unknown or not constraint.coefficients:
+                raise ValueError(
+                    f"parameter constraints need linear-scale range parameters; "
+                    f"not one: {sorted(unknown) or 'empty'}"
+                )
+        return self
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.name for o in self.objectives] + [c.metric for c in self.outcome_constraints]
+
+    def check_params(self, params: Mapping[str, Any]) -> dict[str, Value]:
+        """Params inside the space (each parameter once, in bounds, constraints hold)."""
+        space = {p.name: p for p in self.parameters}
+        missing, extra = set(space) - set(params), set(params) - set(space)
+        if missing or extra:
+            raise ValidationError(
+                f"params must name exactly the study's parameters; "
+                f"missing {sorted(missing)}, unknown {sorted(extra)}"
+            )
+        checked = {name: space[name].check(value) for name, value in params.items()}
+        for constraint in self.parameter_constraints:
+            if not constraint.holds(checked):
+                raise ValidationError(f"params break the constraint {constraint.expression()}")
+        return checked
+
+    def check_values(self, values: Mapping[str, Any]) -> dict[str, Outcome]:
+        """A result: every objective and constrained metric, each finite (or [mean, sem])."""
+        expected = set(self.metric_names)
+        if set(values) != expected:
+            raise InvalidResultError(
+                f"expected values for {sorted(expected)}, got {sorted(values)}"
+            )
+        return {name: _outcome(name, value) for name, value in values.items()}
+
+
+def _outcome(name: str, value: Any) -> Outcome:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        mean, sem = (_finite(name, v) for v in value)
+        if sem < 0:
+            raise InvalidResultError(f"{name}: the sem must be >= 0, got {sem}")
+        return (mean, sem)
+    return _finite(name, value)
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidResultError(f"{name}: expected a number or [mean, sem], got {value!r}")
+    if not math.isfinite(value):
+        raise InvalidResultError(f"{name}: values must be finite, got {value}")
+    return float(value)
+
+
+def _dupes(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
+
+
+class Study(BaseModel):
+    """A study as stored: its spec, lifecycle status and counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    spec: StudySpec
+    status: StudyStatus = StudyStatus.CREATED
+    message: str = ""  # why it failed, completed early, or fell back to Sobol
+    created_at: datetime
+    updated_at: datetime
+    completed_trials: int = 0
+    failed_trials: int = 0
+    running_trials: int = 0
+    iteration: int = 0  # steps that changed the model
+    mode: Literal["ask_tell", "closed_loop"] = "ask_tell"  # closed_loop once run() is called
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

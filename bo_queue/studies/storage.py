@@ -1,0 +1,454 @@
+"""Where studies live: an abstract StorageBackend, the Redis backend (the live store that
+steps and reports work against) and a File backend with the seed design's layout.
+
+A study's full state is its Study record, its trials and the Ax model snapshot
+(compressed JSON). The Redis backend also holds what only a running study needs: the
+inbox of reported results and the write-once register of what was reported.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.typing import EncodableT, FieldT
+
+from bo_queue.errors import ReportConflictError, StudyNotFoundError, TrialNotFoundError
+from bo_queue.keys import Keys
+from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
+
+
+@dataclass
+class StudyState:
+    study: Study
+    trials: builtins.list[Trial] = field(default_factory=list)
+    model: bytes | None = None  # zlib-compressed Ax Client snapshot (JSON)
+
+    def model_json(self) -> dict[str, Any] | None:
+        return None if self.model is None else dict(json.loads(zlib.decompress(self.model)))
+
+
+class StorageBackend(ABC):
+    """save / load / list / delete whole study states."""
+
+    @abstractmethod
+    def save(self, state: StudyState) -> None: ...
+
+    @abstractmethod
+    def load(self, study_id: str) -> StudyState: ...
+
+    @abstractmethod
+    def list(self) -> builtins.list[str]: ...
+
+    @abstractmethod
+    def delete(self, study_id: str) -> bool: ...
+
+
+# KEYS: meta hash. ARGV: new status, message, now, then the statuses it may come from.
+_SET_STATUS = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return nil end
+for i = 4, #ARGV do
+  if current == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
+    return ARGV[1]
+  end
+end
+return current
+"""
+
+# KEYS: trials hash, reported hash, inbox. ARGV: index, canonical values JSON, entry JSON.
+# -> 'new' | 'same' | 'missing' | 'conflict' | 'closed:<status>'
+_REPORT = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 'missing' end
+local before = redis.call('HGET', KEYS[2], ARGV[1])
+if before then
+  if before == ARGV[2] then return 'same' end
+  return 'conflict'
+end
+local status = cjson.decode(raw)['status']
+if status ~= 'RUNNING' then return 'closed:' .. status end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 'new'
+"""
+
+
+def canonical(values: Any) -> str:
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+
+class RedisStorage(StorageBackend):
+    def __init__(self, client: redis.Redis, keys: Keys, raw: redis.Redis | None = None) -> None:
+        self.redis = client  # decodes responses
+        self.raw = raw or client  # returns bytes: for the compressed model
+        self.ns = keys.namespace
+        self._set_status = client.register_script(_SET_STATUS)
+        self._report = client.register_script(_REPORT)
+
+    # key names
+    def meta(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}"
+
+    def trials_key(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}:trials"
+
+    def reported_key(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}:reported"
+
+    def inbox_key(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}:inbox"
+
+    def model_key(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}:model"
+
+    def lock_key(self, study_id: str) -> str:
+        return f"{self.ns}:study:{study_id}:lock"
+
+    @property
+    def index_key(self) -> str:
+        return f"{self.ns}:studies"
+
+    def _all_keys(self, study_id: str) -> builtins.list[str]:
+        return [
+            self.meta(study_id),
+            self.trials_key(study_id),
+            self.reported_key(study_id),
+            self.inbox_key(study_id),
+            self.model_key(study_id),
+            self.lock_key(study_id),
+        ]
+
+    # the StorageBackend interface
+    def save(self, state: StudyState) -> None:
+        """Write a whole state (used when importing a study; steps use save_step)."""
+        study_id = state.study.id
+        with self.redis.pipeline() as pipe:
+            pipe.delete(*self._all_keys(study_id))
+            pipe.hset(self.meta(study_id), mapping=_meta_fields(state.study))
+            if state.trials:
+                pipe.hset(
+                    self.trials_key(study_id),
+                    mapping=_fields({str(t.index): t.model_dump_json() for t in state.trials}),
+                )
+                done = {
+                    str(t.index): canonical(t.values)
+                    for t in state.trials
+                    if t.status is TrialStatus.COMPLETED and t.values is not None
+                }
+                if done:
+                    pipe.hset(self.reported_key(study_id), mapping=_fields(done))
+            if state.model is not None:
+                pipe.set(self.model_key(study_id), state.model)
+            pipe.zadd(self.index_key, {study_id: state.study.created_at.timestamp()})
+            pipe.execute()
+
+    def load(self, study_id: str) -> StudyState:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.meta(study_id))
+            pipe.hvals(self.trials_key(study_id))
+            meta, trials = pipe.execute()
+        model = self.model(study_id)
+        if not meta:
+            raise StudyNotFoundError(study_id)
+        parsed = sorted((Trial.model_validate_json(t) for t in trials), key=lambda t: t.index)
+        return StudyState(_study(meta), parsed, model)
+
+    def list(self) -> builtins.list[str]:
+        return [_text(i) for i in self.redis.zrange(self.index_key, 0, -1)]
+
+    def delete(self, study_id: str) -> bool:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(*self._all_keys(study_id))
+            pipe.zrem(self.index_key, study_id)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    # reads that do not need the whole state
+    def study(self, study_id: str) -> Study:
+        meta = self.redis.hgetall(self.meta(study_id))
+        if not meta:
+            raise StudyNotFoundError(study_id)
+        return _study(meta)
+
+    def studies(self, study_ids: builtins.list[str]) -> builtins.list[Study]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for study_id in study_ids:
+                pipe.hgetall(self.meta(study_id))
+            metas = pipe.execute()
+        return [_study(m) for m in metas if m]
+
+    def trials(self, study_id: str) -> builtins.list[Trial]:
+        raws = self.redis.hvals(self.trials_key(study_id))
+        return sorted((Trial.model_validate_json(t) for t in raws), key=lambda t: t.index)
+
+    def trial(self, study_id: str, index: int) -> Trial:
+        raw = self.redis.hget(self.trials_key(study_id), str(index))
+        if raw is None:
+            raise TrialNotFoundError(study_id, index)
+        return Trial.model_validate_json(raw)
+
+    def model(self, study_id: str) -> bytes | None:
+        raw = self.raw.get(self.model_key(study_id))
+        return None if raw is None else bytes(raw)  # type: ignore[arg-type]
+
+    # writes
+    def create(self, study: Study) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.meta(study.id), mapping=_meta_fields(study))
+            pipe.zadd(self.index_key, {study.id: study.created_at.timestamp()})
+            pipe.execute()
+
+    def set_spec(self, study_id: str, spec: StudySpec) -> None:
+        self.redis.hset(
+            self.meta(study_id), mapping={"spec": spec.model_dump_json(), "updated_at": time.time()}
+        )
+
+    def set_status(
+        self,
+        study_id: str,
+        to: StudyStatus,
+        allowed_from: frozenset[StudyStatus] | set[StudyStatus],
+        message: str = "",
+    ) -> StudyStatus:
+        """Compare-and-set: moves to `to` only from one of `allowed_from`.
+        Returns the status after the call (`to`, or the status that blocked it)."""
+        args = [to.value, message, time.time(), *(s.value for s in allowed_from)]
+        result = self._set_status(keys=[self.meta(study_id)], args=args)
+        if result is None:
+            raise StudyNotFoundError(study_id)
+        return StudyStatus(_text(result))
+
+    def save_step(
+        self, study: Study, changed: builtins.list[Trial], model: bytes | None, drained: int
+    ) -> None:
+        """What one step changed, in one transaction; the inbox entries it applied go too."""
+        fields = _meta_fields(study)
+        fields.pop("status")  # status only moves by compare-and-set
+        fields.pop("message")
+        with self.redis.pipeline() as pipe:
+            pipe.hset(self.meta(study.id), mapping=fields)
+            if changed:
+                pipe.hset(
+                    self.trials_key(study.id),
+                    mapping={str(t.index): t.model_dump_json() for t in changed},
+                )
+            if model is not None:
+                pipe.set(self.model_key(study.id), model)
+            if drained:
+                pipe.ltrim(self.inbox_key(study.id), drained, -1)
+            pipe.execute()
+
+    def report(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> str:
+        keys = [self.trials_key(study_id), self.reported_key(study_id), self.inbox_key(study_id)]
+        result = _text(self._report(keys=keys, args=[index, marker, json.dumps(entry)]))
+        if result == "missing":
+            if not self.redis.exists(self.meta(study_id)):
+                raise StudyNotFoundError(study_id)
+            raise TrialNotFoundError(study_id, index)
+        if result == "conflict":
+            raise ReportConflictError(
+                f"trial {index} of study {study_id} already has a different result"
+            )
+        return result
+
+    def push_result(self, study_id: str, entry: dict[str, Any]) -> None:
+        """An evaluation's outcome, from the worker that ran it (checked by the step)."""
+        self.redis.rpush(self.inbox_key(study_id), json.dumps(entry))
+
+    def inbox(self, study_id: str) -> builtins.list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(self.inbox_key(study_id), 0, -1)]
+
+    def inbox_size(self, study_id: str) -> int:
+        return int(self.redis.llen(self.inbox_key(study_id)))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(mapping: Mapping[str, Any]) -> dict[FieldT, EncodableT]:
+    """A str-keyed dict as redis-py's (invariant) mapping type wants it."""
+    return dict(mapping.items())
+
+
+def _meta_fields(study: Study) -> dict[FieldT, EncodableT]:
+    return {
+        "id": study.id,
+        "spec": study.spec.model_dump_json(),
+        "status": study.status.value,
+        "message": study.message,
+        "created_at": study.created_at.timestamp(),
+        "updated_at": study.updated_at.timestamp(),
+        "completed_trials": study.completed_trials,
+        "failed_trials": study.failed_trials,
+        "running_trials": study.running_trials,
+        "iteration": study.iteration,
+        "mode": study.mode,
+    }
+
+
+def _study(meta: dict[Any, Any]) -> Study:
+    data: dict[str, Any] = {_text(k): _text(v) for k, v in meta.items()}
+    data["spec"] = StudySpec.model_validate_json(data["spec"])
+    return Study.model_validate(data)
+
+
+# -- the File backend ---------------------------------------------------------------------
+
+
+class FileStorage(StorageBackend):
+    """The seed design's layout, one folder per study, every file written atomically:
+
+    {root}/{study_id}/metadata.json          the Study record without its spec
+                     parameter_space.json    parameters, constraints, objectives
+                     strategy.json
+                     designs/batch_N.json    trials generated by step N
+                     results/batch_N.json    their outcomes
+                     models/latest.json.gz   the Ax snapshot
+                     models/history/iteration_N.json.gz
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _dir(self, study_id: str) -> Path:
+        if not study_id or "/" in study_id or study_id.startswith("."):
+            raise StudyNotFoundError(study_id)
+        return self.root / study_id
+
+    def save(self, state: StudyState) -> None:
+        study, folder = state.study, self._dir(state.study.id)
+        spec = study.spec
+        meta = study.model_dump(mode="json", exclude={"spec"})
+        meta.update(
+            name=spec.name, evaluator=spec.evaluator, evaluator_options=spec.evaluator_options
+        )
+        _write_json(folder / "metadata.json", meta)
+        _write_json(
+            folder / "parameter_space.json",
+            {
+                "parameters": [p.model_dump(mode="json") for p in spec.parameters],
+                "parameter_constraints": [
+                    c.model_dump(mode="json") for c in spec.parameter_constraints
+                ],
+                "objectives": [o.model_dump(mode="json") for o in spec.objectives],
+                "outcome_constraints": [
+                    c.model_dump(mode="json") for c in spec.outcome_constraints
+                ],
+            },
+        )
+        _write_json(folder / "strategy.json", spec.strategy.model_dump(mode="json"))
+        batches: dict[int, list[Trial]] = {}
+        for trial in state.trials:
+            batches.setdefault(trial.batch, []).append(trial)
+        for batch, trials in batches.items():
+            _write_json(
+                folder / "designs" / f"batch_{batch}.json",
+                [
+                    t.model_dump(
+                        mode="json",
+                        include={"index", "params", "generator", "batch", "created_at", "task_id"},
+                    )
+                    for t in trials
+                ],
+            )
+            _write_json(
+                folder / "results" / f"batch_{batch}.json",
+                [
+                    t.model_dump(
+                        mode="json",
+                        include={
+                            "index",
+                            "status",
+                            "values",
+                            "worker",
+                            "leased_until",
+                            "finished_at",
+                            "error",
+                        },
+                    )
+                    for t in trials
+                ],
+            )
+        if state.model is not None:
+            snapshot = gzip.compress(zlib.decompress(state.model))
+            _write_bytes(folder / "models" / "latest.json.gz", snapshot)
+            _write_bytes(
+                folder / "models" / "history" / f"iteration_{study.iteration}.json.gz", snapshot
+            )
+
+    def load(self, study_id: str) -> StudyState:
+        folder = self._dir(study_id)
+        if not (folder / "metadata.json").exists():
+            raise StudyNotFoundError(study_id)
+        meta = json.loads((folder / "metadata.json").read_text())
+        space = json.loads((folder / "parameter_space.json").read_text())
+        spec = StudySpec(
+            name=meta.pop("name"),
+            evaluator=meta.pop("evaluator"),
+            evaluator_options=meta.pop("evaluator_options"),
+            strategy=json.loads((folder / "strategy.json").read_text()),
+            **space,
+        )
+        study = Study.model_validate({**meta, "spec": spec})
+        trials: builtins.list[Trial] = []
+        for design in sorted((folder / "designs").glob("batch_*.json")):
+            outcomes = {
+                r["index"]: r for r in json.loads((folder / "results" / design.name).read_text())
+            }
+            for entry in json.loads(design.read_text()):
+                trials.append(Trial.model_validate({**entry, **outcomes.get(entry["index"], {})}))
+        latest = folder / "models" / "latest.json.gz"
+        model = zlib.compress(gzip.decompress(latest.read_bytes())) if latest.exists() else None
+        return StudyState(study, sorted(trials, key=lambda t: t.index), model)
+
+    def list(self) -> builtins.list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "metadata.json").exists())
+
+    def delete(self, study_id: str) -> bool:
+        folder = self._dir(study_id)
+        if not folder.exists():
+            return False
+        shutil.rmtree(folder)
+        return True
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Atomically: a temporary file in the same folder, then a rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+
+
+def with_suppressed_unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,283 @@
+"""Optimization studies on the workers.
+
+`bo_queue.study.step` (queue `bo`) is the only writer of a study's Ax model: under the
+study's Redis lock it drains reported results into Ax, fails trials whose lease ran out,
+completes the study at `max_trials`, generates new trials (for suggest(), or up to
+`parallelism` in a closed loop), saves, and then sends the closed loop's evaluations.
+
+An evaluation is an ordinary handler call; when it ends for good (after its retries),
+`_evaluation_finished` puts its outcome in the study's inbox and asks for a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import LockError
+
+from bo_queue.client import BOQueue, TaskRequest
+from bo_queue.context import TaskContext
+from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError
+from bo_queue.registry import handler
+from bo_queue.studies.manager import STEP, STUDY_TAG
+from bo_queue.studies.models import Outcome, Study, StudyStatus, Trial, TrialStatus
+from bo_queue.studies.storage import RedisStorage
+from workers.runner import HandlerTask, describe, finish_listeners
+
+if TYPE_CHECKING:
+    from bo_queue.studies.engine import Engine
+
+log = logging.getLogger(__name__)
+
+# An engine kept in this process between steps of the same study, valid while the study's
+# iteration has not moved on elsewhere (saves decoding the Ax snapshot every step).
+_engines: dict[str, tuple[int, Engine]] = {}
+
+
+@handler(STEP, queue="bo")
+def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
+    bq, study_id = ctx.bq, str(payload["study_id"])
+    store = bq.studies.store
+    strategy = store.study(study_id).spec.strategy
+    lease_s = strategy.generation_time_limit_s + 60
+    lock = bq.redis.lock(store.lock_key(study_id), timeout=lease_s)
+    pending = store.lock_key(study_id) + ":pending"
+    asked = "suggest" in payload or "attach" in payload
+    request = payload
+    while True:
+        if asked:
+            if not lock.acquire(blocking=True, blocking_timeout=lease_s):
+                raise StudyError(f"study {study_id} is busy: no step in {lease_s} s")
+        elif not lock.acquire(blocking=False):
+            # Another step holds the study. Leave a note it reads after releasing, then try
+            # once more in case it released before the note was there.
+            bq.redis.set(pending, 1, ex=int(lease_s))
+            if not lock.acquire(blocking=False):
+                return []
+        try:
+            made = Stepper(bq, store, study_id).run(request)
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("the lock of study %s expired during a step", study_id)
+        if asked:
+            return made
+        if not bq.redis.getdel(pending) and store.inbox_size(study_id) == 0:
+            return made
+        request = {"study_id": study_id}  # results or requests arrived meanwhile
+
+
+class Stepper:
+    """One step of one study, run under its lock."""
+
+    def __init__(self, bq: BOQueue, store: RedisStorage, study_id: str) -> None:
+        self.bq, self.store, self.study_id = bq, store, study_id
+
+    def run(self, request: dict[str, Any]) -> list[int]:
+        state = self.store.load(self.study_id)
+        study, now = state.study, datetime.now(UTC)
+        if study.status.terminal:
+            if "suggest" in request or "attach" in request:
+                raise StudyError(f"study {self.study_id} has ended ({study.status})")
+            return []
+        strategy = study.spec.strategy
+        fresh = state.model is None
+        if study.status is StudyStatus.CREATED:
+            self.store.set_status(self.study_id, StudyStatus.INITIALIZING, {StudyStatus.CREATED})
+        engine = self._engine(study, state.model)
+        trials = {t.index: t for t in state.trials}
+        changed: dict[int, Trial] = {}
+        entries = self.store.inbox(self.study_id)
+        for entry in entries:
+            trial = self._apply(engine, trials.get(entry["index"]), entry, now)
+            if trial is not None:
+                trials[trial.index] = changed[trial.index] = trial
+        for trial in list(trials.values()):
+            expired = trial.leased_until is not None and trial.leased_until < now
+            if trial.status is TrialStatus.RUNNING and expired:
+                reason = f"lease of {strategy.trial_lease_s:g} s expired"
+                engine.fail(trial.index, reason)
+                trials[trial.index] = changed[trial.index] = trial.model_copy(
+                    update={"status": TrialStatus.FAILED, "error": reason, "finished_at": now}
+                )
+                if trial.task_id:
+                    self.bq.cancel(trial.task_id, terminate=True, reason=reason)
+
+        counts = _counts(trials.values())
+        ending: tuple[StudyStatus, str] | None = None
+        if counts[TrialStatus.COMPLETED] >= strategy.max_trials:
+            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed")
+        elif counts[TrialStatus.FAILED] > strategy.failure_budget:
+            ending = (
+                StudyStatus.FAILED,
+                f"{counts[TrialStatus.FAILED]} trials failed (budget {strategy.failure_budget})",
+            )
+
+        made: list[Trial] = []
+        if ending is None:
+            made = self._new_trials(engine, study, request, counts, now)
+            for trial in made:
+                trials[trial.index] = changed[trial.index] = trial
+        counts = _counts(trials.values())
+        touched = bool(changed) or fresh
+        updated = study.model_copy(
+            update={
+                "completed_trials": counts[TrialStatus.COMPLETED],
+                "failed_trials": counts[TrialStatus.FAILED],
+                "running_trials": counts[TrialStatus.RUNNING],
+                "iteration": study.iteration + (1 if touched else 0),
+                "updated_at": now,
+            }
+        )
+        model = engine.snapshot() if touched else None
+        self.store.save_step(updated, list(changed.values()), model, len(entries))
+        _engines[self.study_id] = (updated.iteration, engine)
+
+        if study.status in (StudyStatus.CREATED, StudyStatus.INITIALIZING):
+            self.store.set_status(self.study_id, StudyStatus.ACTIVE, {StudyStatus.INITIALIZING})
+        if ending is not None:
+            status, message = ending
+            self.store.set_status(
+                self.study_id, status, {StudyStatus.ACTIVE, StudyStatus.PAUSED}, message
+            )
+            self.bq.cancel_tag(STUDY_TAG.format(self.study_id))
+        if study.mode == "closed_loop" and made and "suggest" not in request:
+            self._evaluate(study, made)
+        return [t.index for t in made]
+
+    def _engine(self, study: Study, model: bytes | None) -> Engine:
+        from bo_queue.studies.engine import Engine  # Ax, torch: only where a step runs
+
+        cached = _engines.get(self.study_id)
+        if cached is not None and cached[0] == study.iteration and model is not None:
+            return cached[1]
+        if model is None:
+            return Engine.create(study.spec)
+        return Engine.load(study.spec, model)
+
+    def _apply(
+        self, engine: Engine, trial: Trial | None, entry: dict[str, Any], now: datetime
+    ) -> Trial | None:
+        """Tell Ax one reported outcome; None when it no longer applies (late, stale)."""
+        if trial is None or trial.status is not TrialStatus.RUNNING:
+            return None
+        if entry.get("task_id") and trial.task_id and entry["task_id"] != trial.task_id:
+            return None  # an evaluation this trial no longer waits for
+        update: dict[str, Any] = {"finished_at": now, "worker": entry.get("worker")}
+        if "values" in entry:
+            values: dict[str, Outcome] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in entry["values"].items()
+            }
+            engine.complete(trial.index, values)
+            update.update(status=TrialStatus.COMPLETED, values=values)
+        else:
+            engine.fail(trial.index, str(entry.get("error")))
+            update.update(status=TrialStatus.FAILED, error=str(entry.get("error")))
+        return trial.model_copy(update=update)
+
+    def _new_trials(
+        self,
+        engine: Engine,
+        study: Study,
+        request: dict[str, Any],
+        counts: dict[TrialStatus, int],
+        now: datetime,
+    ) -> list[Trial]:
+        strategy = study.spec.strategy
+        lease = now + timedelta(seconds=strategy.trial_lease_s)
+        batch = study.iteration + 1
+        made = [(engine.attach(p), p, "manual") for p in request.get("attach", [])]
+        room = strategy.max_trials - counts[TrialStatus.COMPLETED] - counts[TrialStatus.RUNNING]
+        want = 0
+        if "suggest" in request:
+            if study.status is StudyStatus.PAUSED:
+                raise StudyError(f"study {self.study_id} is paused")
+            want = min(int(request["suggest"]), room)
+        elif study.mode == "closed_loop" and study.status is not StudyStatus.PAUSED:
+            want = min(strategy.parallelism - counts[TrialStatus.RUNNING], room)
+        if want > 0:
+            made += engine.generate(
+                want, strategy.generation_time_limit_s, fallback_seed=(strategy.seed or 0) + batch
+            )
+        closed = study.mode == "closed_loop" and "suggest" not in request
+        return [
+            Trial(
+                index=index,
+                params=params,
+                batch=batch,
+                generator=generator,
+                task_id=str(uuid.uuid4()) if closed else None,
+                created_at=now,
+                leased_until=lease,
+            )
+            for index, params, generator in made
+        ]
+
+    def _evaluate(self, study: Study, trials: list[Trial]) -> None:
+        evaluator = study.spec.evaluator
+        assert evaluator is not None
+        plans = [
+            self.bq._plan(
+                TaskRequest(
+                    handler=evaluator,
+                    tags=(STUDY_TAG.format(study.id),),
+                    payload={
+                        "study_id": study.id,
+                        "trial_index": t.index,
+                        "params": t.params,
+                        "options": study.spec.evaluator_options,
+                    },
+                ),
+                task_id=t.task_id,
+            )
+            for t in trials
+        ]
+        self.bq._submit(plans)
+
+
+def _counts(trials: Any) -> dict[TrialStatus, int]:
+    counts = dict.fromkeys(TrialStatus, 0)
+    for trial in trials:
+        counts[trial.status] += 1
+    return counts
+
+
+def _evaluation_finished(
+    task: HandlerTask, payload: Any, result: Any, error: BaseException | None
+) -> None:
+    """An evaluation ended for good: its outcome goes to its study, which takes a step."""
+    if task.name == STEP or not isinstance(payload, dict):
+        return
+    study_id, index = payload.get("study_id"), payload.get("trial_index")
+    if not isinstance(study_id, str) or not isinstance(index, int):
+        return
+    store = task.bq.studies.store
+    entry: dict[str, Any] = {
+        "index": index,
+        "task_id": task.request.id,
+        "worker": task.request.hostname,
+        "at": time.time(),
+    }
+    try:
+        spec = store.study(study_id).spec
+    except StudyNotFoundError:
+        return  # deleted meanwhile
+    if error is not None:
+        entry["error"] = describe(error)
+    elif not isinstance(result, dict):
+        entry["error"] = f"evaluator {task.name!r} returned {type(result).__name__}, not a dict"
+    else:
+        try:
+            entry["values"] = spec.check_values(result)
+        except InvalidResultError as exc:
+            entry["error"] = f"evaluator {task.name!r} returned bad values: {exc}"
+    store.push_result(study_id, entry)
+    task.bq.submit(STEP, {"study_id": study_id}, queue="bo")
+
+
+finish_listeners.append(_evaluation_finished)
