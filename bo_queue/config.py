@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     eta_tolerance_s: float = Field(5.0, ge=0)  # an eta this far in the past is still accepted
     connect_timeout_s: float = Field(5.0, gt=0)
     default_time_limit_s: float | None = Field(None, gt=0)
+    # Threads each worker process gives torch (study steps). Pool processes already use
+    # the cores; more threads oversubscribe them and OpenMP's spin-waits make a BoTorch
+    # step 10-20x slower on a busy machine.
+    torch_threads: int = Field(1, ge=1)
 
     _split = field_validator("imports", "queues", mode="before")(_split_csv)
 

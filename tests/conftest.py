@@ -51,6 +51,8 @@ class Cluster:
     namespace: str
     settings: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    # Workers that serve `bo` import Ax before they fork (several seconds): only where needed.
+    queues: tuple[str, ...] = ("default",)
     bq: BOQueue | None = None
 
     def producer(self) -> BOQueue:
@@ -60,13 +62,14 @@ class Cluster:
         return self.bq
 
     def add_worker(self, concurrency: int = 1, name: str | None = None, start: bool = True,
-                   imports: tuple[str, ...] = (HANDLERS,), **kwargs: object) -> WorkerProcess:
+                   imports: tuple[str, ...] = (HANDLERS,), queues: tuple[str, ...] | None = None,
+                   **kwargs: object) -> WorkerProcess:
         name = name or f"{self.namespace}-{len(self.workers) + 1}"
         env = {"PYTHONPATH": str(ROOT), "TEST_WORKER_NAME": name}
         env.update({f"BO_QUEUE_{k.upper()}": v for k, v in self.settings.items()})
         worker = WorkerProcess(
             self.redis_url, self.namespace, concurrency=concurrency, imports=imports,
-            name=name, env=env, **kwargs,  # type: ignore[arg-type]
+            name=name, env=env, queues=queues or self.queues, **kwargs,  # type: ignore[arg-type]
         )
         self.workers.append(worker)
         if start:
@@ -80,8 +83,9 @@ class Cluster:
             self.bq.close()
 
 
-def make_cluster(redis_url: str, workers: int, concurrency: int, **settings: str) -> Cluster:
-    cluster = Cluster(redis_url, new_namespace(), settings)
+def make_cluster(redis_url: str, workers: int, concurrency: int,
+                 queues: tuple[str, ...] = ("default",), **settings: str) -> Cluster:
+    cluster = Cluster(redis_url, new_namespace(), settings, queues=queues)
     try:
         started = [cluster.add_worker(concurrency, start=False) for _ in range(workers)]
         for worker in started:  # start them side by side: each takes a couple of seconds

@@ -7,6 +7,7 @@ each handler it declares becomes a task this worker runs.
 from __future__ import annotations
 
 import importlib
+import os
 
 from celery import Celery
 
@@ -21,6 +22,8 @@ BUILTIN_MODULES = ("workers.builtin", "workers.studies", "workers.objectives")
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
     bq = BOQueue(settings=settings or Settings.load())
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch is imported
+        os.environ.setdefault(variable, str(bq.settings.torch_threads))
     for module in [*BUILTIN_MODULES, *bq.settings.imports]:
         try:
             importlib.import_module(module)

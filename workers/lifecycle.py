@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import task_failure, task_revoked
+from celery.signals import task_failure, task_revoked, worker_init
 from redis.typing import EncodableT, FieldT
 
 from bo_queue import registry
@@ -97,3 +97,15 @@ def _on_failure(
     bq.records.transition(
         task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exception)
     )
+
+
+@worker_init.connect(weak=False)
+def _preload_ax(sender: Any = None, **_: Any) -> None:
+    """A worker that serves the `bo` queue runs study steps: import Ax (several seconds)
+    once in the parent, before the pool forks, instead of in every pool process."""
+    consumed = getattr(getattr(sender.app.amqp, "queues", None), "consume_from", None) or {}
+    if "bo" in consumed:
+        started = time.monotonic()
+        import bo_queue.studies.engine  # noqa: F401
+
+        log.info("imported the Ax engine in %.1f s", time.monotonic() - started)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bo_queue.errors import (
     InvalidTransitionError,
     StudyError,
+    TaskFailedError,
     UnknownHandlerError,
     ValidationError,
 )
@@ -194,7 +195,9 @@ class StudyManager:
         study = self.get(study_id)
         if study.status.terminal:
             raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
-        indices = self._step(study_id, {"suggest": count}).get(timeout=timeout)
+        if study.status is StudyStatus.PAUSED:
+            raise StudyError(f"study {study_id} is paused; resume() it first")
+        indices = self._ask(study_id, {"suggest": count}, timeout)
         return [self.store.trial(study_id, i) for i in indices]
 
     def add_design_points(
@@ -203,7 +206,7 @@ class StudyManager:
         """Trials at points you choose (validated against the space), to report like any."""
         study = self.get(study_id)
         checked = [study.spec.check_params(p) for p in points]
-        indices = self._step(study_id, {"attach": checked}).get(timeout=timeout)
+        indices = self._ask(study_id, {"attach": checked}, timeout)
         return [self.store.trial(study_id, i) for i in indices]
 
     def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
@@ -309,6 +312,16 @@ class StudyManager:
         state: StudyState = backend.load(study_id)
         self.store.save(state)
         return self.get(study_id)
+
+    def _ask(
+        self, study_id: str, request: dict[str, Any], timeout: float
+    ) -> builtins.list[int]:
+        """A step whose answer we wait for; its failure is a StudyError here."""
+        try:
+            indices: builtins.list[int] = self._step(study_id, request).get(timeout=timeout)
+        except TaskFailedError as exc:
+            raise StudyError(f"the study step failed: {exc.remote_message}") from exc
+        return indices
 
     def _step(self, study_id: str, request: dict[str, Any]) -> Any:
         return self.bq.submit(STEP, {"study_id": study_id, **request}, queue="bo")

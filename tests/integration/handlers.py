@@ -145,3 +145,20 @@ def hooked(payload: dict[str, Any], ctx: TaskContext) -> str:
     if payload.get("fail"):
         raise ValueError("fails for good")
     return "ok"
+
+
+# -- evaluators for study tests (the evaluator contract: payload has study_id, trial_index,
+#    params and options; the result maps each metric to a float or [mean, sem]) ----------
+
+
+@handler("t.quadratic", queue="evaluate")
+def quadratic(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    options = payload.get("options") or {}
+    time.sleep(options.get("sleep_s", 0))
+    evidence().hincrby(f"evidence:evaluations:{payload['study_id']}", str(payload["trial_index"]))
+    if payload["trial_index"] in options.get("fail", []):
+        raise ValueError(f"trial {payload['trial_index']} fails on purpose")
+    if options.get("wrong_keys"):
+        return {"nope": 1.0}
+    params = payload["params"]
+    return {"loss": sum((float(v) - 0.3) ** 2 for v in params.values())}

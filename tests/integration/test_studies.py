@@ -1,0 +1,240 @@
+"""Optimization studies on real workers: closed loop, ask/tell, failures, lifecycle."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bo_queue import (
+    BOQueue,
+    InvalidResultError,
+    InvalidTransitionError,
+    Objective,
+    Range,
+    ReportConflictError,
+    Strategy,
+    StudyError,
+    StudyNotFoundError,
+    StudyStatus,
+    TrialNotFoundError,
+    TrialStatus,
+    UnknownHandlerError,
+    ValidationError,
+)
+from tests.conftest import Cluster, make_cluster
+from workers.objectives import BRANIN_MIN, BRANIN_SPACE
+
+STUDY_QUEUES = ("default", "bo", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def study_cluster(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=2, concurrency=2, queues=STUDY_QUEUES)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def bq(study_cluster: Cluster) -> BOQueue:
+    return study_cluster.producer()
+
+
+SPACE = [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)]
+LOSS = [Objective("loss", minimize=True)]
+
+
+def sobol_only(max_trials: int, **kw: object) -> Strategy:
+    """All trials quasi-random: fast, for tests about bookkeeping rather than the model."""
+    return Strategy(initial_trials=max_trials, max_trials=max_trials, seed=0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(600)
+def test_closed_loop_branin_reaches_low_regret(bq: BOQueue) -> None:
+    study = bq.studies.create(
+        name="branin", parameters=[Range(n, lo, hi) for n, (lo, hi) in BRANIN_SPACE.items()],
+        objectives=[Objective("branin")], evaluator="bench.branin",
+        strategy=Strategy(initial_trials=5, max_trials=20, parallelism=1, seed=0),
+    )
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=400)
+    assert done.status is StudyStatus.COMPLETED, done.message
+    assert done.completed_trials == 20 and done.failed_trials == 0
+    best = bq.studies.best(study.id)
+    assert best is not None
+    regret = float(best.values["branin"]) - BRANIN_MIN  # type: ignore[index,arg-type]
+    assert regret < 0.1, f"regret {regret:.3f}"
+    generators = {t.generator for t in bq.studies.trials(study.id)}
+    assert "MBM" in generators  # the model, not only quasi-random points, made trials
+
+
+@pytest.mark.timeout(600)
+def test_ask_tell_from_four_threads_records_every_trial_once(bq: BOQueue) -> None:
+    study = bq.studies.create(name="asktell", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(16))
+    errors: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            for _ in range(4):
+                for trial in bq.studies.suggest(study.id, count=1, timeout=120):
+                    loss = (trial.params["x"] - 0.3) ** 2  # type: ignore[operator]
+                    assert bq.studies.report(study.id, trial.index, {"loss": loss}) is True
+                    assert bq.studies.report(study.id, trial.index, {"loss": loss}) is False
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    done = bq.studies.wait(study.id, timeout=120)
+    trials = bq.studies.trials(study.id)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 16
+    assert sorted(t.index for t in trials) == list(range(16))
+    assert all(t.status is TrialStatus.COMPLETED for t in trials)
+
+
+def test_reports_are_validated_and_written_once(bq: BOQueue) -> None:
+    study = bq.studies.create(name="validate", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(5))
+    [trial] = bq.studies.suggest(study.id, timeout=120)
+    with pytest.raises(InvalidResultError, match="expected values for"):
+        bq.studies.report(study.id, trial.index, {"accuracy": 0.3})
+    with pytest.raises(InvalidResultError, match="finite"):
+        bq.studies.report(study.id, trial.index, {"loss": float("nan")})
+    with pytest.raises(InvalidResultError, match="finite"):
+        bq.studies.report(study.id, trial.index, {"loss": float("inf")})
+    with pytest.raises(TrialNotFoundError):
+        bq.studies.report(study.id, 999, {"loss": 1.0})
+    with pytest.raises(StudyNotFoundError):
+        bq.studies.report("no-such-study", 0, {"loss": 1.0})
+    assert bq.studies.report(study.id, trial.index, {"loss": [0.5, 0.01]}) is True
+    with pytest.raises(ReportConflictError):
+        bq.studies.report(study.id, trial.index, {"loss": 0.7})
+    with pytest.raises(ValidationError, match="outside"):
+        bq.studies.add_design_points(study.id, [{"x": 2.0, "y": 0.1}])
+    with pytest.raises(ValidationError, match="missing"):
+        bq.studies.add_design_points(study.id, [{"x": 0.2}])
+    [design] = bq.studies.add_design_points(study.id, [{"x": 0.3, "y": 0.3}])
+    assert design.generator == "manual" and design.params == {"x": 0.3, "y": 0.3}
+    bq.studies.report(study.id, design.index, {"loss": 0.0})
+    wait_for_completed(bq, study.id, 2)
+    best = bq.studies.best(study.id)
+    assert best is not None and best.index == design.index
+    assert bq.studies.trial(study.id, trial.index).values == {"loss": (0.5, 0.01)}
+
+
+def wait_for_completed(bq: BOQueue, study_id: str, count: int) -> None:
+    from bo_queue.local import wait_until
+
+    wait_until(lambda: bq.studies.get(study_id).completed_trials >= count, 60,
+               what=f"{count} completed trials")
+
+
+@pytest.mark.timeout(600)
+def test_failing_evaluations_fail_their_trials_and_the_study_goes_on(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    study = bq.studies.create(
+        name="flaky", parameters=SPACE, objectives=LOSS, evaluator="t.quadratic",
+        strategy=sobol_only(6, parallelism=2), evaluator_options={"fail": [1, 3]},
+    )
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=180)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 6
+    failed = bq.studies.trials(study.id, TrialStatus.FAILED)
+    assert sorted(t.index for t in failed) == [1, 3]
+    assert all("fails on purpose" in (t.error or "") for t in failed)
+    assert len(bq.studies.trials(study.id)) == 8  # two replacements were generated
+
+
+def test_an_evaluator_returning_the_wrong_keys_fails_trials_until_the_budget(bq: BOQueue) -> None:
+    study = bq.studies.create(
+        name="wrong", parameters=SPACE, objectives=LOSS, evaluator="t.quadratic",
+        strategy=sobol_only(4, max_failed_trials=2), evaluator_options={"wrong_keys": True},
+    )
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=180)
+    assert done.status is StudyStatus.FAILED and "3 trials failed (budget 2)" in done.message
+    errors = {t.error for t in bq.studies.trials(study.id, TrialStatus.FAILED)}
+    assert errors and all("bad values" in (e or "") and "nope" in (e or "") for e in errors)
+
+
+def test_bad_studies_are_rejected_at_create(bq: BOQueue) -> None:
+    with pytest.raises(UnknownHandlerError, match="no.such.evaluator"):
+        bq.studies.create(name="x", parameters=SPACE, objectives=LOSS,
+                          evaluator="no.such.evaluator")
+    with pytest.raises(ValidationError, match="duplicate parameter"):
+        bq.studies.create(name="x", parameters=[Range("x", 0, 1), Range("x", 1, 2)],
+                          objectives=LOSS)
+    with pytest.raises(ValidationError, match="at least one objective"):
+        bq.studies.create(name="x", parameters=SPACE, objectives=[])
+    with pytest.raises(ValidationError, match="has no evaluator"):
+        bq.studies.run(bq.studies.create(name="x", parameters=SPACE, objectives=LOSS).id)
+
+
+def test_lifecycle_allows_only_legal_transitions(bq: BOQueue) -> None:
+    study = bq.studies.create(name="life", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(3))
+    with pytest.raises(InvalidTransitionError, match="CREATED to PAUSED"):
+        bq.studies.pause(study.id)
+    bq.studies.suggest(study.id, timeout=120)
+    assert bq.studies.get(study.id).status is StudyStatus.ACTIVE
+    assert bq.studies.pause(study.id).status is StudyStatus.PAUSED
+    with pytest.raises(StudyError, match="paused"):
+        bq.studies.suggest(study.id, timeout=60)
+    assert bq.studies.resume(study.id).status is StudyStatus.ACTIVE
+    assert bq.studies.complete(study.id).status is StudyStatus.COMPLETED
+    with pytest.raises(InvalidTransitionError, match="COMPLETED to ACTIVE"):
+        bq.studies.resume(study.id)
+    with pytest.raises(InvalidTransitionError):
+        bq.studies.set_strategy(study.id, Strategy())
+
+
+def test_generation_past_its_time_limit_falls_back_to_sobol(bq: BOQueue) -> None:
+    study = bq.studies.create(
+        name="timebox", parameters=SPACE, objectives=LOSS, evaluator="t.quadratic",
+        strategy=Strategy(initial_trials=2, max_trials=4, seed=1, generation_time_limit_s=0.01),
+    )
+    bq.studies.run(study.id)
+    assert bq.studies.wait(study.id, timeout=180).status is StudyStatus.COMPLETED
+    generators = [t.generator for t in bq.studies.trials(study.id)]
+    assert "sobol-fallback" in generators[2:], generators
+
+
+def test_an_expired_lease_fails_the_trial_and_it_is_replaced(bq: BOQueue) -> None:
+    study = bq.studies.create(name="lease", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(3, trial_lease_s=1.0))
+    [forgotten] = bq.studies.suggest(study.id, timeout=120)
+    from bo_queue.local import wait_until
+
+    def swept() -> bool:
+        bq.studies.suggest(study.id, timeout=120)  # each step sweeps expired leases
+        return bq.studies.trial(study.id, forgotten.index).status is TrialStatus.FAILED
+
+    wait_until(swept, 30, 0.5, "the lease to expire")
+    assert "lease" in (bq.studies.trial(study.id, forgotten.index).error or "")
+    with pytest.raises(StudyError, match="FAILED"):
+        bq.studies.report(study.id, forgotten.index, {"loss": 1.0})
+
+
+@pytest.mark.timeout(600)
+def test_several_studies_run_at_once_without_interfering(bq: BOQueue) -> None:
+    studies = [
+        bq.studies.create(name=f"iso{i}", parameters=SPACE, objectives=LOSS,
+                          evaluator="t.quadratic", strategy=sobol_only(5, parallelism=2))
+        for i in range(3)
+    ]
+    for study in studies:
+        bq.studies.run(study.id)
+    for study in studies:
+        done = bq.studies.wait(study.id, timeout=240)
+        assert done.status is StudyStatus.COMPLETED and done.completed_trials == 5
+        trials = bq.studies.trials(study.id)
+        assert len(trials) == 5 and all(t.task_id for t in trials)
+    assert {s.name for s in bq.studies.list(status="COMPLETED")} >= {"iso0", "iso1", "iso2"}
