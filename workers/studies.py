@@ -23,6 +23,7 @@ from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.context import TaskContext
 from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError
 from bo_queue.registry import handler
+from bo_queue.retry import RetryPolicy
 from bo_queue.studies.manager import STEP, STUDY_TAG
 from bo_queue.studies.models import Outcome, Study, StudyStatus, Trial, TrialStatus
 from bo_queue.studies.storage import RedisStorage
@@ -38,12 +39,26 @@ log = logging.getLogger(__name__)
 _engines: dict[str, tuple[int, Engine]] = {}
 
 
-@handler(STEP, queue="bo")
+class StudyBusy(Exception):
+    """Another step holds the study's lock; this one tries again shortly."""
+
+
+def lock_lease_s(generation_time_limit_s: float) -> float:
+    """How long a step may hold a study: generation is time-boxed, the rest is quick."""
+    return generation_time_limit_s * 1.5 + 15
+
+
+# A step that finds the study busy retries with backoff until it gets in: if the holder
+# died, its lock lease runs out and one of these steps carries on.
+BUSY = RetryPolicy(max_retries=10_000, backoff=0.5, backoff_max=5.0, jitter=True, on=(StudyBusy,))
+
+
+@handler(STEP, queue="bo", retry=BUSY)
 def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
     bq, study_id = ctx.bq, str(payload["study_id"])
     store = bq.studies.store
     strategy = store.study(study_id).spec.strategy
-    lease_s = strategy.generation_time_limit_s + 60
+    lease_s = lock_lease_s(strategy.generation_time_limit_s)
     lock = bq.redis.lock(store.lock_key(study_id), timeout=lease_s)
     pending = store.lock_key(study_id) + ":pending"
     asked = "suggest" in payload or "attach" in payload
@@ -57,7 +72,7 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
             # once more in case it released before the note was there.
             bq.redis.set(pending, 1, ex=int(lease_s))
             if not lock.acquire(blocking=False):
-                return []
+                raise StudyBusy(f"study {study_id} is busy")
         try:
             made = Stepper(bq, store, study_id).run(request)
         finally:

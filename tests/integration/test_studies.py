@@ -166,7 +166,7 @@ def test_an_evaluator_returning_the_wrong_keys_fails_trials_until_the_budget(bq:
 
 
 def test_bad_studies_are_rejected_at_create(bq: BOQueue) -> None:
-    with pytest.raises(UnknownHandlerError, match="no.such.evaluator"):
+    with pytest.raises(UnknownHandlerError, match=r"no\.such\.evaluator"):
         bq.studies.create(name="x", parameters=SPACE, objectives=LOSS,
                           evaluator="no.such.evaluator")
     with pytest.raises(ValidationError, match="duplicate parameter"):

@@ -87,7 +87,7 @@ def test_defaults_and_no_retry() -> None:
         {"on": ("ValueError",)},
         {"on": (ValueError, int)},
         {"max_retries": -1},
-        {"max_retries": 101},
+        {"max_retries": 10_001},
         {"backoff": -1.0},
     ],
     ids=repr,

@@ -1,0 +1,85 @@
+"""Studies survive lost workers and lost Redis state."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bo_queue import FileStorage, Objective, Range, Strategy, StudyStatus, TrialStatus
+from bo_queue.local import wait_until
+from tests.conftest import ROOT, Cluster, make_cluster
+
+SPACE = [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)]
+
+
+@pytest.fixture
+def fragile(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=2, concurrency=1, queues=("default", "bo", "evaluate"),
+                     visibility_timeout_s="10", hold_delays_over_s="5", restore_sweep_s="1")
+    yield c
+    c.close()
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_a_worker_during_a_closed_loop(fragile: Cluster, evidence: redis.Redis) -> None:
+    bq = fragile.producer()
+    study = bq.studies.create(
+        name="survivor", parameters=SPACE, objectives=[Objective("loss")],
+        evaluator="t.quadratic", evaluator_options={"sleep_s": 1.0},
+        strategy=Strategy(initial_trials=3, max_trials=8, parallelism=2, seed=3,
+                          generation_time_limit_s=5),
+    )
+    bq.studies.run(study.id)
+    wait_until(lambda: bq.studies.get(study.id).completed_trials >= 2, 120,
+               what="two completed trials")
+    fragile.workers[0].kill()  # SIGKILL mid-run: an evaluation or a step is lost with it
+    done = bq.studies.wait(study.id, timeout=240)
+    assert done.status is StudyStatus.COMPLETED, done.message
+    completed = bq.studies.trials(study.id, TrialStatus.COMPLETED)
+    assert len(completed) == 8 == done.completed_trials
+    assert len({t.index for t in completed}) == 8
+
+
+@pytest.mark.timeout(300)
+def test_file_backend_round_trip_in_a_fresh_process(
+    fragile: Cluster, tmp_path: Path
+) -> None:
+    bq = fragile.producer()
+    study = bq.studies.create(name="filed", parameters=SPACE, objectives=[Objective("loss")],
+                              strategy=Strategy(initial_trials=2, max_trials=5, seed=5))
+    for trial in bq.studies.suggest(study.id, count=3, timeout=120):
+        bq.studies.report(study.id, trial.index, {"loss": float(trial.params["x"])})  # type: ignore[arg-type]
+    wait_until(lambda: bq.studies.get(study.id).completed_trials == 3, 60, what="3 results")
+    bq.studies.persist(study.id, FileStorage(tmp_path))
+    assert (tmp_path / study.id / "models" / "latest.json.gz").exists()
+    before = [t.model_dump(mode="json") for t in bq.studies.trials(study.id)]
+    assert bq.studies.delete(study.id)  # the Redis copy is gone
+
+    script = (
+        "import json, sys\n"
+        "from bo_queue import BOQueue, FileStorage\n"
+        f"bq = BOQueue(redis_url={fragile.redis_url!r}, namespace={fragile.namespace!r})\n"
+        f"study = bq.studies.load({study.id!r}, FileStorage({str(tmp_path)!r}))\n"
+        "print(json.dumps([study.status, study.completed_trials, study.iteration]))\n"
+        "print(json.dumps([t.model_dump(mode='json') for t in bq.studies.trials(study.id)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    status_line, trials_line = out.stdout.strip().splitlines()[-2:]
+    assert json.loads(status_line)[:2] == ["ACTIVE", 3]
+    assert json.loads(trials_line) == before
+
+    # and the study goes on where it stopped: the model knows the first three results
+    for trial in bq.studies.suggest(study.id, count=2, timeout=120):
+        assert trial.index in (3, 4)
+        bq.studies.report(study.id, trial.index, {"loss": float(trial.params["x"])})  # type: ignore[arg-type]
+    done = bq.studies.wait(study.id, timeout=60)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 5
