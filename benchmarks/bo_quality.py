@@ -1,7 +1,7 @@
 """BO quality: does a bo_queue study find minima as well as Ax run in process?
 
     .venv/bin/python benchmarks/bo_quality.py                  # both problems, seeds 0..9
-    .venv/bin/python benchmarks/bo_quality.py --quick          # Branin, seeds 0..2 (~1 min)
+    .venv/bin/python benchmarks/bo_quality.py --quick          # Branin, seeds 0..2 (~30 s)
     .venv/bin/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
         --markdown-out /tmp/bo_quality.md
 
@@ -29,6 +29,11 @@ median time of one model-based generation step. Then the issue's targets:
       Branin < 0.1 in >= 7/10 seeds, Hartmann6 < 0.15 in >= 6/10 seeds;
     - parallelism 4 loses at most 2x in median regret against Ax in process;
     - step overhead (lock, load, save) under 20 % of the generation time.
+
+Ax in process runs with one torch thread by default (--torch-threads): on a shared
+2-core machine torch's default of one thread per core makes some BoTorch steps 10-40x
+slower whenever anything else runs, and the result depends on the thread count (the
+floating-point order changes), so give the study workers the same setting.
 
 Every run's numbers, the warnings Ax and friends raised (category, message, count), the
 machine, library versions, the git commit and the date go to
@@ -527,6 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=_ints, default=list(DEFAULT_PARALLELISM),
                         help="closed-loop parallelisms (default 1,4)")
     parser.add_argument("--quick", action="store_true", help="3 seeds, Branin only")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads for Ax in process (default 1; 0: torch's "
+                             "default). Give the study workers the same.")
     parser.add_argument("--max-minutes", type=float, default=60.0,
                         help="start no new seed after this long (default 60)")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
@@ -549,9 +557,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_in_process_s = time.perf_counter() - t0
         logging.disable(logging.NOTSET)
         quiet_ax_logs()
+        import torch
+
+        if args.torch_threads > 0:
+            torch.set_num_threads(args.torch_threads)
+        torch_threads = torch.get_num_threads()
     import_ax_s = time_import_ax()
     print(f"bo_quality: problems {', '.join(names)}; seeds {seeds}; "
-          f"import ax: {import_ax_s:.1f} s in a fresh interpreter", flush=True)
+          f"torch threads {torch_threads}; import ax: {import_ax_s:.1f} s in a fresh interpreter",
+          flush=True)
 
     started = time.perf_counter()
     results, notes = run_all(problems, seeds, args.parallelism, args.max_minutes,
@@ -587,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "versions": _versions(),
         "args": {"seeds": seeds, "problems": names, "parallelism": args.parallelism,
-                 "quick": args.quick},
+                 "quick": args.quick, "torch_threads": torch_threads},
         "problems": {
             p.name: {"evaluator": p.evaluator, "space": p.space, "minimum": p.minimum,
                      "trials": p.trials, "initial_trials": p.initial_trials,

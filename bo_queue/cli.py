@@ -40,6 +40,51 @@ def _worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _study(args: argparse.Namespace) -> int:
+    """bo-queue study create|run|status|best|export: against BO_QUEUE_REDIS_URL."""
+    import json
+    from pathlib import Path
+
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq:
+        studies = bq.studies
+        if args.action == "create":
+            spec = json.loads(Path(args.spec).read_text())
+            study = studies.create_from_spec(spec)
+            print(study.id)
+            if args.run:
+                studies.run(study.id)
+            return 0
+        if args.action == "run":
+            studies.run(args.study_id)
+            if args.wait:
+                study = studies.wait(args.study_id, timeout=args.timeout)
+                print(f"{study.id} {study.status} {study.message}")
+            return 0
+        if args.action == "status":
+            study = studies.get(args.study_id)
+            strategy = study.spec.strategy
+            print(f"{study.id}  {study.name}  {study.status}  {study.message}".rstrip())
+            print(f"trials: {study.completed_trials}/{strategy.max_trials} completed, "
+                  f"{study.running_trials} running, {study.failed_trials} failed")
+            for trial in studies.trials(args.study_id):
+                values = json.dumps(trial.values) if trial.values else trial.error or ""
+                print(f"  {trial.index:>4}  {trial.status:<9}  {trial.generator:<18}  {values}")
+            return 0
+        if args.action == "best":
+            best = studies.best(args.study_id)
+            print(json.dumps(None if best is None else best.model_dump(mode="json"), indent=2))
+            return 0 if best is not None else 1
+        data = studies.export(args.study_id, include_model=args.model)
+        text = json.dumps(data, indent=2)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            print(text)
+        return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bo_queue.demo import main as demo_main
 
@@ -60,6 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-l", "--loglevel", default="INFO")
     worker.add_argument("-P", "--pool", default="prefork", choices=["prefork", "solo", "threads"])
     worker.set_defaults(func=_worker)
+    study = sub.add_parser("study", help="create, run and inspect optimization studies")
+    actions = study.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a study from a JSON spec; prints its id")
+    create.add_argument("--spec", required=True, help="JSON file: a StudySpec")
+    create.add_argument("--run", action="store_true", help="start the closed loop at once")
+    run = actions.add_parser("run", help="start (or resume) a study's closed loop")
+    run.add_argument("study_id")
+    run.add_argument("--wait", action="store_true", help="block until it completes or fails")
+    run.add_argument("--timeout", type=float, default=3600)
+    for name, text in (("status", "status and trials"), ("best", "the best trial, as JSON")):
+        actions.add_parser(name, help=text).add_argument("study_id")
+    export = actions.add_parser("export", help="everything about a study, as JSON")
+    export.add_argument("study_id")
+    export.add_argument("--out", help="write to this file instead of stdout")
+    export.add_argument("--model", action="store_true", help="include the Ax snapshot")
+    study.set_defaults(func=_study)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser
