@@ -61,6 +61,7 @@ def _study(args: argparse.Namespace) -> int:
             if args.wait:
                 study = studies.wait(args.study_id, timeout=args.timeout)
                 print(f"{study.id} {study.status} {study.message}")
+                return 0 if study.status == "COMPLETED" else 1
             return 0
         if args.action == "status":
             study = studies.get(args.study_id)

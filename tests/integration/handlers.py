@@ -161,4 +161,5 @@ def quadratic(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     if options.get("wrong_keys"):
         return {"nope": 1.0}
     params = payload["params"]
-    return {"loss": sum((float(v) - 0.3) ** 2 for v in params.values())}
+    numbers = [float(v) for v in params.values() if isinstance(v, int | float)]
+    return {"loss": sum((v - 0.3) ** 2 for v in numbers)}

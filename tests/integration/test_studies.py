@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -238,3 +243,36 @@ def test_several_studies_run_at_once_without_interfering(bq: BOQueue) -> None:
         trials = bq.studies.trials(study.id)
         assert len(trials) == 5 and all(t.task_id for t in trials)
     assert {s.name for s in bq.studies.list(status="COMPLETED")} >= {"iso0", "iso1", "iso2"}
+
+
+@pytest.mark.timeout(300)
+def test_study_command_line(study_cluster: Cluster, tmp_path: Path) -> None:
+    spec = {
+        "name": "cli", "evaluator": "t.quadratic",
+        "parameters": [{"kind": "range", "name": "x", "low": 0, "high": 1},
+                       {"kind": "choice", "name": "c", "values": ["a", "b"]}],
+        "objectives": [{"name": "loss"}],
+        "strategy": {"initial_trials": 4, "max_trials": 4, "seed": 0},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "BO_QUEUE_REDIS_URL": study_cluster.redis_url,
+           "BO_QUEUE_NAMESPACE": study_cluster.namespace}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bo_queue.cli", "study", *args],
+                              capture_output=True, text=True, timeout=240, env=env)
+
+    created = cli("create", "--spec", str(tmp_path / "spec.json"))
+    assert created.returncode == 0, created.stderr
+    study_id = created.stdout.strip()
+    ran = cli("run", study_id, "--wait", "--timeout", "200")
+    assert ran.returncode == 0 and "COMPLETED" in ran.stdout, ran.stderr
+    status = cli("status", study_id)
+    assert "4/4 completed" in status.stdout
+    best = json.loads(cli("best", study_id).stdout)
+    assert best["status"] == "COMPLETED" and set(best["params"]) == {"x", "c"}
+    assert cli("export", study_id, "--out", str(tmp_path / "out.json")).returncode == 0
+    exported = json.loads((tmp_path / "out.json").read_text())
+    assert exported["study"]["id"] == study_id and len(exported["trials"]) == 4
+    bad = cli("status", "no-such-study")
+    assert bad.returncode == 2 and "no study with id 'no-such-study'" in bad.stderr
