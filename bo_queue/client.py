@@ -47,7 +47,7 @@ class TaskRequest(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     priority: Priority = Priority.NORMAL
     queue: str | None = None
-    countdown: float | None = Field(None, ge=0)
+    countdown: float | None = Field(default=None, ge=0)
     eta: datetime | None = None
     expires: float | datetime | None = None
     tags: tuple[str, ...] = ()

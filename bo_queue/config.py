@@ -34,18 +34,22 @@ class Settings(BaseSettings):
         default_factory=lambda: ["default", "bo", "evaluate"]
     )
     default_queue: str = "default"
-    visibility_timeout_s: int = Field(3600, ge=10)  # > the longest task, or it runs twice
-    hold_delays_over_s: float = Field(300.0, gt=0)  # longer delays wait in Redis, not a worker
-    restore_sweep_s: int = Field(10, ge=1)  # how often workers look for abandoned messages
-    result_expires_s: int = Field(86_400, ge=60)  # results and task records
-    max_payload_bytes: int = Field(1_048_576, gt=0)
-    eta_tolerance_s: float = Field(5.0, ge=0)  # an eta this far in the past is still accepted
-    connect_timeout_s: float = Field(5.0, gt=0)
-    default_time_limit_s: float | None = Field(None, gt=0)
+    # longer than the longest task, or a running task is handed to a second worker
+    visibility_timeout_s: int = Field(default=3600, ge=10)
+    # countdowns, etas and backoffs longer than this wait in Redis, not in a worker
+    hold_delays_over_s: float = Field(default=300.0, gt=0)
+    # how often workers look for messages abandoned by dead workers
+    restore_sweep_s: int = Field(default=10, ge=1)
+    result_expires_s: int = Field(default=86_400, ge=60)  # results and task records
+    max_payload_bytes: int = Field(default=1_048_576, gt=0)
+    # an eta this far in the past is still accepted (clock skew)
+    eta_tolerance_s: float = Field(default=5.0, ge=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    default_time_limit_s: float | None = Field(default=None, gt=0)
     # Threads each worker process gives torch (study steps). Pool processes already use
     # the cores; more threads oversubscribe them and OpenMP's spin-waits make a BoTorch
     # step 10-20x slower on a busy machine.
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int = Field(default=1, ge=1)
 
     _split = field_validator("imports", "queues", mode="before")(_split_csv)
 

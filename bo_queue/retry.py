@@ -21,9 +21,9 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
-    max_retries: int = Field(3, ge=0, le=10_000)
-    backoff: float = Field(1.0, ge=0)
-    backoff_max: float = Field(600.0, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=10_000)
+    backoff: float = Field(default=1.0, ge=0)
+    backoff_max: float = Field(default=600.0, ge=0)
     jitter: bool = True
     on: tuple[type[BaseException], ...] = (Exception,)
 

@@ -70,14 +70,11 @@ class StudyManager:
     ) -> Study:
         """Validate and store a new study (status CREATED). A strategy without a seed gets
         a random one, stored with the study, so a study resumes reproducibly."""
-        strategy = strategy or Strategy()
-        if strategy.seed is None:
-            strategy = Strategy(**{**strategy.model_dump(), "seed": random.randrange(2**31)})
         spec = StudySpec(
             name=name,
             parameters=list(parameters),
             objectives=list(objectives),
-            strategy=strategy,
+            strategy=strategy or Strategy(),
             evaluator=evaluator,
             parameter_constraints=list(parameter_constraints),
             outcome_constraints=list(outcome_constraints),
@@ -88,6 +85,8 @@ class StudyManager:
     def create_from_spec(self, spec: StudySpec | Mapping[str, Any]) -> Study:
         if not isinstance(spec, StudySpec):
             spec = StudySpec(**spec)
+        if spec.strategy.seed is None:
+            spec = StudySpec(**{**spec.model_dump(), "strategy": _seeded(spec.strategy)})
         if spec.evaluator is not None:
             self._check_evaluator(spec.evaluator)
         now = datetime.now(UTC)
@@ -112,7 +111,7 @@ class StudyManager:
         )
 
     def set_strategy(self, study_id: str, strategy: Strategy) -> Study:
-        return self._respec(study_id, strategy=strategy)
+        return self._respec(study_id, strategy=_seeded(strategy))
 
     def _respec(self, study_id: str, **changes: Any) -> Study:
         study = self.get(study_id)
@@ -133,7 +132,7 @@ class StudyManager:
     def list(
         self, status: StudyStatus | str | None = None, name: str | None = None
     ) -> builtins.list[Study]:
-        wanted = None if status is None else StudyStatus(status)
+        wanted = None if status is None else _status(status)
         studies = self.store.studies(self.store.list())
         return [
             s
@@ -272,7 +271,7 @@ class StudyManager:
         return study
 
     def update_status(self, study_id: str, status: StudyStatus | str, message: str = "") -> Study:
-        return self._move(study_id, StudyStatus(status), message)
+        return self._move(study_id, _status(status), message)
 
     def _move(self, study_id: str, to: StudyStatus, message: str = "") -> Study:
         current = self.get(study_id).status
@@ -313,9 +312,7 @@ class StudyManager:
         self.store.save(state)
         return self.get(study_id)
 
-    def _ask(
-        self, study_id: str, request: dict[str, Any], timeout: float
-    ) -> builtins.list[int]:
+    def _ask(self, study_id: str, request: dict[str, Any], timeout: float) -> builtins.list[int]:
         """A step whose answer we wait for; its failure is a StudyError here."""
         try:
             indices: builtins.list[int] = self._step(study_id, request).get(timeout=timeout)
@@ -325,6 +322,21 @@ class StudyManager:
 
     def _step(self, study_id: str, request: dict[str, Any]) -> Any:
         return self.bq.submit(STEP, {"study_id": study_id, **request}, queue="bo")
+
+
+def _seeded(strategy: Strategy) -> Strategy:
+    """A strategy with a seed: a random one, stored, if none was given."""
+    if strategy.seed is not None:
+        return strategy
+    return Strategy(**{**strategy.model_dump(), "seed": random.randrange(2**31)})
+
+
+def _status(value: StudyStatus | str) -> StudyStatus:
+    try:
+        return StudyStatus(value)
+    except ValueError:
+        names = ", ".join(StudyStatus)
+        raise ValidationError(f"unknown study status {value!r}; use one of {names}") from None
 
 
 def _mean(trial: Trial, name: str) -> float:

@@ -26,10 +26,7 @@ Value = int | float | str | bool
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __init__(self, *args: Any, **data: Any) -> None:
-        if args:  # Range("lr", 1e-4, 1e-1): positional fields in declaration order
-            names = [n for n in type(self).model_fields if n not in data]
-            data.update(zip(names, args, strict=False))
+    def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
@@ -58,10 +55,17 @@ class Range(_Frozen):
     log: bool = False
     integer: bool = False
 
-    def __init__(self, *args: Any, **data: Any) -> None:
-        if args:
-            data.update(zip(["name", "low", "high"], args, strict=False))
-        super().__init__(**data)
+    def __init__(
+        self,
+        name: str,
+        low: float,
+        high: float,
+        *,
+        log: bool = False,
+        integer: bool = False,
+        **fields: Any,  # as stored ("kind"); unknown ones are rejected
+    ) -> None:
+        super().__init__(name=name, low=low, high=high, log=log, integer=integer, **fields)
 
     _name = field_validator("name")(_check_name)
 
@@ -80,10 +84,10 @@ class Range(_Frozen):
     def check(self, value: Any) -> Value:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(f"{self.name}: expected a number, got {value!r}")
+        if not (math.isfinite(value) and self.low <= value <= self.high):
+            raise ValidationError(f"{self.name}={value} is outside [{self.low}, {self.high}]")
         if self.integer and value != int(value):
             raise ValidationError(f"{self.name}: expected an integer, got {value!r}")
-        if not self.low <= value <= self.high:
-            raise ValidationError(f"{self.name}={value} is outside [{self.low}, {self.high}]")
         return int(value) if self.integer else float(value)
 
 
@@ -95,10 +99,10 @@ class Choice(_Frozen):
     values: list[Value]
     ordered: bool | None = None  # None: ordered for numbers, not for strings and bools
 
-    def __init__(self, *args: Any, **data: Any) -> None:
-        if args:
-            data.update(zip(["name", "values"], args, strict=False))
-        super().__init__(**data)
+    def __init__(
+        self, name: str, values: Sequence[Value], *, ordered: bool | None = None, **fields: Any
+    ) -> None:
+        super().__init__(name=name, values=values, ordered=ordered, **fields)
 
     _name = field_validator("name")(_check_name)
 
@@ -156,10 +160,8 @@ class Objective(_Frozen):
 
     _name = field_validator("name")(_check_name)
 
-    def __init__(self, *args: Any, **data: Any) -> None:
-        if args:
-            data.update(zip(["name", "minimize"], args, strict=False))
-        super().__init__(**data)
+    def __init__(self, name: str, minimize: bool = True, **fields: Any) -> None:
+        super().__init__(name=name, minimize=minimize, **fields)
 
 
 class OutcomeConstraint(_Frozen):
@@ -173,15 +175,15 @@ class OutcomeConstraint(_Frozen):
 
 
 class Strategy(_Frozen):
-    initial_trials: int = Field(5, ge=1)  # quasi-random (Sobol) trials before the model
-    max_trials: int = Field(30, ge=1)  # completed trials at which the study completes
-    batch_size: int | None = Field(None, ge=1)  # trials per Ax call (None: all at once)
-    parallelism: int = Field(1, ge=1)  # trials running at once in a closed loop
+    initial_trials: int = Field(default=5, ge=1)  # quasi-random (Sobol) trials before the model
+    max_trials: int = Field(default=30, ge=1)  # completed trials at which the study completes
+    batch_size: int | None = Field(default=None, ge=1)  # trials per Ax call (None: all at once)
+    parallelism: int = Field(default=1, ge=1)  # trials running at once in a closed loop
     seed: int | None = None
     method: Literal["fast", "quality", "random_search"] = "fast"  # Ax's generation strategy
-    generation_time_limit_s: float = Field(120.0, gt=0)  # past it: Sobol for that batch
-    trial_lease_s: float = Field(3600.0, gt=0)  # a RUNNING trial older than this is failed
-    max_failed_trials: int | None = Field(None, ge=0)  # default: max_trials
+    generation_time_limit_s: float = Field(default=120.0, gt=0)  # past it: Sobol for that batch
+    trial_lease_s: float = Field(default=3600.0, gt=0)  # a RUNNING trial older than this is failed
+    max_failed_trials: int | None = Field(default=None, ge=0)  # default: max_trials
 
     @model_validator(mode="after")
     def _fits(self) -> Strategy:

@@ -88,6 +88,17 @@ return 'new'
 """
 
 
+def marker(trial: Trial) -> str:
+    """What report() registered for a finished trial, so that repeating it is a no-op."""
+    if trial.status is TrialStatus.COMPLETED and trial.values is not None:
+        return canonical(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in trial.values.items()}
+        )
+    if trial.status is TrialStatus.FAILED:
+        return canonical({"failed": trial.error or "reported failed"})
+    return ""
+
+
 def canonical(values: Any) -> str:
     return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
@@ -123,33 +134,34 @@ class RedisStorage(StorageBackend):
     def index_key(self) -> str:
         return f"{self.ns}:studies"
 
-    def _all_keys(self, study_id: str) -> builtins.list[str]:
+    def _data_keys(self, study_id: str) -> builtins.list[str]:
         return [
             self.meta(study_id),
             self.trials_key(study_id),
             self.reported_key(study_id),
             self.inbox_key(study_id),
             self.model_key(study_id),
-            self.lock_key(study_id),
         ]
+
+    def _all_keys(self, study_id: str) -> builtins.list[str]:
+        """With the lock and its pending note: for delete, never while a step may run."""
+        lock = self.lock_key(study_id)
+        return [*self._data_keys(study_id), lock, lock + ":pending"]
 
     # the StorageBackend interface
     def save(self, state: StudyState) -> None:
-        """Write a whole state (used when importing a study; steps use save_step)."""
+        """Write a whole state (used when importing a study; steps use save_step).
+        A running step's lock is left alone."""
         study_id = state.study.id
         with self.redis.pipeline() as pipe:
-            pipe.delete(*self._all_keys(study_id))
+            pipe.delete(*self._data_keys(study_id))
             pipe.hset(self.meta(study_id), mapping=_meta_fields(state.study))
             if state.trials:
                 pipe.hset(
                     self.trials_key(study_id),
                     mapping=_fields({str(t.index): t.model_dump_json() for t in state.trials}),
                 )
-                done = {
-                    str(t.index): canonical(t.values)
-                    for t in state.trials
-                    if t.status is TrialStatus.COMPLETED and t.values is not None
-                }
+                done = {str(t.index): marker(t) for t in state.trials if marker(t)}
                 if done:
                     pipe.hset(self.reported_key(study_id), mapping=_fields(done))
             if state.model is not None:

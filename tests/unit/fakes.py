@@ -22,4 +22,5 @@ def attach_fakeredis(bq: BOQueue, server: fakeredis.FakeServer) -> fakeredis.Fak
     # Celery's result backend (bytes client, as Celery uses it) and our reader of it.
     bq.app.backend.client = fakeredis.FakeRedis(server=server)
     bq.results.redis = fakeredis.FakeRedis(server=server)
+    bq._raw_redis = fakeredis.FakeRedis(server=server)  # bytes, for study models
     return client

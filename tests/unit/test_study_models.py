@@ -41,6 +41,24 @@ def test_range_keyword_construction_matches_positional() -> None:
 
 
 @pytest.mark.parametrize(
+    ("build", "field", "given"),
+    [
+        (lambda: Range("lr", 1e-4, 1e-1, True), "log", True),  # 4th positional: log?
+        (lambda: Range("x", 0, 1, low=0.5), "low", 0.5),  # given twice
+        (lambda: Choice("c", [1, 2, 3], False), "ordered", False),
+    ],
+    ids=["range-extra-positional", "range-positional-and-keyword", "choice-extra-positional"],
+)
+def test_arguments_are_never_silently_dropped(build: Any, field: str, given: Any) -> None:
+    # Either the argument is used, or the call is refused; never a model without it.
+    try:
+        built = build()
+    except (TypeError, ValidationError):
+        return
+    assert getattr(built, field) == given, f"{field}={given!r} was silently dropped: {built!r}"
+
+
+@pytest.mark.parametrize(
     ("args", "kwargs", "problem"),
     [
         (("x", 1.0, 1.0), {}, r"low \(1\.0\) must be below high \(1\.0\)"),
@@ -54,7 +72,9 @@ def test_range_keyword_construction_matches_positional() -> None:
         (("x", math.nan, 1.0), {}, r"bounds must be finite"),
     ],
 )
-def test_range_rejects_bad_bounds(args: tuple[Any, ...], kwargs: dict[str, Any], problem: str) -> None:
+def test_range_rejects_bad_bounds(
+    args: tuple[Any, ...], kwargs: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(ValidationError, match=problem) as info:
         Range(*args, **kwargs)
     assert "invalid Range" in str(info.value)
@@ -165,8 +185,15 @@ def test_choice_check_accepts_listed_values() -> None:
 
 @pytest.mark.parametrize(
     ("values", "value"),
-    [(["a", "b"], "c"), ([1, 2], 3), ([1, 2], True), ([0, 1], False), ([1.0, 2.0], 1),
-     ([1, 2], 1.0), (["a", "b"], None)],
+    [
+        (["a", "b"], "c"),
+        ([1, 2], 3),
+        ([1, 2], True),
+        ([0, 1], False),
+        ([1.0, 2.0], 1),
+        ([1, 2], 1.0),
+        (["a", "b"], None),
+    ],
 )
 def test_choice_check_rejects_values_not_in_the_list(values: list[Any], value: Any) -> None:
     with pytest.raises(ValidationError, match="is not one of"):
@@ -243,21 +270,39 @@ def test_spec_valid() -> None:
         ({"parameters": [Range("x", 0, 1), Choice("x", ["a", "b"])]}, "duplicate parameter names"),
         ({"parameters": []}, "at least one parameter"),
         ({"objectives": []}, "at least one objective"),
-        ({"objectives": [Objective("loss"), Objective("loss", minimize=False)]},
-         "duplicate objective names"),
-        ({"outcome_constraints": [OutcomeConstraint(metric="loss", op="<=", bound=1.0)]},
-         "outcome constraint cannot be on an objective"),
+        (
+            {"objectives": [Objective("loss"), Objective("loss", minimize=False)]},
+            "duplicate objective names",
+        ),
+        (
+            {"outcome_constraints": [OutcomeConstraint(metric="loss", op="<=", bound=1.0)]},
+            "outcome constraint cannot be on an objective",
+        ),
         ({"objectives": [Objective("x")]}, "metric names must differ from parameter names"),
-        ({"outcome_constraints": [OutcomeConstraint(metric="depth", op=">=", bound=1.0)]},
-         "metric names must differ from parameter names"),
-        ({"parameter_constraints": [LinearConstraint(coefficients={"x": 1, "nope": 1}, bound=1)]},
-         r"linear-scale range parameters; not one: \['nope'\]"),
-        ({"parameter_constraints": [LinearConstraint(coefficients={"lr": 1, "x": 1}, bound=1)]},
-         r"linear-scale range parameters; not one: \['lr'\]"),
-        ({"parameter_constraints": [LinearConstraint(coefficients={"booster": 1}, bound=1)]},
-         r"linear-scale range parameters; not one: \['booster'\]"),
-        ({"parameter_constraints": [LinearConstraint(coefficients={}, bound=1)]},
-         "linear-scale range parameters; not one: empty"),
+        (
+            {"outcome_constraints": [OutcomeConstraint(metric="depth", op=">=", bound=1.0)]},
+            "metric names must differ from parameter names",
+        ),
+        (
+            {
+                "parameter_constraints": [
+                    LinearConstraint(coefficients={"x": 1, "nope": 1}, bound=1)
+                ]
+            },
+            r"linear-scale range parameters; not one: \['nope'\]",
+        ),
+        (
+            {"parameter_constraints": [LinearConstraint(coefficients={"lr": 1, "x": 1}, bound=1)]},
+            r"linear-scale range parameters; not one: \['lr'\]",
+        ),
+        (
+            {"parameter_constraints": [LinearConstraint(coefficients={"booster": 1}, bound=1)]},
+            r"linear-scale range parameters; not one: \['booster'\]",
+        ),
+        (
+            {"parameter_constraints": [LinearConstraint(coefficients={}, bound=1)]},
+            "linear-scale range parameters; not one: empty",
+        ),
     ],
 )
 def test_spec_rejects_incoherent_studies(changes: dict[str, Any], problem: str) -> None:
@@ -292,8 +337,13 @@ def test_check_params_extra() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value", "problem"),
-    [("lr", 0.5, "outside"), ("depth", 13, "outside"), ("depth", 3.5, "integer"),
-     ("booster", "other", "not one of"), ("x", True, "expected a number")],
+    [
+        ("lr", 0.5, "outside"),
+        ("depth", 13, "outside"),
+        ("depth", 3.5, "integer"),
+        ("booster", "other", "not one of"),
+        ("x", True, "expected a number"),
+    ],
 )
 def test_check_params_out_of_bounds(name: str, value: Any, problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
@@ -355,9 +405,16 @@ def test_strategy_failure_budget() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{"max_trials": 0}, {"initial_trials": 0}, {"parallelism": 0}, {"batch_size": 0},
-     {"generation_time_limit_s": 0}, {"max_failed_trials": -1}, {"method": "slow"},
-     {"unknown": 1}],
+    [
+        {"max_trials": 0},
+        {"initial_trials": 0},
+        {"parallelism": 0},
+        {"batch_size": 0},
+        {"generation_time_limit_s": 0},
+        {"max_failed_trials": -1},
+        {"method": "slow"},
+        {"unknown": 1},
+    ],
 )
 def test_strategy_rejects_bad_fields(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match="invalid Strategy"):

@@ -90,14 +90,34 @@ def full_state(study_id: str = "s1") -> StudyState:
     )
     done = T0 + timedelta(minutes=1)
     trials = [
-        make_trial(0, TrialStatus.COMPLETED, values={"loss": 0.5, "mem": 3.0}, batch=0,
-                   finished_at=done, worker="w1", task_id="t0"),
-        make_trial(1, TrialStatus.COMPLETED, values={"loss": (0.25, 0.1), "mem": 4.0}, batch=0,
-                   finished_at=done, worker="w2", task_id="t1"),
-        make_trial(2, TrialStatus.FAILED, batch=1, error="boom", finished_at=done,
-                   generator="botorch"),
-        make_trial(3, TrialStatus.RUNNING, batch=1, generator="botorch",
-                   leased_until=done + timedelta(hours=1)),
+        make_trial(
+            0,
+            TrialStatus.COMPLETED,
+            values={"loss": 0.5, "mem": 3.0},
+            batch=0,
+            finished_at=done,
+            worker="w1",
+            task_id="t0",
+        ),
+        make_trial(
+            1,
+            TrialStatus.COMPLETED,
+            values={"loss": (0.25, 0.1), "mem": 4.0},
+            batch=0,
+            finished_at=done,
+            worker="w2",
+            task_id="t1",
+        ),
+        make_trial(
+            2, TrialStatus.FAILED, batch=1, error="boom", finished_at=done, generator="botorch"
+        ),
+        make_trial(
+            3,
+            TrialStatus.RUNNING,
+            batch=1,
+            generator="botorch",
+            leased_until=done + timedelta(hours=1),
+        ),
     ]
     return StudyState(study, trials, MODEL)
 
@@ -234,11 +254,16 @@ def test_save_step_writes_trials_meta_and_trims_the_inbox(
     for i in range(3):
         store.push_result("s1", {"index": i, "error": f"e{i}"})
     stepped = study.model_copy(
-        update={"status": StudyStatus.ACTIVE, "message": "ignored", "completed_trials": 1,
-                "running_trials": 1, "iteration": 4, "mode": "closed_loop"}
+        update={
+            "status": StudyStatus.ACTIVE,
+            "message": "ignored",
+            "completed_trials": 1,
+            "running_trials": 1,
+            "iteration": 4,
+            "mode": "closed_loop",
+        }
     )
-    trials = [make_trial(0, TrialStatus.COMPLETED, values={"loss": 1.0, "mem": 2.0}),
-              make_trial(1)]
+    trials = [make_trial(0, TrialStatus.COMPLETED, values={"loss": 1.0, "mem": 2.0}), make_trial(1)]
     store.save_step(stepped, trials, MODEL, drained=2)
 
     assert store.inbox("s1") == [{"index": 2, "error": "e2"}]
@@ -247,7 +272,11 @@ def test_save_step_writes_trials_meta_and_trims_the_inbox(
     assert raw.get("t:study:s1:model") == MODEL
     after = store.study("s1")
     assert (after.completed_trials, after.running_trials, after.iteration, after.mode) == (
-        1, 1, 4, "closed_loop")
+        1,
+        1,
+        4,
+        "closed_loop",
+    )
     # the status (and its message) move only by compare-and-set
     assert after.status is StudyStatus.CREATED
     assert after.message == ""
@@ -283,7 +312,11 @@ def test_save_rebuilds_the_report_register(store: RedisStorage) -> None:
         store.report("s1", 0, {}, canonical({"loss": 0.6, "mem": 3.0}))
     assert store.inbox("s1") == []
     assert store.report("s1", 3, {"index": 3}, "m") == "new"
-    assert store.report("s1", 2, {"index": 2}, "m") == "closed:FAILED"
+    # a failed trial's failure is registered too: repeating it is a no-op, values conflict
+    failed = store.trial("s1", 2)
+    assert store.report("s1", 2, {}, canonical({"failed": failed.error})) == "same"
+    with pytest.raises(ReportConflictError):
+        store.report("s1", 2, {"index": 2}, "m")
 
 
 def test_save_replaces_a_previous_state(store: RedisStorage) -> None:
@@ -301,8 +334,12 @@ def test_delete_removes_every_key(store: RedisStorage, fake: fakeredis.FakeRedis
     store.push_result("s1", {"index": 3})
     fake.set(store.lock_key("s1"), "token")
     assert {k for k in fake.keys("*") if "s1" in k} == {
-        "t:study:s1", "t:study:s1:trials", "t:study:s1:reported", "t:study:s1:inbox",
-        "t:study:s1:model", "t:study:s1:lock",
+        "t:study:s1",
+        "t:study:s1:trials",
+        "t:study:s1:reported",
+        "t:study:s1:inbox",
+        "t:study:s1:model",
+        "t:study:s1:lock",
     }
 
     assert store.delete("s1") is True
@@ -337,8 +374,9 @@ def test_file_save_writes_the_seed_layout(tmp_path: Path) -> None:
     }
     folder = tmp_path / "s1"
     assert gzip.decompress((folder / "models/latest.json.gz").read_bytes()) == MODEL_JSON
-    assert gzip.decompress(
-        (folder / "models/history/iteration_2.json.gz").read_bytes()) == MODEL_JSON
+    assert (
+        gzip.decompress((folder / "models/history/iteration_2.json.gz").read_bytes()) == MODEL_JSON
+    )
     meta = json.loads((folder / "metadata.json").read_text())
     assert "spec" not in meta
     assert (meta["id"], meta["name"], meta["status"]) == ("s1", "tune", "ACTIVE")
