@@ -83,3 +83,24 @@ def test_file_backend_round_trip_in_a_fresh_process(
         bq.studies.report(study.id, trial.index, {"loss": float(trial.params["x"])})  # type: ignore[arg-type]
     done = bq.studies.wait(study.id, timeout=60)
     assert done.status is StudyStatus.COMPLETED and done.completed_trials == 5
+
+
+@pytest.mark.timeout(300)
+def test_a_study_resumes_after_every_worker_restarts(fragile: Cluster) -> None:
+    bq = fragile.producer()
+    study = bq.studies.create(
+        name="restarts", parameters=SPACE, objectives=[Objective("loss")],
+        evaluator="t.quadratic", evaluator_options={"sleep_s": 0.5},
+        strategy=Strategy(initial_trials=3, max_trials=7, parallelism=2, seed=4,
+                          generation_time_limit_s=5),
+    )
+    bq.studies.run(study.id)
+    wait_until(lambda: bq.studies.get(study.id).completed_trials >= 2, 120,
+               what="two completed trials")
+    for worker in list(fragile.workers):
+        worker.stop()  # warm shutdown: what is running finishes or goes back to the queue
+    assert not bq.studies.get(study.id).status.terminal
+    fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new1")
+    fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new2")
+    done = bq.studies.wait(study.id, timeout=240)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 7
