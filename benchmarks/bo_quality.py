@@ -44,6 +44,7 @@ benchmarks/results/bo_quality.json. The table is printed, and written alone with
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
 import json
 import logging
@@ -239,36 +240,67 @@ def run_optuna(problem: Problem, seed: int) -> RunResult:
 # -- the closed loop: to be wired to bq.studies ------------------------------------------
 
 
+_cluster: dict[str, Any] = {}
+
+
+def _local_cluster() -> Any:
+    """One redis-server and two workers (concurrency 2, queues default/bo/evaluate) for
+    every closed-loop run of this benchmark, stopped when the script exits."""
+    if not _cluster:
+        from bo_queue import BOQueue
+        from bo_queue.local import RedisServer, WorkerProcess
+
+        server = RedisServer().start()
+        namespace = f"boquality{os.getpid()}"
+        workers = [WorkerProcess(server.url, namespace, concurrency=2, name=f"bq{i}")
+                   for i in (1, 2)]
+        for worker in workers:
+            worker.start(wait=0)
+
+        def stop() -> None:
+            for worker in workers:
+                worker.stop()
+            server.close()
+
+        atexit.register(stop)
+        for worker in workers:
+            worker.wait_ready(120)
+        _cluster["bq"] = BOQueue(redis_url=server.url, namespace=namespace)
+    return _cluster["bq"]
+
+
 def run_closed_loop(problem: Problem, seed: int, parallelism: int) -> RunResult:
-    """bo_queue's closed loop on real workers. NOT WIRED YET: the lead wires it to bq.studies.
+    """bo_queue's closed loop on real workers: a study with the problem's evaluator
+    (`bench.branin` / `bench.hartmann6`), run until `problem.trials` trials completed."""
+    from bo_queue import Objective, Range, Strategy
 
-    To do (the only stub in this script, replaced in the same session):
-
-        s = bq.studies.create(
-            name=f"bo-quality-{problem.name}-s{seed}-p{parallelism}",
-            parameters=[Range(name, lo, hi) for name, (lo, hi) in problem.space.items()],
-            objectives=[Objective(problem.name, minimize=True)],
-            strategy=Strategy(initial_trials=problem.initial_trials,
-                              max_trials=problem.trials,
-                              parallelism=parallelism, seed=seed),
-            evaluator=problem.evaluator,          # "bench.branin" / "bench.hartmann6"
-        )
-        t0 = time.perf_counter(); bq.studies.run(s.id); bq.studies.wait(s.id, timeout=...)
-        best = bq.studies.best(s.id)              # Trial(index, params, values)
-
-    and return `RunResult(method=f"bq-p{parallelism}", problem=problem.name, seed=seed,
-    best_value=best.values[problem.name], regret=best_value - problem.minimum,
-    wall_s=..., trials=<completed trials>, parallelism=parallelism,
-    best_so_far=<from the trials in index order>, generation_s=<per step>,
-    overhead_s=<per step: lock + load + save + bookkeeping>)`. The Redis server and
-    workers (queues bo and evaluate, BO_QUEUE_IMPORTS=workers.objectives) can be started
-    once per benchmark run the way benchmarks/throughput.py does. Use the observed values
-    of the trials for best_value (not a model prediction), as the baselines do.
-
-    The main loop calls this once per (problem, seed, parallelism); the first
-    NotImplementedError skips every closed-loop column with a printed note.
-    """
-    raise NotImplementedError("run_closed_loop is not wired to bq.studies yet")
+    bq = _local_cluster()
+    study = bq.studies.create(
+        name=f"bo-quality-{problem.name}-s{seed}-p{parallelism}",
+        parameters=[Range(name, lo, hi) for name, (lo, hi) in problem.space.items()],
+        objectives=[Objective(problem.name, minimize=True)],
+        strategy=Strategy(initial_trials=problem.initial_trials, max_trials=problem.trials,
+                          parallelism=parallelism, seed=seed),
+        evaluator=problem.evaluator,
+    )
+    started = time.perf_counter()
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=1800, poll_s=0.1)
+    wall = time.perf_counter() - started
+    trials = [t for t in bq.studies.trials(study.id) if t.values]
+    values = [float(t.values[problem.name]) for t in trials]
+    best = min(values)
+    steps = bq.studies.step_timings(study.id)
+    generation = [st["generation_s"] for st in steps if st["generation_s"] > 0]
+    overhead = [st["total_s"] - st["generation_s"] for st in steps]
+    cached = sum(1 for st in steps if st["cached"])
+    return RunResult(
+        method=f"bq-p{parallelism}", problem=problem.name, seed=seed, best_value=best,
+        regret=best - problem.minimum, wall_s=wall, trials=len(values),
+        parallelism=parallelism, best_so_far=_trace(values), generation_s=generation,
+        overhead_s=overhead,
+        notes=f"{done.status}; {len(steps)} steps, {cached} with the engine cached in memory",
+    )
 
 
 # -- running everything ------------------------------------------------------------------

@@ -94,6 +94,8 @@ class Stepper:
         self.bq, self.store, self.study_id = bq, store, study_id
 
     def run(self, request: dict[str, Any]) -> list[int]:
+        started = time.perf_counter()
+        self.generation_s = 0.0
         state = self.store.load(self.study_id)
         study, now = state.study, datetime.now(UTC)
         if study.status.terminal:
@@ -104,7 +106,7 @@ class Stepper:
         fresh = state.model is None
         if study.status is StudyStatus.CREATED:
             self.store.set_status(self.study_id, StudyStatus.INITIALIZING, {StudyStatus.CREATED})
-        engine = self._engine(study, state.model)
+        engine = self._engine(study, state.model, state.trials)
         trials = {t.index: t for t in state.trials}
         changed: dict[int, Trial] = {}
         entries = self.store.inbox(self.study_id)
@@ -149,9 +151,23 @@ class Stepper:
                 "updated_at": now,
             }
         )
-        model = engine.snapshot() if touched else None
+        # The trial records are the log, the snapshot a checkpoint: a step that only told Ax
+        # results saves the records; the next engine loaded elsewhere catches up from them.
+        model = engine.snapshot() if made or fresh else None
         self.store.save_step(updated, list(changed.values()), model, len(entries))
         _engines[self.study_id] = (updated.iteration, engine)
+        self.store.record_step(
+            self.study_id,
+            {
+                "iteration": updated.iteration,
+                "at": time.time(),
+                "made": len(made),
+                "told": len(entries),
+                "generation_s": round(self.generation_s, 4),
+                "total_s": round(time.perf_counter() - started, 4),
+                "cached": self.cached,
+            },
+        )
 
         if study.status in (StudyStatus.CREATED, StudyStatus.INITIALIZING):
             self.store.set_status(self.study_id, StudyStatus.ACTIVE, {StudyStatus.INITIALIZING})
@@ -161,19 +177,31 @@ class Stepper:
                 self.study_id, status, {StudyStatus.ACTIVE, StudyStatus.PAUSED}, message
             )
             self.bq.cancel_tag(STUDY_TAG.format(self.study_id))
-        if study.mode == "closed_loop" and made and "suggest" not in request:
-            self._evaluate(study, made)
+        if study.mode == "closed_loop" and "suggest" not in request and ending is None:
+            # Trials saved by a step that died before sending their evaluations have no
+            # task record: send them now rather than wait for their lease to run out.
+            waiting = [
+                t
+                for t in trials.values()
+                if t.status is TrialStatus.RUNNING and t.task_id and t not in made
+            ]
+            unsent = [t for t in waiting if not self.bq.records.exists(str(t.task_id))]
+            if made or unsent:
+                self._evaluate(study, made + unsent)
         return [t.index for t in made]
 
-    def _engine(self, study: Study, model: bytes | None) -> Engine:
+    def _engine(self, study: Study, model: bytes | None, trials: list[Trial]) -> Engine:
         from bo_queue.studies.engine import Engine  # Ax, torch: only where a step runs
 
         cached = _engines.get(self.study_id)
-        if cached is not None and cached[0] == study.iteration and model is not None:
+        self.cached = cached is not None and cached[0] == study.iteration and model is not None
+        if cached is not None and self.cached:
             return cached[1]
         if model is None:
             return Engine.create(study.spec)
-        return Engine.load(study.spec, model)
+        engine = Engine.load(study.spec, model)
+        engine.catch_up(trials)
+        return engine
 
     def _apply(
         self, engine: Engine, trial: Trial | None, entry: dict[str, Any], now: datetime
@@ -216,9 +244,11 @@ class Stepper:
         elif study.mode == "closed_loop" and study.status is not StudyStatus.PAUSED:
             want = min(strategy.parallelism - counts[TrialStatus.RUNNING], room)
         if want > 0:
+            generating = time.perf_counter()
             made += engine.generate(
                 want, strategy.generation_time_limit_s, fallback_seed=(strategy.seed or 0) + batch
             )
+            self.generation_s = time.perf_counter() - generating
         closed = study.mode == "closed_loop" and "suggest" not in request
         return [
             Trial(

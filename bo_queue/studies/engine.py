@@ -13,13 +13,13 @@ import signal
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
 
-from bo_queue.studies.models import Choice, Outcome, Range, StudySpec, Value
+from bo_queue.studies.models import Choice, Outcome, Range, StudySpec, Trial, TrialStatus, Value
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,25 @@ class Engine:
 
     def fail(self, index: int, reason: str) -> None:
         self.client.mark_trial_failed(index, failed_reason=reason)
+
+    def catch_up(self, trials: Iterable[Trial]) -> int:
+        """Tell Ax the outcomes the trial records have and its snapshot does not yet (a
+        step that only told results saves the records, not a new snapshot). Returns how
+        many it applied."""
+        experiment = self.client._experiment
+        applied = 0
+        for trial in trials:
+            known = experiment.trials.get(trial.index)
+            if known is None or known.status.is_terminal:
+                continue
+            if trial.status is TrialStatus.COMPLETED and trial.values is not None:
+                self.complete(trial.index, trial.values)
+            elif trial.status is TrialStatus.FAILED:
+                self.fail(trial.index, trial.error or "failed")
+            else:
+                continue
+            applied += 1
+        return applied
 
     def _node_name(self) -> str:
         strategy = getattr(self.client, "_generation_strategy", None)

@@ -173,6 +173,11 @@ class StudyManager:
 
         return [t for t in done if not dominated(scores[t.index])]
 
+    def step_timings(self, study_id: str) -> builtins.list[dict[str, Any]]:
+        """Per study step: trials told and made, generation time, total time, cache hit."""
+        self.get(study_id)
+        return self.store.steps(study_id)
+
     def export(self, study_id: str, include_model: bool = False) -> dict[str, Any]:
         """Everything about a study as JSON-ready data: spec, status, trials, results."""
         state = self.store.load(study_id)

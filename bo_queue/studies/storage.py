@@ -146,7 +146,7 @@ class RedisStorage(StorageBackend):
     def _all_keys(self, study_id: str) -> builtins.list[str]:
         """With the lock and its pending note: for delete, never while a step may run."""
         lock = self.lock_key(study_id)
-        return [*self._data_keys(study_id), lock, lock + ":pending"]
+        return [*self._data_keys(study_id), lock, lock + ":pending", self.meta(study_id) + ":steps"]
 
     # the StorageBackend interface
     def save(self, state: StudyState) -> None:
@@ -281,6 +281,17 @@ class RedisStorage(StorageBackend):
     def push_result(self, study_id: str, entry: dict[str, Any]) -> None:
         """An evaluation's outcome, from the worker that ran it (checked by the step)."""
         self.redis.rpush(self.inbox_key(study_id), json.dumps(entry))
+
+    def record_step(self, study_id: str, timings: dict[str, Any], keep: int = 1000) -> None:
+        """What a step did and how long it took (the newest `keep` steps are kept)."""
+        key = f"{self.meta(study_id)}:steps"
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, json.dumps(timings))
+            pipe.ltrim(key, -keep, -1)
+            pipe.execute()
+
+    def steps(self, study_id: str) -> builtins.list[dict[str, Any]]:
+        return [json.loads(s) for s in self.redis.lrange(f"{self.meta(study_id)}:steps", 0, -1)]
 
     def inbox(self, study_id: str) -> builtins.list[dict[str, Any]]:
         return [json.loads(e) for e in self.redis.lrange(self.inbox_key(study_id), 0, -1)]
