@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,bo
 
-.PHONY: demo test lint unit integration benchmark clean
+.PHONY: demo test lint unit integration benchmark benchmark-bo clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ integration: $(BIN)/.installed-$(EXTRAS)
 
 benchmark: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python benchmarks/throughput.py --markdown-out benchmarks/results/throughput.md
+
+benchmark-bo:
+	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
+	$(BIN)/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
+		--markdown-out benchmarks/results/bo_quality.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
