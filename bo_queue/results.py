@@ -28,6 +28,7 @@ from bo_queue.states import TaskState, from_celery_state
 log = logging.getLogger(__name__)
 
 READY_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+RECHECK_S = 0.5  # a wait re-reads the stored result at least this often
 OnSuccess = Callable[[Any], None]
 OnFailure = Callable[[TaskError], None]
 
@@ -110,12 +111,17 @@ class ResultWaiter:
             pubsub.subscribe(channel)
             meta = self.fetch(task_id)  # it may have finished before we subscribed
             while meta is None:
-                left = 1.0 if deadline is None else deadline - time.monotonic()
+                left = RECHECK_S if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     return None
-                message = pubsub.get_message(timeout=min(left, 1.0))
+                message = pubsub.get_message(timeout=min(left, RECHECK_S))
                 if message is not None and _text(message["channel"]) == channel:
                     meta = _ready(message["data"])
+                elif message is None:
+                    # Quiet, or our subscription was just confirmed. SUBSCRIBE returns
+                    # before Redis has processed it and the GET above went on another
+                    # connection, so a result published in between was missed: look.
+                    meta = self.fetch(task_id)
             return meta
         except redis.RedisError:
             pubsub.close()  # a broken connection: the next wait opens a new one
@@ -158,6 +164,7 @@ class CallbackDispatcher:
         )
         self._pending: dict[str, list[tuple[OnSuccess, OnFailure | None]]] = {}
         self._stop = threading.Event()
+        self._checked_at = 0.0
         self._thread = threading.Thread(target=self._run, name="bo-queue-callbacks", daemon=True)
         self._thread.start()
 
@@ -198,6 +205,13 @@ class CallbackDispatcher:
         if not pubsub.subscribed:
             time.sleep(0.02)
             return
+        if self._pending and time.monotonic() - self._checked_at > RECHECK_S:
+            # As in ResultWaiter.wait: a result published before our SUBSCRIBE took effect
+            # was missed; the stored results are the truth.
+            self._checked_at = time.monotonic()
+            self._check(list(self._pending), pubsub)
+            if not pubsub.subscribed:
+                return
         message = pubsub.get_message(timeout=0.02)
         if message is not None:
             meta = _ready(message["data"])
