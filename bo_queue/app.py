@@ -81,5 +81,12 @@ def make_celery(settings: Settings) -> Celery:
         task_track_started=True,
         enable_utc=True,
         timezone="UTC",
+        # celery beat: schedules in Redis (celery-redbeat), under the namespace; one beat
+        # holds the lock at a time and a second one waits to take over.
+        redbeat_redis_url=settings.redis_url,
+        redbeat_redis_options={},
+        redbeat_key_prefix=f"{settings.namespace}:redbeat:",
+        redbeat_lock_timeout=10,
+        beat_max_loop_interval=1,  # dynamic schedules are seen within a second
     )
     return app

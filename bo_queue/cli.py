@@ -86,6 +86,50 @@ def _study(args: argparse.Namespace) -> int:
         return 0
 
 
+def _beat(args: argparse.Namespace) -> int:
+    """Become `celery -A scheduler.app beat` with the redbeat scheduler (exec, same pid)."""
+    Settings.load()  # fail here, clearly, rather than inside celery
+    argv = [
+        sys.executable, "-m", "celery", "-A", "scheduler.app", "beat",
+        "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", args.loglevel,
+    ]
+    sys.stdout.flush()
+    os.execvpe(argv[0], argv, dict(os.environ))
+    return 0  # not reached
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    """bo-queue schedule add|list|remove|pause|resume: against BO_QUEUE_REDIS_URL."""
+    import json
+
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq:
+        schedules = bq.schedules
+        if args.action == "add":
+            info = schedules.add(
+                args.name, args.handler, json.loads(args.payload), every=args.every,
+                cron=args.cron, queue=args.queue, priority=args.priority,
+                tags=args.tag, replace=args.replace,
+            )
+            print(info.model_dump_json())
+        elif args.action == "list":
+            for info in schedules.list():
+                when = f"every {info.every_s:g} s" if info.every_s else f"cron {info.cron!r}"
+                state = "" if info.enabled else " (paused)"
+                print(f"{info.name}  {info.handler}  {when}  next {info.next_run_at}{state}")
+        elif args.action == "remove":
+            if not schedules.remove(args.name):
+                raise BOQueueError(f"no schedule named {args.name!r}")
+        else:
+            try:
+                info = getattr(schedules, args.action)(args.name)
+            except KeyError as exc:
+                raise BOQueueError(str(exc.args[0])) from None
+            print(info.model_dump_json())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bo_queue.demo import main as demo_main
 
@@ -122,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="write to this file instead of stdout")
     export.add_argument("--model", action="store_true", help="include the Ax snapshot")
     study.set_defaults(func=_study)
+    beat = sub.add_parser("beat", help="run celery beat with schedules kept in Redis")
+    beat.add_argument("-l", "--loglevel", default="INFO")
+    beat.set_defaults(func=_beat)
+    schedule = sub.add_parser("schedule", help="add, list, remove, pause, resume schedules")
+    verbs = schedule.add_subparsers(dest="action", required=True)
+    add = verbs.add_parser("add", help="add (or with --replace, change) a schedule")
+    add.add_argument("name")
+    add.add_argument("handler")
+    add.add_argument("--payload", default="{}", help="the payload, as JSON")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, help="seconds between runs")
+    when.add_argument("--cron", help='a cron expression, e.g. "0 3 * * *" (UTC)')
+    add.add_argument("--queue")
+    add.add_argument("--priority", default="normal")
+    add.add_argument("--tag", action="append", default=[])
+    add.add_argument("--replace", action="store_true")
+    verbs.add_parser("list", help="every schedule, with its next run")
+    for verb in ("remove", "pause", "resume"):
+        verbs.add_parser(verb).add_argument("name")
+    schedule.set_defaults(func=_schedule)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser

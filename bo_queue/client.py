@@ -35,6 +35,7 @@ from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, TaskState
 
 if TYPE_CHECKING:
+    from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
 
 
@@ -166,6 +167,13 @@ class BOQueue:
                 self.settings.redis_url, socket_connect_timeout=self.settings.connect_timeout_s
             )
         return self._raw_redis
+
+    @property
+    def schedules(self) -> ScheduleManager:
+        """Periodic and cron schedules, run by `bo-queue beat` (bo_queue.schedules)."""
+        from bo_queue.schedules import ScheduleManager
+
+        return ScheduleManager(self)
 
     @property
     def studies(self) -> StudyManager:

@@ -206,3 +206,40 @@ class WorkerProcess:
     ) -> None:
         self.stop()
         self._redis.close()
+
+
+class BeatProcess:
+    """`bo-queue beat` in a subprocess (its own process group)."""
+
+    def __init__(self, redis_url: str, namespace: str, env: Mapping[str, str] | None = None,
+                 log_path: str | None = None) -> None:
+        self.env = {**os.environ, "BO_QUEUE_REDIS_URL": redis_url,
+                    "BO_QUEUE_NAMESPACE": namespace, **(env or {})}
+        self.env.pop("BO_QUEUE_IMPORTS", None)
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="bo-queue-beat-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BeatProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "DEBUG"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    def log(self) -> str:
+        path = Path(self.log_path)
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -36,15 +36,17 @@ def test_services_and_redis_persistence(compose: dict[str, Any]) -> None:
     assert "container_name" not in services["worker"] and "ports" not in services["worker"]
 
 
-def test_worker_command_parses_with_our_cli(compose: dict[str, Any]) -> None:
+def test_worker_and_beat_commands_parse_with_our_cli(compose: dict[str, Any]) -> None:
     command = compose["services"]["worker"]["command"]
     assert command[0] == "bo-queue"
     args = build_parser().parse_args(command[1:])
     assert args.command == "worker"
     assert args.queues == "default,bo,evaluate"
+    beat = compose["services"]["beat"]["command"]
+    assert beat[0] == "bo-queue" and build_parser().parse_args(beat[1:]).command == "beat"
 
 
-@pytest.mark.parametrize("service", ["beat", "flower"])
+@pytest.mark.parametrize("service", ["flower"])
 def test_celery_commands_name_our_worker_app(compose: dict[str, Any], service: str) -> None:
     command = compose["services"][service]["command"]
     assert command[:3] == ["celery", "-A", "workers.app"]

@@ -26,3 +26,20 @@ def sleep(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         time.sleep(seconds / steps)
         ctx.progress((step + 1) / steps, f"step {step + 1} of {steps}")
     return {"slept_s": seconds}
+
+
+@handler("bo_queue.schedule.fire")
+def fire(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Sent by celery beat for a schedule: submits the scheduled task through the facade."""
+    handle = ctx.bq.submit(
+        payload["handler"], payload.get("payload") or {}, queue=payload.get("queue"),
+        priority=payload.get("priority", 1), tags=(*payload.get("tags", ()),
+                                                   f"schedule:{payload['name']}"),
+    )
+    return handle.id
+
+
+@handler("bo_queue.maintenance.release_delayed")
+def release_delayed(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Move held submissions that are due to their queues; returns how many."""
+    return ctx.bq.delays.release_due(ctx.bq.send)

@@ -1,0 +1,155 @@
+"""Schedules on celery beat (celery-redbeat), with real beat and worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bo_queue import BOQueue, UnknownHandlerError, ValidationError
+from bo_queue.local import BeatProcess, wait_until
+from tests.conftest import ROOT, Cluster, make_cluster
+
+
+@pytest.fixture(scope="module")
+def timed(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=1, concurrency=2)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def bq(timed: Cluster) -> BOQueue:
+    return timed.producer()
+
+
+@pytest.fixture
+def beat(timed: Cluster) -> Iterator[BeatProcess]:
+    process = BeatProcess(timed.redis_url, timed.namespace).start()
+    yield process
+    process.stop()
+
+
+def runs(bq: BOQueue, name: str) -> list[float]:
+    """When each run of a schedule was submitted (its tasks carry `schedule:<name>`)."""
+    infos = [bq.info(task_id) for task_id in bq.records.tagged(f"schedule:{name}")]
+    return sorted(info.created_at.timestamp() for info in infos)
+
+
+@pytest.mark.timeout(120)
+def test_a_one_second_schedule_runs_and_stops_when_removed(
+    bq: BOQueue, beat: BeatProcess
+) -> None:
+    bq.schedules.add("tick", "t.echo", {"tick": True}, every=1)
+    wait_until(lambda: len(runs(bq, "tick")) >= 1, 30, what="the first run")
+    first = runs(bq, "tick")[0]
+    time.sleep(5)  # the behaviour under test is a rate over this window
+    in_window = [t for t in runs(bq, "tick") if first <= t <= first + 5]
+    assert len(in_window) >= 3, in_window
+    assert bq.schedules.remove("tick")
+    time.sleep(1.5)  # let a run that was already under way land
+    settled = len(runs(bq, "tick"))
+    time.sleep(3)
+    assert len(runs(bq, "tick")) == settled
+    assert not bq.schedules.remove("tick")
+
+
+@pytest.mark.timeout(120)
+def test_a_schedule_added_while_beat_runs_survives_a_beat_restart(
+    bq: BOQueue, timed: Cluster
+) -> None:
+    first = BeatProcess(timed.redis_url, timed.namespace).start()
+    try:
+        time.sleep(2)  # beat is up and looping before the schedule exists
+        bq.schedules.add("later", "t.echo", {}, every=1, tags=("mine",))
+        wait_until(lambda: len(runs(bq, "later")) >= 2, 30, what="runs without a restart")
+    finally:
+        first.stop()
+    before = len(runs(bq, "later"))
+    second = BeatProcess(timed.redis_url, timed.namespace).start()
+    try:
+        wait_until(lambda: len(runs(bq, "later")) >= before + 2, 40,
+                   what="runs after the restart")
+    finally:
+        second.stop()
+    assert bq.schedules.get("later").total_runs >= before
+    tagged = bq.info(bq.records.tagged("schedule:later").pop())
+    assert "mine" in tagged.tags
+    bq.schedules.remove("later")
+
+
+@pytest.mark.timeout(120)
+def test_two_beats_fire_each_tick_once(bq: BOQueue, timed: Cluster) -> None:
+    beats = [BeatProcess(timed.redis_url, timed.namespace).start() for _ in range(2)]
+    try:
+        bq.schedules.add("once", "t.echo", {}, every=1)
+        wait_until(lambda: len(runs(bq, "once")) >= 1, 30, what="the first run")
+        time.sleep(6)
+        times = runs(bq, "once")
+    finally:
+        for process in beats:
+            process.stop()
+        bq.schedules.remove("once")
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) >= 5
+    assert min(gaps) > 0.5, gaps  # a second beat firing too would put runs side by side
+
+
+def test_pause_and_resume(bq: BOQueue) -> None:
+    info = bq.schedules.add("paused", "t.echo", {}, every=60)
+    assert info.enabled and info.next_run_at is not None
+    assert not bq.schedules.pause("paused").enabled
+    assert bq.schedules.resume("paused").enabled
+    assert "paused" in {s.name for s in bq.schedules.list()}
+    bq.schedules.remove("paused")
+
+
+def test_bad_schedules_are_rejected(bq: BOQueue) -> None:
+    with pytest.raises(ValidationError, match="positive"):
+        bq.schedules.add("bad", "t.echo", every=0)
+    with pytest.raises(ValidationError, match="invalid cron"):
+        bq.schedules.add("bad", "t.echo", cron="61 * * * *")
+    with pytest.raises(ValidationError, match="five fields"):
+        bq.schedules.add("bad", "t.echo", cron="* * *")
+    with pytest.raises(ValidationError, match="exactly one"):
+        bq.schedules.add("bad", "t.echo")
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        bq.schedules.add("bad", "t.echo", cron="0 3 * * *", timezone="Mars/Olympus")
+    with pytest.raises(UnknownHandlerError):
+        bq.schedules.add("bad", "no.such.handler", every=5)
+    bq.schedules.add("dup", "t.echo", every=30)
+    with pytest.raises(ValidationError, match="replace=True"):
+        bq.schedules.add("dup", "t.echo", every=30)
+    assert bq.schedules.add("dup", "t.echo", every=10, replace=True).every_s == 10
+    nightly = bq.schedules.add("nightly", "t.echo", cron="0 3 * * *")
+    assert nightly.next_run_at is not None and nightly.next_run_at.hour == 3
+    for name in ("dup", "nightly"):
+        bq.schedules.remove(name)
+
+
+def test_schedule_command_line(timed: Cluster) -> None:
+    env = {**os.environ, "BO_QUEUE_REDIS_URL": timed.redis_url,
+           "BO_QUEUE_NAMESPACE": timed.namespace, "PYTHONPATH": str(ROOT)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bo_queue.cli", "schedule", *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    added = cli("add", "cli-nightly", "t.echo", "--cron", "30 2 * * *", "--payload", '{"a": 1}')
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["cron"] == "30 2 * * *"
+    assert "cli-nightly  t.echo  cron '30 2 * * *'" in cli("list").stdout
+    assert json.loads(cli("pause", "cli-nightly").stdout)["enabled"] is False
+    assert "(paused)" in cli("list").stdout
+    assert json.loads(cli("resume", "cli-nightly").stdout)["enabled"] is True
+    assert cli("remove", "cli-nightly").returncode == 0
+    missing = cli("remove", "cli-nightly")
+    assert missing.returncode == 2 and "no schedule named 'cli-nightly'" in missing.stderr
+    bad = cli("add", "x", "t.echo", "--every", "-1")
+    assert bad.returncode == 2 and "positive" in bad.stderr
