@@ -153,11 +153,18 @@ class BOQueue:
         self.close()
 
     def close(self) -> None:
+        """Close every connection this facade opened (and stop the callback thread)."""
         if self._callbacks is not None:
             self._callbacks.close()
+        if self._results is not None:
+            self._results.close()
         self.redis.close()
         if self._raw_redis is not None:
             self._raw_redis.close()
+        redbeat = getattr(self.app, "redbeat_redis", None)  # set by bq.schedules
+        if redbeat is not None:
+            redbeat.close()
+        self.app.close()  # Celery's broker pools
 
     @property
     def raw_redis(self) -> redis.Redis:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # the cores; more threads oversubscribe them and OpenMP's spin-waits make a BoTorch
     # step 10-20x slower on a busy machine.
     torch_threads: int = Field(default=1, ge=1)
+    # beat's maintenance: finished studies older than this move to FileStorage(archive_dir)
+    archive_dir: str | None = None
+    archive_after_days: float = Field(default=30.0, gt=0)
 
     _split = field_validator("imports", "queues", mode="before")(_split_csv)
 

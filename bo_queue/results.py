@@ -85,6 +85,13 @@ class ResultWaiter:
         self.redis = client
         self.prefix = key_prefix
         self._local = threading.local()  # one pub/sub connection per thread, reused
+        self._pubsubs: list[redis.client.PubSub] = []  # all of them, to close
+
+    def close(self) -> None:
+        for pubsub in self._pubsubs:
+            pubsub.close()
+        self._pubsubs.clear()
+        self.redis.close()
 
     def key(self, task_id: str) -> str:
         return self.prefix + task_id
@@ -107,6 +114,7 @@ class ResultWaiter:
         pubsub = getattr(self._local, "pubsub", None)
         if pubsub is None:
             pubsub = self._local.pubsub = _pubsub(self.redis)
+            self._pubsubs.append(pubsub)
         try:
             pubsub.subscribe(channel)
             meta = self.fetch(task_id)  # it may have finished before we subscribed

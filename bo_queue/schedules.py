@@ -21,6 +21,7 @@ from bo_queue.states import Priority
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
+    from bo_queue.studies.models import StudySpec
 
 FIRE = "bo_queue.schedule.fire"
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
@@ -67,8 +68,6 @@ class ScheduleManager:
     ) -> ScheduleInfo:
         """Run `handler(payload)` every N seconds or on a cron expression ("0 3 * * *").
         A name that exists is an error unless replace=True."""
-        from redbeat import RedBeatSchedulerEntry  # type: ignore[import-untyped]
-
         from bo_queue.client import _request
 
         if not _NAME.fullmatch(name):
@@ -81,9 +80,6 @@ class ScheduleManager:
             tags=tuple(tags),
         )
         self.bq._plan(request)  # the same checks as a submit: handler, queue, payload
-        when = _schedule(every, cron, timezone)
-        if not replace and self._exists(name):
-            raise ValidationError(f"a schedule named {name!r} exists; pass replace=True")
         spec = {
             "name": name,
             "handler": handler,
@@ -91,10 +87,53 @@ class ScheduleManager:
             "queue": queue,
             "priority": int(request.priority),
             "tags": list(request.tags),
-            "every_s": _seconds(every),
-            "cron": cron,
-            "timezone": timezone,
         }
+        return self._save(name, spec, every, cron, timezone, replace)
+
+    def add_study(
+        self,
+        name: str,
+        template: StudySpec | Mapping[str, Any],
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        run: bool = True,
+        replace: bool = False,
+    ) -> ScheduleInfo:
+        """Start a new study from `template` on a schedule (a nightly re-optimization):
+        each run creates "<template name> <UTC time>" and, if it has an evaluator and
+        `run`, starts its closed loop."""
+        from bo_queue.studies.models import StudySpec
+
+        if not _NAME.fullmatch(name):
+            raise ValidationError(f"invalid schedule name {name!r}")
+        spec = template if isinstance(template, StudySpec) else StudySpec(**template)
+        if spec.evaluator is not None:
+            self.bq.studies._check_evaluator(spec.evaluator)
+        payload = {
+            "name": name,
+            "handler": "study",
+            "study": spec.model_dump(mode="json"),
+            "run": run,
+        }
+        return self._save(name, payload, every, cron, timezone, replace)
+
+    def _save(
+        self,
+        name: str,
+        spec: dict[str, Any],
+        every: float | timedelta | None,
+        cron: str | None,
+        timezone: str,
+        replace: bool,
+    ) -> ScheduleInfo:
+        from redbeat import RedBeatSchedulerEntry  # type: ignore[import-untyped]
+
+        when = _schedule(every, cron, timezone)
+        if not replace and self._exists(name):
+            raise ValidationError(f"a schedule named {name!r} exists; pass replace=True")
+        spec = {**spec, "every_s": _seconds(every), "cron": cron, "timezone": timezone}
         entry = RedBeatSchedulerEntry(
             name=name,
             task=FIRE,
@@ -114,7 +153,7 @@ class ScheduleManager:
         return ScheduleInfo(
             name=name,
             handler=spec["handler"],
-            payload=spec["payload"],
+            payload=spec.get("payload") or spec.get("study", {}),
             every_s=spec.get("every_s"),
             cron=spec.get("cron"),
             timezone=spec.get("timezone", "UTC"),

@@ -14,6 +14,10 @@ from bo_queue.config import Settings
 MAINTENANCE = {
     # Due held submissions go to their queues (workers do this too, every second).
     "bo_queue.maintenance.release_delayed": timedelta(seconds=5),
+    # Trials whose lease ran out in studies that no step is visiting.
+    "bo_queue.maintenance.sweep_studies": timedelta(minutes=1),
+    # Finished studies to the File backend (only when BO_QUEUE_ARCHIVE_DIR is set).
+    "bo_queue.maintenance.archive_studies": timedelta(hours=6),
 }
 
 

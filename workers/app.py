@@ -17,7 +17,12 @@ from bo_queue.errors import ConfigurationError
 from workers import lifecycle
 from workers.runner import bind_handlers
 
-BUILTIN_MODULES = ("workers.builtin", "workers.studies", "workers.objectives")
+BUILTIN_MODULES = (
+    "workers.builtin",
+    "workers.studies",
+    "workers.objectives",
+    "workers.maintenance",
+)
 
 
 def create_worker_app(settings: Settings | None = None) -> Celery:

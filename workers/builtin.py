@@ -30,7 +30,15 @@ def sleep(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 @handler("bo_queue.schedule.fire")
 def fire(payload: dict[str, Any], ctx: TaskContext) -> str:
-    """Sent by celery beat for a schedule: submits the scheduled task through the facade."""
+    """Sent by celery beat for a schedule: submits the scheduled task through the facade,
+    or, for a study schedule, creates a study from its template (and runs it)."""
+    if "study" in payload:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        spec = {**payload["study"], "name": f"{payload['study']['name']} {stamp}"}
+        study = ctx.bq.studies.create_from_spec(spec)
+        if study.spec.evaluator is not None and payload.get("run", True):
+            ctx.bq.studies.run(study.id)
+        return study.id
     handle = ctx.bq.submit(
         payload["handler"], payload.get("payload") or {}, queue=payload.get("queue"),
         priority=payload.get("priority", 1), tags=(*payload.get("tags", ()),
@@ -38,8 +46,3 @@ def fire(payload: dict[str, Any], ctx: TaskContext) -> str:
     )
     return handle.id
 
-
-@handler("bo_queue.maintenance.release_delayed")
-def release_delayed(payload: dict[str, Any], ctx: TaskContext) -> int:
-    """Move held submissions that are due to their queues; returns how many."""
-    return ctx.bq.delays.release_due(ctx.bq.send)

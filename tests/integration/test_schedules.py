@@ -9,10 +9,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from bo_queue import BOQueue, UnknownHandlerError, ValidationError
+from bo_queue import (
+    BOQueue,
+    FileStorage,
+    Objective,
+    Range,
+    Strategy,
+    UnknownHandlerError,
+    ValidationError,
+)
 from bo_queue.local import BeatProcess, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
@@ -153,3 +162,75 @@ def test_schedule_command_line(timed: Cluster) -> None:
     assert missing.returncode == 2 and "no schedule named 'cli-nightly'" in missing.stderr
     bad = cli("add", "x", "t.echo", "--every", "-1")
     assert bad.returncode == 2 and "positive" in bad.stderr
+
+
+@pytest.mark.timeout(180)
+def test_a_study_schedule_starts_studies_from_its_template(
+    redis_url: str,
+) -> None:
+    cluster = make_cluster(redis_url, workers=1, concurrency=2,
+                           queues=("default", "bo", "evaluate"))
+    beat = BeatProcess(cluster.redis_url, cluster.namespace).start()
+    try:
+        bq = cluster.producer()
+        template = {
+            "name": "nightly", "evaluator": "t.quadratic",
+            "parameters": [{"kind": "range", "name": "x", "low": 0, "high": 1}],
+            "objectives": [{"name": "loss"}],
+            "strategy": {"initial_trials": 2, "max_trials": 2, "seed": 1},
+        }
+        bq.schedules.add_study("reoptimize", template, every=2)
+        wait_until(lambda: any(s.status == "COMPLETED" for s in bq.studies.list()), 90,
+                   what="a scheduled study to complete")
+        bq.schedules.remove("reoptimize")
+        started = [s for s in bq.studies.list() if s.name.startswith("nightly ")]
+        assert started and all(s.spec.evaluator == "t.quadratic" for s in started)
+    finally:
+        beat.stop()
+        cluster.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_lease_sweep_fails_an_orphaned_trial_and_the_study_goes_on(
+    redis_url: str,
+) -> None:
+    cluster = make_cluster(redis_url, workers=1, concurrency=2,
+                           queues=("default", "bo", "evaluate"))
+    try:
+        bq = cluster.producer()
+        study = bq.studies.create(
+            name="orphan", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
+            strategy=Strategy(initial_trials=2, max_trials=2, seed=0, trial_lease_s=1),
+        )
+        [orphan] = bq.studies.suggest(study.id, timeout=120)  # nobody will report it
+        time.sleep(1.5)  # past its lease: the sweep is about time passing
+        swept = bq.submit("bo_queue.maintenance.sweep_studies", {}).get(timeout=60)
+        assert swept == [study.id]
+        wait_until(lambda: bq.studies.trial(study.id, orphan.index).status == "FAILED", 60,
+                   what="the orphan to be failed")
+        for trial in bq.studies.suggest(study.id, count=2, timeout=120):  # it goes on
+            bq.studies.report(study.id, trial.index, {"loss": 0.5})
+        assert bq.studies.wait(study.id, timeout=60).completed_trials == 2
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(120)
+def test_archiving_moves_old_finished_studies_to_files(redis_url: str, tmp_path: Path) -> None:
+    cluster = make_cluster(redis_url, workers=1, concurrency=1, archive_dir=str(tmp_path))
+    try:
+        bq = cluster.producer()
+        done = bq.studies.create(name="old", parameters=[Range("x", 0.0, 1.0)],
+                                 objectives=[Objective("loss")])
+        bq.studies.fail(done.id, "given up")
+        live = bq.studies.create(name="live", parameters=[Range("x", 0.0, 1.0)],
+                                 objectives=[Objective("loss")])
+        archived = bq.submit("bo_queue.maintenance.archive_studies",
+                             {"older_than_days": 0}).get(timeout=60)
+        assert archived == [done.id]
+        assert (tmp_path / done.id / "metadata.json").exists()
+        assert {s.id for s in bq.studies.list()} == {live.id}
+        restored = bq.studies.load(done.id, FileStorage(tmp_path))
+        assert restored.status == "FAILED" and restored.message == "given up"
+    finally:
+        cluster.close()

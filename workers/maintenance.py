@@ -1,0 +1,53 @@
+"""Maintenance jobs celery beat runs (scheduler/app.py lists them and how often)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bo_queue.context import TaskContext
+from bo_queue.registry import handler
+from bo_queue.studies import FileStorage, StudyStatus, TrialStatus
+from bo_queue.studies.manager import STEP
+
+
+@handler("bo_queue.maintenance.release_delayed")
+def release_delayed(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Move held submissions that are due to their queues; returns how many."""
+    return ctx.bq.delays.release_due(ctx.bq.send)
+
+
+@handler("bo_queue.maintenance.sweep_studies")
+def sweep_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
+    """Ask for a step in every live study with a RUNNING trial past its lease: the step
+    fails the trial (and, in a closed loop, replaces it). Returns those studies' ids."""
+    now = datetime.now(UTC)
+    swept = []
+    for study in ctx.bq.studies.list():
+        if study.status not in (StudyStatus.ACTIVE, StudyStatus.PAUSED) or not study.running_trials:
+            continue
+        running = ctx.bq.studies.trials(study.id, TrialStatus.RUNNING)
+        if any(t.leased_until is not None and t.leased_until < now for t in running):
+            ctx.bq.submit(STEP, {"study_id": study.id}, queue="bo")
+            swept.append(study.id)
+    return swept
+
+
+@handler("bo_queue.maintenance.archive_studies")
+def archive_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
+    """Move COMPLETED and FAILED studies untouched for `archive_after_days` to the File
+    backend under `archive_dir` (persist, then delete from Redis). Returns their ids."""
+    settings = ctx.bq.settings
+    root = payload.get("root") or settings.archive_dir
+    if not root:
+        return []
+    days = float(payload.get("older_than_days", settings.archive_after_days))
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    backend = FileStorage(root)
+    archived = []
+    for study in ctx.bq.studies.list():
+        if study.status.terminal and study.updated_at < cutoff:
+            ctx.bq.studies.persist(study.id, backend)
+            ctx.bq.studies.delete(study.id)
+            archived.append(study.id)
+    return archived
