@@ -91,7 +91,7 @@ def _beat(args: argparse.Namespace) -> int:
     Settings.load()  # fail here, clearly, rather than inside celery
     argv = [
         sys.executable, "-m", "celery", "-A", "scheduler.app", "beat",
-        "--scheduler", "redbeat.RedBeatScheduler", "--loglevel", args.loglevel,
+        "--scheduler", "scheduler.beat:Scheduler", "--loglevel", args.loglevel,
     ]
     sys.stdout.flush()
     os.execvpe(argv[0], argv, dict(os.environ))

@@ -225,7 +225,7 @@ class BeatProcess:
     def start(self) -> BeatProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "DEBUG"],
+                [sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "INFO"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import ParseException, crontab, schedule
 from pydantic import BaseModel, ConfigDict
@@ -128,13 +129,11 @@ class ScheduleManager:
         timezone: str,
         replace: bool,
     ) -> ScheduleInfo:
-        from redbeat import RedBeatSchedulerEntry  # type: ignore[import-untyped]
-
         when = _schedule(every, cron, timezone)
         if not replace and self._exists(name):
             raise ValidationError(f"a schedule named {name!r} exists; pass replace=True")
         spec = {**spec, "every_s": _seconds(every), "cron": cron, "timezone": timezone}
-        entry = RedBeatSchedulerEntry(
+        entry = entry_class()(
             name=name,
             task=FIRE,
             schedule=when,
@@ -208,11 +207,10 @@ class ScheduleManager:
         return True
 
     def _entry(self, name: str) -> Any:
-        from redbeat import RedBeatSchedulerEntry
-
-        key = RedBeatSchedulerEntry.generate_key(self.bq.app, name)
+        entries = entry_class()
+        key = entries.generate_key(self.bq.app, name)
         try:
-            return RedBeatSchedulerEntry.from_key(key, app=self.bq.app)
+            return entries.from_key(key, app=self.bq.app)
         except KeyError:
             raise KeyError(f"no schedule named {name!r}") from None
 
@@ -244,12 +242,13 @@ def _schedule(every: float | timedelta | None, cron: str | None, timezone: str) 
         )
     minute, hour, day_of_month, month, day_of_week = fields
     try:
-        when = crontab(
+        when = ZonedCrontab(
             minute=minute,
             hour=hour,
             day_of_month=day_of_month,
             month_of_year=month,
             day_of_week=day_of_week,
+            zone=timezone,
         )
         when.remaining_estimate(datetime.now(UTC))  # parses every field now, not at run time
     except (ParseException, ValueError) as exc:
@@ -257,14 +256,113 @@ def _schedule(every: float | timedelta | None, cron: str | None, timezone: str) 
     return when
 
 
-def _check_timezone(name: str) -> None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
+def _check_timezone(name: str) -> ZoneInfo:
     try:
-        ZoneInfo(name)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValidationError(f"unknown time zone {name!r}") from None
-    if name not in ("UTC", "Etc/UTC"):
-        # redbeat stores a crontab without its zone; a zoned schedule that stays right
-        # across DST changes needs a schedule type of our own (the schedules issue).
-        raise ValidationError(f"cron schedules run in UTC for now; {name!r} is not supported yet")
+
+
+class ZonedCrontab(crontab):
+    """A crontab read on the wall clock of a time zone: "0 3 * * *" in Europe/Berlin runs
+    at 03:00 there all year (23 or 25 hours apart across DST changes). On the night the
+    clocks go forward a time that does not exist runs once, as soon as the clock passes
+    it (02:30 -> 03:30); when they go back a time that occurs twice runs once, the first."""
+
+    def __init__(self, *args: Any, zone: str = "UTC", **kwargs: Any) -> None:
+        self.zone = ZoneInfo(zone)
+        super().__init__(*args, **kwargs)
+
+    @property
+    def tz(self) -> ZoneInfo:  # type: ignore[override]
+        return self.zone
+
+    def now(self) -> datetime:
+        clock = getattr(self, "nowfun", None)  # Celery's test clock, when set
+        now: datetime = clock() if clock else datetime.now(UTC)
+        return now.astimezone(self.zone)
+
+
+def next_run(cron: str, timezone: str, after: datetime) -> datetime:
+    """When a cron schedule next runs after `after` (aware), as an aware UTC datetime."""
+    when = _schedule(None, cron, timezone)
+    when.nowfun = lambda: after
+    result: datetime = (after + when.remaining_estimate(after)).astimezone(UTC)
+    return result
+
+
+def zoned(definition: dict[str, Any]) -> dict[str, Any]:
+    """redbeat stores a crontab without its time zone; the zone travels in the schedule's
+    arguments, and this puts it back (for entries read from Redis)."""
+    when, args = definition.get("schedule"), definition.get("args") or [{}]
+    zone = args[0].get("timezone", "UTC") if isinstance(args[0], dict) else "UTC"
+    if isinstance(when, crontab) and not isinstance(when, ZonedCrontab) and zone != "UTC":
+        fields = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+        spec = {name: getattr(when, f"_orig_{name}") for name in fields}  # as written
+        definition["schedule"] = ZonedCrontab(**spec, zone=zone)
+    return definition
+
+
+def static_schedules(path: str) -> dict[str, dict[str, Any]]:
+    """celery beat entries from a TOML file of schedules, each a table like
+
+        [schedules.nightly-report]
+        handler = "reports.build"
+        cron = "0 3 * * *"            # or: every = 60 (seconds)
+        timezone = "Europe/Berlin"    # default UTC
+        payload = { parts = 10 }
+        queue = "default"; priority = "high"; tags = ["nightly"]
+
+    Every field is checked here, so a bad file stops beat at start with a clear error."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            tables = tomllib.load(handle).get("schedules", {})
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"cannot read the schedule file {path}: {exc}") from None
+    from bo_queue.client import _request
+
+    entries = {}
+    for name, table in tables.items():
+        table = dict(table)
+        try:
+            when = _schedule(
+                table.pop("every", None), table.get("cron"), table.get("timezone", "UTC")
+            )
+            request = _request(
+                handler=table.pop("handler"),
+                payload=table.pop("payload", {}),
+                priority=table.pop("priority", "normal"),
+                queue=table.get("queue"),
+                tags=tuple(table.pop("tags", ())),
+            )
+        except (ValidationError, KeyError) as exc:
+            raise ValidationError(f"schedule {name!r} in {path}: {exc}") from None
+        unknown = set(table) - {"cron", "timezone", "queue"}
+        if unknown:
+            raise ValidationError(f"schedule {name!r} in {path}: unknown keys {sorted(unknown)}")
+        spec = {
+            "name": name,
+            "handler": request.handler,
+            "payload": request.payload,
+            "queue": request.queue,
+            "priority": int(request.priority),
+            "tags": list(request.tags),
+            "cron": table.get("cron"),
+            "timezone": table.get("timezone", "UTC"),
+        }
+        entries[name] = {"task": FIRE, "schedule": when, "args": [spec]}
+    return entries
+
+
+def entry_class() -> Any:
+    """redbeat's entry, reading zoned crontabs back with their zone (see zoned())."""
+    from redbeat import RedBeatSchedulerEntry  # type: ignore[import-untyped]
+
+    class ZonedEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
+        @staticmethod
+        def decode_definition(definition: Any) -> dict[str, Any]:
+            return zoned(RedBeatSchedulerEntry.decode_definition(definition))
+
+    return ZonedEntry

@@ -51,3 +51,29 @@ def archive_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
             ctx.bq.studies.delete(study.id)
             archived.append(study.id)
     return archived
+
+
+@handler("bo_queue.maintenance.purge_indexes")
+def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Records expire on their own (TTL); the sets that index them can outlive some of
+    their members. Drop ids whose record is gone from tag and children sets, and held
+    sends whose schedule entry is gone. Returns how many entries it removed."""
+    bq, ns = ctx.bq, ctx.bq.keys.namespace
+    removed = 0
+    for pattern in (f"{ns}:tag:*", f"{ns}:task:*:children"):
+        for key in bq.redis.scan_iter(match=pattern, count=500):
+            if bq.redis.type(key) != "set":
+                continue
+            members = sorted(str(m) for m in bq.redis.smembers(key))
+            with bq.redis.pipeline(transaction=False) as pipe:
+                for task_id in members:
+                    pipe.exists(bq.keys.task(task_id))
+                alive = pipe.execute()
+            gone = [m for m, ok in zip(members, alive, strict=True) if not ok]
+            if gone:
+                removed += int(bq.redis.srem(key, *gone))
+    held = set(bq.redis.zrange(bq.keys.delayed, 0, -1))
+    orphans = [i for i in bq.redis.hkeys(bq.delays.specs) if i not in held]
+    if orphans:
+        removed += int(bq.redis.hdel(bq.delays.specs, *orphans))
+    return removed

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from bo_queue import (
     BOQueue,
@@ -234,3 +235,46 @@ def test_archiving_moves_old_finished_studies_to_files(redis_url: str, tmp_path:
         assert restored.status == "FAILED" and restored.message == "given up"
     finally:
         cluster.close()
+
+
+def test_a_zoned_cron_schedule_runs_on_its_wall_clock(bq: BOQueue) -> None:
+    from zoneinfo import ZoneInfo
+
+    info = bq.schedules.add("berlin", "t.echo", cron="0 3 * * *", timezone="Europe/Berlin")
+    assert info.timezone == "Europe/Berlin" and info.next_run_at is not None
+    local = info.next_run_at.astimezone(ZoneInfo("Europe/Berlin"))
+    assert (local.hour, local.minute) == (3, 0)
+    assert bq.schedules.get("berlin").next_run_at == info.next_run_at  # read back zoned
+    bq.schedules.remove("berlin")
+
+
+@pytest.mark.timeout(120)
+def test_static_schedules_from_a_file(timed: Cluster, tmp_path: Path) -> None:
+    (tmp_path / "schedules.toml").write_text(
+        '[schedules.from-file]\nhandler = "t.echo"\nevery = 1\npayload = { static = true }\n'
+        'tags = ["static"]\n'
+    )
+    beat = BeatProcess(timed.redis_url, timed.namespace,
+                       env={"BO_QUEUE_SCHEDULE_FILE": str(tmp_path / "schedules.toml")}).start()
+    bq = timed.producer()
+    try:
+        wait_until(lambda: len(runs(bq, "from-file")) >= 2, 40, what="runs of the static schedule")
+    finally:
+        beat.stop()
+    task = bq.info(sorted(bq.records.tagged("schedule:from-file"))[0])
+    assert "static" in task.tags and task.handler == "t.echo"
+
+
+def test_purge_drops_index_entries_whose_records_expired(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    kept, expired = bq.submit("t.echo", {}, tags=("purge-me",)), bq.submit("t.echo", {},
+                                                                            tags=("purge-me",))
+    kept.get(timeout=20)
+    expired.get(timeout=20)
+    evidence.delete(bq.keys.task(expired.id))  # as its TTL would
+    evidence.hset(bq.delays.specs, "orphan-spec", "{}")  # a held send with no schedule
+    removed = bq.submit("bo_queue.maintenance.purge_indexes", {}).get(timeout=30)
+    assert removed >= 2
+    assert bq.records.tagged("purge-me") == {kept.id}
+    assert not evidence.hexists(bq.delays.specs, "orphan-spec")
