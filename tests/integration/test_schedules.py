@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -100,15 +99,17 @@ def test_two_beats_fire_each_tick_once(bq: BOQueue, timed: Cluster) -> None:
     try:
         bq.schedules.add("once", "t.echo", {}, every=1)
         wait_until(lambda: len(runs(bq, "once")) >= 1, 30, what="the first run")
-        time.sleep(6)
-        times = runs(bq, "once")
+        first = runs(bq, "once")[0]
+        time.sleep(8)  # the behaviour under test is a rate over this window
+        in_window = [t for t in runs(bq, "once") if first <= t < first + 6]
+        holders = [p for p in beats if "beat: Acquired lock" in p.log()]
     finally:
         for process in beats:
             process.stop()
         bq.schedules.remove("once")
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(times) >= 5
-    assert min(gaps) > 0.5, gaps  # a second beat firing too would put runs side by side
+    assert len(holders) == 1  # one active beat; the other waits for redbeat's lock
+    # one beat: about one run a second; two beats both firing would give about twelve
+    assert 4 <= len(in_window) <= 8, in_window
 
 
 def test_pause_and_resume(bq: BOQueue) -> None:
