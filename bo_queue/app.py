@@ -78,7 +78,9 @@ def make_celery(settings: Settings) -> Celery:
         # a submit (kombu opens a client per publish) and the task record says the same.
         worker_send_task_events=True,
         task_send_sent_event=False,
-        task_track_started=True,
+        # No STARTED write to the backend: the task record says RUNNING, and the write
+        # would carry the whole payload (result_extended) on every run.
+        task_track_started=False,
         enable_utc=True,
         timezone="UTC",
         # celery beat: schedules in Redis (celery-redbeat), under the namespace; one beat

@@ -372,11 +372,16 @@ class BOQueue:
     # -- looking and cancelling ---------------------------------------------------------
 
     def handle(self, task_id: str) -> TaskHandle:
-        if not self.records.exists(task_id):
-            raise UnknownTaskError(task_id)
+        with self._broker_errors():
+            if not self.records.exists(task_id):
+                raise UnknownTaskError(task_id)
         return TaskHandle(self, task_id)
 
     def info(self, task_id: str) -> TaskInfo:
+        with self._broker_errors():
+            return self._info(task_id)
+
+    def _info(self, task_id: str) -> TaskInfo:
         record = self.records.get(task_id)
         if record is None:
             raise UnknownTaskError(task_id)
@@ -395,7 +400,8 @@ class BOQueue:
         one sees `ctx.cancelled` (or is killed with terminate=True). Returns the state
         after the call: CANCELLED, RUNNING (stopping), or the state it had already ended in.
         """
-        return self._cancel(task_id, terminate, reason)[1]
+        with self._broker_errors():
+            return self._cancel(task_id, terminate, reason)[1]
 
     def _cancel(self, task_id: str, terminate: bool, reason: str) -> tuple[TaskState, TaskState]:
         """(state before, state after) of a cancellation."""
@@ -415,9 +421,12 @@ class BOQueue:
     def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
         """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
         cancelled = []
-        for task_id in sorted(self.records.tagged(tag)):
+        with self._broker_errors():
+            tagged = sorted(self.records.tagged(tag))
+        for task_id in tagged:
             try:
-                prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
+                with self._broker_errors():
+                    prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
             except UnknownTaskError:  # its record expired; nothing left to cancel
                 continue
             if not prior.terminal:

@@ -43,7 +43,9 @@ class TaskHandle:
 
     @property
     def progress(self) -> Progress:
-        fraction, message = self._bq.records.get_fields(self.id, "progress", "progress_message")
+        with self._bq._broker_errors():
+            fields = self._bq.records.get_fields(self.id, "progress", "progress_message")
+        fraction, message = fields
         return Progress(float(fraction or 0.0), message or "")
 
     def ready(self) -> bool:
@@ -53,6 +55,10 @@ class TaskHandle:
     def get(self, timeout: float | None = None) -> Any:
         """The handler's return value. Raises TaskFailedError, TaskCancelledError,
         TaskExpiredError, or TaskTimeoutError once `timeout` seconds pass (None: wait)."""
+        with self._bq._broker_errors():
+            return self._get(timeout)
+
+    def _get(self, timeout: float | None) -> Any:
         meta = self._bq.results.fetch(self.id)
         if meta is None:
             state = self._bq.records.state(self.id)

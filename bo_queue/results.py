@@ -84,13 +84,13 @@ class ResultWaiter:
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         self.redis = client
         self.prefix = key_prefix
-        self._local = threading.local()  # one pub/sub connection per thread, reused
-        self._pubsubs: list[redis.client.PubSub] = []  # all of them, to close
+        # Idle pub/sub connections, shared by whichever thread waits next (a connection
+        # per thread would grow with every short-lived thread that ever called get()).
+        self._idle: queue.LifoQueue[redis.client.PubSub] = queue.LifoQueue(maxsize=8)
 
     def close(self) -> None:
-        for pubsub in self._pubsubs:
-            pubsub.close()
-        self._pubsubs.clear()
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
         self.redis.close()
 
     def key(self, task_id: str) -> str:
@@ -111,10 +111,11 @@ class ResultWaiter:
             return meta
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self.key(task_id)
-        pubsub = getattr(self._local, "pubsub", None)
-        if pubsub is None:
-            pubsub = self._local.pubsub = _pubsub(self.redis)
-            self._pubsubs.append(pubsub)
+        try:
+            pubsub = self._idle.get_nowait()
+        except queue.Empty:
+            pubsub = _pubsub(self.redis)
+        healthy = True
         try:
             pubsub.subscribe(channel)
             meta = self.fetch(task_id)  # it may have finished before we subscribed
@@ -132,12 +133,20 @@ class ResultWaiter:
                     meta = self.fetch(task_id)
             return meta
         except redis.RedisError:
-            pubsub.close()  # a broken connection: the next wait opens a new one
-            self._local.pubsub = None
+            healthy = False  # a broken connection: the next wait opens a new one
             raise
         finally:
-            if self._local.pubsub is not None:
-                pubsub.unsubscribe(channel)
+            self._release(pubsub, channel, healthy)
+
+    def _release(self, pubsub: redis.client.PubSub, channel: str, healthy: bool) -> None:
+        try:
+            if healthy:
+                pubsub.unsubscribe(channel)  # type: ignore[no-untyped-call]
+                self._idle.put_nowait(pubsub)
+                return
+        except (redis.RedisError, queue.Full):
+            pass
+        pubsub.close()
 
 
 def _text(value: bytes | str) -> str:

@@ -72,8 +72,9 @@ def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
             gone = [m for m, ok in zip(members, alive, strict=True) if not ok]
             if gone:
                 removed += int(bq.redis.srem(key, *gone))
+    specs = bq.redis.hkeys(bq.delays.specs)  # before the schedule: a hold writes both at once
     held = set(bq.redis.zrange(bq.keys.delayed, 0, -1))
-    orphans = [i for i in bq.redis.hkeys(bq.delays.specs) if i not in held]
+    orphans = [i for i in specs if i not in held]
     if orphans:
         removed += int(bq.redis.hdel(bq.delays.specs, *orphans))
     return removed

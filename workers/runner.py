@@ -43,21 +43,25 @@ class HandlerTask(Task[Any, Any]):
     spec: HandlerSpec
     typing = False
 
+    # Listeners (a study waiting for this evaluation) hear first: a worker lost between
+    # the two leaves a record still RUNNING, so the redelivered task runs and tells
+    # again (the study ignores the repeat), instead of a record that says done to a
+    # study that never heard.
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        _notify(self, args, retval, None)
         self.bq.records.transition(
             task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0
         )
         _hook(self.spec.on_success, self.request, retval)
-        _notify(self, args, retval, None)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        _notify(self, args, None, exc)
         self.bq.records.transition(
             task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc)
         )
         _hook(self.spec.on_failure, self.request, exc)
-        _notify(self, args, None, exc)
 
 
 def _notify(task: HandlerTask, args: Any, result: Any, error: BaseException | None) -> None:
@@ -133,12 +137,15 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.delays).
     info = req.delivery_info or {}
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
-    bq.delays.hold(bq.redis, task_id, due_at, {
+    message = {
         "handler": spec.name, "payload": payload,
         "queue": info.get("routing_key") or spec.queue or bq.settings.default_queue,
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
         "retries": req.retries + 1, "parent_id": req.parent_id,
-    })
+    }
+    with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
+        bq.delays.hold(pipe, task_id, due_at, message)
+        pipe.execute()
     return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
 
 

@@ -94,11 +94,16 @@ class Stepper:
         self.bq, self.store, self.study_id = bq, store, study_id
 
     def run(self, request: dict[str, Any]) -> list[int]:
+        # A step changes its engine in place before saving: if it fails on the way, that
+        # engine must not serve the next step, so it goes back in the cache only after.
+        self.kept = _engines.pop(self.study_id, None)
         started = time.perf_counter()
         self.generation_s = 0.0
         state = self.store.load(self.study_id)
         study, now = state.study, datetime.now(UTC)
         if study.status.terminal:
+            # Results that arrive after the end are dropped: nothing will tell Ax again.
+            self.store.save_step(study, [], None, self.store.inbox_size(self.study_id))
             if "suggest" in request or "attach" in request:
                 raise StudyError(f"study {self.study_id} has ended ({study.status})")
             return []
@@ -122,7 +127,7 @@ class Stepper:
                 trials[trial.index] = changed[trial.index] = trial.model_copy(
                     update={"status": TrialStatus.FAILED, "error": reason, "finished_at": now}
                 )
-                if trial.task_id:
+                if trial.task_id and self.bq.records.exists(trial.task_id):
                     self.bq.cancel(trial.task_id, terminate=True, reason=reason)
 
         counts = _counts(trials.values())
@@ -193,7 +198,7 @@ class Stepper:
     def _engine(self, study: Study, model: bytes | None, trials: list[Trial]) -> Engine:
         from bo_queue.studies.engine import Engine  # Ax, torch: only where a step runs
 
-        cached = _engines.get(self.study_id)
+        cached = self.kept
         self.cached = cached is not None and cached[0] == study.iteration and model is not None
         if cached is not None and self.cached:
             return cached[1]

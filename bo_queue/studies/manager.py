@@ -232,6 +232,11 @@ class StudyManager:
         return sum(self.report(study_id, index, values) for index, values in results)
 
     def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:
+        if self.get(study_id).status.terminal:
+            registered = self.store.redis.hget(self.store.reported_key(study_id), str(index))
+            if registered == marker:
+                return False  # a repeat of a result it had: still a no-op
+            raise InvalidTransitionError(f"study {study_id} has ended; it takes no more results")
         outcome = self.store.report(study_id, index, entry, marker)
         if outcome.startswith("closed:"):
             trial = self.store.trial(study_id, index)

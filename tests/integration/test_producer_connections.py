@@ -41,3 +41,15 @@ def test_submitting_subscribes_to_nothing(quiet: RedisServer) -> None:
         assert _calls(client, "subscribe") == before
         assert _calls(client, "lpush") >= 41  # the messages did go out
     client.close()
+
+
+def test_tagged_submits_make_no_script_round_trips(quiet: RedisServer) -> None:
+    """A pipeline holding registered scripts first asks SCRIPT EXISTS: a round trip."""
+    client = redis.Redis(port=quiet.port)
+    with BOQueue(redis_url=quiet.url, namespace="quiet") as bq:
+        bq.submit("t.local_only", {}, tags=("warm",))
+        before = _calls(client, "script|exists") + _calls(client, "script")
+        for i in range(10):
+            bq.submit("t.local_only", {"i": i}, tags=("a", "b"), parent_id="p")
+        assert _calls(client, "script|exists") + _calls(client, "script") == before
+    client.close()

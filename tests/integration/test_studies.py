@@ -276,3 +276,16 @@ def test_study_command_line(study_cluster: Cluster, tmp_path: Path) -> None:
     assert exported["study"]["id"] == study_id and len(exported["trials"]) == 4
     bad = cli("status", "no-such-study")
     assert bad.returncode == 2 and "no study with id 'no-such-study'" in bad.stderr
+
+
+def test_results_arriving_after_the_end_are_dropped_and_the_step_returns(bq: BOQueue) -> None:
+    study = bq.studies.create(name="ended", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(3))
+    [trial] = bq.studies.suggest(study.id, timeout=120)
+    bq.studies.complete(study.id)
+    bq.studies.store.push_result(study.id, {"index": trial.index, "values": {"loss": 1.0}})
+    assert bq.submit("bo_queue.study.step", {"study_id": study.id}, queue="bo").get(
+        timeout=30) == []
+    assert bq.studies.store.inbox_size(study.id) == 0
+    with pytest.raises(InvalidTransitionError, match="takes no more results"):
+        bq.studies.report(study.id, trial.index, {"loss": 1.0})

@@ -266,3 +266,9 @@ def test_start_without_a_record_runs_and_creates_one(store: RecordStore) -> None
     assert info is not None
     assert (info.handler, info.queue, info.priority) == ("unit.echo", "bo", Priority.HIGH)
     assert info.state is TaskState.RUNNING and info.worker == "w"
+
+
+def test_progress_on_an_expired_record_creates_nothing(store: RecordStore) -> None:
+    store.set_progress("gone", 0.5, "half")
+    assert store.get("gone") is None
+    assert not store.exists("gone")

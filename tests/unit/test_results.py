@@ -369,3 +369,18 @@ def test_then_as_the_first_result_call_does_not_deadlock() -> None:
     threading.Thread(target=first_call, daemon=True).start()
     assert finished.wait(5), "BOQueue.callbacks deadlocked on its own lock"
     bq.close()
+
+
+def test_waits_from_many_threads_keep_few_connections(waiter: ResultWaiter) -> None:
+    """Idle pub/sub connections are pooled, not kept per thread that ever waited."""
+    import threading
+
+    def wait_once() -> None:
+        waiter.wait("nobody", timeout=0.05)
+
+    threads = [threading.Thread(target=wait_once) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert waiter._idle.qsize() <= 8
