@@ -137,6 +137,7 @@ class BOQueue:
         self._directory_read_at = -math.inf
         self._results: ResultWaiter | None = None
         self._studies: StudyManager | None = None
+        self._schedules: ScheduleManager | None = None
         self._raw_redis: redis.Redis | None = None
         self._callbacks: CallbackDispatcher | None = None
         self._lock = threading.RLock()  # callbacks() builds results() under it
@@ -178,9 +179,11 @@ class BOQueue:
     @property
     def schedules(self) -> ScheduleManager:
         """Periodic and cron schedules, run by `bo-queue beat` (bo_queue.schedules)."""
-        from bo_queue.schedules import ScheduleManager
+        if self._schedules is None:
+            from bo_queue.schedules import ScheduleManager
 
-        return ScheduleManager(self)
+            self._schedules = ScheduleManager(self)
+        return self._schedules
 
     @property
     def studies(self) -> StudyManager:

@@ -67,6 +67,10 @@ def test_submit_to_a_redis_that_is_down_fails_fast() -> None:
     with pytest.raises(BrokerUnavailableError, match="unavailable"):
         bq.submit("t.echo", {})
     assert time.monotonic() - started < 10
+    for call in (lambda: bq.info("some-id"), lambda: bq.cancel("some-id"),
+                 lambda: bq.studies.get("some-study"), lambda: bq.studies.list()):
+        with pytest.raises(BrokerUnavailableError):
+            call()
     bq.close()
 
 
