@@ -114,63 +114,29 @@ class RedisServer:
         self.close()
 
 
-class WorkerProcess:
-    """`bo-queue worker` in a subprocess (its own process group, so it can be killed whole)."""
+class _Process:
+    """A bo-queue command in a subprocess, in its own process group (so it is killed
+    whole, pool processes included), with its output in a log file."""
 
-    def __init__(
-        self,
-        redis_url: str,
-        namespace: str,
-        *,
-        queues: Iterable[str] | None = None,
-        concurrency: int = 1,
-        imports: Iterable[str] = (),
-        name: str | None = None,
-        env: Mapping[str, str] | None = None,
-        pool: str = "prefork",
-        log_path: str | None = None,
-    ) -> None:
+    def __init__(self, redis_url: str, namespace: str, env: Mapping[str, str] | None,
+                 log_path: str | None, label: str) -> None:
         self.namespace = namespace
-        self.name = name or f"w{free_port()}"
-        self.hostname = f"{self.name}@{socket.gethostname()}"
         self.env = {
             **os.environ, "BO_QUEUE_REDIS_URL": redis_url, "BO_QUEUE_NAMESPACE": namespace,
             **(env or {}),
         }
         self.env.pop("BO_QUEUE_IMPORTS", None)
-        self.args = [
-            sys.executable, "-m", "bo_queue.cli", "worker", "--concurrency", str(concurrency),
-            "--hostname", self.hostname, "--pool", pool, "--loglevel", "INFO",
-        ]
-        if queues:
-            self.args += ["--queues", ",".join(queues)]
-        for module in imports:
-            self.args += ["--import", module]
         if log_path is None:
-            fd, log_path = tempfile.mkstemp(prefix=f"bo-queue-{self.name}-", suffix=".log")
+            fd, log_path = tempfile.mkstemp(prefix=f"bo-queue-{label}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
-        self._redis = redis.Redis.from_url(redis_url, decode_responses=True)
 
-    def start(self, wait: float = 60) -> WorkerProcess:
-        self._redis.hdel(f"{self.namespace}:workers", self.hostname)
+    def _spawn(self, args: list[str]) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        if wait:
-            self.wait_ready(wait)
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        def ready() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
-            return bool(self._redis.hexists(f"{self.namespace}:workers", self.hostname))
-
-        wait_until(ready, timeout, 0.1, what=f"worker {self.name} to start")
 
     def log(self) -> str:
         path = Path(self.log_path)
@@ -182,7 +148,7 @@ class WorkerProcess:
         return self.process.pid
 
     def kill(self) -> None:
-        """SIGKILL the worker and its pool processes: a machine lost mid-task."""
+        """SIGKILL the whole process group: a machine lost mid-task."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -197,6 +163,51 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+
+class WorkerProcess(_Process):
+    """`bo-queue worker` in a subprocess."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        namespace: str,
+        *,
+        queues: Iterable[str] | None = None,
+        concurrency: int = 1,
+        imports: Iterable[str] = (),
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        pool: str = "prefork",
+        log_path: str | None = None,
+    ) -> None:
+        self.name = name or f"w{free_port()}"
+        super().__init__(redis_url, namespace, env, log_path, self.name)
+        self.hostname = f"{self.name}@{socket.gethostname()}"
+        self.args = [
+            sys.executable, "-m", "bo_queue.cli", "worker", "--concurrency", str(concurrency),
+            "--hostname", self.hostname, "--pool", pool, "--loglevel", "INFO",
+        ]
+        if queues:
+            self.args += ["--queues", ",".join(queues)]
+        for module in imports:
+            self.args += ["--import", module]
+        self._redis = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def start(self, wait: float = 60) -> WorkerProcess:
+        self._redis.hdel(f"{self.namespace}:workers", self.hostname)
+        self._spawn(self.args)
+        if wait:
+            self.wait_ready(wait)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
+            return bool(self._redis.hexists(f"{self.namespace}:workers", self.hostname))
+
+        wait_until(ready, timeout, 0.1, what=f"worker {self.name} to start")
+
     def __enter__(self) -> WorkerProcess:
         return self.start()
 
@@ -208,38 +219,13 @@ class WorkerProcess:
         self._redis.close()
 
 
-class BeatProcess:
-    """`bo-queue beat` in a subprocess (its own process group)."""
+class BeatProcess(_Process):
+    """`bo-queue beat` in a subprocess."""
 
     def __init__(self, redis_url: str, namespace: str, env: Mapping[str, str] | None = None,
                  log_path: str | None = None) -> None:
-        self.env = {**os.environ, "BO_QUEUE_REDIS_URL": redis_url,
-                    "BO_QUEUE_NAMESPACE": namespace, **(env or {})}
-        self.env.pop("BO_QUEUE_IMPORTS", None)
-        if log_path is None:
-            fd, log_path = tempfile.mkstemp(prefix="bo-queue-beat-", suffix=".log")
-            os.close(fd)
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(redis_url, namespace, env, log_path, "beat")
 
     def start(self) -> BeatProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "INFO"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        self._spawn([sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "INFO"])
         return self
-
-    def log(self) -> str:
-        path = Path(self.log_path)
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
