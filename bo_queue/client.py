@@ -18,19 +18,21 @@ import redis
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from bo_queue import registry
+from bo_queue import dependencies, registry
 from bo_queue.app import make_celery
 from bo_queue.config import Settings
-from bo_queue.delays import DelayedSubmissions
+from bo_queue.delays import RELEASE_BATCH, DelayedSubmissions
+from bo_queue.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.errors import (
     BrokerUnavailableError,
+    DependencyError,
     UnknownHandlerError,
     UnknownTaskError,
     ValidationError,
 )
 from bo_queue.handle import TaskHandle
 from bo_queue.keys import Keys
-from bo_queue.records import RecordStore, TaskInfo
+from bo_queue.records import RecordStore, TaskInfo, TaskTree
 from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, TaskState
 
@@ -53,6 +55,9 @@ class TaskRequest(BaseModel):
     expires: float | datetime | None = None
     tags: tuple[str, ...] = ()
     parent_id: str | None = None
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+    depends_on: tuple[str, ...] = ()
+    on_dependency_failure: OnDependencyFailure = "cancel"
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -65,6 +70,13 @@ class TaskRequest(BaseModel):
         if any(not tag or len(tag) > 128 for tag in tags):
             raise ValueError("tags must be non-empty strings of at most 128 characters")
         return tuple(dict.fromkeys(tags))
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_on(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str | TaskHandle):
+            value = (value,)
+        return tuple(dict.fromkeys(v.id if isinstance(v, TaskHandle) else v for v in value))
 
     @field_validator("expires")
     @classmethod
@@ -131,7 +143,9 @@ class BOQueue:
             socket_connect_timeout=settings.connect_timeout_s,
             socket_timeout=max(settings.connect_timeout_s, 10.0),
         )
-        self.records = RecordStore(self.redis, self.keys, settings.result_expires_s)
+        self.records = RecordStore(
+            self.redis, self.keys, settings.result_expires_s, on_settled=self._on_settled
+        )
         self.delays = DelayedSubmissions(self.redis, self.keys)
         self._directory: dict[str, dict[str, Any]] = {}
         self._directory_read_at = -math.inf
@@ -234,14 +248,22 @@ class BOQueue:
         expires: float | datetime | None = None,
         tags: Iterable[str] = (),
         parent_id: str | None = None,
+        depends_on: Iterable[str | TaskHandle] = (),
+        on_dependency_failure: OnDependencyFailure = "cancel",
     ) -> TaskHandle:
         """Queue one task for the handler `handler`. Raises ValidationError (or
-        UnknownHandlerError) for bad input and BrokerUnavailableError if Redis is down;
-        in both cases nothing was queued."""
+        UnknownHandlerError) for bad input, DependencyError for an unknown dependency,
+        and BrokerUnavailableError if Redis is down; in each case nothing was queued.
+
+        With `depends_on`, the task stays PENDING until every dependency has SUCCEEDED,
+        then is queued; if one fails, is cancelled or expires, the task is CANCELLED with
+        the reason, unless on_dependency_failure="run" (it then runs once all have ended).
+        """
         request = _request(
             handler=handler, payload=payload if payload is not None else {},
             priority=priority, queue=queue, countdown=countdown, eta=eta,
             expires=expires, tags=tuple(tags), parent_id=parent_id,
+            depends_on=tuple(depends_on), on_dependency_failure=on_dependency_failure,
         )
         return self._submit([self._plan(request)])[0]
 
@@ -249,7 +271,10 @@ class BOQueue:
         self, requests: Iterable[TaskRequest | Mapping[str, Any]]
     ) -> list[TaskHandle]:
         """Queue many tasks in two pipelined round trips (records, then broker).
-        All are validated first: one bad request rejects the batch, nothing is queued."""
+        All are validated first: one bad request rejects the batch, nothing is queued.
+
+        Requests may name their own `id` and depend on each other (`depends_on`): a
+        whole DAG in one call. A cycle raises DependencyError naming it."""
         plans = []
         for index, item in enumerate(requests):
             try:
@@ -288,23 +313,36 @@ class BOQueue:
             if expires_at <= (due_at or now):
                 raise ValidationError("expires must be later than when the task is due")
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
-        return _Plan(request, queue, due_at, expires_at, held, task_id)
+        return _Plan(request, queue, due_at, expires_at, held, task_id or request.id)
 
     def _submit(self, plans: list[_Plan]) -> list[TaskHandle]:
         now = time.time()
+        with self._broker_errors():
+            ordered = self._check_dependencies(plans)
+        waits = []
         with self._broker_errors(), self.redis.pipeline(transaction=False) as pipe:
-            for plan in plans:
+            for plan in ordered:
                 req = plan.request
+                waiting = bool(req.depends_on)
                 self.records.create(pipe, {
                     "id": plan.id, "handler": req.handler, "queue": plan.queue,
                     "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
-                    "state": TaskState.PENDING if plan.held else TaskState.QUEUED,
+                    "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
                     "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
+                    "depends_on": req.depends_on or None,
+                    "on_dependency_failure": req.on_dependency_failure if waiting else None,
                 })
-                if plan.held:
+                if waiting:
+                    waits.append((len(pipe), plan.id))
+                    self.records.wait_for(pipe, plan.id, req.depends_on, self._message(plan))
+                elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, self._message(plan))
-            pipe.execute()
-        to_send = [p for p in plans if not p.held]
+            replies = pipe.execute()
+        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
+        cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
+        if cancelled or "queued" in verdicts.values():
+            self._on_settled(int("queued" in verdicts.values()), cancelled)
+        to_send = [p for p in plans if not p.held and not p.request.depends_on]
         if to_send:
             with (
                 self._broker_errors(),
@@ -314,6 +352,41 @@ class BOQueue:
                 for plan in to_send:
                     self.send(plan.id, self._message(plan), producer=producer)
         return [TaskHandle(self, plan.id) for plan in plans]
+
+    def _check_dependencies(self, plans: list[_Plan]) -> list[_Plan]:
+        """Reject cycles, self-dependencies, unknown dependencies and taken ids; return
+        the plans in an order where each comes after the plans it depends on."""
+        by_id = {plan.id: plan for plan in plans}
+        if len(by_id) < len(plans):
+            raise ValidationError("two requests in the batch have the same id")
+        if not any(plan.request.depends_on for plan in plans):
+            return plans
+        graph = {plan.id: plan.request.depends_on for plan in plans}
+        dependencies.check_acyclic(graph)
+        outside = sorted({d for deps in graph.values() for d in deps if d not in by_id})
+        named = [plan.id for plan in plans if plan.request.id]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in outside + named:
+                pipe.exists(self.keys.task(task_id))
+            found = pipe.execute()
+        unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
+        if unknown:
+            raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")
+        taken = [i for i, ok in zip(named, found[len(outside):], strict=True) if ok]
+        if taken:
+            raise ValidationError(f"task ids already in use: {', '.join(taken)}")
+        return [by_id[i] for layer in dependencies.layers(graph) for i in layer]
+
+    def _on_settled(self, released: int, cancelled: list[str]) -> None:
+        """Ending a task settled its dependents: send those released, and wake anyone
+        waiting on those cancelled (their record already says why)."""
+        if cancelled:
+            reasons = [self.records.get_fields(i, "error")[0] for i in cancelled]
+            for task_id, reason in zip(cancelled, reasons, strict=True):
+                self.app.backend.mark_as_revoked(task_id, reason or "dependency failed")
+        if released:
+            while self.delays.release_due(self.send) >= RELEASE_BATCH:
+                pass
 
     def _message(self, plan: _Plan) -> dict[str, Any]:
         req = plan.request
@@ -400,11 +473,22 @@ class BOQueue:
         self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
     ) -> TaskState:
         """Cancel a task, persistently. A queued or delayed task never starts; a running
-        one sees `ctx.cancelled` (or is killed with terminate=True). Returns the state
-        after the call: CANCELLED, RUNNING (stopping), or the state it had already ended in.
+        one sees `ctx.cancelled` (or is killed with terminate=True). Its subtasks (ctx.spawn,
+        parent_id), to any depth, are cancelled with it, and so are the tasks that depend
+        on it. Returns the task's state after the call: CANCELLED, RUNNING (stopping), or
+        the state it had already ended in.
         """
         with self._broker_errors():
-            return self._cancel(task_id, terminate, reason)[1]
+            after = self._cancel(task_id, terminate, reason)[1]
+            self._cancel_descendants(task_id, terminate)
+        return after
+
+    def _cancel_descendants(self, task_id: str, terminate: bool) -> None:
+        for child in self.records.descendants(task_id):
+            try:
+                self._cancel(child, terminate, f"ancestor {task_id} cancelled")
+            except UnknownTaskError:  # past its retention: nothing left to cancel
+                continue
 
     def _cancel(self, task_id: str, terminate: bool, reason: str) -> tuple[TaskState, TaskState]:
         """(state before, state after) of a cancellation."""
@@ -430,11 +514,43 @@ class BOQueue:
             try:
                 with self._broker_errors():
                     prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
+                    self._cancel_descendants(task_id, terminate)
             except UnknownTaskError:  # its record expired; nothing left to cancel
                 continue
             if not prior.terminal:
                 cancelled.append(task_id)
         return cancelled
+
+    # -- lineage and dependencies -------------------------------------------------------
+
+    def children(self, task_id: str) -> list[TaskInfo]:
+        """The direct subtasks of a task (ctx.spawn or parent_id), oldest first."""
+        with self._broker_errors():
+            if not self.records.exists(task_id):
+                raise UnknownTaskError(task_id)
+            return self.records.children(task_id)
+
+    def tree(self, task_id: str, max_depth: int = 20) -> TaskTree:
+        """The task and its subtasks, to `max_depth` levels."""
+        with self._broker_errors():
+            tree = self.records.tree(task_id, max_depth)
+        if tree is None:
+            raise UnknownTaskError(task_id)
+        return tree
+
+    def graph(self, task_ids: Iterable[str]) -> DependencyGraph:
+        """The dependency graph around these tasks: them, what they depend on and what
+        depends on them, transitively. `.to_dot()` renders it for Graphviz."""
+        with self._broker_errors():
+            return dependencies.read_graph(self.records, list(task_ids))
+
+    def plan(self, task_ids: Iterable[str]) -> list[list[str]]:
+        """The execution plan of these tasks: topological layers, each of tasks that can
+        run together once the layers before it are done, e.g. [[A], [B, C], [D]]."""
+        ids = list(dict.fromkeys(task_ids))
+        with self._broker_errors():
+            graph = dependencies.read_graph(self.records, ids, expand=False)
+        return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
 
 
 @contextmanager

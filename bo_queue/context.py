@@ -36,6 +36,7 @@ class TaskContext:
         )
         self._bq = bq
         self._checkpoint: Any = _UNSET
+        self._depends_on: tuple[str, ...] | None = None
         self.cancel_seen = False  # the runner ends the task CANCELLED once this is set
 
     @property
@@ -81,5 +82,32 @@ class TaskContext:
     def spawn(
         self, handler: str, payload: dict[str, Any] | None = None, **options: Any
     ) -> TaskHandle:
-        """Submit a subtask; the parent/child link is recorded on both records."""
-        return self._bq.submit(handler, payload, parent_id=self.task_id, **options)
+        """Submit a subtask; the parent/child link is recorded on both records. Raises
+        TaskCancelledError once this task is cancelled (its subtasks are cancelled too)."""
+        self.raise_if_cancelled()
+        child = self._bq.submit(handler, payload, parent_id=self.task_id, **options)
+        # A cancel that landed between the check and the submit read our children
+        # before this one existed: cancel it here, so no subtask outlives the parent.
+        if self._bq.records.is_cancelled(self.task_id):
+            child.cancel()
+            self.raise_if_cancelled()
+        return child
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        """The ids of the tasks this one waited on (submitted with depends_on)."""
+        if self._depends_on is None:
+            raw = self._bq.records.get_fields(self.task_id, "depends_on")[0]
+            self._depends_on = tuple(json.loads(raw or "[]"))
+        return self._depends_on
+
+    def dependency_results(self) -> dict[str, Any]:
+        """{id: result} of the dependencies that SUCCEEDED (with on_dependency_failure=
+        "run", the others are left out; `bq.info(id)` says how they ended)."""
+        ids = list(self.depends_on)
+        metas = self._bq.results.fetch_many(ids)
+        return {
+            task_id: meta.get("result")
+            for task_id, meta in zip(ids, metas, strict=True)
+            if meta is not None and meta["status"] == "SUCCESS"
+        }

@@ -40,6 +40,9 @@ return out
 """
 
 
+RELEASE_BATCH = 100  # held submissions one claim takes
+
+
 class DelayedSubmissions:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
@@ -61,7 +64,8 @@ class DelayedSubmissions:
         return int(self.redis.zcard(self.zset))
 
     def release_due(
-        self, send: Callable[[str, dict[str, Any]], None], limit: int = 100, lease_s: float = 30
+        self, send: Callable[[str, dict[str, Any]], None], limit: int = RELEASE_BATCH,
+        lease_s: float = 30,
     ) -> int:
         """Send every due submission; returns how many were sent."""
         reply = self._claim(keys=[self.zset, self.specs], args=[time.time(), limit, lease_s])

@@ -65,7 +65,8 @@ class TaskHandle:
             if state is TaskState.EXPIRED:
                 raise TaskExpiredError(self.id, f"task {self.id} expired before it started")
             if state is TaskState.CANCELLED:
-                raise TaskCancelledError(self.id, "cancelled before it started")
+                reason = self._bq.records.get_fields(self.id, "error")[0]
+                raise TaskCancelledError(self.id, reason or "cancelled before it started")
             meta = self._bq.results.wait(self.id, timeout)
         if meta is None:
             raise TaskTimeoutError(self.id, f"task {self.id} did not finish within {timeout} s")

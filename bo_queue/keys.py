@@ -25,6 +25,19 @@ class Keys:
     def children(self, task_id: str) -> str:
         return f"{self.namespace}:task:{task_id}:children"
 
+    def dependents(self, task_id: str) -> str:
+        """Set: the tasks that depend on this one (dependencies.py builds the same names)."""
+        return f"{self.namespace}:task:{task_id}:dependents"
+
+    def waiting(self, task_id: str) -> str:
+        """Set: the dependencies this task still waits on."""
+        return f"{self.namespace}:task:{task_id}:waiting"
+
+    @property
+    def parked(self) -> str:
+        """Hash: task id -> message of a task waiting on its dependencies."""
+        return f"{self.namespace}:deps:parked"
+
     def checkpoint(self, task_id: str) -> str:
         return f"{self.namespace}:task:{task_id}:checkpoint"
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from bo_queue.dependencies import SETTLE, WAIT
 from bo_queue.keys import Keys
 from bo_queue.states import Priority, TaskState
 
@@ -34,6 +35,8 @@ class TaskInfo(BaseModel):
     tags: tuple[str, ...] = ()
     parent_id: str | None = None
     children: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    on_dependency_failure: str = "cancel"  # or "run": run even if a dependency did not succeed
     created_at: datetime
     due_at: datetime | None = None
     expires_at: datetime | None = None
@@ -48,59 +51,85 @@ class TaskInfo(BaseModel):
     error: str | None = None
 
 
-# KEYS: record, cancel flag. ARGV: worker, now, ttl, id, handler, queue, priority.
-# -> {"cancelled"} | {"done"} | {"run", attempts}
+# Scripts that can end a task settle its dependents in the same call (see
+# bo_queue.dependencies), and append what that did to their reply: the number of
+# dependents released to be sent, then the ids of the dependents it cancelled:
+# {main reply, an extra value or 0, released, cancelled id...}.
+_TERMINAL = """
+local function terminal(state)
+  return state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED'
+end
+local function reply(main, extra, settled)
+  local out = {main, extra or 0}
+  for _, value in ipairs(settled or {0}) do table.insert(out, value) end
+  return out
+end
+"""
+
+class TaskTree(BaseModel):
+    """A task and its subtasks, as `bq.tree()` returns them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: TaskInfo
+    children: tuple[TaskTree, ...] = ()
+
+    def walk(self) -> list[TaskInfo]:
+        """Every task in the tree, parents before their children."""
+        return [self.task, *(info for child in self.children for info in child.walk())]
+
+
+# KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority.
+# -> "cancelled" | "done" | "run", attempts
 # A message with no record (sent with plain Celery send_task, or older than its record)
 # still runs, and gets a record from what the message says.
-_START = """
+_START = SETTLE + _TERMINAL + """
+local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
-  redis.call('HSET', KEYS[1], 'id', ARGV[4], 'handler', ARGV[5], 'queue', ARGV[6],
-             'priority', ARGV[7], 'created_at', ARGV[2], 'tags', '[]', 'state', 'QUEUED')
+  redis.call('HSET', KEYS[1], 'id', ARGV[5], 'handler', ARGV[6], 'queue', ARGV[7],
+             'priority', ARGV[8], 'created_at', ARGV[3], 'tags', '[]', 'state', 'QUEUED')
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  if state ~= 'SUCCEEDED' and state ~= 'FAILED' and state ~= 'EXPIRED' then
-    redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[2])
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
+  if not terminal(state) then
+    redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[3])
+    redis.call('EXPIRE', KEYS[1], ttl)
+    return reply('cancelled', 0, settle(ns, ARGV[5], 'CANCELLED', now, ttl))
   end
-  return {'cancelled'}
+  return reply('cancelled')
 end
-if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
-  return {'done'}
-end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_at', ARGV[2], 'worker', ARGV[1])
+if terminal(state) then return reply('done') end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {'run', attempts}
+redis.call('EXPIRE', KEYS[1], ttl)
+return reply('run', attempts)
 """
 
-# KEYS: record, cancel flag. ARGV: now, ttl, reason.
-# -> nil (no such task) | the state before the cancel
-_CANCEL = """
+# KEYS: record, cancel flag. ARGV: ns, id, now, ttl, reason.
+# -> false (no such task) | the state before the cancel
+_CANCEL = SETTLE + _TERMINAL + """
+local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
-  return state
-end
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2])
-if state ~= 'RUNNING' then
-  redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[1], 'error', ARGV[3])
-end
-return state
+if not state then return reply(false) end
+if terminal(state) then return reply(state) end
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ttl)
+if state == 'RUNNING' then return reply(state) end
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[3], 'error', ARGV[5])
+redis.call('HDEL', ns .. ':deps:parked', ARGV[2])
+return reply(state, 0, settle(ns, ARGV[2], 'CANCELLED', now, ttl))
 """
 
-# KEYS: record. ARGV: new state, ttl, then field/value pairs.
+# KEYS: record. ARGV: ns, id, new state, now, ttl, then field/value pairs.
 # Moves a non-terminal record on; a terminal record keeps its final state.
-_TRANSITION = """
+_TRANSITION = SETTLE + _TERMINAL + """
+local ns, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 0 end
-if state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
+if not state or terminal(state) then return reply(0) end
+redis.call('HSET', KEYS[1], 'state', ARGV[3], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ttl)
+if terminal(ARGV[3]) then return reply(1, 0, settle(ns, ARGV[2], ARGV[3], now, ttl)) end
+return reply(1)
 """
 
 
@@ -135,11 +164,19 @@ def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+# Told what settling a task's dependents did: (released count, cancelled ids).
+OnSettled = Callable[[int, list[str]], None]
+
+
 class RecordStore:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, ttl_s: int, on_settled: OnSettled | None = None
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
+        self.on_settled = on_settled  # the facade sends released tasks, wakes cancelled ones
+        self._wait = client.register_script(WAIT)
         self._start = client.register_script(_START)
         self._cancel = client.register_script(_CANCEL)
         self._transition = client.register_script(_TRANSITION)
@@ -166,16 +203,29 @@ class RecordStore:
             # server which it knows (SCRIPT EXISTS), a round trip on every submit.
             pipe.eval(_EXTEND, 1, link, ttl)
 
+    def wait_for(
+        self, pipe: Any, task_id: str, depends_on: Sequence[str], message: Mapping[str, Any]
+    ) -> None:
+        """Queue, after `create`, the script that parks a new PENDING record until its
+        dependencies succeed. Its reply in the pipeline's results: ['queued'] (nothing
+        left to wait for: scheduled to send now), ['waiting'] or ['cancelled', dep, state]."""
+        ttl = self.ttl_for(None)
+        args: list[str | float] = [
+            self.keys.namespace, task_id, time.time(), ttl, json.dumps(message), *depends_on
+        ]
+        self._wait(args=args, client=pipe)
+
     def start(
         self, task_id: str, worker: str, handler: str, queue: str, priority: Priority
     ) -> tuple[str, int]:
         """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) | ('done', 0)."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [
-            worker, time.time(), self.ttl_s, task_id, handler, queue, int(priority)
+            self.keys.namespace, worker, time.time(), self.ttl_s, task_id, handler, queue,
+            int(priority),
         ]
-        reply = self._start(keys=keys, args=args)
-        return str(reply[0]), int(reply[1]) if len(reply) > 1 else 0
+        verdict, attempts = self._settled(self._start(keys=keys, args=args))
+        return str(verdict), int(attempts)
 
     def transition(
         self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
@@ -184,14 +234,28 @@ class RecordStore:
         flat: list[str] = []
         for key, value in _encode(fields).items():
             flat += [key, value]
-        args: list[str | int] = [state.value, ttl_s or self.ttl_s, *flat]
-        return bool(self._transition(keys=[self.keys.task(task_id)], args=args))
+        args: list[str | float] = [
+            self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s, *flat
+        ]
+        moved, _ = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
+        return bool(moved)
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
-        prior = self._cancel(keys=keys, args=[time.time(), self.ttl_s, reason])
+        args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
+        prior, _ = self._settled(self._cancel(keys=keys, args=args))
         return None if prior is None else TaskState(prior)
+
+    def _settled(self, reply: list[Any]) -> tuple[Any, Any]:
+        """Split a script's reply; hand what settling dependents did to `on_settled`."""
+        released, cancelled = int(reply[2]), [str(i) for i in reply[3:]]
+        if (released or cancelled) and self.on_settled is not None:
+            self.on_settled(released, cancelled)
+        return reply[0], reply[1]
+
+    def dependents(self, task_id: str) -> set[str]:
+        return {str(m) for m in self.redis.smembers(self.keys.dependents(task_id))}
 
     def is_cancelled(self, task_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancelled(task_id)))
@@ -220,6 +284,44 @@ class RecordStore:
             return None  # gone, or only fragments of one left
         return parse_record(raw, children)
 
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo | None]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.task(task_id))
+                pipe.smembers(self.keys.children(task_id))
+            replies = pipe.execute()
+        return [
+            parse_record(raw, kids) if raw and "state" in raw and "handler" in raw else None
+            for raw, kids in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
+    def children(self, task_id: str) -> list[TaskInfo]:
+        ids = sorted(str(m) for m in self.redis.smembers(self.keys.children(task_id)))
+        found = [info for info in self.get_many(ids) if info is not None]
+        return sorted(found, key=lambda info: (info.created_at, info.id))
+
+    def descendants(self, task_id: str) -> list[str]:
+        """Every subtask below a task, breadth first (a link cycle cannot loop it)."""
+        seen, frontier, out = {task_id}, [task_id], []
+        while frontier:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for parent in frontier:
+                    pipe.smembers(self.keys.children(parent))
+                found = pipe.execute()
+            frontier = sorted({str(c) for kids in found for c in kids} - seen)
+            seen.update(frontier)
+            out += frontier
+        return out
+
+    def tree(self, task_id: str, max_depth: int) -> TaskTree | None:
+        info = self.get(task_id)
+        if info is None:
+            return None
+        if max_depth <= 0:
+            return TaskTree(task=info)
+        kids = [self.tree(child.id, max_depth - 1) for child in self.children(task_id)]
+        return TaskTree(task=info, children=tuple(k for k in kids if k is not None))
+
     def tagged(self, tag: str) -> set[str]:
         return {str(member) for member in self.redis.smembers(self.keys.tag(tag))}
 
@@ -230,6 +332,7 @@ class RecordStore:
 def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> TaskInfo:
     data: dict[str, Any] = dict(raw)
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
+    data["depends_on"] = tuple(json.loads(data.get("depends_on", "[]")))
     data["children"] = tuple(sorted(children or ()))
     data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
     return TaskInfo.model_validate(data)

@@ -163,3 +163,17 @@ def quadratic(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     params = payload["params"]
     numbers = [float(v) for v in params.values() if isinstance(v, int | float)]
     return {"loss": sum((v - 0.3) ** 2 for v in numbers)}
+
+
+@handler("t.node")
+def node(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """A task in a dependency graph: logs its start and end to `payload["log"]` (so a test
+    can check the order), fails if asked, and returns its value plus its dependencies'."""
+    _mark_run(ctx)
+    log = payload["log"]
+    evidence().rpush(log, f"start:{ctx.task_id}")
+    if payload.get("fail"):
+        raise ValueError(f"node {ctx.task_id} fails as asked")
+    seen = ctx.dependency_results()
+    evidence().rpush(log, f"end:{ctx.task_id}")
+    return int(payload.get("value", 0)) + sum(int(v) for v in seen.values())

@@ -1,0 +1,239 @@
+"""Task dependencies: `depends_on` at submit, cycle detection, execution plans, graphs.
+
+A task with dependencies is written PENDING and parked: its message waits in Redis, never
+on a worker. Each dependency keeps the set of its dependents; each dependent the set of
+dependencies it still waits on. The script that ends a task (records.py: every terminal
+transition and every cancel runs `SETTLE` in the same script) walks its dependents: a
+SUCCEEDED dependency is crossed off, and a dependent with nothing left to wait on moves
+to the held-submission schedule (bo_queue.delays), due now, from where a worker sends it
+under a lease. A FAILED, CANCELLED or EXPIRED dependency cancels its dependents with the
+reason, transitively, unless a dependent asked to run anyway. Crossing off and releasing
+happen in one script, so a dependent is released exactly once and none is forgotten,
+whichever order dependencies end and dependents register in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from bo_queue.errors import DependencyError, UnknownTaskError
+
+if TYPE_CHECKING:
+    from bo_queue.records import RecordStore
+
+OnDependencyFailure = Literal["cancel", "run"]
+
+# Shared Lua: key names are built from the namespace (ARGV), so these scripts need a
+# single Redis server, as the rest of bo_queue does.
+_KEYS = """
+local function task_key(ns, id) return ns .. ':task:' .. id end
+local function extend(key, ttl)
+  local left = redis.call('TTL', key)
+  if left == -1 or left < ttl then redis.call('EXPIRE', key, ttl) end
+end
+-- Schedule a parked dependent to be sent (due at its own due time, or now).
+local function release(ns, id, now)
+  local spec = redis.call('HGET', ns .. ':deps:parked', id)
+  if not spec then return 0 end
+  redis.call('HDEL', ns .. ':deps:parked', id)
+  local due = tonumber(redis.call('HGET', task_key(ns, id), 'due_at') or now)
+  if due <= now then
+    due = now
+    redis.call('HSET', task_key(ns, id), 'state', 'QUEUED')
+  end
+  redis.call('HSET', ns .. ':delayed:specs', id, spec)
+  redis.call('ZADD', ns .. ':delayed', due, id)
+  return 1
+end
+local function cancel_waiting(ns, id, now, ttl, reason)
+  redis.call('HSET', task_key(ns, id), 'state', 'CANCELLED', 'finished_at', now, 'error', reason)
+  redis.call('SET', ns .. ':cancelled:' .. id, reason, 'EX', ttl)
+  redis.call('HDEL', ns .. ':deps:parked', id)
+end
+"""
+
+# settle(ns, id, state, now, ttl) -> {released count, cancelled id...}: `id` has just
+# ended in `state`; walk its dependents (and, for cancellations, theirs).
+SETTLE = _KEYS + """
+local function settle(ns, root, root_state, now, ttl)
+  local ids, states, released, out = {root}, {root_state}, 0, {}
+  local i = 1
+  while i <= #ids do
+    local id, state = ids[i], states[i]
+    i = i + 1
+    for _, dep in ipairs(redis.call('SMEMBERS', task_key(ns, id) .. ':dependents')) do
+      local rkey = task_key(ns, dep)
+      if redis.call('HGET', rkey, 'state') == 'PENDING' then
+        local waiting = rkey .. ':waiting'
+        if state == 'SUCCEEDED' or redis.call('HGET', rkey, 'on_dependency_failure') == 'run' then
+          redis.call('SREM', waiting, id)
+          if redis.call('SCARD', waiting) == 0 then released = released + release(ns, dep, now) end
+        else
+          cancel_waiting(ns, dep, now, ttl, 'dependency ' .. id .. ' ' .. state)
+          table.insert(out, dep)
+          table.insert(ids, dep)
+          table.insert(states, 'CANCELLED')
+        end
+      end
+    end
+  end
+  table.insert(out, 1, released)
+  return out
+end
+"""
+
+# ARGV: ns, id, now, ttl, message JSON, dependency ids...
+# -> {'queued'} | {'waiting'} | {'cancelled', dependency, its state}
+# Registers a new PENDING record as waiting on each dependency that has not ended.
+WAIT = _KEYS + """
+local ns, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local rkey = task_key(ns, id)
+local run_anyway = redis.call('HGET', rkey, 'on_dependency_failure') == 'run'
+for i = 6, #ARGV do
+  local dep = ARGV[i]
+  local state = redis.call('HGET', task_key(ns, dep), 'state')
+  if state ~= 'SUCCEEDED' then
+    if not state or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
+      if not run_anyway then
+        local reason = 'dependency ' .. dep .. ' ' .. (state or 'UNKNOWN')
+        cancel_waiting(ns, id, now, ttl, reason)
+        return {'cancelled', dep, state or 'UNKNOWN'}
+      end
+    else
+      redis.call('SADD', rkey .. ':waiting', dep)
+      redis.call('SADD', task_key(ns, dep) .. ':dependents', id)
+      extend(rkey .. ':waiting', ttl)
+      extend(task_key(ns, dep) .. ':dependents', ttl)
+    end
+  end
+end
+redis.call('HSET', ns .. ':deps:parked', id, ARGV[5])
+if redis.call('SCARD', rkey .. ':waiting') == 0 then
+  release(ns, id, now)
+  return {'queued'}
+end
+return {'waiting'}
+"""
+
+
+def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """A cycle in `graph` (node -> the nodes it depends on) as [a, b, ..., a], or None.
+    Nodes that appear only as dependencies are leaves."""
+    colour: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in graph:
+        if colour.get(start):
+            continue
+        path: list[str] = [start]
+        stack = [iter(graph.get(start, ()))]
+        colour[start] = 1
+        while stack:
+            node = next(stack[-1], None)
+            if node is None:
+                colour[path.pop()] = 2
+                stack.pop()
+            elif colour.get(node) == 1:
+                return [*path[path.index(node):], node]
+            elif not colour.get(node):
+                colour[node] = 1
+                path.append(node)
+                stack.append(iter(graph.get(node, ())))
+    return None
+
+
+def check_acyclic(graph: Mapping[str, Iterable[str]]) -> None:
+    """DependencyError naming the cycle (or the task that depends on itself), if any."""
+    for node, deps in graph.items():
+        if node in set(deps):
+            raise DependencyError(f"task {node!r} depends on itself")
+    cycle = find_cycle(graph)
+    if cycle:
+        path = " -> ".join(cycle)
+        raise DependencyError(f"dependency cycle: {path} (each depends on the next)")
+
+
+def layers(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Topological layers of the nodes of `graph`: every node comes after all of its
+    dependencies that are nodes too (others are taken as given). Order within a layer
+    follows `graph`'s order. DependencyError on a cycle."""
+    check_acyclic(graph)
+    deps = {node: [d for d in dict.fromkeys(ds) if d in graph] for node, ds in graph.items()}
+    depth: dict[str, int] = {}
+    for node in graph:
+        stack = [node]
+        while stack:  # iterative: a 10 000-task chain must not hit the recursion limit
+            top = stack[-1]
+            todo = [d for d in deps[top] if d not in depth]
+            if todo:
+                stack.extend(todo)
+                continue
+            depth[top] = 1 + max((depth[d] for d in deps[top]), default=-1)
+            stack.pop()
+    out: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for node in graph:
+        out[depth[node]].append(node)
+    return out
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    id: str
+    handler: str
+    state: str
+
+
+@dataclass
+class DependencyGraph:
+    """Tasks and their `depends_on` edges, as `bq.graph()` returns them."""
+
+    nodes: dict[str, GraphNode] = field(default_factory=dict)
+    depends_on: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        """(dependency, dependent) pairs: the dependency runs first."""
+        return [(dep, node) for node, deps in self.depends_on.items() for dep in deps]
+
+    def layers(self) -> list[list[str]]:
+        return layers({node: self.depends_on.get(node, []) for node in self.nodes})
+
+    def to_dot(self, name: str = "tasks") -> str:
+        """Graphviz DOT text: one box per task (handler and state), an arrow per edge."""
+        lines = [f"digraph {_quote(name)} {{", "  rankdir=LR;", "  node [shape=box];"]
+        for node in self.nodes.values():
+            label = f"{node.handler}\\n{node.id}\\n{node.state}"
+            lines.append(f"  {_quote(node.id)} [label={_quote(label)}];")
+        lines += [f"  {_quote(a)} -> {_quote(b)};" for a, b in self.edges]
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def read_graph(records: RecordStore, task_ids: list[str], expand: bool = True) -> DependencyGraph:
+    """The graph of `task_ids` from their records; with `expand`, also every task they
+    depend on and every task that depends on them, transitively."""
+    graph = DependencyGraph()
+    asked = frontier = list(dict.fromkeys(task_ids))
+    while frontier:
+        infos = records.get_many(frontier)
+        downstream = [records.dependents(i) for i in frontier] if expand else []
+        for task_id, info in zip(frontier, infos, strict=True):
+            if info is None:
+                if task_id in asked:
+                    raise UnknownTaskError(task_id)
+                continue  # a linked task past its retention
+            graph.nodes[task_id] = GraphNode(task_id, info.handler, info.state.value)
+            graph.depends_on[task_id] = list(info.depends_on)
+        if not expand:
+            break
+        linked = [d for i in infos if i is not None for d in i.depends_on]
+        linked += [d for found in downstream for d in sorted(found)]
+        frontier = [i for i in dict.fromkeys(linked) if i not in graph.nodes]
+    if expand:  # a dependency past its retention has no record: drop edges to it
+        for node, deps in graph.depends_on.items():
+            graph.depends_on[node] = [d for d in deps if d in graph.nodes]
+    return graph
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace('"', '\\"') + '"'
