@@ -25,6 +25,9 @@ from bo_queue.errors import (
     UnknownHandlerError,
     UnknownTaskError,
     ValidationError,
+    WorkflowError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
 )
 from bo_queue.handle import Progress, TaskHandle
 from bo_queue.records import TaskInfo
@@ -45,6 +48,7 @@ from bo_queue.studies import (
     Trial,
     TrialStatus,
 )
+from bo_queue.workflows import Step, Workflow, WorkflowRun, WorkflowStatus, condition, ref
 
 __version__ = "0.1.0"
 
@@ -68,6 +72,7 @@ __all__ = [
     "ReportConflictError",
     "RetryPolicy",
     "Settings",
+    "Step",
     "Strategy",
     "Study",
     "StudyError",
@@ -90,6 +95,14 @@ __all__ = [
     "UnknownHandlerError",
     "UnknownTaskError",
     "ValidationError",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowNotFoundError",
+    "WorkflowRun",
+    "WorkflowStatus",
+    "WorkflowTimeoutError",
     "__version__",
+    "condition",
     "handler",
+    "ref",
 ]

@@ -39,6 +39,7 @@ from bo_queue.states import Priority, TaskState
 if TYPE_CHECKING:
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
+    from bo_queue.workflows.manager import WorkflowManager
 
 
 class TaskRequest(BaseModel):
@@ -152,6 +153,7 @@ class BOQueue:
         self._results: ResultWaiter | None = None
         self._studies: StudyManager | None = None
         self._schedules: ScheduleManager | None = None
+        self._workflows: WorkflowManager | None = None
         self._raw_redis: redis.Redis | None = None
         self._callbacks: CallbackDispatcher | None = None
         self._lock = threading.RLock()  # callbacks() builds results() under it
@@ -207,6 +209,15 @@ class BOQueue:
 
             self._studies = StudyManager(self)
         return self._studies
+
+    @property
+    def workflows(self) -> WorkflowManager:
+        """Workflow runs: run, status, pause, resume, set_vars, cancel, wait (.workflows)."""
+        if self._workflows is None:
+            from bo_queue.workflows.manager import WorkflowManager
+
+            self._workflows = WorkflowManager(self)
+        return self._workflows
 
     # -- results ------------------------------------------------------------------------
 
@@ -359,12 +370,12 @@ class BOQueue:
         by_id = {plan.id: plan for plan in plans}
         if len(by_id) < len(plans):
             raise ValidationError("two requests in the batch have the same id")
-        if not any(plan.request.depends_on for plan in plans):
+        named = [plan.id for plan in plans if plan.request.id]
+        if not named and not any(plan.request.depends_on for plan in plans):
             return plans
         graph = {plan.id: plan.request.depends_on for plan in plans}
         dependencies.check_acyclic(graph)
         outside = sorted({d for deps in graph.values() for d in deps if d not in by_id})
-        named = [plan.id for plan in plans if plan.request.id]
         with self.redis.pipeline(transaction=False) as pipe:
             for task_id in outside + named:
                 pipe.exists(self.keys.task(task_id))

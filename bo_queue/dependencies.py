@@ -63,7 +63,9 @@ local function settle(ns, root, root_state, now, ttl)
   while i <= #ids do
     local id, state = ids[i], states[i]
     i = i + 1
-    for _, dep in ipairs(redis.call('SMEMBERS', task_key(ns, id) .. ':dependents')) do
+    local dependents = redis.call('SMEMBERS', task_key(ns, id) .. ':dependents')
+    if #dependents > 0 then extend(task_key(ns, id) .. ':dependents', ttl) end  -- as its record
+    for _, dep in ipairs(dependents) do
       local rkey = task_key(ns, dep)
       if redis.call('HGET', rkey, 'state') == 'PENDING' then
         local waiting = rkey .. ':waiting'
@@ -94,6 +96,10 @@ local run_anyway = redis.call('HGET', rkey, 'on_dependency_failure') == 'run'
 for i = 6, #ARGV do
   local dep = ARGV[i]
   local state = redis.call('HGET', task_key(ns, dep), 'state')
+  if state then  -- the link, even to a dependency that has ended, is what graph() reads
+    redis.call('SADD', task_key(ns, dep) .. ':dependents', id)
+    extend(task_key(ns, dep) .. ':dependents', ttl)
+  end
   if state ~= 'SUCCEEDED' then
     if not state or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
       if not run_anyway then
@@ -103,9 +109,7 @@ for i = 6, #ARGV do
       end
     else
       redis.call('SADD', rkey .. ':waiting', dep)
-      redis.call('SADD', task_key(ns, dep) .. ':dependents', id)
       extend(rkey .. ':waiting', ttl)
-      extend(task_key(ns, dep) .. ':dependents', ttl)
     end
   end
 end
@@ -144,6 +148,7 @@ def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:
 
 def check_acyclic(graph: Mapping[str, Iterable[str]]) -> None:
     """DependencyError naming the cycle (or the task that depends on itself), if any."""
+    graph = {node: list(deps) for node, deps in graph.items()}
     for node, deps in graph.items():
         if node in set(deps):
             raise DependencyError(f"task {node!r} depends on itself")
@@ -157,6 +162,7 @@ def layers(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     """Topological layers of the nodes of `graph`: every node comes after all of its
     dependencies that are nodes too (others are taken as given). Order within a layer
     follows `graph`'s order. DependencyError on a cycle."""
+    graph = {node: list(ds) for node, ds in graph.items()}  # any iterable, read once
     check_acyclic(graph)
     deps = {node: [d for d in dict.fromkeys(ds) if d in graph] for node, ds in graph.items()}
     depth: dict[str, int] = {}

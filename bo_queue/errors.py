@@ -9,6 +9,10 @@
     ├── UnknownTaskError            no record for that task id (also a LookupError)
     ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
     ├── DependencyError             a dependency cycle, or an unknown or failed dependency
+    ├── WorkflowError               a workflow that cannot go on (a step failed, a condition
+    │   │                           reads a field no step produced, ...)
+    │   ├── WorkflowNotFoundError   no workflow run with that id (also a LookupError)
+    │   └── WorkflowTimeoutError    workflows.wait(timeout=...) gave up (also a TimeoutError)
     ├── StudyError                  about an optimization study
     │   ├── StudyNotFoundError      no study with that id (also a LookupError)
     │   ├── TrialNotFoundError      no trial with that index in the study (also a LookupError)
@@ -66,6 +70,20 @@ class BrokerUnavailableError(BOQueueError, ConnectionError):
 
 class DependencyError(BOQueueError):
     """A dependency cycle, a dependency on an unknown task, or a failed dependency."""
+
+
+class WorkflowError(BOQueueError):
+    """A workflow run that cannot go on, or a request its status does not allow."""
+
+
+class WorkflowNotFoundError(WorkflowError, LookupError):
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"no workflow run with id {workflow_id!r}")
+        self.workflow_id = workflow_id
+
+
+class WorkflowTimeoutError(WorkflowError, TimeoutError):
+    """`workflows.wait(timeout=...)` gave up; the workflow itself goes on."""
 
 
 class StudyError(BOQueueError):

@@ -47,6 +47,15 @@ class Keys:
     def tag(self, tag: str) -> str:
         return f"{self.namespace}:tag:{tag}"
 
+    def workflow(self, workflow_id: str) -> str:
+        """Hash: a workflow run's definition (spec) and state (run)."""
+        return f"{self.namespace}:workflow:{workflow_id}"
+
+    @property
+    def workflows(self) -> str:
+        """Sorted set of workflow run ids, scored by when they started."""
+        return f"{self.namespace}:workflows"
+
     @property
     def handlers(self) -> str:
         """Hash: handler name -> JSON spec, written by every worker at start."""

@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "workers.studies",
     "workers.objectives",
     "workers.maintenance",
+    "workers.workflows",
 )
 
 

@@ -17,7 +17,9 @@ def attach_fakeredis(bq: BOQueue, server: fakeredis.FakeServer) -> fakeredis.Fak
     """Point every Redis client a BOQueue uses at one fake server."""
     client = fakeredis.FakeRedis(server=server, decode_responses=True)
     bq.redis = client
-    bq.records = RecordStore(client, bq.keys, bq.settings.result_expires_s)
+    bq.records = RecordStore(
+        client, bq.keys, bq.settings.result_expires_s, on_settled=bq._on_settled
+    )
     bq.delays = DelayedSubmissions(client, bq.keys)
     # Celery's result backend (bytes client, as Celery uses it) and our reader of it.
     bq.app.backend.client = fakeredis.FakeRedis(server=server)

@@ -28,6 +28,7 @@ EXPECTED_ALL = [
     "ReportConflictError",
     "RetryPolicy",
     "Settings",
+    "Step",
     "Strategy",
     "Study",
     "StudyError",
@@ -51,8 +52,16 @@ EXPECTED_ALL = [
     "UnknownHandlerError",
     "UnknownTaskError",
     "ValidationError",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowNotFoundError",
+    "WorkflowRun",
+    "WorkflowStatus",
+    "WorkflowTimeoutError",
     "__version__",
+    "condition",
     "handler",
+    "ref",
 ]
 
 
