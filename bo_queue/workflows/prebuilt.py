@@ -19,12 +19,14 @@ def evaluate_and_report(
     options: Mapping[str, Any] | None = None,
 ) -> Workflow:
     """Add the parameter sets to the study as trials, evaluate them side by side with the
-    `evaluator` handler (the payload a closed loop sends: study_id, trial_index, params,
-    options), then report every result to the study in one step."""
+    `evaluator` handler, then report every result to the study in one step.
+
+    The evaluator gets {study_id, params, options}: a closed loop's evaluation payload
+    without `trial_index`, which would make each result reach the study on its own."""
     evaluations = [
         Step(f"evaluate_{i}", evaluator, {
-            "study_id": study_id, "trial_index": ref(f"attach.{i}.index"),
-            "params": ref(f"attach.{i}.params"), "options": dict(options or {}),
+            "study_id": study_id, "params": ref(f"attach.{i}.params"),
+            "options": dict(options or {}),
         })
         for i in range(len(parameter_sets))
     ]

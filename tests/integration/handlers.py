@@ -177,3 +177,15 @@ def node(payload: dict[str, Any], ctx: TaskContext) -> int:
     seen = ctx.dependency_results()
     evidence().rpush(log, f"end:{ctx.task_id}")
     return int(payload.get("value", 0)) + sum(int(v) for v in seen.values())
+
+
+@handler("t.counter")
+def counter(payload: dict[str, Any], ctx: TaskContext) -> dict[str, int]:
+    """Counts its runs under `payload["key"]`: how many times a loop ran its body."""
+    return {"n": int(evidence().incr(payload["key"]))}
+
+
+@handler("t.bowl", queue="evaluate")
+def bowl(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """An evaluator that needs only the parameters: sum of (v - 0.3)^2."""
+    return {"loss": sum((float(v) - 0.3) ** 2 for v in payload["params"].values())}
