@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from examples.flows import dependencies, workflow
 from examples.tour import tour
 from tests.conftest import Cluster, make_cluster
 
@@ -24,3 +25,23 @@ def test_readme_tour(reports: Cluster) -> None:
     assert result["parts"] == [{"part": i, "rows": 100 * i} for i in range(5)]
     assert result["rows"] == sum(100 * i for i in range(20))
     assert result["cancelled"] is True and result["later"] == "CANCELLED"
+
+
+@pytest.fixture(scope="module")
+def etl(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=0, concurrency=2)
+    c.add_worker(concurrency=2, imports=("examples.etl",))
+    yield c
+    c.close()
+
+
+def test_readme_dependencies_and_workflow(etl: Cluster) -> None:
+    bq = etl.producer()
+    deps = dependencies(bq)
+    assert deps["plan"] is True
+    assert deps["stats"] == {"count": 10, "total": 45}
+    assert deps["load"] == {"loaded": True, "inputs": 2}
+    assert str(deps["dot"]).startswith("digraph") and "etl.load" in str(deps["dot"])
+    flow = workflow(bq)
+    assert flow == {"status": "SUCCEEDED", "stats": {"count": 10, "total": 45},
+                    "polls": 3, "loaded": True}
