@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bo_queue.config import ENV_PREFIX, Settings
 from bo_queue.errors import BOQueueError
+
+if TYPE_CHECKING:
+    from bo_queue.records import TaskTree
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -130,6 +134,67 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workflow(args: argparse.Namespace) -> int:
+    """bo-queue workflow run|status|list|pause|resume|cancel|set: against BO_QUEUE_REDIS_URL."""
+    import json
+    from pathlib import Path
+
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq:
+        flows = bq.workflows
+        if args.action == "run":
+            definition = json.loads(Path(args.file).read_text())
+            run = flows.run(definition, json.loads(args.inputs))
+            print(run.id)
+            if not args.wait:
+                return 0
+            run = flows.wait(run.id, timeout=args.timeout)
+            print(f"{run.id} {run.status} {run.error or ''}".rstrip())
+            return 0 if run.status == "SUCCEEDED" else 1
+        if args.action == "list":
+            for run in flows.list():
+                print(f"{run.id}  {run.name}  {run.status}  {run.current or ''}".rstrip())
+            return 0
+        if args.action == "status":
+            run = flows.status(args.workflow_id)
+        elif args.action == "set":
+            run = flows.set_vars(args.workflow_id, **json.loads(args.vars))
+        else:
+            run = getattr(flows, args.action)(args.workflow_id)
+        print(f"{run.id}  {run.name}  {run.status}  {run.error or ''}".rstrip())
+        for step in run.steps.values():
+            line = f"  {step.name:<24} {step.state:<10} runs {step.runs}  {step.error or ''}"
+            print(line.rstrip())
+    return 0
+
+
+def _task(args: argparse.Namespace) -> int:
+    """bo-queue task info|tree|graph: against BO_QUEUE_REDIS_URL."""
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq:
+        if args.action == "info":
+            print(bq.info(args.task_ids[0]).model_dump_json(indent=2))
+        elif args.action == "tree":
+            def show(tree: TaskTree, depth: int) -> None:
+                task = tree.task
+                print(f"{'  ' * depth}{task.id}  {task.handler}  {task.state}")
+                for child in tree.children:
+                    show(child, depth + 1)
+
+            show(bq.tree(args.task_ids[0]), 0)
+        else:
+            graph = bq.graph(args.task_ids)
+            if args.dot:
+                print(graph.to_dot(), end="")
+            else:
+                for n, layer in enumerate(graph.layers()):
+                    print(f"{n}: " + "  ".join(
+                        f"{i} ({graph.nodes[i].handler}, {graph.nodes[i].state})" for i in layer))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bo_queue.demo import main as demo_main
 
@@ -186,6 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in ("remove", "pause", "resume"):
         verbs.add_parser(verb).add_argument("name")
     schedule.set_defaults(func=_schedule)
+    flow = sub.add_parser("workflow", help="run, inspect, pause, resume, cancel workflows")
+    flow_verbs = flow.add_subparsers(dest="action", required=True)
+    start = flow_verbs.add_parser("run", help="start a run of a JSON definition; prints its id")
+    start.add_argument("file", help="JSON file: a WorkflowSpec (Workflow(...).spec() dumped)")
+    start.add_argument("--inputs", default="{}", help="the run's inputs, as JSON")
+    start.add_argument("--wait", action="store_true", help="block until it ends")
+    start.add_argument("--timeout", type=float, default=3600)
+    flow_verbs.add_parser("list", help="the newest runs")
+    for verb in ("status", "pause", "resume", "cancel"):
+        flow_verbs.add_parser(verb).add_argument("workflow_id")
+    set_vars = flow_verbs.add_parser("set", help="set vars.* of a run (what waits wait for)")
+    set_vars.add_argument("workflow_id")
+    set_vars.add_argument("vars", help='JSON object, e.g. \'{"approved": true}\'')
+    flow.set_defaults(func=_workflow)
+    task = sub.add_parser("task", help="a task's record, subtask tree or dependency graph")
+    task_verbs = task.add_subparsers(dest="action", required=True)
+    for verb, text in (("info", "the task record, as JSON"), ("tree", "the task and its subtasks")):
+        task_verbs.add_parser(verb, help=text).add_argument("task_ids", nargs=1)
+    graph = task_verbs.add_parser("graph", help="dependencies around tasks, in layers or DOT")
+    graph.add_argument("task_ids", nargs="+")
+    graph.add_argument("--dot", action="store_true", help="Graphviz DOT instead of layers")
+    task.set_defaults(func=_task)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser

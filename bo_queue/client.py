@@ -279,13 +279,17 @@ class BOQueue:
         return self._submit([self._plan(request)])[0]
 
     def submit_many(
-        self, requests: Iterable[TaskRequest | Mapping[str, Any]]
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False
     ) -> list[TaskHandle]:
         """Queue many tasks in two pipelined round trips (records, then broker).
         All are validated first: one bad request rejects the batch, nothing is queued.
 
         Requests may name their own `id` and depend on each other (`depends_on`): a
-        whole DAG in one call. A cycle raises DependencyError naming it."""
+        whole DAG in one call. A cycle raises DependencyError naming it.
+
+        durable=True writes each message to Redis with its record and sends it from
+        there under a lease, so a producer that dies between the two loses none (workers
+        send what it left); it costs two more round trips."""
         plans = []
         for index, item in enumerate(requests):
             try:
@@ -296,7 +300,7 @@ class BOQueue:
                 raise
             except TypeError as exc:
                 raise ValidationError(f"request {index}: {exc}") from None
-        return self._submit(plans)
+        return self._submit(plans, durable)
 
     def _plan(self, request: TaskRequest, task_id: str | None = None) -> _Plan:
         _check_payload(request.payload, self.settings.max_payload_bytes)
@@ -326,10 +330,13 @@ class BOQueue:
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
         return _Plan(request, queue, due_at, expires_at, held, task_id or request.id)
 
-    def _submit(self, plans: list[_Plan]) -> list[TaskHandle]:
+    def _submit(self, plans: list[_Plan], durable: bool = False) -> list[TaskHandle]:
         now = time.time()
         with self._broker_errors():
             ordered = self._check_dependencies(plans)
+        if durable:
+            for plan in plans:
+                plan.held = True  # held, due when it is due: sent below, or by a worker
         waits = []
         with self._broker_errors(), self.redis.pipeline(transaction=False) as pipe:
             for plan in ordered:
@@ -351,8 +358,9 @@ class BOQueue:
             replies = pipe.execute()
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
-        if cancelled or "queued" in verdicts.values():
-            self._on_settled(int("queued" in verdicts.values()), cancelled)
+        if cancelled or "queued" in verdicts.values() or durable:
+            with self._broker_errors():
+                self._on_settled(int("queued" in verdicts.values() or durable), cancelled)
         to_send = [p for p in plans if not p.held and not p.request.depends_on]
         if to_send:
             with (
@@ -490,8 +498,9 @@ class BOQueue:
         the state it had already ended in.
         """
         with self._broker_errors():
-            after = self._cancel(task_id, terminate, reason)[1]
-            self._cancel_descendants(task_id, terminate)
+            prior, after = self._cancel(task_id, terminate, reason)
+            if not prior.terminal:  # a finished parent's live subtasks are theirs to finish
+                self._cancel_descendants(task_id, terminate)
         return after
 
     def _cancel_descendants(self, task_id: str, terminate: bool) -> None:
@@ -525,7 +534,8 @@ class BOQueue:
             try:
                 with self._broker_errors():
                     prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
-                    self._cancel_descendants(task_id, terminate)
+                    if not prior.terminal:
+                        self._cancel_descendants(task_id, terminate)
             except UnknownTaskError:  # its record expired; nothing left to cancel
                 continue
             if not prior.terminal:

@@ -33,16 +33,23 @@ local function extend(key, ttl)
   local left = redis.call('TTL', key)
   if left == -1 or left < ttl then redis.call('EXPIRE', key, ttl) end
 end
+-- A parked dependent never expires (its dependencies may be due days later); once it
+-- leaves the park, its record counts its retention again.
+local function unpark(ns, id, ttl)
+  redis.call('HDEL', ns .. ':deps:parked', id)
+  redis.call('EXPIRE', task_key(ns, id), ttl)
+  redis.call('EXPIRE', task_key(ns, id) .. ':waiting', ttl)
+end
 -- Schedule a parked dependent to be sent (due at its own due time, or now).
-local function release(ns, id, now)
+local function release(ns, id, now, ttl)
   local spec = redis.call('HGET', ns .. ':deps:parked', id)
   if not spec then return 0 end
-  redis.call('HDEL', ns .. ':deps:parked', id)
   local due = tonumber(redis.call('HGET', task_key(ns, id), 'due_at') or now)
   if due <= now then
     due = now
     redis.call('HSET', task_key(ns, id), 'state', 'QUEUED')
   end
+  unpark(ns, id, ttl + math.ceil(due - now))  -- retention counts from when it is due
   redis.call('HSET', ns .. ':delayed:specs', id, spec)
   redis.call('ZADD', ns .. ':delayed', due, id)
   return 1
@@ -50,7 +57,7 @@ end
 local function cancel_waiting(ns, id, now, ttl, reason)
   redis.call('HSET', task_key(ns, id), 'state', 'CANCELLED', 'finished_at', now, 'error', reason)
   redis.call('SET', ns .. ':cancelled:' .. id, reason, 'EX', ttl)
-  redis.call('HDEL', ns .. ':deps:parked', id)
+  unpark(ns, id, ttl)
 end
 """
 
@@ -71,7 +78,9 @@ local function settle(ns, root, root_state, now, ttl)
         local waiting = rkey .. ':waiting'
         if state == 'SUCCEEDED' or redis.call('HGET', rkey, 'on_dependency_failure') == 'run' then
           redis.call('SREM', waiting, id)
-          if redis.call('SCARD', waiting) == 0 then released = released + release(ns, dep, now) end
+          if redis.call('SCARD', waiting) == 0 then
+            released = released + release(ns, dep, now, ttl)
+          end
         else
           cancel_waiting(ns, dep, now, ttl, 'dependency ' .. id .. ' ' .. state)
           table.insert(out, dep)
@@ -87,18 +96,21 @@ end
 """
 
 # ARGV: ns, id, now, ttl, message JSON, dependency ids...
-# -> {'queued'} | {'waiting'} | {'cancelled', dependency, its state}
+# -> {'queued'} | {'waiting'} | {'cancelled', dependency, its state} | {'gone', state}
 # Registers a new PENDING record as waiting on each dependency that has not ended.
 WAIT = _KEYS + """
 local ns, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local rkey = task_key(ns, id)
+local own = redis.call('HGET', rkey, 'state')
+if own ~= 'PENDING' then return {'gone', own or 'UNKNOWN'} end  -- cancelled since written
 local run_anyway = redis.call('HGET', rkey, 'on_dependency_failure') == 'run'
 for i = 6, #ARGV do
   local dep = ARGV[i]
   local state = redis.call('HGET', task_key(ns, dep), 'state')
   if state then  -- the link, even to a dependency that has ended, is what graph() reads
-    redis.call('SADD', task_key(ns, dep) .. ':dependents', id)
-    extend(task_key(ns, dep) .. ':dependents', ttl)
+    local links, left = task_key(ns, dep) .. ':dependents', redis.call('TTL', task_key(ns, dep))
+    redis.call('SADD', links, id)
+    if left == -1 then redis.call('PERSIST', links) else extend(links, math.max(ttl, left)) end
   end
   if state ~= 'SUCCEEDED' then
     if not state or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
@@ -109,15 +121,16 @@ for i = 6, #ARGV do
       end
     else
       redis.call('SADD', rkey .. ':waiting', dep)
-      extend(rkey .. ':waiting', ttl)
     end
   end
 end
 redis.call('HSET', ns .. ':deps:parked', id, ARGV[5])
 if redis.call('SCARD', rkey .. ':waiting') == 0 then
-  release(ns, id, now)
+  release(ns, id, now, ttl)
   return {'queued'}
 end
+redis.call('PERSIST', rkey)
+redis.call('PERSIST', rkey .. ':waiting')
 return {'waiting'}
 """
 
@@ -222,7 +235,7 @@ def read_graph(records: RecordStore, task_ids: list[str], expand: bool = True) -
     asked = frontier = list(dict.fromkeys(task_ids))
     while frontier:
         infos = records.get_many(frontier)
-        downstream = [records.dependents(i) for i in frontier] if expand else []
+        downstream = records.dependents(frontier) if expand else []
         for task_id, info in zip(frontier, infos, strict=True):
             if info is None:
                 if task_id in asked:

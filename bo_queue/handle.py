@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bo_queue.errors import TaskCancelledError, TaskExpiredError, TaskTimeoutError
@@ -11,6 +12,9 @@ from bo_queue.states import TaskState
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
+
+
+RECORD_RECHECK_S = 5.0  # how often get() re-reads the record while it waits
 
 
 class Progress(NamedTuple):
@@ -59,17 +63,21 @@ class TaskHandle:
             return self._get(timeout)
 
     def _get(self, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
         meta = self._bq.results.fetch(self.id)
-        if meta is None:
+        while meta is None:
+            # A task that never ran has no stored result; its record says how it ended
+            # (re-read now and then: whoever ended it may have died before waking us).
             state = self._bq.records.state(self.id)
             if state is TaskState.EXPIRED:
                 raise TaskExpiredError(self.id, f"task {self.id} expired before it started")
             if state is TaskState.CANCELLED:
                 reason = self._bq.records.get_fields(self.id, "error")[0]
                 raise TaskCancelledError(self.id, reason or "cancelled before it started")
-            meta = self._bq.results.wait(self.id, timeout)
-        if meta is None:
-            raise TaskTimeoutError(self.id, f"task {self.id} did not finish within {timeout} s")
+            left = RECORD_RECHECK_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TaskTimeoutError(self.id, f"task {self.id} did not finish within {timeout} s")
+            meta = self._bq.results.wait(self.id, min(left, RECORD_RECHECK_S))
         return outcome(self.id, meta)
 
     def then(self, on_success: OnSuccess, on_failure: OnFailure | None = None) -> TaskHandle:

@@ -154,10 +154,12 @@ class _Process:
             self.process.wait()
 
     def stop(self, timeout: float = 15) -> None:
-        """Warm shutdown (SIGTERM); SIGKILL if it does not finish in time."""
+        """Warm shutdown, as `docker stop` does it: SIGTERM to the main process only (a
+        worker stops taking tasks and lets its pool finish the running ones; a SIGTERM to
+        the whole group would kill them mid-task); SIGKILL the group if it takes too long."""
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

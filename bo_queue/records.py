@@ -254,8 +254,11 @@ class RecordStore:
             self.on_settled(released, cancelled)
         return reply[0], reply[1]
 
-    def dependents(self, task_id: str) -> set[str]:
-        return {str(m) for m in self.redis.smembers(self.keys.dependents(task_id))}
+    def dependents(self, task_ids: Sequence[str]) -> list[set[str]]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.smembers(self.keys.dependents(task_id))
+            return [{str(m) for m in found} for found in pipe.execute()]
 
     def is_cancelled(self, task_id: str) -> bool:
         return bool(self.redis.exists(self.keys.cancelled(task_id)))
@@ -276,13 +279,7 @@ class RecordStore:
         return [None if v is None else str(v) for v in values]
 
     def get(self, task_id: str) -> TaskInfo | None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.task(task_id))
-            pipe.smembers(self.keys.children(task_id))
-            raw, children = pipe.execute()
-        if not raw or "state" not in raw or "handler" not in raw:
-            return None  # gone, or only fragments of one left
-        return parse_record(raw, children)
+        return self.get_many([task_id])[0]
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo | None]:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -290,7 +287,7 @@ class RecordStore:
                 pipe.hgetall(self.keys.task(task_id))
                 pipe.smembers(self.keys.children(task_id))
             replies = pipe.execute()
-        return [
+        return [  # None: gone, or only fragments of one left
             parse_record(raw, kids) if raw and "state" in raw and "handler" in raw else None
             for raw, kids in zip(replies[::2], replies[1::2], strict=True)
         ]

@@ -78,7 +78,7 @@ class Cluster:
 
     def close(self) -> None:
         for worker in self.workers:
-            worker.stop()
+            worker.stop(timeout=5)  # a task a test left blocked is killed after that
         if self.bq is not None:
             self.bq.close()
 

@@ -287,7 +287,7 @@ class Stepper:
             )
             for t in trials
         ]
-        self.bq._submit(plans)
+        self.bq._submit(plans, durable=True)  # a step killed mid-send loses no evaluation
 
 
 def _counts(trials: Any) -> dict[TrialStatus, int]:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import LockError
+from redis import exceptions as redis_errors
 
 from bo_queue.context import TaskContext
 from bo_queue.errors import BrokerUnavailableError
@@ -19,9 +19,10 @@ from bo_queue.studies import FileStorage
 from bo_queue.workflows import engine
 
 # Another advance or a producer's pause/cancel holds the run's lock for milliseconds;
-# waiting longer than its 30 s blocking timeout means something is wrong: retry.
+# waiting longer than its 30 s blocking timeout, or a Redis blip, is worth a retry.
 BUSY = RetryPolicy(max_retries=20, backoff=0.5, backoff_max=10,
-                   on=(LockError, BrokerUnavailableError))
+                   on=(redis_errors.LockError, redis_errors.ConnectionError,
+                       redis_errors.TimeoutError, BrokerUnavailableError))
 
 
 @handler(engine.ADVANCE, retry=BUSY)

@@ -18,13 +18,17 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bo_queue.errors import ValidationError, WorkflowError
 
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "exists"]
 FIELD = r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*"
-_TEXT = re.compile(rf"^\s*({FIELD})\s+(==|!=|<=|>=|<|>|not in|in|contains|exists)\s*(.*?)\s*$")
+_TEXT = re.compile(
+    rf"^\s*({FIELD})\s+(==|!=|<=|>=|<|>|not in\b|in\b|contains\b|exists\b)\s*(.*?)\s*$"
+)
+REF = "$ctx"  # {"$ctx": "step.field"}: not "$ref", which JSON Schema payloads use
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -39,7 +43,21 @@ class MissingField(WorkflowError):
     """A condition or reference read a field the context does not have (yet)."""
 
 
-class Condition(BaseModel):
+class Checked(BaseModel):
+    """A model whose constructor raises bo_queue's ValidationError, not pydantic's."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or type(self).__name__}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ValidationError(f"{type(self).__name__}: {problems}") from None
+
+
+class Condition(Checked):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     field: str = Field(pattern=rf"^{FIELD}$")
@@ -90,7 +108,7 @@ def condition(spec: Condition | str | tuple[Any, ...] | Mapping[str, Any]) -> Co
         if isinstance(spec, tuple):
             return Condition(field=spec[0], op=spec[1], value=spec[2] if len(spec) > 2 else None)
         return Condition.model_validate(spec)
-    except (ValueError, IndexError) as exc:  # pydantic's ValidationError is a ValueError
+    except (ValueError, IndexError) as exc:  # our ValidationError is a ValueError too
         raise ValidationError(f"bad condition {spec!r}: {exc}") from None
 
 
@@ -139,17 +157,17 @@ def lookup(context: Mapping[str, Any], path: str) -> Any:
 
 def ref(path: str) -> dict[str, str]:
     """A payload value filled in from the context when the step is submitted:
-    `{"rows": ref("extract.rows")}`."""
+    `{"rows": ref("extract.rows")}` (stored as {"$ctx": "extract.rows"})."""
     if not re.fullmatch(FIELD, path):
         raise ValidationError(f"bad reference {path!r}: a dotted field path like 'step.key'")
-    return {"$ref": path}
+    return {REF: path}
 
 
 def refs_in(payload: Any) -> list[str]:
     """Every reference path inside a payload."""
     if isinstance(payload, Mapping):
-        if set(payload) == {"$ref"}:
-            return [str(payload["$ref"])]
+        if set(payload) == {REF}:
+            return [str(payload[REF])]
         return [p for value in payload.values() for p in refs_in(value)]
     if isinstance(payload, list):
         return [p for value in payload for p in refs_in(value)]
@@ -159,8 +177,8 @@ def refs_in(payload: Any) -> list[str]:
 def resolve(payload: Any, context: Mapping[str, Any]) -> Any:
     """The payload with every reference replaced by its value (MissingField if absent)."""
     if isinstance(payload, Mapping):
-        if set(payload) == {"$ref"}:
-            return lookup(context, str(payload["$ref"]))
+        if set(payload) == {REF}:
+            return lookup(context, str(payload[REF]))
         return {key: resolve(value, context) for key, value in payload.items()}
     if isinstance(payload, list):
         return [resolve(value, context) for value in payload]

@@ -23,8 +23,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bo_queue.errors import WorkflowError, WorkflowNotFoundError
-from bo_queue.states import TaskState
+from bo_queue.errors import (
+    BOQueueError,
+    BrokerUnavailableError,
+    WorkflowError,
+    WorkflowNotFoundError,
+)
+from bo_queue.states import TERMINAL_STATES, TaskState
 from bo_queue.workflows.conditions import Condition, resolve
 from bo_queue.workflows.models import (
     StepRun,
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
 ADVANCE = "bo_queue.workflow.advance"
 LOCK_LEASE_S = 60.0  # an advance only submits tasks: far shorter than this
 MAX_INSTRUCTIONS = 100_000  # per advance, against a definition that never waits
+TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 
 
 class WorkflowStore:
@@ -87,28 +93,44 @@ class WorkflowStore:
                 pipe.expire(self.key(run.id), self.bq.settings.result_expires_s)
             pipe.execute()
 
+    def delete(self, workflow_id: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.key(workflow_id))
+            pipe.zrem(self.index, workflow_id)
+            pipe.execute()
+
     def ids(self, limit: int) -> list[str]:
         return [str(i) for i in self.redis.zrevrange(self.index, 0, limit - 1)]
+
+
+def advance_id(run: WorkflowRun) -> str:
+    return f"wf-{run.id}-{run.sequence}:advance"  # ':' is in no step name: no clash
 
 
 def arm(bq: BOQueue, run: WorkflowRun, *, depends_on: Sequence[str] = (),
         countdown: float | None = None, steps: Sequence[dict[str, Any]] = ()) -> None:
     """Submit `steps` (requests) and the advance that follows them; the run names that
     advance as the only one allowed to move it. Ids that exist (a replay) are skipped."""
-    advance = f"wf-{run.id}-{run.sequence}-advance"
-    requests = [*steps, {
-        "id": advance, "handler": ADVANCE, "payload": {"workflow_id": run.id},
-        "depends_on": list(depends_on), "on_dependency_failure": "run",
-        "countdown": countdown, "tags": (f"workflow:{run.id}",),
-    }]
+    ids = [step["id"] for step in steps] + [advance_id(run)]
     with bq.redis.pipeline(transaction=False) as pipe:
-        for request in requests:
-            pipe.exists(bq.keys.task(request["id"]))
-        exists = pipe.execute()
-    new = [r for r, found in zip(requests, exists, strict=True) if not found]
-    if new:
-        bq.submit_many(new)
-    run.advance_id = advance
+        for task_id in ids:
+            pipe.hget(bq.keys.task(task_id), "state")
+        states = dict(zip(ids, pipe.execute(), strict=True))
+    if states[advance_id(run)] in TERMINAL:
+        # A replay of an advance that crashed before saving: the advance it armed has
+        # already run (and found itself stale). Arm a fresh one; the steps stand.
+        run.sequence += 1
+    nxt = advance_id(run)
+    requests = [step for step in steps if states[step["id"]] is None]
+    if states.get(nxt) is None:
+        requests.append({
+            "id": nxt, "handler": ADVANCE, "payload": {"workflow_id": run.id},
+            "depends_on": list(depends_on), "on_dependency_failure": "run",
+            "countdown": countdown, "tags": (f"workflow:{run.id}",),
+        })
+    if requests:  # durable: an advance killed mid-submit loses no step
+        bq.submit_many(requests, durable=True)
+    run.advance_id = nxt
 
 
 def advance(bq: BOQueue, workflow_id: str, token: str) -> str:
@@ -120,7 +142,12 @@ def advance(bq: BOQueue, workflow_id: str, token: str) -> str:
             return f"stale: {run.status}"
         run.advance_id = None
         if not run.status.terminal:
-            _Machine(bq, compile_spec(spec), run).go()
+            try:
+                _Machine(bq, compile_spec(spec), run).go()
+            except BrokerUnavailableError:
+                raise  # the advance task retries
+            except BOQueueError as exc:  # e.g. a resolved payload over the size limit
+                run.status, run.error = WorkflowStatus.FAILED, f"cannot go on: {exc}"
         store.save(run)
         return run.status.value
 

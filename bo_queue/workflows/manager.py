@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -10,10 +12,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pydantic
+from redis.exceptions import LockError
 
 from bo_queue.client import _check_payload
-from bo_queue.errors import ValidationError, WorkflowError, WorkflowTimeoutError
-from bo_queue.workflows.engine import WorkflowStore, arm
+from bo_queue.errors import (
+    ValidationError,
+    WorkflowError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
+from bo_queue.workflows.engine import WorkflowStore, advance_id, arm
 from bo_queue.workflows.models import (
     Workflow,
     WorkflowRun,
@@ -26,6 +34,7 @@ if TYPE_CHECKING:
     from bo_queue.client import BOQueue
 
 Definition = Workflow | WorkflowSpec | Mapping[str, Any]
+RUN_ID = re.compile(r"[A-Za-z0-9._@-]{1,100}")
 
 
 def as_spec(definition: Definition) -> WorkflowSpec:
@@ -50,6 +59,8 @@ class WorkflowManager:
         """Start a run. Rejects (ValidationError, nothing started) an unknown step
         handler, or an `input.<key>` a condition or reference reads that `inputs` lacks."""
         spec = as_spec(definition)
+        if workflow_id is not None and not RUN_ID.fullmatch(workflow_id):
+            raise ValidationError(f"bad workflow id {workflow_id!r}: 1-100 of A-Z a-z 0-9 . _ @ -")
         inputs = dict(inputs or {})
         with self.bq._broker_errors():
             for name in spec.handlers():
@@ -64,10 +75,14 @@ class WorkflowManager:
                 id=workflow_id or uuid.uuid4().hex, name=spec.name,
                 context={"input": inputs, "vars": {}}, created_at=now, updated_at=now,
             )
-            run.advance_id = f"wf-{run.id}-0-advance"
+            run.advance_id = advance_id(run)  # stored first: the advance may start at once
             if not self.store.create(spec, run):
                 raise ValidationError(f"a workflow run with id {run.id!r} exists")
-            arm(self.bq, run)
+            try:
+                arm(self.bq, run)
+            except BaseException:
+                self.store.delete(run.id)  # no run without an advance to move it
+                raise
         return run
 
     def status(self, workflow_id: str) -> WorkflowRun:
@@ -83,13 +98,16 @@ class WorkflowManager:
     def list(self, status: WorkflowStatus | str | None = None,
              limit: int = 100) -> builtins.list[WorkflowRun]:
         """The newest runs first (those past their retention are gone)."""
+        try:
+            wanted = None if status is None else WorkflowStatus(status)
+        except ValueError:
+            raise ValidationError(f"unknown workflow status {status!r}") from None
+        runs = []
         with self.bq._broker_errors():
-            runs = []
             for workflow_id in self.store.ids(limit):
-                raw = self.store.redis.hget(self.store.key(workflow_id), "run")
-                if raw is not None:
-                    runs.append(WorkflowRun.model_validate_json(raw))
-        return [r for r in runs if status is None or r.status == WorkflowStatus(status)]
+                with contextlib.suppress(WorkflowNotFoundError):  # past its retention
+                    runs.append(self.store.run(workflow_id))
+        return [r for r in runs if wanted is None or r.status is wanted]
 
     def pause(self, workflow_id: str) -> WorkflowRun:
         """Start no new step; the one in flight finishes and is recorded."""
@@ -125,10 +143,13 @@ class WorkflowManager:
     # -- changes, each under the run's lock ---------------------------------------------------
 
     def _change(self, workflow_id: str, change: Any) -> WorkflowRun:
-        with self.bq._broker_errors(), self.store.lock(workflow_id):
-            run = self.store.run(workflow_id)
-            change(run)
-            self.store.save(run)
+        try:
+            with self.bq._broker_errors(), self.store.lock(workflow_id):
+                run = self.store.run(workflow_id)
+                change(run)
+                self.store.save(run)
+        except LockError:
+            raise WorkflowError(f"workflow {workflow_id} stayed busy; try again") from None
         return run
 
     def _pause(self, run: WorkflowRun) -> None:
@@ -138,14 +159,22 @@ class WorkflowManager:
             raise WorkflowError(f"workflow {run.id} has ended ({run.status}); cannot pause it")
 
     def _resume(self, run: WorkflowRun) -> None:
-        if run.status is WorkflowStatus.RUNNING:
-            return
-        if run.status is not WorkflowStatus.PAUSED:
+        if run.status.terminal:
             raise WorkflowError(f"workflow {run.id} has ended ({run.status}); cannot resume it")
+        if run.status is WorkflowStatus.RUNNING and not self._stalled(run):
+            return
         run.status = WorkflowStatus.RUNNING
-        if run.advance_id is None:  # else the pending advance carries on
+        if run.advance_id is None or self._stalled(run):  # else the pending one carries on
             run.sequence += 1
-            arm(self.bq, run)
+            arm(self.bq, run, depends_on=run.running)
+
+    def _stalled(self, run: WorkflowRun) -> bool:
+        """The advance the run waits for has ended (or is gone) without moving it on:
+        only a crash does that. resume() on such a RUNNING run arms a new one."""
+        if run.advance_id is None:
+            return False
+        state = self.bq.records.state(run.advance_id)
+        return state is None or state.terminal
 
     def _cancel(self, run: WorkflowRun, terminate: bool) -> None:
         if run.status.terminal:

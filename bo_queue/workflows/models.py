@@ -21,19 +21,18 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bo_queue.errors import ValidationError
 from bo_queue.states import Priority
-from bo_queue.workflows.conditions import Condition, condition, refs_in
+from bo_queue.workflows.conditions import Checked, Condition, condition, refs_in
 
 NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 RESERVED = frozenset({"input", "vars"})
 MAX_ITERATIONS = 10_000
 
 
-class _Node(BaseModel):
+class _Node(Checked):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=NAME)
@@ -96,7 +95,7 @@ When.model_rebuild()
 Loop.model_rebuild()
 
 
-class WorkflowSpec(BaseModel):
+class WorkflowSpec(Checked):
     """A checked workflow definition (what is stored with each run, as JSON)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -131,15 +130,15 @@ class Workflow:
 
     def step(self, name: str, handler: str, payload: Mapping[str, Any] | None = None,
              **options: Any) -> Workflow:
-        return self._add(_build(Step, name, handler, payload, **options))
+        return self._add(Step(name, handler, payload, **options))
 
     def parallel(self, name: str, steps: Iterable[Step]) -> Workflow:
-        return self._add(_build(Parallel, name=name, steps=tuple(steps)))
+        return self._add(Parallel(name=name, steps=tuple(steps)))
 
     def when(self, cond: Any, *, then: Any = (), otherwise: Any = (),
              name: str | None = None) -> Workflow:
-        return self._add(_build(
-            When, name=self._name("when", name), condition=condition(cond),
+        return self._add(When(
+            name=self._name("when", name), condition=condition(cond),
             then=_nodes(then), otherwise=_nodes(otherwise),
         ))
 
@@ -147,34 +146,21 @@ class Workflow:
              max_iterations: int | None = None) -> Workflow:
         if max_iterations is None:
             raise ValidationError(f"loop {name!r} needs max_iterations (a loop must end)")
-        return self._add(_build(
-            Loop, name=name, body=_nodes(body), until=condition(until),
-            max_iterations=max_iterations,
+        return self._add(Loop(
+            name=name, body=_nodes(body), until=condition(until), max_iterations=max_iterations,
         ))
 
     def wait(self, seconds: float | None = None, *, until: Any = None,
              timeout_s: float | None = None, name: str | None = None) -> Workflow:
         if (seconds is None) == (until is None):
             raise ValidationError("wait takes seconds=... or until=..., one of them")
-        return self._add(_build(
-            Wait, name=self._name("wait", name), seconds=seconds,
+        return self._add(Wait(
+            name=self._name("wait", name), seconds=seconds,
             until=None if until is None else condition(until), timeout_s=timeout_s,
         ))
 
     def spec(self) -> WorkflowSpec:
-        return checked(_build(WorkflowSpec, name=self.name, steps=tuple(self.nodes)))
-
-
-def _build(model: Any, *args: Any, **fields: Any) -> Any:
-    try:
-        return model(*args, **fields)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}"
-            for err in exc.errors()
-        )
-        named = fields.get("name", args[0] if args else "")
-        raise ValidationError(f"{model.__name__} {named!r}: {problems}") from None
+        return checked(WorkflowSpec(name=self.name, steps=tuple(self.nodes)))
 
 
 def _nodes(value: Any) -> tuple[Any, ...]:
@@ -242,8 +228,11 @@ def _check_reads(nodes: Sequence[Any], produced: set[str]) -> set[str]:
         elif isinstance(node, Loop):  # `until` may read the body's steps and <loop>.iterations
             produced = _check_reads(node.body, produced | {node.name})
             need(node.until.field, f"the until of loop {node.name!r}")
-        elif isinstance(node, Wait) and node.until is not None:
-            need(node.until.field, f"wait {node.name!r}")
+        elif isinstance(node, Wait) and node.until is not None and node.until.root != "vars":
+            raise ValidationError(
+                f"wait {node.name!r} waits on {node.until.field!r}, which cannot change while "
+                "it waits: wait on vars.<key> (set with workflows.set_vars)"
+            )
     return produced
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,8 +107,9 @@ def test_a_study_resumes_after_every_worker_restarts(fragile: Cluster) -> None:
     bq.studies.run(study.id)
     wait_until(lambda: bq.studies.get(study.id).completed_trials >= 2, 120,
                what="two completed trials")
-    for worker in list(fragile.workers):
-        worker.stop()  # warm shutdown: what is running finishes or goes back to the queue
+    with ThreadPoolExecutor() as pool:  # all at once: one left running would finish the study
+        # warm shutdown: what is running finishes, what is queued waits for new workers
+        list(pool.map(lambda worker: worker.stop(), list(fragile.workers)))
     assert not bq.studies.get(study.id).status.terminal
     fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new1")
     fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new2")

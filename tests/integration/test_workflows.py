@@ -4,6 +4,9 @@ pause/resume, cancel, restarts, bad definitions, and the two pre-built workflows
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +31,7 @@ from bo_queue import (
 from bo_queue.local import wait_until
 from bo_queue.studies import FileStorage
 from bo_queue.workflows.prebuilt import evaluate_and_report, nightly_study
-from tests.conftest import Cluster, make_cluster
+from tests.conftest import ROOT, Cluster, make_cluster
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +265,34 @@ def test_nightly_runs_the_study_then_exports_and_archives_it(
     assert FileStorage(tmp_path / "archive").load(study_id).study.id == study_id
     with pytest.raises(Exception, match=study_id):
         bq.studies.get(study_id)  # moved out of Redis
+
+
+def test_command_line_runs_and_inspects_workflows_and_graphs(
+    flow_cluster: Cluster, tmp_path: Path
+) -> None:
+    bq = flow_cluster.producer()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": flow_cluster.redis_url,
+               "BO_QUEUE_NAMESPACE": flow_cluster.namespace}
+        return subprocess.run([sys.executable, "-m", "bo_queue.cli", *args],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    definition = tmp_path / "wf.json"
+    spec = Workflow("cli").step("a", "t.echo", {"n": ref("input.n")}).spec()
+    definition.write_text(spec.model_dump_json())
+    out = cli("workflow", "run", str(definition), "--inputs", '{"n": 3}', "--wait")
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.split()[0]
+    assert bq.workflows.status(run_id).context["a"] == {"n": 3}
+    status = cli("workflow", "status", run_id)
+    assert "SUCCEEDED" in status.stdout and "a " in status.stdout
+    assert cli("workflow", "pause", run_id).returncode == 2  # it has ended: a clear error
+
+    a = bq.submit("t.node", {"log": key()})
+    b = bq.submit("t.node", {"log": key()}, depends_on=[a])
+    b.get(timeout=30)
+    dot = cli("task", "graph", b.id, "--dot")
+    assert dot.returncode == 0 and f'"{a.id}" -> "{b.id}";' in dot.stdout
+    layers = cli("task", "graph", a.id)
+    assert layers.stdout.splitlines()[0].startswith(f"0: {a.id} (t.node, SUCCEEDED)")

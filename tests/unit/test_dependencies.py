@@ -261,7 +261,7 @@ def test_wait_parks_and_the_last_success_releases(
     assert park(store, "D", ["A", "B"]) == ["waiting"]
     assert state(store, "D") is TaskState.PENDING
     assert fake.smembers("t:task:D:waiting") == {"A", "B"}
-    assert store.dependents("A") == {"D"} and store.dependents("B") == {"D"}
+    assert store.dependents(["A", "B"]) == [{"D"}, {"D"}]
     assert json.loads(fake.hget("t:deps:parked", "D")) == message_for("D")
     assert fake.zcard("t:delayed") == 0
 
@@ -470,8 +470,19 @@ def test_wait_for_stops_at_the_first_ended_dependency(
 def test_wait_sets_ttls_on_its_links(store: RecordStore, fake: fakeredis.FakeRedis) -> None:
     make(store, "A")
     park(store, "D", ["A"])
-    for key in ("t:task:D:waiting", "t:task:A:dependents"):
-        assert 0 < fake.ttl(key) <= TTL, key
+    assert 0 < fake.ttl("t:task:A:dependents") <= TTL
+    # Parked, D and what it waits on never expire: A may be due long after D's retention.
+    assert fake.ttl("t:task:D") == -1 and fake.ttl("t:task:D:waiting") == -1
+    assert store.transition("A", TaskState.SUCCEEDED)
+    assert 0 < fake.ttl("t:task:D") <= TTL  # released: its retention counts again
+
+
+def test_links_live_as_long_as_a_dependency_due_later(
+    store: RecordStore, fake: fakeredis.FakeRedis
+) -> None:
+    make(store, "A", due_at=time.time() + 10 * TTL)  # its record lives ~11 TTLs
+    park(store, "D", ["A"])
+    assert fake.ttl("t:task:A:dependents") > 10 * TTL - 5
 
 
 def test_cancel_of_a_waiting_dependent_cascades(

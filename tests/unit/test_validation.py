@@ -41,7 +41,7 @@ def plans(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> list[_Plan]:
     """Stand in for BOQueue._submit: validation must be over before it is called."""
     seen: list[_Plan] = []
 
-    def record(batch: list[_Plan]) -> list[TaskHandle]:
+    def record(batch: list[_Plan], durable: bool = False) -> list[TaskHandle]:
         seen.extend(batch)
         return [TaskHandle(bq, plan.id) for plan in batch]
 
