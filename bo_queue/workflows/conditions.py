@@ -25,8 +25,8 @@ from bo_queue.errors import ValidationError, WorkflowError
 
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "exists"]
 FIELD = r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*"
-_TEXT = re.compile(
-    rf"^\s*({FIELD})\s+(==|!=|<=|>=|<|>|not in\b|in\b|contains\b|exists\b)\s*(.*?)\s*$"
+_TEXT = re.compile(  # symbols may touch the field ("a.b==1"); words need a space
+    rf"^\s*({FIELD})(?:\s*(==|!=|<=|>=|<|>)|\s+(not in|in|contains|exists)\b)\s*(.*?)\s*$"
 )
 REF = "$ctx"  # {"$ctx": "step.field"}: not "$ref", which JSON Schema payloads use
 _BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -116,7 +116,8 @@ def _parse(text: str) -> Condition:
     match = _TEXT.match(text)
     if not match:
         raise ValueError("write it as 'field op value', e.g. 'check.score >= 0.9'")
-    field, op, raw = match.groups()
+    field, symbol, word, raw = match.groups()
+    op = symbol or word
     if op == "exists":
         if raw:
             raise ValueError("'exists' takes no value")

@@ -111,18 +111,18 @@ def arm(bq: BOQueue, run: WorkflowRun, *, depends_on: Sequence[str] = (),
         countdown: float | None = None, steps: Sequence[dict[str, Any]] = ()) -> None:
     """Submit `steps` (requests) and the advance that follows them; the run names that
     advance as the only one allowed to move it. Ids that exist (a replay) are skipped."""
-    ids = [step["id"] for step in steps] + [advance_id(run)]
     with bq.redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hget(bq.keys.task(task_id), "state")
-        states = dict(zip(ids, pipe.execute(), strict=True))
-    if states[advance_id(run)] in TERMINAL:
-        # A replay of an advance that crashed before saving: the advance it armed has
-        # already run (and found itself stale). Arm a fresh one; the steps stand.
+        for step in steps:
+            pipe.hget(bq.keys.task(step["id"]), "state")
+        taken = [state is not None for state in pipe.execute()]
+    # A replay of an advance that crashed before saving: the advance it armed may have
+    # run already (and found itself stale), and so may one a former replay armed. Go
+    # past them to a fresh one; the steps stand.
+    while (state := bq.redis.hget(bq.keys.task(advance_id(run)), "state")) in TERMINAL:
         run.sequence += 1
     nxt = advance_id(run)
-    requests = [step for step in steps if states[step["id"]] is None]
-    if states.get(nxt) is None:
+    requests = [step for step, exists in zip(steps, taken, strict=True) if not exists]
+    if state is None:
         requests.append({
             "id": nxt, "handler": ADVANCE, "payload": {"workflow_id": run.id},
             "depends_on": list(depends_on), "on_dependency_failure": "run",
@@ -147,9 +147,17 @@ def advance(bq: BOQueue, workflow_id: str, token: str) -> str:
             except BrokerUnavailableError:
                 raise  # the advance task retries
             except BOQueueError as exc:  # e.g. a resolved payload over the size limit
-                run.status, run.error = WorkflowStatus.FAILED, f"cannot go on: {exc}"
+                _cannot_go_on(run, f"cannot go on: {exc}")
         store.save(run)
         return run.status.value
+
+
+def _cannot_go_on(run: WorkflowRun, reason: str) -> None:
+    """Fail the run; a step it was submitting never started."""
+    run.status, run.error, run.running = WorkflowStatus.FAILED, reason, []
+    for step in run.steps.values():
+        if step.state in ("RUNNING", "WAITING"):
+            step.state, step.error = "FAILED", reason
 
 
 class _Machine:

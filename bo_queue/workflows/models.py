@@ -16,12 +16,13 @@ restart.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bo_queue.errors import ValidationError
 from bo_queue.states import Priority
@@ -30,6 +31,7 @@ from bo_queue.workflows.conditions import Checked, Condition, condition, refs_in
 NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 RESERVED = frozenset({"input", "vars"})
 MAX_ITERATIONS = 10_000
+_AUTO = itertools.count(1)
 
 
 class _Node(Checked):
@@ -89,6 +91,14 @@ class Wait(_Node):
     until: Condition | None = None
     timeout_s: float | None = Field(default=None, gt=0)
 
+    @model_validator(mode="after")
+    def _one_kind(self) -> Wait:
+        if (self.seconds is None) == (self.until is None):
+            raise ValueError("a wait takes seconds=... or until=..., one of them")
+        if self.timeout_s is not None and self.until is None:
+            raise ValueError("timeout_s goes with until=...")
+        return self
+
 
 Node = Annotated[Step | Parallel | When | Loop | Wait, Field(discriminator="kind")]
 When.model_rebuild()
@@ -126,7 +136,7 @@ class Workflow:
         return self
 
     def _name(self, kind: str, name: str | None) -> str:
-        return name or f"{kind}_{len(self.nodes) + 1}"
+        return name or f"{kind}_{next(_AUTO)}"  # unique across fragments built apart
 
     def step(self, name: str, handler: str, payload: Mapping[str, Any] | None = None,
              **options: Any) -> Workflow:
@@ -152,8 +162,6 @@ class Workflow:
 
     def wait(self, seconds: float | None = None, *, until: Any = None,
              timeout_s: float | None = None, name: str | None = None) -> Workflow:
-        if (seconds is None) == (until is None):
-            raise ValidationError("wait takes seconds=... or until=..., one of them")
         return self._add(Wait(
             name=self._name("wait", name), seconds=seconds,
             until=None if until is None else condition(until), timeout_s=timeout_s,

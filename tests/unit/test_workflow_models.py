@@ -3,6 +3,7 @@ spec's JSON form, and what a spec compiles to (bo_queue.workflows.conditions, .m
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pydantic
@@ -387,7 +388,17 @@ def test_readable_fields_pass() -> None:
         .wait(until="vars.go == true")
         .spec()
     )
-    assert [node.name for node in spec.steps] == ["a", "p", "when_3", "l", "f", "wait_6"]
+    names = [node.name for node in spec.steps]
+    assert names[:2] == ["a", "p"] and names[3:5] == ["l", "f"]
+    assert re.fullmatch(r"when_\d+", names[2]) and re.fullmatch(r"wait_\d+", names[5])
+
+
+def test_automatic_names_do_not_clash_across_fragments() -> None:
+    inner = Workflow().wait(1.0).step("poll", "h")
+    spec = Workflow().wait(1.0).loop("l", inner, until="poll.ok == true", max_iterations=2).spec()
+    outer, loop = spec.steps[0], spec.steps[1]
+    assert isinstance(loop, Loop)
+    assert outer.name != loop.body[0].name
 
 
 def test_a_wait_may_only_wait_on_vars() -> None:
@@ -407,7 +418,8 @@ def test_wait_takes_seconds_or_until_not_both_nor_neither() -> None:
         Workflow().wait()
     with pytest.raises(ValidationError, match="one of them"):
         Workflow().wait(5, until="vars.go == true")
-    assert Workflow().wait(5).spec().steps[0] == Wait(name="wait_1", seconds=5)
+    wait = Workflow().wait(5).spec().steps[0]
+    assert wait == Wait(name=wait.name, seconds=5)
 
 
 @pytest.mark.parametrize(
@@ -565,11 +577,12 @@ def test_compile_nested_loops() -> None:
 
 def test_compile_waits() -> None:
     program = compile_spec(
-        Workflow().wait(2.5, name="nap").wait(until="vars.go == true", timeout_s=9).spec()
+        Workflow().wait(2.5, name="nap")
+        .wait(until="vars.go == true", timeout_s=9, name="gate").spec()
     )
     assert program == [
         {"op": "wait", "name": "nap", "seconds": 2.5, "until": None, "timeout_s": None},
-        {"op": "wait", "name": "wait_2", "seconds": None,
+        {"op": "wait", "name": "gate", "seconds": None,
          "until": {"field": "vars.go", "op": "==", "value": True}, "timeout_s": 9},
     ]
 
