@@ -238,7 +238,9 @@ def test_evaluate_a_batch_then_report_it_to_the_study(study_flow_cluster: Cluste
     run = bq.workflows.run(evaluate_and_report(study.id, points, "t.bowl"))
     done = bq.workflows.wait(run.id, timeout=240)
     assert done.status is WorkflowStatus.SUCCEEDED, done.error
-    assert done.context["report"] == 3
+    assert done.context["report"] == 3  # accepted; the study's next step records them
+    wait_until(lambda: bq.studies.get(study.id).completed_trials == 3, 60,
+               what="the study to record the three results")
     trials = sorted(bq.studies.trials(study.id), key=lambda t: t.index)
     assert [t.params for t in trials] == points
     losses = [t.values["loss"] for t in trials]  # type: ignore[index]
