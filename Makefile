@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,bo
 
-.PHONY: demo test lint unit integration benchmark benchmark-bo clean
+.PHONY: demo test lint unit integration benchmark benchmark-flows benchmark-bo clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ integration: $(BIN)/.installed-$(EXTRAS)
 
 benchmark: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python benchmarks/throughput.py --markdown-out benchmarks/results/throughput.md
+
+benchmark-flows: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python benchmarks/dependencies.py --markdown-out benchmarks/results/dependencies.md
 
 benchmark-bo:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
