@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # beat's maintenance: finished studies older than this move to FileStorage(archive_dir)
     archive_dir: str | None = None
     archive_after_days: float = Field(default=30.0, gt=0)
+    # monitoring: state-change events kept in the {ns}:events stream (about this many), and
+    # how long a worker may miss heartbeats (one a second) before it counts as gone
+    events_max_len: int = Field(default=200_000, ge=1000)
+    heartbeat_timeout_s: float = Field(default=10.0, gt=1)
 
     _split = field_validator("imports", "queues", mode="before")(_split_csv)
 
