@@ -145,7 +145,8 @@ class BOQueue:
             socket_timeout=max(settings.connect_timeout_s, 10.0),
         )
         self.records = RecordStore(
-            self.redis, self.keys, settings.result_expires_s, on_settled=self._on_settled
+            self.redis, self.keys, settings.result_expires_s, on_settled=self._on_settled,
+            events_max_len=settings.events_max_len,
         )
         self.delays = DelayedSubmissions(self.redis, self.keys)
         self._directory: dict[str, dict[str, Any]] = {}

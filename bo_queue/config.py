@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     # how long a worker may miss heartbeats (one a second) before it counts as gone
     events_max_len: int = Field(default=200_000, ge=1000)
     heartbeat_timeout_s: float = Field(default=10.0, gt=1)
+    # `bo-queue flower`: where Flower listens, and its HTTP basic auth (both or neither;
+    # without them Flower's web UI is open and its HTTP API refuses every request)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_address: str = "0.0.0.0"
+    flower_user: str | None = None
+    flower_password: str | None = Field(default=None, repr=False)
+    # workers and beat log one JSON object per line (bo_queue.logs.JsonFormatter)
+    log_json: bool = False
 
     _split = field_validator("imports", "queues", mode="before")(_split_csv)
 
@@ -93,7 +101,21 @@ class Settings(BaseSettings):
         limit = self.default_time_limit_s
         if limit is not None and limit >= self.visibility_timeout_s:
             raise ValueError("default_time_limit_s must be below visibility_timeout_s")
+        self._flower_auth()
         return self
+
+    def _flower_auth(self) -> None:
+        user, password = self.flower_user, self.flower_password
+        if (user is None) != (password is None):
+            raise ValueError("set both flower_user and flower_password, or neither")
+        if user is None or password is None:
+            return
+        # Flower compares "user:password" with the Authorization header, and splits its
+        # --basic-auth value on commas (several users): neither may be ambiguous.
+        if not user or not password:
+            raise ValueError("flower_user and flower_password must not be empty")
+        if ":" in user or "," in user or "," in password:
+            raise ValueError("flower_user may not contain ':' or ',', flower_password not ','")
 
     @property
     def results_url(self) -> str:

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 OnDependencyFailure = Literal["cancel", "run"]
 
 # Shared Lua: key names are built from the namespace (ARGV), so these scripts need a
-# single Redis server, as the rest of bo_queue does.
+# single Redis server, as the rest of bo_queue does. They run after bo_queue.events'
+# helpers (set_state), which RecordStore prepends.
 _KEYS = """
 local function task_key(ns, id) return ns .. ':task:' .. id end
 local function extend(key, ttl)
@@ -47,7 +48,7 @@ local function release(ns, id, now, ttl)
   local due = tonumber(redis.call('HGET', task_key(ns, id), 'due_at') or now)
   if due <= now then
     due = now
-    redis.call('HSET', task_key(ns, id), 'state', 'QUEUED')
+    set_state(ns, id, 'QUEUED', now)
   end
   unpark(ns, id, ttl + math.ceil(due - now))  -- retention counts from when it is due
   redis.call('HSET', ns .. ':delayed:specs', id, spec)
@@ -55,7 +56,7 @@ local function release(ns, id, now, ttl)
   return 1
 end
 local function cancel_waiting(ns, id, now, ttl, reason)
-  redis.call('HSET', task_key(ns, id), 'state', 'CANCELLED', 'finished_at', now, 'error', reason)
+  set_state(ns, id, 'CANCELLED', now, {'finished_at', now, 'error', reason})
   redis.call('SET', ns .. ':cancelled:' .. id, reason, 'EX', ttl)
   unpark(ns, id, ttl)
 end

@@ -56,6 +56,20 @@ class Keys:
         """Sorted set of workflow run ids, scored by when they started."""
         return f"{self.namespace}:workflows"
 
+    def state_index(self, state: str) -> str:
+        """Sorted set: the tasks now in `state`, scored by when they got there."""
+        return f"{self.namespace}:state:{state}"
+
+    @property
+    def failed(self) -> str:
+        """Sorted set: the failed-task registry (tasks that FAILED, until retried)."""
+        return f"{self.namespace}:failed"
+
+    @property
+    def events(self) -> str:
+        """Stream: task and study state changes (bo_queue.events)."""
+        return f"{self.namespace}:events"
+
     @property
     def handlers(self) -> str:
         """Hash: handler name -> JSON spec, written by every worker at start."""

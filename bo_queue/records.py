@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from bo_queue import events
 from bo_queue.dependencies import SETTLE, WAIT
 from bo_queue.keys import Keys
 from bo_queue.states import Priority, TaskState
@@ -56,9 +57,7 @@ class TaskInfo(BaseModel):
 # dependents released to be sent, then the ids of the dependents it cancelled:
 # {main reply, an extra value or 0, released, cancelled id...}.
 _TERMINAL = """
-local function terminal(state)
-  return state == 'SUCCEEDED' or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED'
-end
+local terminal = is_terminal
 local function reply(main, extra, settled)
   local out = {main, extra or 0}
   for _, value in ipairs(settled or {0}) do table.insert(out, value) end
@@ -88,20 +87,21 @@ local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   redis.call('HSET', KEYS[1], 'id', ARGV[5], 'handler', ARGV[6], 'queue', ARGV[7],
-             'priority', ARGV[8], 'created_at', ARGV[3], 'tags', '[]', 'state', 'QUEUED')
+             'priority', ARGV[8], 'created_at', ARGV[3], 'tags', '[]')
+  set_state(ns, ARGV[5], 'QUEUED', now)
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   if not terminal(state) then
-    redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[3])
+    set_state(ns, ARGV[5], 'CANCELLED', now, {'finished_at', ARGV[3]})
     redis.call('EXPIRE', KEYS[1], ttl)
     return reply('cancelled', 0, settle(ns, ARGV[5], 'CANCELLED', now, ttl))
   end
   return reply('cancelled')
 end
 if terminal(state) then return reply('done') end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_at', ARGV[3], 'worker', ARGV[2])
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+set_state(ns, ARGV[5], 'RUNNING', now, {'started_at', ARGV[3], 'worker', ARGV[2]})
 redis.call('EXPIRE', KEYS[1], ttl)
 return reply('run', attempts)
 """
@@ -115,7 +115,7 @@ if not state then return reply(false) end
 if terminal(state) then return reply(state) end
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ttl)
 if state == 'RUNNING' then return reply(state) end
-redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_at', ARGV[3], 'error', ARGV[5])
+set_state(ns, ARGV[2], 'CANCELLED', now, {'finished_at', ARGV[3], 'error', ARGV[5]})
 redis.call('HDEL', ns .. ':deps:parked', ARGV[2])
 return reply(state, 0, settle(ns, ARGV[2], 'CANCELLED', now, ttl))
 """
@@ -126,7 +126,9 @@ _TRANSITION = SETTLE + _TERMINAL + """
 local ns, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state or terminal(state) then return reply(0) end
-redis.call('HSET', KEYS[1], 'state', ARGV[3], unpack(ARGV, 6))
+local fields = {}
+for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+set_state(ns, ARGV[2], ARGV[3], now, fields)
 redis.call('EXPIRE', KEYS[1], ttl)
 if terminal(ARGV[3]) then return reply(1, 0, settle(ns, ARGV[2], ARGV[3], now, ttl)) end
 return reply(1)
@@ -170,16 +172,21 @@ OnSettled = Callable[[int, list[str]], None]
 
 class RecordStore:
     def __init__(
-        self, client: redis.Redis, keys: Keys, ttl_s: int, on_settled: OnSettled | None = None
+        self, client: redis.Redis, keys: Keys, ttl_s: int, on_settled: OnSettled | None = None,
+        events_max_len: int = 200_000,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.ttl_s = ttl_s
+        self.events_max_len = events_max_len
         self.on_settled = on_settled  # the facade sends released tasks, wakes cancelled ones
-        self._wait = client.register_script(WAIT)
-        self._start = client.register_script(_START)
-        self._cancel = client.register_script(_CANCEL)
-        self._transition = client.register_script(_TRANSITION)
+        scripts = {name: events.lua(events_max_len, text) for name, text in (
+            ("wait", WAIT), ("start", _START), ("cancel", _CANCEL), ("transition", _TRANSITION)
+        )}
+        self._wait = client.register_script(scripts["wait"])
+        self._start = client.register_script(scripts["start"])
+        self._cancel = client.register_script(scripts["cancel"])
+        self._transition = client.register_script(scripts["transition"])
         self._progress = client.register_script(_PROGRESS)
 
     def ttl_for(self, due_at: float | None) -> int:
@@ -194,6 +201,13 @@ class RecordStore:
         ttl = self.ttl_for(fields.get("due_at"))
         pipe.hset(key, mapping=_encode(fields))
         pipe.expire(key, ttl)
+        # What set_state does for every later change (bo_queue.events): index, announce.
+        state, now = str(fields["state"]), float(fields["created_at"])
+        pipe.zadd(self.keys.state_index(state), {task_id: now})
+        pipe.xadd(self.keys.events, {
+            "kind": "task", "id": task_id, "state": state, "at": now,
+            "handler": fields["handler"], "queue": fields["queue"], "attempt": 0,
+        }, maxlen=self.events_max_len, approximate=True)
         links = [self.keys.tag(tag) for tag in fields.get("tags") or ()]
         if fields.get("parent_id"):
             links.append(self.keys.children(fields["parent_id"]))

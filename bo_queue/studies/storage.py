@@ -27,6 +27,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from bo_queue.errors import ReportConflictError, StudyNotFoundError, TrialNotFoundError
+from bo_queue.events import EVENTS_MAX_LEN, STUDY_EVENT, lua
 from bo_queue.keys import Keys
 from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
 
@@ -57,13 +58,15 @@ class StorageBackend(ABC):
     def delete(self, study_id: str) -> bool: ...
 
 
-# KEYS: meta hash. ARGV: new status, message, now, then the statuses it may come from.
-_SET_STATUS = """
+# KEYS: meta hash, events stream. ARGV: new status, message, now, study id, then the
+# statuses it may come from. A change is announced on the stream (bo_queue.events).
+_SET_STATUS = STUDY_EVENT + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return nil end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if current == ARGV[i] then
     redis.call('HSET', KEYS[1], 'status', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
+    study_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3]))
     return ARGV[1]
   end
 end
@@ -108,7 +111,8 @@ class RedisStorage(StorageBackend):
         self.redis = client  # decodes responses
         self.raw = raw or client  # returns bytes: for the compressed model
         self.ns = keys.namespace
-        self._set_status = client.register_script(_SET_STATUS)
+        self.events = keys.events
+        self._set_status = client.register_script(lua(EVENTS_MAX_LEN, _SET_STATUS))
         self._report = client.register_script(_REPORT)
 
     # key names
@@ -223,6 +227,10 @@ class RedisStorage(StorageBackend):
         with self.redis.pipeline() as pipe:
             pipe.hset(self.meta(study.id), mapping=_meta_fields(study))
             pipe.zadd(self.index_key, {study.id: study.created_at.timestamp()})
+            pipe.xadd(self.events, {
+                "kind": "study", "id": study.id, "state": study.status.value,
+                "at": study.created_at.timestamp(), "message": "created",
+            }, maxlen=EVENTS_MAX_LEN, approximate=True)
             pipe.execute()
 
     def set_spec(self, study_id: str, spec: StudySpec) -> None:
@@ -239,8 +247,8 @@ class RedisStorage(StorageBackend):
     ) -> StudyStatus:
         """Compare-and-set: moves to `to` only from one of `allowed_from`.
         Returns the status after the call (`to`, or the status that blocked it)."""
-        args = [to.value, message, time.time(), *(s.value for s in allowed_from)]
-        result = self._set_status(keys=[self.meta(study_id)], args=args)
+        args = [to.value, message, time.time(), study_id, *(s.value for s in allowed_from)]
+        result = self._set_status(keys=[self.meta(study_id), self.events], args=args)
         if result is None:
             raise StudyNotFoundError(study_id)
         return StudyStatus(_text(result))
