@@ -35,6 +35,8 @@ def _worker(args: argparse.Namespace) -> int:
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--queues", ",".join(queues), "--loglevel", args.loglevel, "--pool", args.pool,
     ]
+    if settings.log_json:  # no banner: every line of the log is a JSON object
+        argv.insert(3, "--quiet")
     if args.concurrency:
         argv += ["--concurrency", str(args.concurrency)]
     if args.hostname:
@@ -92,13 +94,42 @@ def _study(args: argparse.Namespace) -> int:
 
 def _beat(args: argparse.Namespace) -> int:
     """Become `celery -A scheduler.app beat` with the redbeat scheduler (exec, same pid)."""
-    Settings.load()  # fail here, clearly, rather than inside celery
+    settings = Settings.load()  # fail here, clearly, rather than inside celery
     argv = [
         sys.executable, "-m", "celery", "-A", "scheduler.app", "beat",
         "--scheduler", "scheduler.beat:Scheduler", "--loglevel", args.loglevel,
     ]
+    if settings.log_json:  # no banner: every line of the log is a JSON object
+        argv.insert(3, "--quiet")
     sys.stdout.flush()
     os.execvpe(argv[0], argv, dict(os.environ))
+    return 0  # not reached
+
+
+def _flower(args: argparse.Namespace) -> int:
+    """Become `celery -A workers.app flower` on the workers' broker and namespace (exec)."""
+    settings = Settings.load()  # fail here, clearly, rather than inside celery
+    port = settings.flower_port if args.port is None else args.port
+    address = settings.flower_address if args.address is None else args.address
+    env = dict(os.environ)
+    if settings.flower_user is not None and settings.flower_password is not None:
+        # Flower reads FLOWER_* variables as its options: the credentials stay out of
+        # the command line (and so out of `ps`), unlike --basic-auth=user:password.
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{settings.flower_password}"
+    elif not (env.get("FLOWER_BASIC_AUTH") or env.get("FLOWER_AUTH")):
+        print(
+            f"bo-queue: warning: Flower runs without authentication on {address}:{port}; "
+            f"anyone who reaches it can see and control the workers (its HTTP API answers "
+            f"401 to everyone). Set {ENV_PREFIX}FLOWER_USER and {ENV_PREFIX}FLOWER_PASSWORD.",
+            file=sys.stderr,
+        )
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.app", "flower",
+        f"--port={port}", f"--address={address}",
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)
     return 0  # not reached
 
 
@@ -234,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     beat = sub.add_parser("beat", help="run celery beat with schedules kept in Redis")
     beat.add_argument("-l", "--loglevel", default="INFO")
     beat.set_defaults(func=_beat)
+    flower = sub.add_parser(
+        "flower", help="run Flower on the workers' broker and namespace (BO_QUEUE_FLOWER_*)"
+    )
+    flower.add_argument("--port", type=int, help="default: BO_QUEUE_FLOWER_PORT (5555)")
+    flower.add_argument("--address", help="default: BO_QUEUE_FLOWER_ADDRESS (0.0.0.0)")
+    flower.set_defaults(func=_flower)
     schedule = sub.add_parser("schedule", help="add, list, remove, pause, resume schedules")
     verbs = schedule.add_subparsers(dest="action", required=True)
     add = verbs.add_parser("add", help="add (or with --replace, change) a schedule")

@@ -37,6 +37,7 @@ from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, TaskState
 
 if TYPE_CHECKING:
+    from bo_queue.monitor import Monitor
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
     from bo_queue.workflows.manager import WorkflowManager
@@ -155,6 +156,7 @@ class BOQueue:
         self._studies: StudyManager | None = None
         self._schedules: ScheduleManager | None = None
         self._workflows: WorkflowManager | None = None
+        self._monitor: Monitor | None = None
         self._raw_redis: redis.Redis | None = None
         self._callbacks: CallbackDispatcher | None = None
         self._lock = threading.RLock()  # callbacks() builds results() under it
@@ -219,6 +221,27 @@ class BOQueue:
 
             self._workflows = WorkflowManager(self)
         return self._workflows
+
+    @property
+    def monitor(self) -> Monitor:
+        """Queues, workers, metrics and state-change events (bo_queue.monitor)."""
+        if self._monitor is None:
+            from bo_queue.monitor import Monitor
+
+            self._monitor = Monitor(self)
+        return self._monitor
+
+    def tasks(self, state: TaskState | str | None = None, **filters: Any) -> list[TaskInfo]:
+        """Tasks by state, tag, queue, handler, since, limit (see Monitor.tasks)."""
+        return self.monitor.tasks(state, **filters)
+
+    def failed(self, limit: int = 100) -> list[TaskInfo]:
+        """The failed-task registry, newest first (see Monitor.failed)."""
+        return self.monitor.failed(limit)
+
+    def retry(self, task_id: str) -> TaskHandle:
+        """Run a FAILED task again as a new task (see Monitor.retry)."""
+        return self.monitor.retry(task_id)
 
     # -- results ------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ class TaskInfo(BaseModel):
     progress: float = 0.0
     progress_message: str = ""
     error: str | None = None
+    retried_as: str | None = None  # the task bq.retry() started in its place
 
 
 # Scripts that can end a task settle its dependents in the same call (see

@@ -12,6 +12,7 @@ from celery import Celery
 
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
+from bo_queue.logs import install_json_logging
 from bo_queue.schedules import static_schedules
 
 MAINTENANCE = {
@@ -28,6 +29,8 @@ MAINTENANCE = {
 
 def create_beat_app(settings: Settings | None = None) -> Celery:
     bq = BOQueue(settings=settings or Settings.load())
+    if bq.settings.log_json:  # before Celery sets up logging (beat, when it starts)
+        install_json_logging()
     schedule: dict[str, dict[str, Any]] = {
         name: {"task": name, "schedule": every, "args": [{}]}
         for name, every in MAINTENANCE.items()

@@ -14,6 +14,7 @@ from celery import Celery
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.errors import ConfigurationError
+from bo_queue.logs import install_json_logging
 from workers import lifecycle
 from workers.runner import bind_handlers
 
@@ -28,6 +29,8 @@ BUILTIN_MODULES = (
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
     bq = BOQueue(settings=settings or Settings.load())
+    if bq.settings.log_json:  # before Celery sets up logging (a worker, when it starts)
+        install_json_logging()
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # before torch is imported
         os.environ.setdefault(variable, str(bq.settings.torch_threads))
     for module in [*BUILTIN_MODULES, *bq.settings.imports]:

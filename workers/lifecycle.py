@@ -1,7 +1,7 @@
 """What a bo_queue worker does besides running tasks.
 
 - publishes its handlers to the directory producers read (so they can submit by name),
-- writes a heartbeat,
+- writes a heartbeat (its queues, concurrency and running tasks, once a second),
 - moves held submissions that are due to their queues (bo_queue.delays),
 - keeps task records right where Celery ends a task outside the handler: revoked,
   expired, killed by the hard time limit, or failed after its worker was lost.
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import task_failure, task_revoked, worker_init
+from celery.worker import state
 from redis.typing import EncodableT, FieldT
 
 from bo_queue import registry
@@ -36,9 +38,15 @@ def install(app: Celery, bq: BOQueue) -> None:
             super().__init__(worker, **kwargs)
             self.tref: Any = None
             self.hostname = ""
+            self.card: dict[str, Any] = {}
 
         def start(self, worker: Any) -> None:
             self.hostname = worker.hostname
+            consumed = getattr(worker.app.amqp.queues, "consume_from", None) or {}
+            self.card = {  # what bq.monitor.workers() shows besides the live numbers
+                "queues": sorted(consumed), "concurrency": worker.concurrency,
+                "pid": os.getpid(), "started_at": time.time(),
+            }
             publish_handlers(bq, worker.hostname)
             self.tick()
             self.tref = worker.timer.call_repeatedly(TICK_S, self.tick)
@@ -53,7 +61,8 @@ def install(app: Celery, bq: BOQueue) -> None:
 
         def tick(self) -> None:
             try:
-                bq.redis.hset(bq.keys.workers, self.hostname, time.time())
+                beat = {**self.card, "at": time.time(), "active": len(state.active_requests)}
+                bq.redis.hset(bq.keys.workers, self.hostname, json.dumps(beat))
                 bq.delays.release_due(bq.send)
             except Exception:  # Redis down: the next tick tries again
                 log.exception("bo_queue worker tick failed")

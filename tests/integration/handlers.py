@@ -189,3 +189,10 @@ def counter(payload: dict[str, Any], ctx: TaskContext) -> dict[str, int]:
 def bowl(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     """An evaluator that needs only the parameters: sum of (v - 0.3)^2."""
     return {"loss": sum((float(v) - 0.3) ** 2 for v in payload["params"].values())}
+
+
+@handler("t.logs")
+def logs(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Logs through ctx.log (tests/integration/test_logs.py reads the worker's log)."""
+    ctx.log.info("hello %s", payload["who"])
+    return f"logged {payload['who']}"

@@ -1,0 +1,451 @@
+"""`bq.monitor`: queues, workers, metrics and state-change events, read from Redis.
+
+Queue lengths come from kombu's own lists (one per priority step), workers from the
+heartbeat every bo_queue worker writes once a second (a worker that stops writing is gone
+after `heartbeat_timeout_s`; `inspect=True` adds Celery's remote-control view, with a
+timeout), and metrics and subscriptions from the event stream that every state change
+appends to (bo_queue.events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import redis
+from pydantic import BaseModel
+
+from bo_queue.errors import UnknownTaskError, ValidationError
+from bo_queue.records import TaskInfo
+from bo_queue.states import Priority, TaskState
+
+if TYPE_CHECKING:
+    from bo_queue.client import BOQueue
+    from bo_queue.handle import TaskHandle
+
+log = logging.getLogger(__name__)
+
+
+class QueueStats(BaseModel):
+    queue: str
+    priority: Priority
+    length: int
+    oldest_age_s: float | None = None  # how long the next task to run has waited
+
+
+class WorkerStatus(BaseModel):
+    hostname: str
+    queues: list[str] = []
+    concurrency: int | None = None
+    active: int = 0  # tasks running now
+    pid: int | None = None
+    started_at: datetime | None = None
+    last_heartbeat: datetime
+    seconds_since_heartbeat: float
+    inspected: dict[str, Any] | None = None  # Celery inspect, with inspect=True
+
+
+class Event(BaseModel):
+    """A task or study state change, as the stream has it."""
+
+    stream_id: str
+    kind: str  # "task" | "study"
+    id: str
+    state: str
+    at: float
+    handler: str | None = None
+    queue: str | None = None
+    attempt: int | None = None
+    duration: float | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+class HandlerMetrics(BaseModel):
+    handler: str
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    retried: int = 0  # retries scheduled
+    started: int = 0  # runs started (first runs, retries and redeliveries)
+    throughput_per_min: float = 0.0  # tasks that ended (succeeded or failed) per minute
+    mean_duration_s: float | None = None
+    p95_duration_s: float | None = None
+    failure_rate: float | None = None  # failed / (succeeded + failed)
+    retry_rate: float | None = None  # retries per task that ended
+
+
+class StudyMetrics(BaseModel):
+    id: str
+    name: str
+    status: str
+    completed_trials: int
+    trials_per_min: float
+    best_value: float | None = None
+
+
+class Metrics(BaseModel):
+    window_s: float
+    at: datetime
+    handlers: dict[str, HandlerMetrics]
+    total: HandlerMetrics
+    running: int  # tasks whose record says RUNNING
+    concurrent: int  # tasks the live workers report running
+    workers: int
+    studies_by_status: dict[str, int]
+    studies: list[StudyMetrics]
+
+
+def _event(stream_id: str, fields: dict[str, str]) -> Event:
+    data: dict[str, Any] = {"stream_id": stream_id, **fields}
+    return Event.model_validate({k: (v if v != "" else None) for k, v in data.items()})
+
+
+def _percentile(values: Sequence[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))]
+
+
+class Monitor:
+    def __init__(self, bq: BOQueue) -> None:
+        self.bq = bq
+
+    # -- queues and workers -------------------------------------------------------------
+
+    def queues(self) -> list[QueueStats]:
+        """Every configured queue, per priority: its length and the age of its oldest task."""
+        bq, prefix = self.bq, self.bq.keys.broker_prefix
+        cells = [(q, p) for q in bq.settings.queues for p in sorted(Priority, reverse=True)]
+        keys = [prefix + q + (f":{p.broker_priority}" if p.broker_priority else "")
+                for q, p in cells]
+        with bq._broker_errors(), bq.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.llen(key)
+                pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
+            replies = pipe.execute()
+            oldest = [_task_id(raw) for raw in replies[1::2]]
+            created = bq.records.get_many([i for i in oldest if i]) if any(oldest) else []
+        when = dict(zip([i for i in oldest if i], created, strict=True))
+        now = time.time()
+        out = []
+        for (queue, priority), length, task_id in zip(cells, replies[::2], oldest, strict=True):
+            info = when.get(task_id) if task_id else None
+            age = now - info.created_at.timestamp() if info is not None else None
+            out.append(QueueStats(queue=queue, priority=priority, length=int(length),
+                                  oldest_age_s=age if length else None))
+        return out
+
+    def workers(self, *, inspect: bool = False, timeout: float = 1.0) -> list[WorkerStatus]:
+        """Workers whose heartbeat is fresher than `heartbeat_timeout_s`. With inspect=True,
+        each also carries Celery's `inspect` view (asked of all at once, `timeout` s)."""
+        bq = self.bq
+        with bq._broker_errors():
+            beats: dict[str, str] = bq.redis.hgetall(bq.keys.workers)  # type: ignore[assignment]
+        now, limit = time.time(), bq.settings.heartbeat_timeout_s
+        out = []
+        for hostname, raw in sorted(beats.items()):
+            card = _heartbeat(raw)
+            if card is None or now - card["at"] > limit:
+                continue
+            started = card.get("started_at")
+            out.append(WorkerStatus(
+                hostname=hostname, queues=card.get("queues", []),
+                concurrency=card.get("concurrency"), active=card.get("active", 0),
+                pid=card.get("pid"), last_heartbeat=datetime.fromtimestamp(card["at"], UTC),
+                started_at=datetime.fromtimestamp(started, UTC) if started else None,
+                seconds_since_heartbeat=now - card["at"],
+            ))
+        if inspect and out:
+            views = self._inspect([w.hostname for w in out], timeout)
+            out = [w.model_copy(update={"inspected": views.get(w.hostname)}) for w in out]
+        return out
+
+    def _inspect(self, hostnames: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+        inspector = self.bq.app.control.inspect(destination=hostnames, timeout=timeout)
+        views: dict[str, dict[str, Any]] = defaultdict(dict)
+        for name in ("active", "reserved", "stats"):
+            try:
+                reply = getattr(inspector, name)() or {}
+            except Exception as exc:  # the broker went away mid-call: report, do not hang
+                log.warning("celery inspect %s failed: %s", name, exc)
+                continue
+            for host, value in reply.items():
+                views[host][name] = value
+        return dict(views)
+
+    # -- listings -----------------------------------------------------------------------
+
+    def tasks(
+        self, state: TaskState | str | None = None, *, tag: str | None = None,
+        queue: str | None = None, handler: str | None = None,
+        since: datetime | float | None = None, limit: int = 100,
+    ) -> list[TaskInfo]:
+        """Tasks, newest state change first, filtered by state, tag, queue, handler and
+        `since` (when they reached their state). Read from the per-state indexes."""
+        wanted = [TaskState(state)] if state is not None else list(TaskState)
+        low = "-inf" if since is None else (
+            since.timestamp() if isinstance(since, datetime) else float(since))
+        bq = self.bq
+        with bq._broker_errors():
+            with bq.redis.pipeline(transaction=False) as pipe:
+                for s in wanted:
+                    pipe.zrevrangebyscore(bq.keys.state_index(s), "+inf", low, withscores=True)
+                ranked = sorted((pair for found in pipe.execute() for pair in found),
+                                key=lambda pair: -pair[1])
+            ids = [task_id for task_id, _ in ranked]
+            if tag is not None:
+                tagged = bq.records.tagged(tag)
+                ids = [i for i in ids if i in tagged]
+            out: list[TaskInfo] = []
+            for start in range(0, len(ids), 500):  # read records a page at a time
+                for info in bq.records.get_many(ids[start:start + 500]):
+                    if info is None or info.state not in wanted:
+                        continue  # expired, or moved on since the index was read
+                    if (queue and info.queue != queue) or (handler and info.handler != handler):
+                        continue
+                    out.append(info)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def failed(self, limit: int = 100) -> list[TaskInfo]:
+        """The failed-task registry, newest first: tasks that FAILED and were not retried
+        (Celery on Redis keeps no dead-letter list). Each carries its error."""
+        bq = self.bq
+        with bq._broker_errors():
+            ids = [str(i) for i in bq.redis.zrevrange(bq.keys.failed, 0, limit - 1)]
+            return [info for info in bq.records.get_many(ids) if info is not None]
+
+    def retry(self, task_id: str) -> TaskHandle:
+        """Run a FAILED task again: a new task with the same handler, payload, queue,
+        priority, tags and parent. The failed one leaves the registry, and its record
+        names the new one (`retried_as`)."""
+        bq = self.bq
+        with bq._broker_errors():
+            info = bq.records.get(task_id)
+            if info is None:
+                raise UnknownTaskError(task_id)
+            if info.state is not TaskState.FAILED:
+                raise ValidationError(f"task {task_id} is {info.state}; only FAILED tasks retry")
+            meta = bq.results.fetch(task_id) or {}
+            args = meta.get("args")
+            if not isinstance(args, list) or not args or not isinstance(args[0], dict):
+                raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
+            handle = bq.submit(info.handler, args[0], queue=info.queue, priority=info.priority,
+                               tags=info.tags, parent_id=info.parent_id)
+            with bq.redis.pipeline() as pipe:
+                pipe.hset(bq.keys.task(task_id), "retried_as", handle.id)
+                pipe.zrem(bq.keys.failed, task_id)
+                pipe.execute()
+        return handle
+
+    # -- events -------------------------------------------------------------------------
+
+    def events(self, since: str = "0", count: int = 1000) -> list[Event]:
+        """Events after stream id `since` ("0": from the oldest kept), oldest first."""
+        with self.bq._broker_errors():
+            found = self.bq.redis.xrange(self.bq.keys.events, f"({since}" if since != "0"
+                                         else "-", "+", count=count)
+        return [_event(i, fields) for i, fields in _entries(found)]
+
+    def subscribe(
+        self, callback: Callable[[Event], None], *, events: Iterable[str] = ("task", "study"),
+        states: Iterable[str] | None = None, ids: Iterable[str] | None = None,
+        since: str = "$",
+    ) -> Subscription:
+        """Call `callback(event)` on a bo_queue thread for every state change from now on
+        (or after stream id `since`), in order. Filter by kind, state and task/study id.
+        `WebhookSink(url)` is a callback that POSTs each event as JSON, with retries."""
+        return Subscription(self.bq, callback, set(events),
+                            None if states is None else set(states),
+                            None if ids is None else set(ids), since)
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def metrics(self, window_s: float = 300) -> Metrics:
+        """Counts, rates and durations per handler over the last `window_s` seconds (from
+        the event stream), tasks running now, and study metrics."""
+        bq = self.bq
+        now = time.time()
+        start = int((now - window_s) * 1000)
+        with bq._broker_errors():
+            raw = bq.redis.xrange(bq.keys.events, f"{start}-0", "+")
+            running = int(bq.redis.zcard(bq.keys.state_index(TaskState.RUNNING)))
+        per: dict[str, list[Event]] = defaultdict(list)
+        for stream_id, fields in _entries(raw):
+            if fields.get("kind") == "task":
+                event = _event(stream_id, fields)
+                per[event.handler or "?"].append(event)
+        handlers = {name: _summarise(name, evs, window_s) for name, evs in sorted(per.items())}
+        total = _summarise("*", [e for evs in per.values() for e in evs], window_s)
+        workers = self.workers()
+        by_status, studies = self._studies(now, window_s)
+        return Metrics(
+            window_s=window_s, at=datetime.fromtimestamp(now, UTC), handlers=handlers,
+            total=total, running=running, concurrent=sum(w.active for w in workers),
+            workers=len(workers), studies_by_status=by_status, studies=studies,
+        )
+
+    def _studies(self, now: float, window_s: float) -> tuple[dict[str, int], list[StudyMetrics]]:
+        by_status: dict[str, int] = defaultdict(int)
+        out = []
+        for study in self.bq.studies.list():
+            by_status[study.status.value] += 1
+            recent = study.updated_at.timestamp() >= now - window_s
+            if study.status.terminal and not recent:
+                continue
+            trials = self.bq.studies.trials(study.id)
+            done = [t for t in trials if t.finished_at is not None and t.values is not None
+                    and t.finished_at.timestamp() >= now - window_s]
+            best = self.bq.studies.best(study.id)
+            objective = study.spec.objectives[0].name
+            value = best.values.get(objective) if best is not None and best.values else None
+            out.append(StudyMetrics(
+                id=study.id, name=study.name, status=study.status.value,
+                completed_trials=study.completed_trials,
+                trials_per_min=len(done) / (window_s / 60),
+                best_value=_mean(value),
+            ))
+        return dict(by_status), out
+
+
+def _mean(value: Any) -> float | None:
+    """A reported value is a number or [mean, sem]."""
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return None if value is None else float(value)
+
+
+def _summarise(name: str, events: list[Event], window_s: float) -> HandlerMetrics:
+    counts: dict[str, int] = defaultdict(int)
+    durations = []
+    for event in events:
+        counts[event.state] += 1
+        if event.state in ("SUCCEEDED", "FAILED") and event.duration is not None:
+            durations.append(event.duration)
+    ended = counts["SUCCEEDED"] + counts["FAILED"]
+    return HandlerMetrics(
+        handler=name, succeeded=counts["SUCCEEDED"], failed=counts["FAILED"],
+        cancelled=counts["CANCELLED"], expired=counts["EXPIRED"],
+        retried=counts["RETRYING"], started=counts["RUNNING"],
+        throughput_per_min=ended / (window_s / 60),
+        mean_duration_s=statistics.fmean(durations) if durations else None,
+        p95_duration_s=_percentile(durations, 95) if durations else None,
+        failure_rate=counts["FAILED"] / ended if ended else None,
+        retry_rate=counts["RETRYING"] / ended if ended else None,
+    )
+
+
+def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as redis-py returns them (decoded): [(id, fields), ...]."""
+    return [(str(i), dict(fields)) for i, fields in reply or []]
+
+
+def _heartbeat(raw: str) -> dict[str, Any] | None:
+    try:
+        card = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(card, int | float):  # a bare timestamp, as older workers wrote
+        return {"at": float(card)}
+    return card if isinstance(card, dict) and "at" in card else None
+
+
+def _task_id(raw: str | None) -> str | None:
+    """The task id in a kombu message on a queue list."""
+    if raw is None:
+        return None
+    try:
+        return str(json.loads(raw)["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Subscription:
+    """A thread reading the event stream; `close()` stops it."""
+
+    def __init__(self, bq: BOQueue, callback: Callable[[Event], None], kinds: set[str],
+                 states: set[str] | None, ids: set[str] | None, since: str) -> None:
+        self._client = redis.Redis.from_url(bq.settings.redis_url, decode_responses=True,
+                                            socket_timeout=10)
+        self._stream = bq.keys.events
+        self._callback = callback
+        self._filter = (kinds, states, ids)
+        if since == "$":  # pin "now" before returning, so no event after this call is missed
+            last = _entries(self._client.xrevrange(self._stream, count=1))
+            since = last[0][0] if last else "0"
+        self._last = since
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bo_queue-events", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        self._client.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        kinds, states, ids = self._filter
+        while not self._stop.is_set():
+            try:
+                found: Any = self._client.xread({self._stream: self._last}, count=500, block=500)
+            except redis.RedisError as exc:  # Redis away: try again shortly
+                log.warning("event subscription: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            for _, entries in found or []:
+                for stream_id, fields in _entries(entries):
+                    self._last = stream_id
+                    event = _event(stream_id, fields)
+                    if event.kind not in kinds or (states and event.state not in states):
+                        continue
+                    if ids is not None and event.id not in ids:
+                        continue
+                    try:
+                        self._callback(event)
+                    except Exception:
+                        log.exception("event callback %s failed", self._callback)
+
+
+class WebhookSink:
+    """A subscriber callback that POSTs each event as JSON to `url`, retrying with
+    exponential backoff; an event still undelivered after `retries` is logged and dropped."""
+
+    def __init__(self, url: str, *, retries: int = 3, backoff_s: float = 0.5,
+                 timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.failed = 0  # events given up on
+
+    def __call__(self, event: Event) -> None:
+        body = event.model_dump_json().encode()
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url, data=body, headers=self.headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                    if 200 <= reply.status < 300:
+                        return
+            except OSError as exc:  # URLError, HTTPError, timeouts
+                log.info("webhook %s attempt %d: %s", self.url, attempt + 1, exc)
+            time.sleep(self.backoff_s * 2**attempt)
+        self.failed += 1
+        log.warning("webhook %s: gave up on event %s", self.url, event.stream_id)
