@@ -196,3 +196,12 @@ def logs(payload: dict[str, Any], ctx: TaskContext) -> str:
     """Logs through ctx.log (tests/integration/test_logs.py reads the worker's log)."""
     ctx.log.info("hello %s", payload["who"])
     return f"logged {payload['who']}"
+
+
+@handler("t.fail_until_fixed")
+def fail_until_fixed(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Fails (for good: no retry policy) until the key `payload["fixed"]` exists."""
+    _mark_run(ctx)
+    if payload.get("fixed") and not evidence().exists(payload["fixed"]):
+        raise ValueError("not fixed yet")
+    return "ok"

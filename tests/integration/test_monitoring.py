@@ -1,0 +1,173 @@
+"""Monitoring on real workers: metrics, the failed registry and retry, listings, queue
+stats, worker liveness, event subscriptions and webhooks."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from bo_queue import BOQueue, Priority, TaskState
+from bo_queue.local import free_port, wait_until
+from bo_queue.monitor import Event, WebhookSink
+from tests.conftest import Cluster, make_cluster
+
+
+@pytest.fixture(scope="module")
+def watched(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=2, concurrency=2, HEARTBEAT_TIMEOUT_S="3")
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def bq(watched: Cluster) -> BOQueue:
+    return watched.producer()
+
+
+def test_metrics_count_100_tasks_with_10_failures_exactly_and_retry_runs_one_again(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    fixed = f"evidence:fixed:{uuid.uuid4().hex}"
+    failing = {i for i in range(100) if i % 10 == 3}
+    handles = bq.submit_many([
+        {"handler": "t.fail_until_fixed", "payload": {"fixed": fixed if i in failing else None}}
+        for i in range(100)
+    ])
+    for handle in handles:
+        wait_until(lambda h=handle: bq.info(h.id).state.terminal, 60, what="every task to end")
+    metrics = bq.monitor.metrics(window_s=300)
+    mine = metrics.handlers["t.fail_until_fixed"]
+    assert (mine.succeeded, mine.failed, mine.started, mine.retried) == (90, 10, 100, 0)
+    assert mine.failure_rate == pytest.approx(0.1)
+    assert mine.mean_duration_s is not None and mine.p95_duration_s is not None
+    assert mine.p95_duration_s >= mine.mean_duration_s * 0.5
+
+    failed_ids = {h.id for i, h in enumerate(handles) if i in failing}
+    registry = bq.failed()
+    assert {info.id for info in registry} == failed_ids
+    assert all(info.error == "ValueError: not fixed yet" for info in registry)
+    listed = bq.tasks(TaskState.FAILED, handler="t.fail_until_fixed", limit=50)
+    assert {info.id for info in listed} == failed_ids
+
+    evidence.set(fixed, 1)
+    one = sorted(failed_ids)[0]
+    again = bq.retry(one)
+    assert again.get(timeout=30) == "ok"
+    assert bq.info(one).retried_as == again.id
+    assert one not in {info.id for info in bq.failed()}
+    assert bq.info(again.id).handler == "t.fail_until_fixed"
+
+
+def test_queue_stats_per_priority_with_the_oldest_age(bq: BOQueue, watched: Cluster) -> None:
+    # A queue no worker consumes ("evaluate" is configured; this cluster serves "default").
+    bq.submit("t.echo", {}, queue="evaluate", priority=Priority.LOW)
+    bq.submit("t.echo", {}, queue="evaluate", priority=Priority.CRITICAL)
+    bq.submit("t.echo", {}, queue="evaluate", priority=Priority.CRITICAL)
+    stats = {(s.queue, s.priority): s for s in bq.monitor.queues()}
+    assert stats[("evaluate", Priority.CRITICAL)].length == 2
+    assert stats[("evaluate", Priority.LOW)].length == 1
+    assert stats[("evaluate", Priority.NORMAL)].length == 0
+    low = stats[("evaluate", Priority.LOW)].oldest_age_s
+    assert low is not None and low >= 0
+    assert stats[("evaluate", Priority.NORMAL)].oldest_age_s is None
+    # clean up: these would otherwise wait for a worker that never comes
+    for task in bq.tasks(TaskState.QUEUED, queue="evaluate"):
+        bq.cancel(task.id)
+
+
+def test_a_subscriber_receives_every_state_change_of_a_task_in_order(bq: BOQueue) -> None:
+    seen: list[Event] = []
+    done = threading.Event()
+
+    def collect(event: Event) -> None:
+        seen.append(event)
+        if event.state in ("SUCCEEDED", "FAILED"):
+            done.set()
+
+    with bq.monitor.subscribe(collect, events=("task",)) as _:
+        handle = bq.submit("t.flaky", {"fail_times": 1})
+        assert done.wait(30)
+    mine = [e for e in seen if e.id == handle.id]
+    assert [e.state for e in mine] == ["QUEUED", "RUNNING", "RETRYING", "RUNNING", "SUCCEEDED"]
+    assert [e.attempt for e in mine] == [0, 1, 1, 2, 2]
+    assert mine[-1].duration is not None and mine[-1].handler == "t.flaky"
+    # the same, read back from the stream
+    again = [e.state for e in bq.monitor.events() if e.id == handle.id]
+    assert again == [e.state for e in mine]
+
+
+def test_study_changes_are_events(bq: BOQueue) -> None:
+    from bo_queue import Objective, Range
+
+    seen: list[Event] = []
+    with bq.monitor.subscribe(seen.append, events=("study",)):
+        study = bq.studies.create(name="watched", parameters=[Range("x", 0.0, 1.0)],
+                                  objectives=[Objective("loss")])
+        bq.studies.fail(study.id, "stopped by the test")
+        wait_until(lambda: len([e for e in seen if e.id == study.id]) >= 2, 10,
+                   what="two study events")
+    mine = [e for e in seen if e.id == study.id]
+    assert [e.state for e in mine] == ["CREATED", "FAILED"]
+    assert mine[1].message == "stopped by the test"
+
+
+def test_webhook_delivery_retries_until_it_lands(bq: BOQueue) -> None:
+    received: list[dict[str, Any]] = []
+    calls: list[int] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            calls.append(1)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if len(calls) == 1:  # the first delivery fails: the sink must retry
+                self.send_response(500)
+            else:
+                received.append(json.loads(body))
+                self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/hook", backoff_s=0.05)
+        handle_ids: list[str] = []
+        with bq.monitor.subscribe(sink, events=("task",), states=("SUCCEEDED",)):
+            handle = bq.submit("t.echo", {"hook": True})
+            handle_ids.append(handle.id)
+            handle.get(timeout=30)
+            wait_until(lambda: any(r["id"] == handle.id for r in received), 15,
+                       what="the webhook to receive the event")
+        assert len(calls) >= 2 and sink.failed == 0
+        assert [r["state"] for r in received if r["id"] == handle.id] == ["SUCCEEDED"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_killed_worker_leaves_workers_within_the_heartbeat_window(redis_url: str) -> None:
+    cluster = make_cluster(redis_url, workers=2, concurrency=1, HEARTBEAT_TIMEOUT_S="3")
+    try:
+        bq = cluster.producer()
+        names = {w.hostname for w in cluster.workers}
+        wait_until(lambda: {w.hostname for w in bq.monitor.workers()} == names, 15,
+                   what="both workers to show")
+        alive = bq.monitor.workers(inspect=True, timeout=2)
+        assert all(w.queues == ["default"] and w.concurrency == 1 for w in alive)
+        assert all(w.inspected and "stats" in w.inspected for w in alive)
+        victim = cluster.workers[0]
+        victim.kill()
+        wait_until(lambda: victim.hostname not in {w.hostname for w in bq.monitor.workers()},
+                   3 + 3, what="the killed worker to disappear")
+        assert {w.hostname for w in bq.monitor.workers()} == {cluster.workers[1].hostname}
+    finally:
+        cluster.close()
