@@ -111,13 +111,16 @@ class Settings(BaseSettings):
     def _flower_auth(self) -> None:
         user, password = self.flower_user, self.flower_password
         if (user is None) != (password is None):
-            raise ValueError("set both flower_user and flower_password, or neither")
+            raise ValueError(
+                f"set both {ENV_PREFIX}FLOWER_USER and {ENV_PREFIX}FLOWER_PASSWORD, or neither"
+            )
         if user is None or password is None:
             return
+        for name, value in (("user", user), ("password", password)):
+            if not value:
+                raise ValueError(f"flower_{name} is empty: set {ENV_PREFIX}FLOWER_{name.upper()}")
         # Flower compares "user:password" with the Authorization header, and splits its
-        # --basic-auth value on commas (several users): neither may be ambiguous.
-        if not user or not password:
-            raise ValueError("flower_user and flower_password must not be empty")
+        # basic-auth option on commas (several users): neither may be ambiguous.
         if ":" in user or "," in user or "," in password:
             raise ValueError("flower_user may not contain ':' or ',', flower_password not ','")
 

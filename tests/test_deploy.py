@@ -46,14 +46,21 @@ def test_worker_and_beat_commands_parse_with_our_cli(compose: dict[str, Any]) ->
     assert beat[0] == "bo-queue" and build_parser().parse_args(beat[1:]).command == "beat"
 
 
-@pytest.mark.parametrize("service", ["flower"])
-def test_celery_commands_name_our_worker_app(compose: dict[str, Any], service: str) -> None:
-    command = compose["services"][service]["command"]
-    assert command[:3] == ["celery", "-A", "workers.app"]
-    assert command[3] == service
-    # the subcommand exists in the installed celery (flower registers itself as one)
+def test_flower_runs_our_command_with_basic_auth(compose: dict[str, Any]) -> None:
+    flower = compose["services"]["flower"]
+    command = flower["command"]
+    assert command[0] == "bo-queue"
+    assert build_parser().parse_args(command[1:]).command == "flower"
+    env = flower["environment"]
+    assert env["BO_QUEUE_NAMESPACE"] == compose["services"]["worker"]["environment"][
+        "BO_QUEUE_NAMESPACE"
+    ]  # the workers' namespace: the merged environment, not a copy that can drift
+    assert env["BO_QUEUE_FLOWER_USER"].startswith("${BO_QUEUE_FLOWER_USER")
+    assert env["BO_QUEUE_FLOWER_PASSWORD"].startswith("${BO_QUEUE_FLOWER_PASSWORD")
+    assert flower["ports"] == ["5555:5555"]  # BO_QUEUE_FLOWER_PORT's default
+    # `bo-queue flower` execs `celery -A workers.app flower`: the installed celery has it
     out = subprocess.run(
-        [sys.executable, "-m", "celery", command[3], "--help"], capture_output=True, text=True,
+        [sys.executable, "-m", "celery", "flower", "--help"], capture_output=True, text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr

@@ -7,6 +7,7 @@ from typing import Any
 
 from bo_queue.context import TaskContext
 from bo_queue.registry import handler
+from bo_queue.states import TaskState
 from bo_queue.studies import FileStorage, StudyStatus, TrialStatus
 from bo_queue.studies.manager import STEP
 
@@ -56,8 +57,9 @@ def archive_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
 @handler("bo_queue.maintenance.purge_indexes")
 def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
     """Records expire on their own (TTL); the sets that index them can outlive some of
-    their members. Drop ids whose record is gone from tag and children sets, and held
-    sends whose schedule entry is gone. Returns how many entries it removed."""
+    their members. Drop ids whose record is gone from tag and children sets, the state
+    indexes and the failed registry, and held sends whose schedule entry is gone. Returns
+    how many entries it removed."""
     bq, ns = ctx.bq, ctx.bq.keys.namespace
     removed = 0
     for pattern in (f"{ns}:tag:*", f"{ns}:task:*:children"):
@@ -72,6 +74,20 @@ def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
             gone = [m for m, ok in zip(members, alive, strict=True) if not ok]
             if gone:
                 removed += int(bq.redis.srem(key, *gone))
+    # The per-state indexes and the failed registry are sorted sets: check their members
+    # too (a parked or long-delayed task can sit in one for longer than the retention).
+    indexes = [bq.keys.state_index(state) for state in TaskState] + [bq.keys.failed]
+    for key in indexes:
+        members = [str(m) for m in bq.redis.zrange(key, 0, -1)]
+        for start in range(0, len(members), 1000):
+            page = members[start:start + 1000]
+            with bq.redis.pipeline(transaction=False) as pipe:
+                for task_id in page:
+                    pipe.exists(bq.keys.task(task_id))
+                alive = pipe.execute()
+            gone = [m for m, ok in zip(page, alive, strict=True) if not ok]
+            if gone:
+                removed += int(bq.redis.zrem(key, *gone))
     specs = bq.redis.hkeys(bq.delays.specs)  # before the schedule: a hold writes both at once
     held = set(bq.redis.zrange(bq.keys.delayed, 0, -1))
     orphans = [i for i in specs if i not in held]

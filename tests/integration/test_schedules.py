@@ -279,3 +279,5 @@ def test_purge_drops_index_entries_whose_records_expired(
     assert removed >= 2
     assert bq.records.tagged("purge-me") == {kept.id}
     assert not evidence.hexists(bq.delays.specs, "orphan-spec")
+    succeeded = set(evidence.zrange(bq.keys.state_index("SUCCEEDED"), 0, -1))
+    assert kept.id in succeeded and expired.id not in succeeded  # the state index too
