@@ -5,7 +5,7 @@
      "worker": "w1@host"}
 
 Task fields come from the record when it has them (`ctx.log` adds task_id, handler and
-attempt; a handler may pass `extra={"study_id": ...}`); else from Celery's own task log
+attempt; any logger's `extra={"study_id": ...}` adds study_id); else from Celery's own task log
 lines (celery.app.trace's "Task ... succeeded" carries the task's id and name); else from
 the task running in this process, as Celery's TaskFormatter does for the celery.task
 logger. A Celery task's name is its bo_queue handler's name, so it becomes "handler".
