@@ -152,3 +152,50 @@ def test_queue_names_with_a_trailing_newline_are_rejected() -> None:
     # config.py's _NAME uses re.match with `$`, which also matches before a final "\n".
     with pytest.raises(ConfigurationError):
         Settings.load(queues=["default", "bo\n"])
+
+
+def test_flower_and_log_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings.load()
+    assert (s.flower_port, s.flower_address) == (5555, "0.0.0.0")
+    assert s.flower_user is None and s.flower_password is None
+    assert s.log_json is False
+    monkeypatch.setenv("BO_QUEUE_FLOWER_PORT", "6555")
+    monkeypatch.setenv("BO_QUEUE_FLOWER_ADDRESS", "127.0.0.1")
+    monkeypatch.setenv("BO_QUEUE_FLOWER_USER", "ops")
+    monkeypatch.setenv("BO_QUEUE_FLOWER_PASSWORD", "pa:ss word")
+    monkeypatch.setenv("BO_QUEUE_LOG_JSON", "true")
+    s = Settings.load()
+    assert (s.flower_port, s.flower_address) == (6555, "127.0.0.1")
+    assert (s.flower_user, s.flower_password) == ("ops", "pa:ss word")
+    assert s.log_json is True
+    assert "pa:ss word" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"flower_user": "ops"},
+        {"flower_password": "secret"},
+        {"flower_user": "", "flower_password": "secret"},
+        {"flower_user": "ops", "flower_password": ""},
+        {"flower_user": "o:ps", "flower_password": "secret"},
+        {"flower_user": "ops", "flower_password": "se,cret"},
+        {"flower_port": 0},
+        {"flower_port": 70000},
+    ],
+    ids=repr,
+)
+def test_flower_settings_that_cannot_work_are_rejected(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="flower_"):
+        Settings.load(**overrides)
+
+
+def test_errors_do_not_print_the_flower_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BO_QUEUE_FLOWER_USER", "ops")
+    monkeypatch.setenv("BO_QUEUE_FLOWER_PASSWORD", "hunter2")
+    with pytest.raises(ConfigurationError) as err:
+        Settings.load(default_queue="missing")  # a model-level error sees every input
+    assert "hunter2" not in str(err.value)
+    with pytest.raises(ConfigurationError) as err:
+        Settings.load(flower_password="se,cret")
+    assert "se,cret" not in str(err.value)
