@@ -79,7 +79,8 @@ class BOQueueCollector:
             _gauge("study_best_value", "A study's best observed value of its first objective",
                    ("study", "name")),
             _gauge("study_completed_trials", "Trials a study has completed", ("study", "name")),
-            _gauge("scrape_error", "1 if this scrape could not read everything from Redis"),
+            _gauge("scrape_error", "1 if this scrape could not read everything (Redis "
+                   "unreachable, or a read failed); 0 otherwise"),
         ]
         return {f.name.removeprefix(PREFIX): f for f in families}
 
