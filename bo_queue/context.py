@@ -24,16 +24,18 @@ class TaskContext:
     """
 
     def __init__(
-        self, bq: BOQueue, task_id: str, handler: str, attempt: int, retries: int
+        self, bq: BOQueue, task_id: str, handler: str, attempt: int, retries: int,
+        study_id: str | None = None,
     ) -> None:
         self.task_id = task_id
         self.handler = handler
         self.attempt = attempt  # 1 on the first run; counts retries and redeliveries
         self.retries = retries  # retries so far, as Celery counts them
-        self.log = logging.LoggerAdapter(
-            logging.getLogger(f"bo_queue.task.{handler}"),
-            {"task_id": task_id, "handler": handler, "attempt": attempt},
-        )
+        self.study_id = study_id  # set for a study's evaluations and steps
+        context = {"task_id": task_id, "handler": handler, "attempt": attempt}
+        if study_id is not None:
+            context["study_id"] = study_id
+        self.log = logging.LoggerAdapter(logging.getLogger(f"bo_queue.task.{handler}"), context)
         self._bq = bq
         self._checkpoint: Any = _UNSET
         self._depends_on: tuple[str, ...] | None = None

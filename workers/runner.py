@@ -101,7 +101,9 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
         raise Ignore()
     if verdict == "done":  # a redelivery of a task that already ended
         raise Ignore()
-    ctx = TaskContext(bq, task_id, spec.name, attempt, req.retries)
+    study_id = payload.get("study_id") if isinstance(payload, dict) else None
+    ctx = TaskContext(bq, task_id, spec.name, attempt, req.retries,
+                      study_id=study_id if isinstance(study_id, str) else None)
     setattr(req, "bo_context", ctx)  # noqa: B010  (for the on_success/on_failure hooks)
     try:
         result = spec.fn(payload, ctx)

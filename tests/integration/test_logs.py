@@ -77,3 +77,16 @@ def test_a_failing_task_logs_its_error_and_traceback(json_cluster: Cluster) -> N
     assert entry["handler"] == "t.logs"
     assert entry["error"].startswith("KeyError")
     assert "Traceback" in entry["traceback"] and "handlers.py" in entry["traceback"]
+
+
+def test_a_study_evaluation_logs_its_study_id(json_cluster: Cluster) -> None:
+    worker = json_cluster.workers[0]
+    handle = json_cluster.producer().submit("t.logs", {"who": "lab", "study_id": "s-42"})
+    assert handle.get(timeout=30) == "logged lab"
+
+    def hello() -> list[dict[str, Any]]:
+        return [e for e in _json_lines(worker)
+                if e.get("task_id") == handle.id and e["message"] == "hello lab"]
+
+    wait_until(hello, 10, what="the handler's line")
+    assert hello()[0]["study_id"] == "s-42"
