@@ -226,6 +226,49 @@ def _task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    """Serve Prometheus metrics on http://ADDRESS:PORT/metrics until interrupted."""
+    from bo_queue.client import BOQueue
+    from bo_queue.prometheus import serve
+
+    with BOQueue.from_env() as bq:
+        print(f"serving metrics on http://{args.address}:{args.port}/metrics", flush=True)
+        serve(bq, args.port, args.address, window_s=args.window)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """A terminal dashboard: queues, workers, running studies; --watch N redraws it."""
+    import time
+
+    from bo_queue.client import BOQueue
+    from bo_queue.dashboard import render_status
+
+    with BOQueue.from_env() as bq:
+        while True:
+            text = render_status(bq)
+            if args.watch:
+                print("\x1b[2J\x1b[H", end="")  # clear the terminal, cursor home
+            print(text, flush=True)
+            if not args.watch:
+                return 0
+            try:
+                time.sleep(args.watch)
+            except KeyboardInterrupt:
+                return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Exit 0 when healthy, 1 when not (Redis, workers per queue, beat, queue ages)."""
+    from bo_queue.client import BOQueue
+    from bo_queue.health import check_health
+
+    with BOQueue.from_env() as bq:
+        report = check_health(bq, max_queue_age_s=args.max_queue_age, require_beat=not args.no_beat)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bo_queue.demo import main as demo_main
 
@@ -310,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("task_ids", nargs="+")
     graph.add_argument("--dot", action="store_true", help="Graphviz DOT instead of layers")
     task.set_defaults(func=_task)
+    metrics = sub.add_parser("metrics", help="serve Prometheus metrics (/metrics)")
+    metrics.add_argument("--port", type=int, default=9808)
+    metrics.add_argument("--address", default="0.0.0.0")
+    metrics.add_argument("--window", type=float, default=300, help="seconds the rates cover")
+    metrics.set_defaults(func=_metrics)
+    status = sub.add_parser("status", help="queues, workers and running studies, at a glance")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="redraw every SECONDS")
+    status.set_defaults(func=_status)
+    health = sub.add_parser("health", help="exit 0 if healthy, 1 if not")
+    health.add_argument("--max-queue-age", type=float, default=300.0,
+                        help="seconds the oldest queued task may wait")
+    health.add_argument("--no-beat", action="store_true", help="do not require celery beat")
+    health.set_defaults(func=_health)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser

@@ -307,9 +307,11 @@ class Monitor:
             trials = self.bq.studies.trials(study.id)
             done = [t for t in trials if t.finished_at is not None and t.values is not None
                     and t.finished_at.timestamp() >= now - window_s]
-            best = self.bq.studies.best(study.id)
-            objective = study.spec.objectives[0].name
-            value = best.values.get(objective) if best is not None and best.values else None
+            value = None
+            if len(study.spec.objectives) == 1:  # several objectives have a front, not a best
+                best = self.bq.studies.best(study.id)
+                objective = study.spec.objectives[0].name
+                value = best.values.get(objective) if best is not None and best.values else None
             out.append(StudyMetrics(
                 id=study.id, name=study.name, status=study.status.value,
                 completed_trials=study.completed_trials,

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bo_queue import BOQueue, Priority, TaskState
 from bo_queue.local import free_port, wait_until
 from bo_queue.monitor import Event, WebhookSink
-from tests.conftest import Cluster, make_cluster
+from tests.conftest import ROOT, Cluster, make_cluster
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +177,65 @@ def test_a_killed_worker_leaves_workers_within_the_heartbeat_window(redis_url: s
         assert {w.hostname for w in bq.monitor.workers()} == {cluster.workers[1].hostname}
     finally:
         cluster.close()
+
+
+def _cli(cluster: Cluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": cluster.redis_url,
+           "BO_QUEUE_NAMESPACE": cluster.namespace, "BO_QUEUE_HEARTBEAT_TIMEOUT_S": "3",
+           "BO_QUEUE_QUEUES": "default"}
+    return subprocess.run([sys.executable, "-m", "bo_queue.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_health_turns_non_zero_when_the_only_worker_dies(redis_url: str) -> None:
+    cluster = make_cluster(redis_url, workers=1, concurrency=1, HEARTBEAT_TIMEOUT_S="3",
+                           QUEUES="default")
+    try:
+        wait_until(lambda: bool(cluster.producer().monitor.workers()), 10, what="the worker")
+        healthy = _cli(cluster, "health", "--no-beat")
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert "workers:default" in healthy.stdout
+        status = _cli(cluster, "status")
+        assert status.returncode == 0 and cluster.workers[0].hostname in status.stdout
+        cluster.workers[0].kill()
+        wait_until(lambda: not cluster.producer().monitor.workers(), 6,
+                   what="the worker to be gone")
+        sick = _cli(cluster, "health", "--no-beat")
+        assert sick.returncode == 1
+        assert "FAIL" in sick.stdout and "workers:default" in sick.stdout
+        assert _cli(cluster, "health").returncode == 1  # and no beat runs here either
+    finally:
+        cluster.close()
+
+
+def test_prometheus_endpoint_serves_valid_exposition(bq: BOQueue, watched: Cluster) -> None:
+    for _ in range(5):
+        bq.submit("t.fail_until_fixed", {"fixed": None}).get(timeout=30)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": watched.redis_url,
+           "BO_QUEUE_NAMESPACE": watched.namespace}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bo_queue.cli", "metrics", "--port", str(port),
+         "--address", "127.0.0.1"], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return None
+
+        wait_until(lambda: scrape() is not None, 30, what="the metrics endpoint")
+        text = scrape()
+        assert text is not None
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in families.values() for s in f.samples}
+        assert samples[("bo_queue_scrape_error", ())] == 0
+        assert samples[("bo_queue_tasks_succeeded", (("handler", "t.fail_until_fixed"),))] >= 5
+        assert samples[("bo_queue_workers_alive", ())] == 2
+        assert ("bo_queue_queue_length", (("priority", "normal"), ("queue", "default"))) in samples
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
