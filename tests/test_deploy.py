@@ -74,3 +74,16 @@ def test_console_script_is_declared() -> None:
     assert "-c constraints.txt" in dockerfile
     for path in ("bo_queue", "workers", "scheduler"):
         assert f"COPY {path} " in dockerfile, shlex.quote(path)
+
+
+def test_metrics_service_serves_prometheus_and_checks_health(compose: dict[str, Any]) -> None:
+    metrics = compose["services"]["metrics"]
+    command = metrics["command"]
+    assert command[0] == "bo-queue"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "metrics" and args.port == 9808
+    assert metrics["ports"] == ["9808:9808"]
+    check = metrics["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "bo-queue"]
+    assert build_parser().parse_args(check[2:]).command == "health"
+    assert metrics["environment"]["BO_QUEUE_REDIS_URL"].startswith("redis://redis:")
