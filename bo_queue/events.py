@@ -28,7 +28,11 @@ local function set_state(ns, id, state, now, fields)
   if old then redis.call('ZREM', ns .. ':state:' .. old, id) end
   redis.call('ZADD', ns .. ':state:' .. state, now, id)
   if state == 'FAILED' then redis.call('ZADD', ns .. ':failed', now, id) end
-  local info = redis.call('HMGET', key, 'handler', 'queue', 'attempts', 'started_at', 'error')
+  local info = redis.call('HMGET', key, 'handler', 'queue', 'attempts', 'started_at')
+  local error = nil  -- this change's own reason, never one an earlier attempt left
+  for i = 1, #(fields or {}) - 1, 2 do
+    if fields[i] == 'error' then error = fields[i + 1] end
+  end
   local event = {'kind', 'task', 'id', id, 'state', state, 'at', tostring(now),
                  'handler', info[1] or '', 'queue', info[2] or '', 'attempt', info[3] or '0'}
   if is_terminal(state) then
@@ -36,9 +40,9 @@ local function set_state(ns, id, state, now, fields)
       table.insert(event, 'duration')
       table.insert(event, tostring(math.max(0, now - tonumber(info[4]))))
     end
-    if info[5] then
+    if error then
       table.insert(event, 'error')
-      table.insert(event, info[5])
+      table.insert(event, error)
     end
   end
   redis.call('XADD', ns .. ':events', 'MAXLEN', '~', __MAX_EVENTS__, '*', unpack(event))

@@ -9,22 +9,24 @@ appends to (bo_queue.events).
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import math
 import statistics
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import BaseModel
 
-from bo_queue.errors import UnknownTaskError, ValidationError
+from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.records import TaskInfo
 from bo_queue.states import Priority, TaskState
 
@@ -96,6 +98,7 @@ class StudyMetrics(BaseModel):
 
 class Metrics(BaseModel):
     window_s: float
+    complete: bool = True  # False: the capped event stream no longer covers the whole window
     at: datetime
     handlers: dict[str, HandlerMetrics]
     total: HandlerMetrics
@@ -134,15 +137,27 @@ class Monitor:
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
             replies = pipe.execute()
             oldest = [_task_id(raw) for raw in replies[1::2]]
-            created = bq.records.get_many([i for i in oldest if i]) if any(oldest) else []
-        when = dict(zip([i for i in oldest if i], created, strict=True))
+            queued_at = self._queued_at([i for i in oldest if i])
         now = time.time()
         out = []
         for (queue, priority), length, task_id in zip(cells, replies[::2], oldest, strict=True):
-            info = when.get(task_id) if task_id else None
-            age = now - info.created_at.timestamp() if info is not None else None
+            since = queued_at.get(task_id) if task_id else None
             out.append(QueueStats(queue=queue, priority=priority, length=int(length),
-                                  oldest_age_s=age if length else None))
+                                  oldest_age_s=now - since if length and since else None))
+        return out
+
+    def _queued_at(self, task_ids: list[str]) -> dict[str, float]:
+        """When each task became ready to run: the latest of reaching its current state
+        (queued, released by its dependencies, retrying), its due time and its next
+        attempt. A countdown or a backoff is not time spent waiting in the queue."""
+        out: dict[str, float] = {}
+        for task_id, info in zip(task_ids, self.bq.records.get_many(task_ids), strict=True):
+            if info is None:
+                continue
+            score = self.bq.redis.zscore(self.bq.keys.state_index(info.state), task_id)
+            moments = [info.created_at, info.due_at, info.next_attempt_at]
+            stamps = [m.timestamp() for m in moments if m is not None]
+            out[task_id] = max([*stamps, *([float(score)] if score is not None else [])])
         return out
 
     def workers(self, *, inspect: bool = False, timeout: float = 1.0) -> list[WorkerStatus]:
@@ -152,10 +167,12 @@ class Monitor:
         with bq._broker_errors():
             beats: dict[str, str] = bq.redis.hgetall(bq.keys.workers)  # type: ignore[assignment]
         now, limit = time.time(), bq.settings.heartbeat_timeout_s
-        out = []
+        out, dead = [], []
         for hostname, raw in sorted(beats.items()):
             card = _heartbeat(raw)
             if card is None or now - card["at"] > limit:
+                if card is None or now - card["at"] > max(60.0, 10 * limit):
+                    dead.append(hostname)  # long gone (killed): forget it
                 continue
             started = card.get("started_at")
             out.append(WorkerStatus(
@@ -165,6 +182,9 @@ class Monitor:
                 started_at=datetime.fromtimestamp(started, UTC) if started else None,
                 seconds_since_heartbeat=now - card["at"],
             ))
+        if dead:
+            with bq._broker_errors():
+                bq.redis.hdel(bq.keys.workers, *dead)
         if inspect and out:
             views = self._inspect([w.hostname for w in out], timeout)
             out = [w.model_copy(update={"inspected": views.get(w.hostname)}) for w in out]
@@ -191,32 +211,50 @@ class Monitor:
         since: datetime | float | None = None, limit: int = 100,
     ) -> list[TaskInfo]:
         """Tasks, newest state change first, filtered by state, tag, queue, handler and
-        `since` (when they reached their state). Read from the per-state indexes."""
-        wanted = [TaskState(state)] if state is not None else list(TaskState)
+        `since` (when they reached their state). Reads the per-state indexes a page at a
+        time, newest first, and stops once it has `limit`."""
+        wanted = {TaskState(state)} if state is not None else set(TaskState)
+        read = set(wanted)
+        if TaskState.EXPIRED in wanted:  # a task whose `expires` passed unstarted still
+            read |= {TaskState.PENDING, TaskState.QUEUED}  # sits in the index it waited in
         low = "-inf" if since is None else (
             since.timestamp() if isinstance(since, datetime) else float(since))
         bq = self.bq
+        tagged = None if tag is None else bq.records.tagged(tag)
+        pages = [self._index_pages(bq.keys.state_index(s), low) for s in sorted(read)]
+        out: list[TaskInfo] = []
         with bq._broker_errors():
-            with bq.redis.pipeline(transaction=False) as pipe:
-                for s in wanted:
-                    pipe.zrevrangebyscore(bq.keys.state_index(s), "+inf", low, withscores=True)
-                ranked = sorted((pair for found in pipe.execute() for pair in found),
-                                key=lambda pair: -pair[1])
-            ids = [task_id for task_id, _ in ranked]
-            if tag is not None:
-                tagged = bq.records.tagged(tag)
-                ids = [i for i in ids if i in tagged]
-            out: list[TaskInfo] = []
-            for start in range(0, len(ids), 500):  # read records a page at a time
-                for info in bq.records.get_many(ids[start:start + 500]):
-                    if info is None or info.state not in wanted:
-                        continue  # expired, or moved on since the index was read
-                    if (queue and info.queue != queue) or (handler and info.handler != handler):
-                        continue
-                    out.append(info)
+            batch: list[str] = []
+            for _, task_id in heapq.merge(*pages):
+                if tagged is None or task_id in tagged:
+                    batch.append(task_id)
+                if len(batch) >= 200:
+                    out += self._matching(batch, wanted, queue, handler)
+                    batch = []
                     if len(out) >= limit:
-                        return out
-        return out
+                        return out[:limit]
+            out += self._matching(batch, wanted, queue, handler)
+        return out[:limit]
+
+    def _index_pages(self, key: str, low: str | float) -> Iterator[tuple[float, str]]:
+        """(-score, id) of a state index, newest first, read 500 at a time."""
+        offset = 0
+        while True:
+            page: Any = self.bq.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=500,
+                                                  withscores=True)
+            yield from ((-float(score), str(task_id)) for task_id, score in page)
+            if len(page) < 500:
+                return
+            offset += 500
+
+    def _matching(self, ids: list[str], wanted: set[TaskState], queue: str | None,
+                  handler: str | None) -> list[TaskInfo]:
+        return [
+            info for info in self.bq.records.get_many(ids)
+            if info is not None and info.state in wanted  # gone, or moved on meanwhile
+            and (queue is None or info.queue == queue)
+            and (handler is None or info.handler == handler)
+        ]
 
     def failed(self, limit: int = 100) -> list[TaskInfo]:
         """The failed-task registry, newest first: tasks that FAILED and were not retried
@@ -241,12 +279,17 @@ class Monitor:
             args = meta.get("args")
             if not isinstance(args, list) or not args or not isinstance(args[0], dict):
                 raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
-            handle = bq.submit(info.handler, args[0], queue=info.queue, priority=info.priority,
-                               tags=info.tags, parent_id=info.parent_id)
-            with bq.redis.pipeline() as pipe:
-                pipe.hset(bq.keys.task(task_id), "retried_as", handle.id)
-                pipe.zrem(bq.keys.failed, task_id)
-                pipe.execute()
+            if not bq.redis.zrem(bq.keys.failed, task_id):  # the claim: one retry wins
+                raise ValidationError(f"task {task_id} was retried already ({info.retried_as})")
+            try:
+                handle = bq.submit(info.handler, args[0], queue=info.queue,
+                                   priority=info.priority, tags=info.tags,
+                                   parent_id=info.parent_id)
+            except BaseException:
+                bq.redis.zadd(bq.keys.failed, {task_id: time.time()})  # not retried after all
+                raise
+            if bq.redis.exists(bq.keys.task(task_id)):  # no fragment of an expired record
+                bq.redis.hset(bq.keys.task(task_id), "retried_as", handle.id)
         return handle
 
     # -- events -------------------------------------------------------------------------
@@ -281,6 +324,9 @@ class Monitor:
         with bq._broker_errors():
             raw = bq.redis.xrange(bq.keys.events, f"{start}-0", "+")
             running = int(bq.redis.zcard(bq.keys.state_index(TaskState.RUNNING)))
+            first = _entries(bq.redis.xrange(bq.keys.events, "-", "+", count=1))
+        # The stream is capped (events_max_len): say when it no longer reaches back as far.
+        complete = not first or int(first[0][0].split("-")[0]) <= start
         per: dict[str, list[Event]] = defaultdict(list)
         for stream_id, fields in _entries(raw):
             if fields.get("kind") == "task":
@@ -291,7 +337,8 @@ class Monitor:
         workers = self.workers()
         by_status, studies = self._studies(now, window_s)
         return Metrics(
-            window_s=window_s, at=datetime.fromtimestamp(now, UTC), handlers=handlers,
+            window_s=window_s, complete=complete, at=datetime.fromtimestamp(now, UTC),
+            handlers=handlers,
             total=total, running=running, concurrent=sum(w.active for w in workers),
             workers=len(workers), studies_by_status=by_status, studies=studies,
         )
@@ -301,24 +348,33 @@ class Monitor:
         out = []
         for study in self.bq.studies.list():
             by_status[study.status.value] += 1
-            recent = study.updated_at.timestamp() >= now - window_s
-            if study.status.terminal and not recent:
+            if study.status.terminal and study.updated_at.timestamp() < now - window_s:
                 continue
-            trials = self.bq.studies.trials(study.id)
-            done = [t for t in trials if t.finished_at is not None and t.values is not None
-                    and t.finished_at.timestamp() >= now - window_s]
-            value = None
-            if len(study.spec.objectives) == 1:  # several objectives have a front, not a best
-                best = self.bq.studies.best(study.id)
-                objective = study.spec.objectives[0].name
-                value = best.values.get(objective) if best is not None and best.values else None
+            try:
+                trials = self.bq.studies.trials(study.id)
+            except StudyNotFoundError:  # deleted meanwhile
+                continue
+            done = [t for t in trials if t.finished_at is not None and t.values is not None]
+            cutoff = now - window_s
+            recent = [t for t in done if t.finished_at and t.finished_at.timestamp() >= cutoff]
             out.append(StudyMetrics(
                 id=study.id, name=study.name, status=study.status.value,
                 completed_trials=study.completed_trials,
-                trials_per_min=len(done) / (window_s / 60),
-                best_value=_mean(value),
+                trials_per_min=len(recent) / (window_s / 60),
+                best_value=_best(study.spec.objectives, done),
             ))
         return dict(by_status), out
+
+
+def _best(objectives: Sequence[Any], trials: Sequence[Any]) -> float | None:
+    """The best observed value of a single-objective study (several have a front)."""
+    if len(objectives) != 1:
+        return None
+    name, minimize = objectives[0].name, objectives[0].minimize
+    values = [v for t in trials if (v := _mean((t.values or {}).get(name))) is not None]
+    if not values:
+        return None
+    return min(values) if minimize else max(values)
 
 
 def _mean(value: Any) -> float | None:
@@ -384,7 +440,8 @@ class Subscription:
         self._callback = callback
         self._filter = (kinds, states, ids)
         if since == "$":  # pin "now" before returning, so no event after this call is missed
-            last = _entries(self._client.xrevrange(self._stream, count=1))
+            with bq._broker_errors():
+                last = _entries(self._client.xrevrange(self._stream, count=1))
             since = last[0][0] if last else "0"
         self._last = since
         self._stop = threading.Event()
@@ -392,9 +449,11 @@ class Subscription:
         self._thread.start()
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stop: no callback starts after this returns (one running may finish)."""
         self._stop.set()
         self._thread.join(timeout)
-        self._client.close()
+        if not self._thread.is_alive():
+            self._client.close()
 
     def __enter__(self) -> Subscription:
         return self
@@ -413,6 +472,8 @@ class Subscription:
                 continue
             for _, entries in found or []:
                 for stream_id, fields in _entries(entries):
+                    if self._stop.is_set():
+                        return
                     self._last = stream_id
                     event = _event(stream_id, fields)
                     if event.kind not in kinds or (states and event.state not in states):
@@ -446,8 +507,13 @@ class WebhookSink:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
                     if 200 <= reply.status < 300:
                         return
-            except OSError as exc:  # URLError, HTTPError, timeouts
+            except urllib.error.HTTPError as exc:
                 log.info("webhook %s attempt %d: %s", self.url, attempt + 1, exc)
-            time.sleep(self.backoff_s * 2**attempt)
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    break  # the receiver refuses this event: asking again will not help
+            except Exception as exc:  # unreachable, timed out, a broken reply
+                log.info("webhook %s attempt %d: %s", self.url, attempt + 1, exc)
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
         self.failed += 1
         log.warning("webhook %s: gave up on event %s", self.url, event.stream_id)

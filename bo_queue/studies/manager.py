@@ -67,7 +67,7 @@ def _redis_errors(method: F) -> F:
 class StudyManager:
     def __init__(self, bq: BOQueue) -> None:
         self.bq = bq
-        self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis)
+        self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis, bq.settings.events_max_len)
 
     # -- creating and configuring -------------------------------------------------------
 

@@ -107,12 +107,14 @@ def canonical(values: Any) -> str:
 
 
 class RedisStorage(StorageBackend):
-    def __init__(self, client: redis.Redis, keys: Keys, raw: redis.Redis | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, raw: redis.Redis | None = None,
+                 events_max_len: int = EVENTS_MAX_LEN) -> None:
         self.redis = client  # decodes responses
         self.raw = raw or client  # returns bytes: for the compressed model
         self.ns = keys.namespace
         self.events = keys.events
-        self._set_status = client.register_script(lua(EVENTS_MAX_LEN, _SET_STATUS))
+        self.events_max_len = events_max_len
+        self._set_status = client.register_script(lua(events_max_len, _SET_STATUS))
         self._report = client.register_script(_REPORT)
 
     # key names
@@ -230,7 +232,7 @@ class RedisStorage(StorageBackend):
             pipe.xadd(self.events, {
                 "kind": "study", "id": study.id, "state": study.status.value,
                 "at": study.created_at.timestamp(), "message": "created",
-            }, maxlen=EVENTS_MAX_LEN, approximate=True)
+            }, maxlen=self.events_max_len, approximate=True)
             pipe.execute()
 
     def set_spec(self, study_id: str, spec: StudySpec) -> None:

@@ -1,0 +1,117 @@
+"""bq.monitor on fakeredis: what the review of the monitoring change asked to pin down."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from typing import Any, ClassVar
+
+import pytest
+
+from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue.local import free_port
+from bo_queue.monitor import Event, WebhookSink
+
+
+def create(bq: BOQueue, task_id: str, *, state: TaskState = TaskState.QUEUED,
+           created_at: float | None = None, **fields: Any) -> None:
+    with bq.redis.pipeline(transaction=False) as pipe:
+        bq.records.create(pipe, {
+            "id": task_id, "handler": "unit.h", "queue": "default",
+            "priority": Priority.NORMAL, "tags": (), "parent_id": None, "state": state,
+            "created_at": time.time() if created_at is None else created_at, **fields,
+        })
+        pipe.execute()
+
+
+def events_of(bq: BOQueue, task_id: str) -> list[Event]:
+    return [e for e in bq.monitor.events() if e.id == task_id]
+
+
+def test_an_event_carries_only_its_own_error(bq: BOQueue) -> None:
+    create(bq, "t1")
+    bq.records.start("t1", "w", "unit.h", "default", Priority.NORMAL)
+    bq.records.transition("t1", TaskState.RETRYING, error="ValueError: boom")
+    bq.records.start("t1", "w", "unit.h", "default", Priority.NORMAL)
+    bq.records.transition("t1", TaskState.SUCCEEDED, finished_at=time.time())
+    states = [(e.state, e.error) for e in events_of(bq, "t1")]
+    assert states == [("QUEUED", None), ("RUNNING", None), ("RETRYING", None),
+                      ("RUNNING", None), ("SUCCEEDED", None)]
+    create(bq, "t2")
+    bq.records.transition("t2", TaskState.FAILED, error="KeyError: x")
+    assert events_of(bq, "t2")[-1].error == "KeyError: x"
+
+
+def test_queue_age_counts_from_when_the_task_became_due(bq: BOQueue) -> None:
+    now = time.time()
+    create(bq, "late", created_at=now - 3600, due_at=now - 5)  # a countdown of ~1 h
+    bq.redis.lpush(bq.keys.broker_prefix + "default:6", json.dumps({"headers": {"id": "late"}}))
+    stats = {(s.queue, s.priority): s for s in bq.monitor.queues()}
+    age = stats[("default", Priority.NORMAL)].oldest_age_s
+    assert age is not None and 4 <= age < 60
+
+
+def test_listings_page_through_indexes_newest_first_and_find_expired(bq: BOQueue) -> None:
+    now = time.time()
+    for i in range(1200):
+        create(bq, f"q{i:04}", created_at=now - 2000 + i)
+    create(bq, "gone", created_at=now - 10, expires_at=now - 1)
+    newest = bq.tasks(TaskState.QUEUED, limit=3)
+    assert [t.id for t in newest] == ["q1199", "q1198", "q1197"]
+    assert "gone" not in {t.id for t in bq.tasks(TaskState.QUEUED, limit=2000)}
+    assert [t.id for t in bq.tasks(TaskState.EXPIRED)] == ["gone"]
+    assert len(bq.tasks(limit=1500)) == 1201
+
+
+def test_retry_is_claimed_once(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    create(bq, "f")
+    bq.records.transition("f", TaskState.FAILED, error="ValueError: no")
+    monkeypatch.setattr(bq.results, "fetch", lambda task_id: {"args": [{"x": 1}]})
+    submitted: list[dict[str, Any]] = []
+
+    def submit(handler: str, payload: dict[str, Any], **options: Any) -> Any:
+        submitted.append(payload)
+        return type("H", (), {"id": "new"})()
+
+    monkeypatch.setattr(bq, "submit", submit)
+    assert bq.retry("f").id == "new"
+    with pytest.raises(ValidationError, match="retried already"):
+        bq.retry("f")
+    assert submitted == [{"x": 1}] and bq.info("f").retried_as == "new"
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    codes: ClassVar[list[int]] = []
+    seen: ClassVar[list[int]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append(1)
+        self.send_response(type(self).codes.pop(0) if type(self).codes else 200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("codes", "posts", "failed"), [
+    ([500, 200], 2, 0),        # a server error is retried
+    ([400], 1, 1),             # a refusal is not
+    ([500, 500, 500], 3, 1),   # given up after the retries, without a last sleep
+])
+def test_webhook_retries_server_errors_only(codes: list[int], posts: int, failed: int) -> None:
+    _Hook.codes, _Hook.seen = list(codes), []
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/", retries=2, backoff_s=0.2)
+        started = time.monotonic()
+        sink(Event(stream_id="1-0", kind="task", id="t", state="FAILED", at=time.time()))
+        took = time.monotonic() - started
+        assert len(_Hook.seen) == posts and sink.failed == failed
+        assert took < 0.2 * (2 ** (posts - 1)) + 0.5  # sleeps only between attempts
+    finally:
+        server.shutdown()
+        server.server_close()
