@@ -3,6 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,bo
+# The dashboard's browser test drives headless Chromium: Debian's package, installed by the
+# rule below only when there is no `chromium` on PATH (then the target is a missing file).
+CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint unit integration benchmark benchmark-flows benchmark-bo clean
 
@@ -13,6 +17,10 @@ $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
 demo: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m bo_queue.demo
 
@@ -20,13 +28,13 @@ lint: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 unit: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(BIN)/.installed-$(EXTRAS)
+integration: $(BIN)/.installed-$(EXTRAS) $(CHROMIUM)
 	$(BIN)/python -m pytest tests/integration
 
 benchmark: $(BIN)/.installed-$(EXTRAS)

@@ -269,6 +269,44 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+API_APP = "bo_queue.api.app:create_app"  # the app factory `bo-queue api` serves
+
+
+def _api(args: argparse.Namespace) -> int:
+    """Serve the HTTP API (uvicorn, on the API_APP factory) until interrupted."""
+    import uvicorn
+
+    Settings.load()  # fail here, clearly, rather than inside uvicorn
+    uvicorn.run(API_APP, factory=True, host=args.address,
+                port=args.port, log_level=args.log_level, proxy_headers=args.proxy_headers)
+    return 0
+
+
+def _api_key(args: argparse.Namespace) -> int:
+    """bo-queue api-key create|list|revoke: keys in the Redis of BO_QUEUE_REDIS_URL."""
+    from bo_queue.api.keys import ApiKeys
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq, bq._broker_errors():
+        keys = ApiKeys(bq.redis)
+        if args.action == "create":
+            print(keys.create(args.namespace, args.name))
+            print("bo-queue: store this key now; it is not shown again", file=sys.stderr)
+        elif args.action == "list":
+            for entry in keys.list():
+                print(f"{entry['id']}  {entry['namespace']}  {entry['name'] or '-'}  "
+                      f"created {_when(entry['created_at'])}")
+        elif not keys.revoke(args.key):
+            raise BOQueueError(f"no API key matches {args.key!r}")
+    return 0
+
+
+def _when(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from bo_queue.demo import main as demo_main
 
@@ -366,6 +404,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds the oldest queued task may wait")
     health.add_argument("--no-beat", action="store_true", help="do not require celery beat")
     health.set_defaults(func=_health)
+    api = sub.add_parser("api", help="serve the HTTP API (OpenAPI docs on /docs)")
+    api.add_argument("--port", type=int, default=8000, help="default: 8000")
+    api.add_argument("--address", default="0.0.0.0", help="the address to bind (0.0.0.0)")
+    api.add_argument("--log-level", default="info",
+                     choices=["critical", "error", "warning", "info", "debug"])
+    api.add_argument("--proxy-headers", action="store_true",
+                     help="trust X-Forwarded-* from a reverse proxy")
+    api.set_defaults(func=_api)
+    api_key = sub.add_parser("api-key", help="create, list and revoke HTTP API keys")
+    key_verbs = api_key.add_subparsers(dest="action", required=True)
+    create_key = key_verbs.add_parser("create", help="a new key for NAMESPACE, printed once")
+    create_key.add_argument("namespace")
+    create_key.add_argument("--name", default="", help="a label, e.g. the producer's name")
+    key_verbs.add_parser("list", help="every key's id, namespace and name (never the key)")
+    key_verbs.add_parser("revoke", help="revoke a key, by the key or its id").add_argument(
+        "key", metavar="ID_OR_KEY")
+    api_key.set_defaults(func=_api_key)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser

@@ -34,13 +34,18 @@ from bo_queue.handle import TaskHandle
 from bo_queue.keys import Keys
 from bo_queue.records import RecordStore, TaskInfo, TaskTree
 from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
-from bo_queue.states import Priority, TaskState
+from bo_queue.states import Priority, PriorityInput, TaskState
 
 if TYPE_CHECKING:
     from bo_queue.monitor import Monitor
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
     from bo_queue.workflows.manager import WorkflowManager
+
+
+# How far ahead a task may be due or expire: record TTLs and timestamps stay in range
+# (Redis EXPIRE, datetime), whatever a caller sends (1e308, inf).
+MAX_HORIZON_S = 10 * 366 * 86400.0
 
 
 class TaskRequest(BaseModel):
@@ -50,7 +55,7 @@ class TaskRequest(BaseModel):
 
     handler: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any] = Field(default_factory=dict)
-    priority: Priority = Priority.NORMAL
+    priority: PriorityInput = Priority.NORMAL
     queue: str | None = None
     countdown: float | None = Field(default=None, ge=0)
     eta: datetime | None = None
@@ -75,10 +80,13 @@ class TaskRequest(BaseModel):
 
     @field_validator("depends_on", mode="before")
     @classmethod
-    def _depends_on(cls, value: Any) -> tuple[str, ...]:
+    def _depends_on(cls, value: Any) -> Any:
         if isinstance(value, str | TaskHandle):
             value = (value,)
-        return tuple(dict.fromkeys(v.id if isinstance(v, TaskHandle) else v for v in value))
+        if not isinstance(value, Iterable) or isinstance(value, bytes | Mapping):
+            return value  # pydantic says what is wrong with it (None, a number, ...)
+        ids = [v.id if isinstance(v, TaskHandle) else v for v in value]
+        return tuple(dict.fromkeys(ids)) if all(isinstance(i, str) for i in ids) else ids
 
     @field_validator("expires")
     @classmethod
@@ -345,12 +353,16 @@ class BOQueue:
             if due_at < now - self.settings.eta_tolerance_s:
                 raise ValidationError(f"eta {request.eta.isoformat()} is in the past")
             due_at = max(due_at, now)
+        if due_at is not None and not due_at - now <= MAX_HORIZON_S:
+            raise ValidationError("countdown and eta may be at most ten years ahead")
         expires_at = None
         if request.expires is not None:
             expires = request.expires
             expires_at = _timestamp(expires) if isinstance(expires, datetime) else now + expires
             if expires_at <= (due_at or now):
                 raise ValidationError("expires must be later than when the task is due")
+            if not expires_at - now <= MAX_HORIZON_S:
+                raise ValidationError("expires may be at most ten years ahead")
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
         return _Plan(request, queue, due_at, expires_at, held, task_id or request.id)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+from typing import Annotated
+
+from pydantic import WithJsonSchema
 
 
 class TaskState(StrEnum):
@@ -85,3 +88,16 @@ _BROKER_PRIORITY = {
     Priority.NORMAL: 6,
     Priority.LOW: 9,
 }
+
+_NAMES = ["LOW", "NORMAL", "HIGH", "URGENT", "CRITICAL"]
+
+# A priority as requests may give it (Priority.parse): a level or a name in any case. The
+# JSON schema (OpenAPI) says so; validation is the model's own `Priority.parse` validator.
+PriorityInput = Annotated[Priority, WithJsonSchema({
+    "anyOf": [
+        {"type": "integer", "enum": [0, 1, 2, 3, 4]},
+        {"type": "string", "enum": _NAMES + [n.lower() for n in _NAMES]},
+    ],
+    "title": "Priority",
+    "description": "0-4, or LOW, NORMAL, HIGH, URGENT, CRITICAL (any case)",
+})]

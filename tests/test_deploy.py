@@ -3,6 +3,7 @@ service is what it says and that every command is a real entry point of this pac
 
 from __future__ import annotations
 
+import importlib
 import shlex
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bo_queue.cli import build_parser
+from bo_queue.cli import API_APP, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def compose() -> dict[str, Any]:
 
 def test_services_and_redis_persistence(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) >= {"redis", "worker", "beat", "flower"}
+    assert set(services) >= {"redis", "worker", "beat", "flower", "api"}
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     for name in ("worker", "beat", "flower"):
@@ -87,3 +88,21 @@ def test_metrics_service_serves_prometheus_and_checks_health(compose: dict[str, 
     assert check[:2] == ["CMD", "bo-queue"]
     assert build_parser().parse_args(check[2:]).command == "health"
     assert metrics["environment"]["BO_QUEUE_REDIS_URL"].startswith("redis://redis:")
+
+
+def test_api_service_runs_our_api_command(compose: dict[str, Any]) -> None:
+    api = compose["services"]["api"]
+    command = api["command"]
+    assert command[0] == "bo-queue"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "api" and args.port == 8000 and args.address == "0.0.0.0"
+    assert api["ports"] == ["8000:8000"]
+    env = api["environment"]  # the shared anchor: the workers' Redis and namespace
+    assert env == compose["services"]["worker"]["environment"]
+    assert env["BO_QUEUE_REDIS_URL"].startswith("redis://redis:")
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    probe = api["healthcheck"]["test"]
+    assert probe[:2] == ["CMD", "python"] and "127.0.0.1:8000/openapi.json" in probe[-1]
+    # the factory `bo-queue api` hands uvicorn exists (uvicorn imports it the same way)
+    module, name = API_APP.split(":")
+    assert callable(getattr(importlib.import_module(module), name))

@@ -23,10 +23,17 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 Value = int | float | str | bool
 
 
+# A required argument left out: dropped before validation, so pydantic reports it as a
+# missing field (a ValidationError) rather than Python as a TypeError. Validating nested
+# data (a StudySpec from JSON) calls these __init__s with whatever keys the data has.
+_MISSING: Any = object()
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
+        data = {k: v for k, v in data.items() if v is not _MISSING}  # pydantic: "required"
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
@@ -57,9 +64,10 @@ class Range(_Frozen):
 
     def __init__(
         self,
-        name: str,
-        low: float,
-        high: float,
+        /,
+        name: str = _MISSING,
+        low: float = _MISSING,
+        high: float = _MISSING,
         *,
         log: bool = False,
         integer: bool = False,
@@ -100,7 +108,8 @@ class Choice(_Frozen):
     ordered: bool | None = None  # None: ordered for numbers, not for strings and bools
 
     def __init__(
-        self, name: str, values: Sequence[Value], *, ordered: bool | None = None, **fields: Any
+        self, /, name: str = _MISSING, values: Sequence[Value] = _MISSING, *,
+        ordered: bool | None = None, **fields: Any,
     ) -> None:
         super().__init__(name=name, values=values, ordered=ordered, **fields)
 
@@ -160,7 +169,7 @@ class Objective(_Frozen):
 
     _name = field_validator("name")(_check_name)
 
-    def __init__(self, name: str, minimize: bool = True, **fields: Any) -> None:
+    def __init__(self, /, name: str = _MISSING, minimize: bool = True, **fields: Any) -> None:
         super().__init__(name=name, minimize=minimize, **fields)
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fakeredis
+import pydantic
 import pytest
 import redis
 
@@ -161,6 +162,20 @@ def test_eta_in_the_past(bq: BOQueue, plans: list[_Plan]) -> None:
     tolerance = bq.settings.eta_tolerance_s
     with pytest.raises(ValidationError, match="in the past"):
         bq.submit("unit.echo", {}, eta=datetime.now(UTC) - timedelta(seconds=tolerance + 30))
+    assert plans == []
+
+
+@pytest.mark.parametrize("when", [
+    {"countdown": 1e308}, {"countdown": float("inf")}, {"expires": 1e308},
+    {"eta": datetime(9999, 12, 31, tzinfo=UTC)}, {"countdown": 5, "expires": 11 * 366 * 86400},
+])
+def test_due_and_expiry_at_most_ten_years_ahead(
+    bq: BOQueue, plans: list[_Plan], when: dict[str, Any]
+) -> None:
+    """Far-future times would overflow record TTLs and timestamps (an API caller can send
+    1e308): rejected up front."""
+    with pytest.raises(ValidationError, match="at most ten years ahead"):
+        bq.submit("unit.echo", {}, **when)
     assert plans == []
 
 
@@ -337,3 +352,10 @@ def test_submit_many_unknown_handler_keeps_its_name(bq: BOQueue, plans: list[_Pl
     message = str(caught.value)
     assert message.startswith("request 1: "), message
     assert caught.value.name == "unit.nope", f"name is {caught.value.name!r}"
+
+
+@pytest.mark.parametrize("depends_on", [None, 5, [{}], [["a"]], {"a": 1}])
+def test_depends_on_of_the_wrong_type_is_a_validation_error(depends_on: Any) -> None:
+    """Not a TypeError from inside a validator (an HTTP client can send anything)."""
+    with pytest.raises(pydantic.ValidationError, match="depends_on"):
+        TaskRequest(handler="unit.echo", depends_on=depends_on)

@@ -1,0 +1,87 @@
+"""The few request and response bodies the facade has no type for.
+
+Everything else the API takes and returns is the facade's own model (TaskRequest,
+TaskInfo, StudySpec, Study, Trial, ScheduleInfo, QueueStats, WorkerStatus, Metrics,
+HealthReport): one set of types, validated the same way in Python and over HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bo_queue.states import Priority, PriorityInput, TaskState
+from bo_queue.studies.models import Outcome
+
+# Longest interval a schedule may have (ten years): keeps timedelta arithmetic in range.
+MAX_EVERY_S = 10 * 366 * 86400.0
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer: the error's type and a message (never a traceback)."""
+
+    error: str = Field(examples=["StudyNotFoundError"])
+    detail: str = Field(examples=["no study with id 'abc'"])
+
+
+class TaskResult(BaseModel):
+    """GET /tasks/{id}/result: the handler's return value once the task SUCCEEDED (200);
+    while it has not ended, its state and `result: null` (202)."""
+
+    id: str
+    state: TaskState
+    result: Any = None
+
+
+class CancelledTasks(BaseModel):
+    """POST /tasks/cancel-tag/{tag}: the unfinished tasks the call cancelled."""
+
+    tag: str
+    cancelled: list[str]
+
+
+class ReportBody(BaseModel):
+    """A trial's result: every objective and outcome-constrained metric, each a number or
+    [mean, sem]."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    values: dict[str, Outcome] = Field(examples=[{"loss": 0.31}])
+
+
+class ReportFailureBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class ReportOutcome(BaseModel):
+    """`recorded` is False when the same result (or failure) was already recorded:
+    reports are idempotent."""
+
+    study_id: str
+    index: int
+    recorded: bool
+
+
+class ScheduleRequest(BaseModel):
+    """A schedule of a handler (bq.schedules.add): exactly one of `every_s` and `cron`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:-]+$")
+    handler: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any] = Field(default_factory=dict)
+    every_s: float | None = Field(default=None, gt=0, le=MAX_EVERY_S)
+    cron: str | None = Field(default=None, max_length=200, examples=["0 3 * * *"])
+    timezone: str = Field(default="UTC", max_length=100)
+    queue: str | None = None
+    priority: PriorityInput = Priority.NORMAL
+    tags: tuple[str, ...] = ()
+    replace: bool = False
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> Priority:
+        return Priority.parse(value)  # a name in any case, or a level, as in TaskRequest

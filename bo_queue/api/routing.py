@@ -1,0 +1,51 @@
+"""What the routers share: the caller's BOQueue as a dependency (documented in OpenAPI as
+an API-key scheme) and the error responses each operation declares."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader
+
+from bo_queue.api.deps import current_bq
+from bo_queue.api.models import ErrorBody
+from bo_queue.client import BOQueue
+
+_TEXTS = {
+    400: "a request the facade refuses (BOQueueError)",
+    401: "no API key, or one that is not valid",
+    404: "no such task, study, trial or schedule in the caller's namespace",
+    409: "a conflict: a study's status, a different result, a dependency",
+    410: "the task was cancelled or expired: it has no result",
+    413: "the request body is over the limit",
+    422: "invalid input (ValidationError, UnknownHandlerError, request validation)",
+    503: "Redis cannot be reached",
+    504: "the wait timed out (the work may still finish)",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text} for code, text in _TEXTS.items()
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: ERROR_RESPONSES[code] for code in codes}
+
+
+_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False,
+    description="An API key (`bo-queue api-key create NAMESPACE`); `Authorization: Bearer` "
+                "works too.",
+)
+
+
+def caller(request: Request, _key: Annotated[str | None, Security(_key_header)]) -> BOQueue:
+    """The BOQueue of the namespace the request's API key maps to (401 without one)."""
+    return current_bq(request)
+
+
+Caller = Annotated[BOQueue, Depends(caller)]
+
+# Every router that needs a key: 400/401/422/503 can come from any of its operations.
+COMMON = responses(400, 401, 422, 503)

@@ -1,0 +1,127 @@
+"""Tasks: submit, look up, wait for results, cancel, list, and the failed registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi.responses import JSONResponse
+
+from bo_queue.api.models import CancelledTasks, TaskResult
+from bo_queue.api.routing import COMMON, Caller, responses
+from bo_queue.client import TaskRequest
+from bo_queue.errors import TaskTimeoutError, ValidationError
+from bo_queue.records import TaskInfo
+from bo_queue.states import TaskState
+
+router = APIRouter(tags=["tasks"], responses={**COMMON, **responses(413)})
+
+TaskId = Annotated[str, Path(description="a task id", max_length=128)]
+Terminate = Annotated[bool, Query(description="kill a RUNNING task (SIGTERM) instead of "
+                                              "letting it see ctx.cancelled")]
+
+
+@router.post("/tasks", status_code=201, response_model=TaskInfo,
+             responses=responses(409), summary="Submit a task")
+def submit(bq: Caller, request: TaskRequest) -> TaskInfo:
+    """Queue one task. An unknown handler or queue, a bad priority, a payload over the
+    limit, an eta in the past, ... are 422 and nothing is queued; an unknown dependency
+    is 409 (DependencyError)."""
+    try:
+        handle = bq.submit_many([request])[0]
+    except ValidationError as exc:  # submit_many names the request's index; there is one
+        exc.args = (str(exc).removeprefix("request 0: "),)
+        raise
+    return bq.info(handle.id)
+
+
+@router.post("/tasks/batch", status_code=201, response_model=list[TaskInfo],
+             responses=responses(409), summary="Submit many tasks (all or none)")
+def submit_batch(
+    bq: Caller, requests: Annotated[list[TaskRequest], Body(max_length=10_000)]
+) -> list[TaskInfo]:
+    """Queue many tasks in one call: all are validated first, and one bad request rejects
+    the batch (422, naming its index). Requests may name their `id` and depend on each
+    other: a whole DAG in one call."""
+    handles = bq.submit_many(requests)
+    return [bq.info(h.id) for h in handles]
+
+
+@router.get("/tasks", response_model=list[TaskInfo], summary="List tasks")
+def list_tasks(
+    bq: Caller,
+    state: TaskState | None = None,
+    tag: Annotated[str | None, Query(max_length=128)] = None,
+    queue: Annotated[str | None, Query(max_length=200)] = None,
+    handler: Annotated[str | None, Query(max_length=200)] = None,
+    since: Annotated[datetime | None, Query(description="reached its state at or after")
+                     ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[TaskInfo]:
+    """Tasks, newest state change first, filtered by state, tag, queue, handler, since."""
+    return bq.tasks(state, tag=tag, queue=queue, handler=handler, since=since, limit=limit)
+
+
+@router.get("/failed", response_model=list[TaskInfo], summary="The failed-task registry")
+def failed(bq: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[TaskInfo]:
+    """Tasks that FAILED and were not retried, newest first, each with its error."""
+    return bq.failed(limit)
+
+
+# Declared before /tasks/{task_id}/...: a tag may be "cancel", and may contain "/".
+@router.post("/tasks/cancel-tag/{tag:path}", response_model=CancelledTasks,
+             summary="Cancel every unfinished task with a tag")
+def cancel_tag(
+    bq: Caller, tag: Annotated[str, Path(min_length=1, max_length=128)],
+    terminate: Terminate = False,
+) -> CancelledTasks:
+    return CancelledTasks(tag=tag, cancelled=bq.cancel_tag(tag, terminate=terminate))
+
+
+@router.get("/tasks/{task_id}", response_model=TaskInfo, responses=responses(404),
+            summary="A task's record")
+def get_task(bq: Caller, task_id: TaskId) -> TaskInfo:
+    return bq.info(task_id)
+
+
+@router.get(
+    "/tasks/{task_id}/result", response_model=TaskResult,
+    responses={202: {"model": TaskResult, "description": "not ended yet: its state"},
+               **responses(404, 409, 410)},
+    summary="A task's result",
+)
+def task_result(bq: Caller, task_id: TaskId, response: Response) -> TaskResult | JSONResponse:
+    """200 with `result` once the task SUCCEEDED; 202 with its state while it has not
+    ended (poll again). A task that FAILED is 409 (`TaskFailedError`, with the handler's
+    exception type and message; never its traceback); one CANCELLED or EXPIRED is 410
+    (`TaskCancelledError`, `TaskExpiredError`): it has no result and never will."""
+    info = bq.info(task_id)
+    if not info.state.terminal:
+        response.status_code = 202
+        return TaskResult(id=task_id, state=info.state)
+    try:  # TaskFailedError, TaskCancelledError, TaskExpiredError: the app's handlers
+        value = bq.handle(task_id).get(timeout=0)
+    except TaskTimeoutError:  # ended, but its stored result is past retention
+        return JSONResponse({"error": "ResultExpiredError",
+                             "detail": f"task {task_id} has no stored result any more"},
+                            status_code=410)
+    return TaskResult(id=task_id, state=TaskState.SUCCEEDED, result=value)
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskInfo, responses=responses(404),
+             summary="Cancel a task (and its subtasks and dependents)")
+def cancel(bq: Caller, task_id: TaskId, terminate: Terminate = False) -> TaskInfo:
+    """Persistent: a queued or delayed task never starts; a RUNNING one sees
+    `ctx.cancelled` (or is killed with terminate=true) and stays RUNNING until it stops.
+    Cancelling a task that has ended changes nothing. Returns the record after the call."""
+    bq.cancel(task_id, terminate=terminate)
+    return bq.info(task_id)
+
+
+@router.post("/tasks/{task_id}/retry", status_code=201, response_model=TaskInfo,
+             responses=responses(404), summary="Run a FAILED task again, as a new task")
+def retry(bq: Caller, task_id: TaskId) -> TaskInfo:
+    """The new task's record (the failed one's `retried_as` names it). A task that did not
+    fail, or was retried already, is 422."""
+    return bq.info(bq.retry(task_id).id)

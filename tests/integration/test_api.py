@@ -1,0 +1,437 @@
+"""The HTTP API as a real `bo-queue api` process, against real workers: tasks, the whole
+ask/tell cycle of a study, schedules, monitoring, health, API keys and namespaces,
+request limits and error bodies."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from bo_queue.api.keys import ApiKeys
+from bo_queue.studies.models import Objective, Range, Strategy, StudySpec
+from tests.conftest import ROOT, Cluster, make_cluster, new_namespace
+from tests.integration.api_server import ApiServer
+
+QUEUES = ("default", "bo", "evaluate")
+# The API's own payload limit (the workers keep the default): bodies over it plus the
+# margin (bo_queue.api.app.BODY_MARGIN, 64 KiB) are 413 before anything reads them.
+MAX_PAYLOAD = 100_000
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=1, concurrency=2, queues=QUEUES)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, cluster: Cluster) -> Iterator[ApiServer]:
+    server = ApiServer(redis_url, cluster.namespace,
+                       BO_QUEUE_MAX_PAYLOAD_BYTES=str(MAX_PAYLOAD))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def keys(redis_url: str) -> Iterator[ApiKeys]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield ApiKeys(client)
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def client_a(api: ApiServer, cluster: Cluster, keys: ApiKeys) -> Iterator[httpx.Client]:
+    """A producer of the cluster's namespace (A)."""
+    key = keys.create(cluster.namespace, name="producer-a")
+    with httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=90) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client_b(api: ApiServer, keys: ApiKeys) -> Iterator[httpx.Client]:
+    """A producer of another namespace (B), through the same API."""
+    key = keys.create(new_namespace(), name="producer-b")
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"},
+                      timeout=30) as client:
+        yield client
+
+
+def problem(response: httpx.Response, status: int, error: str | None = None) -> str:
+    """Check an error answer: the status, the {"error", "detail"} shape, no traceback;
+    return the detail."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}, body
+    if error is not None:
+        assert body["error"] == error, body
+    for marker in ("Traceback", 'File "', "site-packages", ".py\", line"):
+        assert marker not in response.text, response.text
+    return str(body["detail"])
+
+
+def wait_result(client: httpx.Client, task_id: str, timeout: float = 30) -> httpx.Response:
+    """Poll GET /tasks/{id}/result while it answers 202."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/tasks/{task_id}/result")
+        if response.status_code != 202:
+            return response
+        assert response.json()["result"] is None
+        assert time.monotonic() < deadline, f"task {task_id} still {response.json()['state']}"
+        time.sleep(0.05)
+
+
+def test_docs_and_schema_are_served(api: ApiServer) -> None:
+    schema = httpx.get(api.url + "/openapi.json").json()
+    for path in ("/tasks", "/tasks/batch", "/tasks/{task_id}/result", "/studies",
+                 "/studies/{study_id}/suggest", "/studies/{study_id}/trials/{index}/report",
+                 "/schedules", "/monitor/metrics", "/health"):
+        assert path in schema["paths"], path
+    # the facade's own models are the request and response types
+    components = schema["components"]["schemas"]
+    assert {"TaskRequest", "TaskInfo", "StudySpec", "Study", "Trial", "ScheduleInfo",
+            "QueueStats", "WorkerStatus", "Metrics", "HealthReport", "ErrorBody"} <= set(
+        components)
+    assert "X-API-Key" in json.dumps(schema["components"]["securitySchemes"])
+    docs = httpx.get(api.url + "/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_requests_without_a_valid_key_are_401(api: ApiServer, cluster: Cluster,
+                                              keys: ApiKeys) -> None:
+    for headers in ({}, {"X-API-Key": "boq_not-a-key"}, {"Authorization": "Bearer nope"}):
+        for method, path in (("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/studies"),
+                             ("GET", "/studies/abc"), ("GET", "/monitor/queues"),
+                             ("GET", "/schedules")):
+            response = httpx.request(method, api.url + path, headers=headers,
+                                     json={"handler": "t.echo"})
+            problem(response, 401, "Unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+    # a revoked key stops working at once
+    key = keys.create(cluster.namespace, name="short-lived")
+    assert httpx.get(api.url + "/tasks", headers={"X-API-Key": key}).status_code == 200
+    assert keys.revoke(key)
+    problem(httpx.get(api.url + "/tasks", headers={"X-API-Key": key}), 401)
+
+
+def test_api_key_commands(redis_url: str, api: ApiServer, cluster: Cluster) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": redis_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bo_queue.cli", "api-key", *args],
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    created = cli("create", cluster.namespace, "--name", "cli-made")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("boq_") and "not shown again" in created.stderr
+    assert httpx.get(api.url + "/tasks", headers={"X-API-Key": key}).status_code == 200
+    listed = cli("list")
+    line = next(x for x in listed.stdout.splitlines() if "cli-made" in x)
+    assert key not in listed.stdout  # only digests' prefixes are ever shown
+    key_id, namespace = line.split()[:2]
+    assert namespace == cluster.namespace
+    assert cli("revoke", key_id).returncode == 0
+    assert httpx.get(api.url + "/tasks", headers={"X-API-Key": key}).status_code == 401
+    again = cli("revoke", key_id)
+    assert again.returncode == 2 and "no API key matches" in again.stderr
+    bad = cli("create", "Not A Namespace!")
+    assert bad.returncode == 2 and "namespace" in bad.stderr
+
+
+def test_task_submit_get_result_and_list(client_a: httpx.Client, evidence: redis.Redis
+                                         ) -> None:
+    created = client_a.post("/tasks", json={"handler": "t.echo", "payload": {"n": 1},
+                                            "priority": "high", "tags": ["api-echo"]})
+    assert created.status_code == 201, created.text
+    info = created.json()
+    assert info["handler"] == "t.echo" and info["priority"] == 2
+    assert info["tags"] == ["api-echo"]
+    done = wait_result(client_a, info["id"])
+    assert done.status_code == 200
+    assert done.json() == {"id": info["id"], "state": "SUCCEEDED", "result": {"n": 1}}
+    record = client_a.get(f"/tasks/{info['id']}").json()
+    assert record["state"] == "SUCCEEDED" and record["attempts"] == 1
+
+    # 202 while it runs: a task that holds its worker until a key exists
+    gate = f"evidence:api-gate:{uuid.uuid4().hex}"
+    held = client_a.post("/tasks", json={"handler": "t.gate", "payload": {"key": gate}}).json()
+    pending = client_a.get(f"/tasks/{held['id']}/result")
+    assert pending.status_code == 202
+    assert pending.json()["state"] in ("QUEUED", "RUNNING")
+    evidence.set(gate, 1)
+    assert wait_result(client_a, held["id"]).json()["result"] == "opened"
+
+    # a batch: all or nothing, with a dependency inside it
+    first = f"api-batch-{uuid.uuid4().hex[:8]}"
+    batch = client_a.post("/tasks/batch", json=[
+        {"handler": "t.echo", "id": first, "payload": {"step": 1}},
+        {"handler": "t.echo", "payload": {"step": 2}, "depends_on": [first]},
+    ])
+    assert batch.status_code == 201, batch.text
+    head, tail = batch.json()
+    assert head["id"] == first and tail["depends_on"] == [first]
+    assert wait_result(client_a, tail["id"]).json()["result"] == {"step": 2}
+    rejected = client_a.post("/tasks/batch", json=[{"handler": "t.echo"},
+                                                   {"handler": "no.such"}])
+    assert "request 1" in problem(rejected, 422, "UnknownHandlerError")
+
+    listed = client_a.get("/tasks", params={"tag": "api-echo", "state": "SUCCEEDED"}).json()
+    assert [t["id"] for t in listed] == [info["id"]]
+    by_handler = client_a.get("/tasks", params={"handler": "t.gate", "limit": 5}).json()
+    assert held["id"] in [t["id"] for t in by_handler]
+
+
+def test_cancel_cancel_tag_and_failed_tasks(client_a: httpx.Client) -> None:
+    tag = f"api-{uuid.uuid4().hex[:8]}"
+    later = [client_a.post("/tasks", json={"handler": "t.echo", "countdown": 600,
+                                          "tags": [tag]}).json() for _ in range(3)]
+    assert {t["state"] for t in later} == {"PENDING"}  # held in Redis until due
+    cancelled = client_a.post(f"/tasks/{later[0]['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+    assert "cancelled" in problem(client_a.get(f"/tasks/{later[0]['id']}/result"), 410,
+                                  "TaskCancelledError")
+    by_tag = client_a.post(f"/tasks/cancel-tag/{tag}")
+    assert by_tag.status_code == 200
+    assert by_tag.json() == {"tag": tag, "cancelled": sorted(t["id"] for t in later[1:])}
+    listed = client_a.get("/tasks", params={"tag": tag, "state": "CANCELLED"}).json()
+    assert {t["id"] for t in listed} == {t["id"] for t in later}
+    # cancelling again changes nothing
+    assert client_a.post(f"/tasks/{later[1]['id']}/cancel").json()["state"] == "CANCELLED"
+    assert client_a.post(f"/tasks/cancel-tag/{tag}").json()["cancelled"] == []
+
+    failing = client_a.post("/tasks", json={"handler": "t.flaky",
+                                            "payload": {"fatal": True}}).json()
+    detail = problem(wait_result(client_a, failing["id"]), 409, "TaskFailedError")
+    assert detail == "ValueError: not retryable"  # the remote error, not its traceback
+    assert failing["id"] in [t["id"] for t in client_a.get("/failed").json()]
+    retried = client_a.post(f"/tasks/{failing['id']}/retry")
+    assert retried.status_code == 201 and retried.json()["handler"] == "t.flaky"
+    assert client_a.get(f"/tasks/{failing['id']}").json()["retried_as"] == retried.json()["id"]
+    problem(client_a.post(f"/tasks/{failing['id']}/retry"), 422, "ValidationError")
+    problem(client_a.get("/tasks/no-such-task"), 404, "UnknownTaskError")
+    problem(client_a.post("/tasks/no-such-task/cancel"), 404, "UnknownTaskError")
+
+
+def _loss(params: dict[str, Any]) -> float:
+    return (params["x"] - 0.3) ** 2 + (params["y"] - 0.6) ** 2
+
+
+SPEC = StudySpec(
+    name="http-asktell",
+    parameters=[Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)],
+    objectives=[Objective("loss", minimize=True)],
+    strategy=Strategy(initial_trials=4, max_trials=4, seed=0),  # Sobol only: quick steps
+)
+
+
+@pytest.mark.timeout(180)
+def test_ask_tell_study_over_http(client_a: httpx.Client) -> None:
+    created = client_a.post("/studies", json=SPEC.model_dump(mode="json"))
+    assert created.status_code == 201, created.text
+    study_id = created.json()["id"]
+    assert created.json()["status"] == "CREATED"
+    reported: dict[int, float] = {}
+    deadline = time.monotonic() + 120
+    while True:
+        study = client_a.get(f"/studies/{study_id}").json()
+        if study["status"] == "COMPLETED":
+            break
+        assert time.monotonic() < deadline, study
+        if len(reported) >= SPEC.strategy.max_trials:
+            time.sleep(0.1)  # every trial is reported: the next step completes the study
+            continue
+        suggested = client_a.post(f"/studies/{study_id}/suggest", params={"count": 2})
+        assert suggested.status_code == 200, suggested.text
+        for trial in suggested.json():
+            assert trial["status"] == "RUNNING" and set(trial["params"]) == {"x", "y"}
+            loss = _loss(trial["params"])
+            report = client_a.post(f"/studies/{study_id}/trials/{trial['index']}/report",
+                                   json={"values": {"loss": loss}})
+            assert report.json() == {"study_id": study_id, "index": trial["index"],
+                                     "recorded": True}, report.text
+            reported[trial["index"]] = loss
+    assert study["completed_trials"] == 4 and study["failed_trials"] == 0
+    assert len(reported) == 4
+
+    best = client_a.get(f"/studies/{study_id}/best").json()
+    assert best["index"] == min(reported, key=lambda i: reported[i])
+    assert best["values"]["loss"] == pytest.approx(min(reported.values()))
+    exported = client_a.get(f"/studies/{study_id}/export").json()
+    assert exported["study"]["id"] == study_id and exported["study"]["status"] == "COMPLETED"
+    assert {t["index"]: t["values"]["loss"] for t in exported["trials"]} == pytest.approx(
+        reported)
+    trials = client_a.get(f"/studies/{study_id}/trials", params={"status": "COMPLETED"})
+    assert len(trials.json()) == 4
+    assert study_id in [s["id"] for s in client_a.get("/studies",
+                                                      params={"status": "COMPLETED"}).json()]
+
+    # reports are written once: the same values again are a no-op, others a conflict
+    index, loss = next(iter(reported.items()))
+    same = client_a.post(f"/studies/{study_id}/trials/{index}/report",
+                         json={"values": {"loss": loss}})
+    assert same.status_code == 200 and same.json()["recorded"] is False
+    problem(client_a.post(f"/studies/{study_id}/trials/{index}/report",
+                          json={"values": {"loss": loss + 1}}), 409)
+    problem(client_a.post(f"/studies/{study_id}/suggest"), 409, "InvalidTransitionError")
+    problem(client_a.post(f"/studies/{study_id}/trials/99/report",
+                          json={"values": {"loss": 1.0}}), 409, "InvalidTransitionError")
+
+
+def test_study_lifecycle_errors_and_delete(client_a: httpx.Client) -> None:
+    spec = SPEC.model_copy(update={"name": "http-lifecycle"}).model_dump(mode="json")
+    study_id = client_a.post("/studies", json=spec).json()["id"]
+    assert "no evaluator" in problem(client_a.post(f"/studies/{study_id}/run"), 422)
+    assert "CREATED" in problem(client_a.post(f"/studies/{study_id}/pause"), 409,
+                                "InvalidTransitionError")
+    problem(client_a.post(f"/studies/{study_id}/complete"), 409, "InvalidTransitionError")
+    assert client_a.get(f"/studies/{study_id}/best").json() is None  # nothing completed
+    problem(client_a.get(f"/studies/{study_id}/trials/0"), 404, "TrialNotFoundError")
+    problem(client_a.post(f"/studies/{study_id}/trials/0/report-failure",
+                          json={"reason": "rig jammed"}), 404, "TrialNotFoundError")
+    assert client_a.delete(f"/studies/{study_id}").status_code == 204
+    problem(client_a.get(f"/studies/{study_id}"), 404, "StudyNotFoundError")
+    problem(client_a.delete(f"/studies/{study_id}"), 404, "StudyNotFoundError")
+
+
+def test_namespaces_see_only_their_own(client_a: httpx.Client, client_b: httpx.Client
+                                       ) -> None:
+    study_id = client_a.post("/studies", json=SPEC.model_copy(
+        update={"name": "a-only"}).model_dump(mode="json")).json()["id"]
+    task_id = client_a.post("/tasks", json={"handler": "t.echo", "countdown": 600,
+                                            "tags": ["a-only"]}).json()["id"]
+    for method, path, body in (
+        ("GET", f"/studies/{study_id}", None),
+        ("GET", f"/studies/{study_id}/trials", None),
+        ("GET", f"/studies/{study_id}/export", None),
+        ("POST", f"/studies/{study_id}/suggest", None),
+        ("POST", f"/studies/{study_id}/trials/0/report", {"values": {"loss": 1.0}}),
+        ("POST", f"/studies/{study_id}/complete", None),
+        ("DELETE", f"/studies/{study_id}", None),
+        ("GET", f"/tasks/{task_id}", None),
+        ("GET", f"/tasks/{task_id}/result", None),
+        ("POST", f"/tasks/{task_id}/cancel", None),
+    ):
+        response = client_b.request(method, path, json=body)
+        problem(response, 404)  # not 403: B cannot even learn that the id exists
+    assert study_id not in [s["id"] for s in client_b.get("/studies").json()]
+    assert client_b.post("/tasks/cancel-tag/a-only").json()["cancelled"] == []
+    assert client_b.get("/tasks", params={"tag": "a-only"}).json() == []
+    # A's are untouched
+    assert client_a.get(f"/studies/{study_id}").json()["status"] == "CREATED"
+    assert client_a.get(f"/tasks/{task_id}").json()["state"] == "PENDING"
+    assert client_a.post(f"/tasks/{task_id}/cancel").json()["state"] == "CANCELLED"
+
+
+def test_oversized_bodies_are_413(client_a: httpx.Client) -> None:
+    limit = MAX_PAYLOAD + 64 * 1024
+    big = {"handler": "t.echo", "payload": {"blob": "x" * (limit + 10)}}
+    detail = problem(client_a.post("/tasks", json=big), 413, "PayloadTooLarge")
+    assert str(limit) in detail
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        yield b'{"handler": "t.echo", "payload": {"blob": "'
+        for _ in range(limit // 16384 + 2):
+            yield b"x" * 16384
+        yield b'"}}'
+
+    chunked = client_a.post("/tasks", content=chunks(),
+                            headers={"Content-Type": "application/json"})
+    problem(chunked, 413, "PayloadTooLarge")
+    # under the body limit but over the payload limit: the facade's own check, 422
+    medium = {"handler": "t.echo", "payload": {"blob": "x" * (MAX_PAYLOAD + 10)}}
+    assert "the limit is 100000" in problem(client_a.post("/tasks", json=medium), 422)
+
+
+def test_bad_input_is_422_with_a_clear_message(client_a: httpx.Client) -> None:
+    detail = problem(client_a.post("/tasks", json={"handler": "no.such.handler"}), 422,
+                     "UnknownHandlerError")
+    assert detail.startswith("unknown handler 'no.such.handler'")
+    assert "t.echo" in detail  # the handlers the workers declared
+    for priority in ("urgentest", 7):
+        detail = problem(client_a.post("/tasks", json={"handler": "t.echo",
+                                                       "priority": priority}), 422,
+                         "ValidationError")
+        assert "body.priority" in detail and "unknown priority" in detail
+    assert "queue" in problem(client_a.post("/tasks", json={"handler": "t.echo",
+                                                           "queue": "nope"}), 422)
+    assert "in the past" in problem(client_a.post(
+        "/tasks", json={"handler": "t.echo", "eta": "2001-01-01T00:00:00Z"}), 422)
+    assert "body.nonsense" in problem(client_a.post(
+        "/tasks", json={"handler": "t.echo", "nonsense": 1}), 422)
+    assert "JSON" in problem(client_a.post(
+        "/tasks", content=b'{"handler": ', headers={"Content-Type": "application/json"}),
+        422)
+    problem(client_a.post("/tasks", json={"handler": "t.echo", "depends_on": ["nope"]}),
+            409, "DependencyError")
+    assert "query.limit" in problem(client_a.get("/tasks", params={"limit": 0}), 422)
+    assert "query.state" in problem(client_a.get("/tasks", params={"state": "DONE"}), 422)
+
+    spec = SPEC.model_dump(mode="json")
+    spec["parameters"][0].update(low=2.0, high=1.0)
+    assert "must be below high" in problem(client_a.post("/studies", json=spec), 422)
+    spec = SPEC.model_copy(update={"evaluator": "no.such.evaluator"}).model_dump(mode="json")
+    problem(client_a.post("/studies", json=spec), 422, "UnknownHandlerError")
+    study_id = client_a.post("/studies", json=SPEC.model_dump(mode="json")).json()["id"]
+    assert "query.count" in problem(
+        client_a.post(f"/studies/{study_id}/suggest", params={"count": 0}), 422)
+    assert "body.values" in problem(client_a.post(f"/studies/{study_id}/trials/0/report",
+                                                  json={"values": {"loss": "high"}}), 422)
+    problem(client_a.post("/schedules", json={"name": "bad", "handler": "t.echo",
+                                              "cron": "99 * * * *"}), 422, "ValidationError")
+    problem(client_a.post("/schedules", json={"name": "bad", "handler": "t.echo"}), 422)
+    problem(client_a.get("/no/such/route"), 404, "NotFound")
+    problem(client_a.put("/tasks"), 405, "MethodNotAllowed")
+
+
+def test_schedules_over_http(client_a: httpx.Client) -> None:
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    created = client_a.post("/schedules", json={"name": name, "handler": "t.echo",
+                                                "payload": {"from": "beat"}, "every_s": 3600,
+                                                "priority": "low", "tags": ["sched"]})
+    assert created.status_code == 201, created.text
+    assert created.json()["every_s"] == 3600 and created.json()["priority"] == 0
+    assert name in [s["name"] for s in client_a.get("/schedules").json()]
+    problem(client_a.post("/schedules", json={"name": name, "handler": "t.echo",
+                                              "every_s": 60}), 422)  # exists: replace
+    assert client_a.post(f"/schedules/{name}/pause").json()["enabled"] is False
+    assert client_a.post(f"/schedules/{name}/resume").json()["enabled"] is True
+    assert client_a.get(f"/schedules/{name}").json()["next_run_at"] is not None
+    assert client_a.delete(f"/schedules/{name}").status_code == 204
+    problem(client_a.get(f"/schedules/{name}"), 404, "NotFound")
+    problem(client_a.delete(f"/schedules/{name}"), 404)
+    problem(client_a.post(f"/schedules/{name}/pause"), 404)
+
+
+def test_monitor_and_health(api: ApiServer, client_a: httpx.Client, cluster: Cluster
+                            ) -> None:
+    client_a.post("/tasks", json={"handler": "t.echo"})
+    queues = client_a.get("/monitor/queues").json()
+    assert {q["queue"] for q in queues} == set(QUEUES) and len(queues) == 3 * 5
+    workers = client_a.get("/monitor/workers").json()
+    assert workers and set(QUEUES) <= set(workers[0]["queues"])
+    metrics = client_a.get("/monitor/metrics", params={"window_s": 600}).json()
+    assert metrics["window_s"] == 600 and "t.echo" in metrics["handlers"]
+    problem(client_a.get("/monitor/metrics", params={"window_s": -1}), 422)
+
+    healthy = httpx.get(api.url + "/health", params={"require_beat": "false"})  # no key
+    assert healthy.status_code == 200, healthy.text
+    assert healthy.json()["ok"] is True
+    unhealthy = httpx.get(api.url + "/health")  # beat is required by default; none runs
+    assert unhealthy.status_code == 503
+    checks = {name: ok for name, ok, _ in unhealthy.json()["checks"]}
+    assert checks["beat"] is False and checks["redis"] is True
