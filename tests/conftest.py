@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,10 @@ class Cluster:
         return worker
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.stop(timeout=5)  # a task a test left blocked is killed after that
+        # side by side: each waits up to 5 s for what it runs (a task a test left blocked
+        # is killed after that)
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(lambda worker: worker.stop(timeout=5), self.workers))
         if self.bq is not None:
             self.bq.close()
 
