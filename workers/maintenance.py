@@ -64,33 +64,30 @@ def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
     removed = 0
     for pattern in (f"{ns}:tag:*", f"{ns}:task:*:children"):
         for key in bq.redis.scan_iter(match=pattern, count=500):
-            if bq.redis.type(key) != "set":
-                continue
-            members = sorted(str(m) for m in bq.redis.smembers(key))
-            with bq.redis.pipeline(transaction=False) as pipe:
-                for task_id in members:
-                    pipe.exists(bq.keys.task(task_id))
-                alive = pipe.execute()
-            gone = [m for m, ok in zip(members, alive, strict=True) if not ok]
-            if gone:
-                removed += int(bq.redis.srem(key, *gone))
+            if bq.redis.type(key) == "set":
+                gone = _gone(ctx, sorted(str(m) for m in bq.redis.smembers(key)))
+                removed += int(bq.redis.srem(key, *gone)) if gone else 0
     # The per-state indexes and the failed registry are sorted sets: check their members
     # too (a parked or long-delayed task can sit in one for longer than the retention).
-    indexes = [bq.keys.state_index(state) for state in TaskState] + [bq.keys.failed]
-    for key in indexes:
-        members = [str(m) for m in bq.redis.zrange(key, 0, -1)]
-        for start in range(0, len(members), 1000):
-            page = members[start:start + 1000]
-            with bq.redis.pipeline(transaction=False) as pipe:
-                for task_id in page:
-                    pipe.exists(bq.keys.task(task_id))
-                alive = pipe.execute()
-            gone = [m for m, ok in zip(page, alive, strict=True) if not ok]
-            if gone:
-                removed += int(bq.redis.zrem(key, *gone))
+    for key in [bq.keys.state_index(state) for state in TaskState] + [bq.keys.failed]:
+        gone = _gone(ctx, [str(m) for m in bq.redis.zrange(key, 0, -1)])
+        removed += int(bq.redis.zrem(key, *gone)) if gone else 0
     specs = bq.redis.hkeys(bq.delays.specs)  # before the schedule: a hold writes both at once
     held = set(bq.redis.zrange(bq.keys.delayed, 0, -1))
     orphans = [i for i in specs if i not in held]
     if orphans:
         removed += int(bq.redis.hdel(bq.delays.specs, *orphans))
     return removed
+
+
+def _gone(ctx: TaskContext, task_ids: list[str], page: int = 1000) -> list[str]:
+    """The ids among `task_ids` whose record no longer exists."""
+    gone: list[str] = []
+    for start in range(0, len(task_ids), page):
+        chunk = task_ids[start:start + page]
+        with ctx.bq.redis.pipeline(transaction=False) as pipe:
+            for task_id in chunk:
+                pipe.exists(ctx.bq.keys.task(task_id))
+            alive = pipe.execute()
+        gone += [t for t, ok in zip(chunk, alive, strict=True) if not ok]
+    return gone
