@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 import uuid
@@ -62,7 +63,8 @@ class TaskRequest(BaseModel):
     expires: float | datetime | None = None
     tags: tuple[str, ...] = ()
     parent_id: str | None = None
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:@-]{1,128}$")
+    # no ':' : it separates a task's own keys ({ns}:task:<id>:children, :checkpoint, ...)
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._@-]{1,128}$")
     depends_on: tuple[str, ...] = ()
     on_dependency_failure: OnDependencyFailure = "cancel"
 
@@ -473,7 +475,7 @@ class BOQueue:
             yield
         except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:  # noqa: E501
             raise BrokerUnavailableError(
-                f"Redis at {self.settings.redis_url} is unavailable: {exc}"
+                f"Redis at {redact(self.settings.redis_url)} is unavailable: {exc}"
             ) from exc
 
     # -- handlers -----------------------------------------------------------------------
@@ -624,6 +626,11 @@ def _request(**fields: Any) -> TaskRequest:
             for err in exc.errors()
         )
         raise ValidationError(problems) from None
+
+
+def redact(url: str) -> str:
+    """The URL without its password (error messages end up in logs and HTTP replies)."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _check_payload(payload: Mapping[str, Any], limit: int) -> None:

@@ -9,6 +9,7 @@ body over `max_payload_bytes` + BODY_MARGIN to 413, and anything unexpected to a
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -92,7 +93,19 @@ async def _bo_queue_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if isinstance(exc, TaskFailedError):  # the remote type and message, not its traceback
         return error(status, type(exc).__name__, f"{exc.remote_type}: {exc.remote_message}")
+    if isinstance(exc, BrokerUnavailableError):  # where Redis is stays in the server's log
+        return await _redis_error(request, exc)
     return error(status, type(exc).__name__, str(exc))
+
+
+def _redact_keys(record: logging.LogRecord) -> bool:
+    """Keep dashboard keys (`?key=`) out of uvicorn's access log."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            re.sub(r"([?&]key=)[^&\s]*", r"\1***", a) if isinstance(a, str) else a
+            for a in record.args
+        )
+    return True
 
 
 async def _redis_error(request: Request, exc: Exception) -> JSONResponse:
@@ -189,12 +202,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
+    logging.getLogger("uvicorn.access").addFilter(_redact_keys)
     app.state.namespaces = namespaces
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_payload_bytes + BODY_MARGIN)
     app.add_exception_handler(BOQueueError, _bo_queue_error)
-    app.add_exception_handler(redis.ConnectionError, _redis_error)
-    app.add_exception_handler(redis.TimeoutError, _redis_error)
+    app.add_exception_handler(redis.RedisError, _redis_error)  # also READONLY, OOM, LOADING
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(Exception, _unexpected)

@@ -91,8 +91,9 @@ def snapshot(bq: BOQueue, study_id: str) -> Snapshot:
         trials = bq.studies.store.trials(study_id)
     except StudyNotFoundError:
         raise HTTPException(status_code=404, detail=f"no study with id {study_id!r}") from None
-    except BrokerUnavailableError as exc:
-        raise HTTPException(status_code=503, detail=str(exc)) from None
+    except BrokerUnavailableError:
+        unavailable = "Redis is unavailable; try again shortly"
+        raise HTTPException(status_code=503, detail=unavailable) from None
     snap = Snapshot(study, trials, Counter(t.status.value for t in trials))
     spec = study.spec
     feasible = [t for t in trials if _feasible(spec, t)]

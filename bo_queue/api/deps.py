@@ -44,7 +44,9 @@ def api_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    return request.query_params.get("key")
+    if "/dashboard" in request.url.path:  # a page a browser opens cannot send headers
+        return request.query_params.get("key")
+    return None
 
 
 def current_bq(request: Request) -> BOQueue:

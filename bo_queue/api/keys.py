@@ -55,6 +55,8 @@ class ApiKeys:
         """Revoke by the plain key or by the id `list()` shows (a digest prefix)."""
         if key_or_id.startswith(PREFIX):
             return bool(self.redis.hdel(KEYS_HASH, digest(key_or_id)))
+        if len(key_or_id) < 8:
+            raise ValidationError("give at least 8 characters of the key's id")
         matches = [h for h in self.redis.hkeys(KEYS_HASH) if str(h).startswith(key_or_id)]
         if len(matches) > 1:
             raise ValidationError(f"{key_or_id!r} matches {len(matches)} keys; give more of it")

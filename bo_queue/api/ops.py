@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from bo_queue.api.deps import api_key
 from bo_queue.api.models import ScheduleRequest
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.health import HealthReport, check_health
@@ -118,10 +119,18 @@ def check(
     """Redis answers, a live worker consumes each configured queue, beat runs (unless
     require_beat=false), and no queue's oldest task waited longer than max_queue_age_s.
     200 when every check passes, 503 with the same report when one fails. This checks the
-    server's own namespace (BO_QUEUE_NAMESPACE)."""
+    server's own namespace (BO_QUEUE_NAMESPACE). Without a valid API key the reply says
+    only whether it is healthy; with one, each check and its detail."""
     namespaces = request.app.state.namespaces
     bq = namespaces.get(namespaces.settings.namespace)
     report = check_health(bq, max_queue_age_s=max_queue_age_s, require_beat=require_beat)
+    if not _has_valid_key(request):  # anyone may ask; only key holders see the details
+        report = HealthReport(ok=report.ok, checks=[])
     if not report.ok:
         return JSONResponse(report.model_dump(mode="json"), status_code=503)
     return report
+
+
+def _has_valid_key(request: Request) -> bool:
+    key = api_key(request)
+    return key is not None and request.app.state.namespaces.keys.namespace_of(key) is not None

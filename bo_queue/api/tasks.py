@@ -17,7 +17,8 @@ from bo_queue.states import TaskState
 
 router = APIRouter(tags=["tasks"], responses={**COMMON, **responses(413)})
 
-TaskId = Annotated[str, Path(description="a task id", max_length=128)]
+TaskId = Annotated[str, Path(description="a task id",
+                                   pattern=r"^[A-Za-z0-9._@-]{1,128}$")]
 Terminate = Annotated[bool, Query(description="kill a RUNNING task (SIGTERM) instead of "
                                               "letting it see ctx.cancelled")]
 

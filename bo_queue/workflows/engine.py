@@ -104,7 +104,7 @@ class WorkflowStore:
 
 
 def advance_id(run: WorkflowRun) -> str:
-    return f"wf-{run.id}-{run.sequence}:advance"  # ':' is in no step name: no clash
+    return f"wf-{run.id}-{run.sequence}.advance"  # '.' is in no step name: no clash
 
 
 def arm(bq: BOQueue, run: WorkflowRun, *, depends_on: Sequence[str] = (),

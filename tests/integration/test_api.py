@@ -431,7 +431,10 @@ def test_monitor_and_health(api: ApiServer, client_a: httpx.Client, cluster: Clu
     healthy = httpx.get(api.url + "/health", params={"require_beat": "false"})  # no key
     assert healthy.status_code == 200, healthy.text
     assert healthy.json()["ok"] is True
+    assert healthy.json()["checks"] == []  # without a key: only whether it is healthy
     unhealthy = httpx.get(api.url + "/health")  # beat is required by default; none runs
-    assert unhealthy.status_code == 503
-    checks = {name: ok for name, ok, _ in unhealthy.json()["checks"]}
+    assert unhealthy.status_code == 503 and unhealthy.json() == {"ok": False, "checks": []}
+    detailed = client_a.get("/health")  # a key holder sees each check
+    assert detailed.status_code == 503
+    checks = {name: ok for name, ok, _ in detailed.json()["checks"]}
     assert checks["beat"] is False and checks["redis"] is True

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+from bo_queue import BOQueue
 from bo_queue.api.app import BODY_MARGIN, create_app, status_of
 from bo_queue.config import Settings
 from bo_queue.errors import (
@@ -111,6 +112,9 @@ def test_errors_map_to_statuses_and_json_bodies(
         assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)
     elif isinstance(exc, TaskFailedError):
         assert body == {"error": "TaskFailedError", "detail": "ValueError: boom"}
+    elif isinstance(exc, BrokerUnavailableError):  # where Redis is (its URL) stays private
+        assert body == {"error": "BrokerUnavailableError",
+                        "detail": "Redis is unavailable; try again shortly"}
     else:
         assert body == {"error": type(exc).__name__, "detail": str(exc)}
 
@@ -149,3 +153,18 @@ def test_routes_need_a_key_but_health_does_not(app: FastAPI) -> None:
     assert "422" in schema["paths"]["/tasks"]["post"]["responses"]
     ref = schema["paths"]["/tasks"]["post"]["responses"]["422"]["content"]["application/json"]
     assert ref["schema"]["$ref"].endswith("/ErrorBody")  # not FastAPI's own 422 model
+
+
+def test_a_redis_password_never_reaches_a_reply_or_a_message() -> None:
+    from bo_queue.client import redact
+
+    assert redact("redis://:hunter2@db:6379/0") == "redis://:***@db:6379/0"
+    assert redact("rediss://app:s3cret@db:6380/1") == "rediss://app:***@db:6380/1"
+    assert redact("redis://db:6379/0") == "redis://db:6379/0"
+    bq = BOQueue(redis_url="redis://:hunter2@127.0.0.1:1/0", connect_timeout_s=0.2)
+    try:
+        with pytest.raises(BrokerUnavailableError) as caught:
+            bq.info("x")
+        assert "hunter2" not in str(caught.value) and ":***@" in str(caught.value)
+    finally:
+        bq.close()

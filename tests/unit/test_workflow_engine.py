@@ -115,7 +115,7 @@ def flow(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> Flow:
 
 
 def adv(seq: int, workflow_id: str = "w1") -> str:
-    return f"wf-{workflow_id}-{seq}:advance"
+    return f"wf-{workflow_id}-{seq}.advance"
 
 
 def task(seq: int, name: str, workflow_id: str = "w1") -> str:
@@ -136,7 +136,7 @@ def two_steps() -> Workflow:
 def test_run_stores_the_run_and_submits_its_first_advance(flow: Flow) -> None:
     run = flow.start(two_steps(), {"n": 3})
     assert run.id == "w1"
-    assert run.advance_id == adv(0) == "wf-w1-0:advance"
+    assert run.advance_id == adv(0) == "wf-w1-0.advance"
     assert run.status is WorkflowStatus.RUNNING
     assert run.context == {"input": {"n": 3}, "vars": {}}
     stored = flow.run()
@@ -216,7 +216,7 @@ def test_a_wrong_token_is_stale_and_changes_nothing(flow: Flow) -> None:
     flow.advance(adv(0))
     keys = sorted(flow.bq.redis.keys("*"))
     before = flow.raw()
-    for token in ("wf-w1-7:advance", adv(0), adv(2), "whatever"):
+    for token in ("wf-w1-7.advance", adv(0), adv(2), "whatever"):
         assert engine.advance(flow.bq, "w1", token) == "stale: RUNNING"
     assert flow.raw() == before
     assert sorted(flow.bq.redis.keys("*")) == keys
