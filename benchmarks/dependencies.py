@@ -59,43 +59,39 @@ of producing numbers.
 
 Results go to benchmarks/results/dependencies.json (raw numbers of every round, the
 machine and the date); the table is printed, and written alone with --markdown-out PATH.
-Run it as a script (it imports `machine_info` from benchmarks/throughput.py beside it).
+Run it as a script (it imports benchmarks/harness.py beside it).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import os
-import shutil
-import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 from celery import chain, chord, group
-from throughput import machine_info  # this script's directory is on sys.path
+from harness import (  # this script's directory is on sys.path
+    RUN_QUEUE,
+    add_common_args,
+    run_benchmark,
+    run_header,
+    write_results,
+)
 
 from bo_queue import BOQueue, TaskState
-from bo_queue.local import RedisServer, WorkerProcess
 from bo_queue.workflows import Workflow, WorkflowStatus
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "dependencies.json"
 
 PING = "bo_queue.ping"  # the built-in bo_queue handler that answers at once
-RUN_QUEUE = "default"  # the queue the worker consumes
 GET_TIMEOUT_S = 120.0
 SETTLE_TIMEOUT_S = 10.0  # validation: how long a record or stored result may lag a result
 
@@ -400,12 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-s", type=float, default=0.02,
                         help="how often bq.workflows.wait polls the run (default 0.02)")
     parser.add_argument("--quick", action="store_true", help="a ~20-30 s smoke run")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
-    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--markdown-out", type=Path, default=None,
-                        help="also write the markdown table (alone) to this file")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
+    add_common_args(parser, DEFAULT_JSON)
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 12 if args.quick else 60
@@ -416,17 +407,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # The same settings for the producer and the worker: nothing from the caller's BO_QUEUE_*.
-    for name in [k for k in os.environ if k.startswith("BO_QUEUE_")]:
-        del os.environ[name]
-    # machine_info asks git for the commit and `git status`: take no optional index lock.
-    os.environ["GIT_OPTIONAL_LOCKS"] = "0"
 
     def log(message: str) -> None:
         if args.verbose:
@@ -434,53 +416,20 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = {"n": args.n, "m": args.m, "k": args.k}
     variants = groups(args.poll_s)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` cleans up on kill too
-    began = time.monotonic()
-    load_before = os.getloadavg()
-    log_dir = tempfile.mkdtemp(prefix="bo-queue-bench-deps-")
-    failed, interrupted = True, False
-    try:
-        with ExitStack() as stack:  # closes, last first: the facade, the worker, redis-server
-            try:
-                server = RedisServer()
-                stack.callback(server.close)
-                server.start()
-                namespace = f"benchdeps{os.getpid()}"
-                worker = WorkerProcess(
-                    server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
-                    pool=args.pool, name="bench-deps",
-                    log_path=os.path.join(log_dir, "worker.log"),
-                )
-                stack.callback(worker.__exit__, None, None, None)  # stops it even if start fails
-                print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
-                      f"{args.concurrency}, queue {RUN_QUEUE!r}; N={args.n}, M={args.m}, "
-                      f"K={args.k}, {args.rounds} rounds", file=sys.stderr, flush=True)
-                worker.start(wait=60)
-                bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
-                redis_version = str(bq.redis.info("server").get("redis_version"))
 
-                warm_up(bq, variants, sizes)
-                elapsed, orders = run_rounds(bq, variants, sizes, args.rounds, log)
-            except KeyboardInterrupt:
-                interrupted = True
-            # Leaving the handler frees the interrupted frames, and the Celery AsyncResults in
-            # them, while redis-server still runs (their __del__ talks to it). Collect those
-            # in reference cycles now too: collected after redis-server stops, an AsyncResult's
-            # __del__ retries its unsubscribe for about a minute before the process can exit.
-            gc.collect()
-        failed = False
-    finally:
-        if failed:
-            print(f"worker log kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
-    if interrupted:
-        print("interrupted; the worker and redis-server are stopped", file=sys.stderr)
+    def measure(bq: BOQueue) -> tuple[dict[str, list[float]], list[list[str]]]:
+        warm_up(bq, variants, sizes)
+        return run_rounds(bq, variants, sizes, args.rounds, log)
+
+    banner = f"N={args.n}, M={args.m}, K={args.k}, {args.rounds} rounds"
+    measured = run_benchmark(args, "deps", banner, measure)
+    if measured is None:
         return 130
+    elapsed, orders = measured.value
 
     rows = build_rows(elapsed, sizes, args.poll_s)
     table = markdown_table(rows)
-    load_after = os.getloadavg()
+    load_before, load_after = measured.load_before, os.getloadavg()
     notes = [
         f"Median of {args.rounds} rounds; every variant runs once per round, in an order that "
         "rotates from round to round within its group. Speed = baseline time / bo_queue "
@@ -503,11 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- {note}")
 
     result = {
-        "benchmark": "dependencies",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - began, 1),
-        "machine": {**machine_info(redis_version),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+        **run_header("dependencies", measured),
         "config": {
             "chain_n": args.n, "fanin_m": args.m, "steps_k": args.k, "rounds": args.rounds,
             "workflow_poll_s": args.poll_s, "quick": args.quick, "worker_pool": args.pool,
@@ -531,13 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "table_markdown": table,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json_out}", file=sys.stderr)
-    if args.markdown_out is not None:
-        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown_out.write_text(table)
-        print(f"wrote {args.markdown_out}", file=sys.stderr)
+    write_results(args, result, table)
     return 0
 
 

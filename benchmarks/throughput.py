@@ -36,50 +36,39 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import math
 import os
-import platform
 import pstats
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from celery import shared_task
+from harness import (  # this script's directory is on sys.path
+    RUN_QUEUE,
+    add_common_args,
+    run_benchmark,
+    run_header,
+    write_results,
+)
+from plain_task import PLAIN
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "throughput.json"
 
 PING = "bo_queue.ping"  # the built-in bo_queue handler that answers at once
-PLAIN = "bench.plain_ping"  # the same body as a plain Celery task: no bo_queue on the worker
-RUN_QUEUE = "default"  # the queue the worker consumes
 PARKED_QUEUE = "bo"  # a configured queue no worker consumes: submit-only rows send here
 GET_TIMEOUT_S = 120.0
-
-
-@shared_task(name=PLAIN)
-def plain_ping(payload: dict[str, Any]) -> dict[str, Any]:
-    """What `bo_queue.ping` answers, as a plain Celery task (the worker imports this module)."""
-    return {"pong": True, "at": time.time(), "echo": payload.get("echo")}
 
 
 # -- the variants ----------------------------------------------------------------------------
 #
 # Each takes the facade and a task count and returns what it measured: elapsed seconds for
 # the rate variants, one round-trip time per task for the latency variants. Imports of
-# bo_queue happen inside main(), so a worker importing this module for `plain_ping` stays light.
+# bo_queue happen inside run_benchmark().
 
 Variant = Callable[[Any, int], float]
 LatencyVariant = Callable[[Any, int], list[float]]
@@ -405,37 +394,6 @@ def profile_submit(bq: Any, n: int) -> str:
     return out.getvalue()
 
 
-def machine_info(redis_version: str) -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = bool(subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "bo_queue", "workers"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {
-        "nproc": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {dist: version(dist) for dist in
-                     ("bo-queue", "celery", "kombu", "redis", "pydantic")},
-        "redis_server": redis_version,
-        "git_commit": commit,
-        "library_modified_since_commit": dirty,
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Throughput and latency of no-op tasks: bo_queue facade vs raw Celery.",
@@ -450,14 +408,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=250,
                         help="one-by-one facade and raw submits alternate in chunks of this size")
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
-    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
-    parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--markdown-out", type=Path, default=None,
-                        help="also write the markdown table (alone) to this file")
+    add_common_args(parser, DEFAULT_JSON)
     parser.add_argument("--profile", action="store_true",
                         help="after measuring, print a cProfile of facade and raw submits")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every round")
     args = parser.parse_args(argv)
     if args.n is None:
         args.n = 150 if args.quick else 1000
@@ -468,71 +421,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # The same settings for the producer and the worker: nothing from the caller's BO_QUEUE_*.
-    for name in [k for k in os.environ if k.startswith("BO_QUEUE_")]:
-        del os.environ[name]
-
-    from bo_queue import BOQueue
-    from bo_queue.local import RedisServer, WorkerProcess
 
     def log(message: str) -> None:
         if args.verbose:
             print(message, file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # so `finally` cleans up on kill too
-    began = time.monotonic()
-    load_before = os.getloadavg()
-    log_dir = tempfile.mkdtemp(prefix="bo-queue-bench-")
-    failed, interrupted = True, False
-    try:
-        with ExitStack() as stack:  # closes, last first: the facade, the worker, redis-server
-            try:
-                server = RedisServer()
-                stack.callback(server.close)
-                server.start()
-                namespace = f"bench{os.getpid()}"
-                worker = WorkerProcess(
-                    server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
-                    pool=args.pool, name="bench", imports=["benchmarks.throughput"],
-                    # so the worker can import this module (for the plain Celery task)
-                    env={"PYTHONPATH": os.pathsep.join(
-                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
-                    log_path=os.path.join(log_dir, "worker.log"),
-                )
-                stack.callback(worker.__exit__, None, None, None)  # stops it even if start fails
-                print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
-                      f"{args.concurrency}, queue {RUN_QUEUE!r}; N={args.n}, latency N="
-                      f"{args.latency_n}, {args.rounds} rounds", file=sys.stderr, flush=True)
-                worker.start(wait=60)
-                bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
-                redis_version = str(bq.redis.info("server").get("redis_version"))
+    def measure(bq: Any) -> tuple[Samples, str]:
+        warm_up(bq, min(args.n, 200))
+        samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
+        return samples, profile_submit(bq, args.n) if args.profile else ""
 
-                warm_up(bq, min(args.n, 200))
-                samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
-                profile = profile_submit(bq, args.n) if args.profile else ""
-            except KeyboardInterrupt:
-                interrupted = True
-            # Leaving the handler frees the interrupted frames, and the Celery AsyncResults in
-            # them, while redis-server still runs (their __del__ talks to it).
-        failed = False
-    finally:
-        if failed:
-            print(f"worker log kept in {log_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(log_dir, ignore_errors=True)
-    if interrupted:
-        print("interrupted; the worker and redis-server are stopped", file=sys.stderr)
+    banner = f"N={args.n}, latency N={args.latency_n}, {args.rounds} rounds"
+    measured = run_benchmark(args, "tp", banner, measure, imports=["benchmarks.plain_task"])
+    if measured is None:
         return 130
+    samples, profile = measured.value
 
     rows = build_rows(samples)
     table = markdown_table(rows)
-    load_after = os.getloadavg()
+    load_before, load_after = measured.load_before, os.getloadavg()
     notes = [
         f"Median of {args.rounds} rounds; every variant runs once per round, in an order that "
         "rotates from round to round. Ratio = facade / baseline: for rates higher is better, "
@@ -558,11 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print(profile)
 
     result = {
-        "benchmark": "throughput",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - began, 1),
-        "machine": {**machine_info(redis_version),
-                    "loadavg_before": load_before, "loadavg_after": load_after},
+        **run_header("throughput", measured),
         "config": {
             "n": args.n, "latency_n": args.latency_n, "rounds": args.rounds,
             "submit_chunk": args.chunk,
@@ -591,13 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "table_markdown": table,
     }
-    args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json_out}", file=sys.stderr)
-    if args.markdown_out is not None:
-        args.markdown_out.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown_out.write_text(table)
-        print(f"wrote {args.markdown_out}", file=sys.stderr)
+    write_results(args, result, table)
     return 0
 
 
