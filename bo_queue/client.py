@@ -438,7 +438,10 @@ class BOQueue:
         """Ending a task settled its dependents: send those released, and wake anyone
         waiting on those cancelled (their record already says why)."""
         if cancelled:
-            reasons = [self.records.get_fields(i, "error")[0] for i in cancelled]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in cancelled:
+                    pipe.hget(self.keys.task(task_id), "error")
+                reasons = pipe.execute()
             for task_id, reason in zip(cancelled, reasons, strict=True):
                 self.app.backend.mark_as_revoked(task_id, reason or "dependency failed")
         if released:

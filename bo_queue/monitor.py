@@ -150,14 +150,16 @@ class Monitor:
         """When each task became ready to run: the latest of reaching its current state
         (queued, released by its dependencies, retrying), its due time and its next
         attempt. A countdown or a backoff is not time spent waiting in the queue."""
+        infos = [i for i in self.bq.records.get_many(task_ids) if i is not None]
+        with self.bq.redis.pipeline(transaction=False) as pipe:
+            for info in infos:
+                pipe.zscore(self.bq.keys.state_index(info.state), info.id)
+            scores = pipe.execute()
         out: dict[str, float] = {}
-        for task_id, info in zip(task_ids, self.bq.records.get_many(task_ids), strict=True):
-            if info is None:
-                continue
-            score = self.bq.redis.zscore(self.bq.keys.state_index(info.state), task_id)
+        for info, score in zip(infos, scores, strict=True):
             moments = [info.created_at, info.due_at, info.next_attempt_at]
             stamps = [m.timestamp() for m in moments if m is not None]
-            out[task_id] = max([*stamps, *([float(score)] if score is not None else [])])
+            out[info.id] = max([*stamps, *([float(score)] if score is not None else [])])
         return out
 
     def workers(self, *, inspect: bool = False, timeout: float = 1.0) -> list[WorkerStatus]:
