@@ -8,7 +8,7 @@ EXTRAS ?= dev,bo
 CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint unit integration benchmark benchmark-flows benchmark-bo clean
+.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: $(BIN)/.installed-$(EXTRAS)
 
 test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
+
+# Every reliability scenario at full size (20,000 tasks, 50 studies, the 10-minute soak),
+# then its figures into the README's reliability section; one file at a time, so that the
+# soak and the load test have the machine to themselves. `make test` runs the quick sizes.
+test-reliability: $(BIN)/.installed-$(EXTRAS)
+	RELIABILITY=full RELIABILITY_README=1 \
+		$(BIN)/python -m pytest tests/reliability -m '' -n 0 --timeout 1800
 
 unit: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest tests/unit

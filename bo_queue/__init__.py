@@ -7,12 +7,14 @@ from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.config import Settings
 from bo_queue.context import TaskContext
 from bo_queue.errors import (
+    AgentError,
     BOQueueError,
     BrokerUnavailableError,
     ConfigurationError,
     DependencyError,
     InvalidResultError,
     InvalidTransitionError,
+    NotHeldError,
     ReportConflictError,
     StudyError,
     StudyNotFoundError,
@@ -20,6 +22,7 @@ from bo_queue.errors import (
     TaskError,
     TaskExpiredError,
     TaskFailedError,
+    TaskLostError,
     TaskTimeoutError,
     TrialNotFoundError,
     UnknownHandlerError,
@@ -54,6 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "TERMINAL_STATES",
+    "AgentError",
     "BOQueue",
     "BOQueueError",
     "BrokerUnavailableError",
@@ -64,6 +68,7 @@ __all__ = [
     "InvalidResultError",
     "InvalidTransitionError",
     "LinearConstraint",
+    "NotHeldError",
     "Objective",
     "OutcomeConstraint",
     "Priority",
@@ -86,6 +91,7 @@ __all__ = [
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",
+    "TaskLostError",
     "TaskRequest",
     "TaskState",
     "TaskTimeoutError",

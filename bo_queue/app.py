@@ -8,7 +8,7 @@ from celery import Celery
 from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
-from bo_queue.config import Settings
+from bo_queue.config import Settings, redis_tls_options
 from bo_queue.keys import Keys
 from bo_queue.states import Priority
 
@@ -23,6 +23,21 @@ class ResultBackend(RedisBackend):
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
+
+
+def tls_conf(settings: Settings) -> dict[str, Any]:
+    """Celery, redbeat and Flower settings for rediss:// URLs, from the URLs' own TLS
+    options (bo_queue.config.TLS_PARAMS). The URLs keep them too, for the redis-py clients
+    bo_queue builds from the URL alone; both say the same."""
+    conf: dict[str, Any] = {}
+    broker = redis_tls_options(settings.redis_url)
+    if broker is not None:
+        # the broker (kombu), Flower's queue lengths, and redbeat (beat, bq.schedules)
+        conf.update(broker_use_ssl=broker, redbeat_redis_use_ssl=broker)
+    results = redis_tls_options(settings.results_url)
+    if results is not None:
+        conf["redis_backend_use_ssl"] = results
+    return conf
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -46,6 +61,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # A worker that loses Redis lets its running tasks finish (their record and
+        # result writes wait for Redis, see BOQueue(ride_out_outages_s)); Celery 6 would
+        # terminate them by default. Their messages come back if their ack is lost.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         # The Redis transport: 10 priority lists per queue (0 served first), every key
         # under the namespace, and one visibility timeout in all three places Celery reads.
         broker_transport_options={
@@ -60,6 +79,10 @@ def make_celery(settings: Settings) -> Celery:
             # kombu's default of every 10 x 10 s.
             "unacked_restore_interval": settings.restore_sweep_s,
             "unacked_restore_throttle": 1,
+            # kombu's restore sweep runs under a lock that expires after 300 s by
+            # default: a Redis that crashed mid-sweep (the lock is in its AOF) would
+            # block every sweep for five minutes after it is back
+            "unacked_mutex_expire": max(10, 3 * settings.restore_sweep_s),
         },
         result_backend_transport_options={
             "visibility_timeout": visibility,
@@ -90,5 +113,6 @@ def make_celery(settings: Settings) -> Celery:
         redbeat_key_prefix=f"{settings.namespace}:redbeat:",
         redbeat_lock_timeout=10,
         beat_max_loop_interval=1,  # dynamic schedules are seen within a second
+        **tls_conf(settings),
     )
     return app

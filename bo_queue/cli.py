@@ -22,6 +22,10 @@ def _worker(args: argparse.Namespace) -> int:
     imports += [m for group in args.imports for m in group.split(",") if m.strip()]
     if imports:
         env[f"{ENV_PREFIX}IMPORTS"] = ",".join(dict.fromkeys(imports))
+    if args.capabilities is not None:
+        env[f"{ENV_PREFIX}CAPABILITIES"] = args.capabilities
+    if args.offers is not None:
+        env[f"{ENV_PREFIX}OFFERS"] = args.offers
     os.environ.update(env)
     settings = Settings.load()  # fail here, clearly, rather than inside celery
     queues = [q.strip() for q in (args.queues or ",".join(settings.queues)).split(",") if q.strip()]
@@ -326,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("-n", "--hostname", help="worker name, e.g. w1@%%h")
     worker.add_argument("-l", "--loglevel", default="INFO")
     worker.add_argument("-P", "--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    worker.add_argument("--capabilities",
+                        help="comma-separated capabilities, e.g. gpu (BO_QUEUE_CAPABILITIES)")
+    worker.add_argument("--offers", help="resources it offers, e.g. cpu=4,memory_mb=8192,gpu=1 "
+                        "(BO_QUEUE_OFFERS; default: its cores and memory)")
     worker.set_defaults(func=_worker)
     study = sub.add_parser("study", help="create, run and inspect optimization studies")
     actions = study.add_subparsers(dest="action", required=True)

@@ -18,8 +18,10 @@ import pydantic
 import redis
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
-from bo_queue import dependencies, registry
+from bo_queue import dependencies, placement, registry
 from bo_queue.app import make_celery
 from bo_queue.config import Settings
 from bo_queue.delays import RELEASE_BATCH, DelayedSubmissions
@@ -30,14 +32,18 @@ from bo_queue.errors import (
     UnknownHandlerError,
     UnknownTaskError,
     ValidationError,
+    shown,
 )
 from bo_queue.handle import TaskHandle
-from bo_queue.keys import Keys
+from bo_queue.keys import PULL_QUEUE, Keys
+from bo_queue.outbox import Outbox
 from bo_queue.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.registry import VERSION, Resources
 from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, PriorityInput, TaskState
 
 if TYPE_CHECKING:
+    from bo_queue.agents import AgentManager
     from bo_queue.monitor import Monitor
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
@@ -47,6 +53,16 @@ if TYPE_CHECKING:
 # How far ahead a task may be due or expire: record TTLs and timestamps stay in range
 # (Redis EXPIRE, datetime), whatever a caller sends (1e308, inf).
 MAX_HORIZON_S = 10 * 366 * 86400.0
+
+# What a task id may be (a request's own `id`, `parent_id`, `depends_on`): no ':', which
+# separates a task's own keys ({ns}:task:<id>:children, :checkpoint, ...), so an id can
+# never name another task's key.
+TASK_ID = r"^[A-Za-z0-9._@-]{1,128}$"
+_TASK_ID = re.compile(TASK_ID)
+
+# How deeply JSON (a payload, evaluator options) may nest: json.dumps recurses, and Lua's
+# cjson stops at 1000 levels; real payloads are nowhere near either.
+MAX_JSON_DEPTH = 100
 
 
 class TaskRequest(BaseModel):
@@ -62,22 +78,39 @@ class TaskRequest(BaseModel):
     eta: datetime | None = None
     expires: float | datetime | None = None
     tags: tuple[str, ...] = ()
-    parent_id: str | None = None
-    # no ':' : it separates a task's own keys ({ns}:task:<id>:children, :checkpoint, ...)
-    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._@-]{1,128}$")
+    parent_id: str | None = Field(default=None, pattern=TASK_ID)
+    id: str | None = Field(default=None, pattern=TASK_ID)
     depends_on: tuple[str, ...] = ()
     on_dependency_failure: OnDependencyFailure = "cancel"
+    resources: Resources | None = None  # what a run needs; default: the handler's
+    version: str | None = Field(default=None, pattern=VERSION.pattern)  # a handler version
 
     @field_validator("priority", mode="before")
     @classmethod
     def _priority(cls, value: Any) -> Priority:
+        plain = isinstance(value, str) and len(value) <= 20
+        level = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9
+        if not (isinstance(value, Priority) or plain or level):
+            # not for Priority.parse's message: repr() of a 5,000-digit int or of a list
+            # nested 100,000 deep raises (ValueError, RecursionError)
+            names = ", ".join(Priority.__members__)
+            raise ValueError(f"unknown priority {shown(value)}; use one of {names}")
         return Priority.parse(value)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)  # one tag, not its characters
+        if isinstance(value, Iterable) and not isinstance(value, bytes | Mapping):
+            return tuple(value)
+        return value  # pydantic says what is wrong with it (None, a number, ...)
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not tag or len(tag) > 128 for tag in tags):
-            raise ValueError("tags must be non-empty strings of at most 128 characters")
+        if any(not tag or len(tag) > 128 or not encodable(tag) for tag in tags):
+            raise ValueError("tags must be non-empty UTF-8 strings of at most 128 characters")
         return tuple(dict.fromkeys(tags))
 
     @field_validator("depends_on", mode="before")
@@ -89,6 +122,14 @@ class TaskRequest(BaseModel):
             return value  # pydantic says what is wrong with it (None, a number, ...)
         ids = [v.id if isinstance(v, TaskHandle) else v for v in value]
         return tuple(dict.fromkeys(ids)) if all(isinstance(i, str) for i in ids) else ids
+
+    @field_validator("depends_on")
+    @classmethod
+    def _dependency_ids(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [i for i in ids if not _TASK_ID.fullmatch(i)]
+        if bad:
+            raise ValueError(f"not task ids: {', '.join(map(shown, bad[:5]))}")
+        return ids
 
     @field_validator("expires")
     @classmethod
@@ -139,6 +180,7 @@ class BOQueue:
         namespace: str | None = None,
         *,
         settings: Settings | None = None,
+        ride_out_outages_s: float = 0.0,
         **overrides: Any,
     ) -> None:
         if settings is None:
@@ -149,24 +191,34 @@ class BOQueue:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self.app: Celery = make_celery(settings)
+        # A producer hears at once that Redis is down (BrokerUnavailableError). A worker
+        # (ride_out_outages_s > 0) waits it out instead: a record or result write that
+        # failed mid-task would otherwise fail a task that did nothing wrong.
+        retry = None if ride_out_outages_s <= 0 else Retry(
+            ExponentialBackoff(cap=1.0, base=0.05), retries=math.ceil(ride_out_outages_s) + 5
+        )
         self.redis = redis.Redis.from_url(
             settings.redis_url,
             decode_responses=True,
             socket_connect_timeout=settings.connect_timeout_s,
             socket_timeout=max(settings.connect_timeout_s, 10.0),
+            **({} if retry is None else {"retry": retry}),
         )
         self.records = RecordStore(
             self.redis, self.keys, settings.result_expires_s, on_settled=self._on_settled,
             events_max_len=settings.events_max_len,
         )
         self.delays = DelayedSubmissions(self.redis, self.keys)
+        self.outbox = Outbox(self.redis, self.keys)
         self._directory: dict[str, dict[str, Any]] = {}
+        self._announced: set[str] = set()  # placed queues this producer has recorded
         self._directory_read_at = -math.inf
         self._results: ResultWaiter | None = None
         self._studies: StudyManager | None = None
         self._schedules: ScheduleManager | None = None
         self._workflows: WorkflowManager | None = None
         self._monitor: Monitor | None = None
+        self._agents: AgentManager | None = None
         self._raw_redis: redis.Redis | None = None
         self._callbacks: CallbackDispatcher | None = None
         self._lock = threading.RLock()  # callbacks() builds results() under it
@@ -241,6 +293,17 @@ class BOQueue:
             self._monitor = Monitor(self)
         return self._monitor
 
+    @property
+    def agents(self) -> AgentManager:
+        """Pull mode: task types external agents claim, agents, leases (bo_queue.agents)."""
+        if self._agents is None:
+            with self._lock:
+                if self._agents is None:
+                    from bo_queue.agents import AgentManager
+
+                    self._agents = AgentManager(self)
+        return self._agents
+
     def tasks(self, state: TaskState | str | None = None, **filters: Any) -> list[TaskInfo]:
         """Tasks by state, tag, queue, handler, since, limit (see Monitor.tasks)."""
         return self.monitor.tasks(state, **filters)
@@ -295,6 +358,8 @@ class BOQueue:
         parent_id: str | None = None,
         depends_on: Iterable[str | TaskHandle] = (),
         on_dependency_failure: OnDependencyFailure = "cancel",
+        resources: Resources | Mapping[str, float] | None = None,
+        version: str | None = None,
     ) -> TaskHandle:
         """Queue one task for the handler `handler`. Raises ValidationError (or
         UnknownHandlerError) for bad input, DependencyError for an unknown dependency,
@@ -303,12 +368,15 @@ class BOQueue:
         With `depends_on`, the task stays PENDING until every dependency has SUCCEEDED,
         then is queued; if one fails, is cancelled or expires, the task is CANCELLED with
         the reason, unless on_dependency_failure="run" (it then runs once all have ended).
+        `resources` (cpu, memory_mb, gpu) replaces the handler's; `version` sends it to a
+        worker serving that version of the handler (an error if no live worker does).
         """
         request = _request(
             handler=handler, payload=payload if payload is not None else {},
             priority=priority, queue=queue, countdown=countdown, eta=eta,
-            expires=expires, tags=tuple(tags), parent_id=parent_id,
-            depends_on=tuple(depends_on), on_dependency_failure=on_dependency_failure,
+            expires=expires, tags=tags, parent_id=parent_id,
+            depends_on=depends_on, on_dependency_failure=on_dependency_failure,
+            resources=resources, version=version,
         )
         return self._submit([self._plan(request)])[0]
 
@@ -324,6 +392,10 @@ class BOQueue:
         durable=True writes each message to Redis with its record and sends it from
         there under a lease, so a producer that dies between the two loses none (workers
         send what it left); it costs two more round trips."""
+        if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
+            raise ValidationError(
+                f"submit_many takes an iterable of requests, not {type(requests).__name__}"
+            )
         plans = []
         for index, item in enumerate(requests):
             try:
@@ -338,12 +410,18 @@ class BOQueue:
 
     def _plan(self, request: TaskRequest, task_id: str | None = None) -> _Plan:
         _check_payload(request.payload, self.settings.max_payload_bytes)
-        declared = self._handler_queue(request.handler)
+        entry = self._handler_entry(request.handler)
+        declared = entry.get("queue")
         queue = request.queue or declared or self.settings.default_queue
         if queue not in self.settings.queues and queue != declared:
             raise ValidationError(
                 f"unknown queue {queue!r}; configured queues: {', '.join(self.settings.queues)}"
             )
+        if declared == PULL_QUEUE and queue != PULL_QUEUE:  # no worker serves a pull type
+            raise ValidationError(f"{request.handler!r} is a pull task type: agents claim "
+                                  f"it; it cannot go to queue {queue!r}")
+        if queue != PULL_QUEUE:  # agents match capabilities themselves (bo_queue.agents)
+            queue = self._placed(request, entry, queue)
         now = time.time()
         due_at = None
         if request.countdown is not None and request.eta is not None:
@@ -393,6 +471,8 @@ class BOQueue:
                     self.records.wait_for(pipe, plan.id, req.depends_on, self._message(plan))
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, self._message(plan))
+                elif plan.queue != PULL_QUEUE:  # sent below: kept until a worker starts it
+                    self.outbox.keep(pipe, plan.id, self._message(plan))
             replies = pipe.execute()
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
@@ -407,7 +487,7 @@ class BOQueue:
                 producer.batch() if len(to_send) > 1 else _nothing(),
             ):
                 for plan in to_send:
-                    self.send(plan.id, self._message(plan), producer=producer)
+                    self.send(plan.id, self._message(plan), producer=producer, kept=True)
         return [TaskHandle(self, plan.id) for plan in plans]
 
     def _check_dependencies(self, plans: list[_Plan]) -> list[_Plan]:
@@ -454,10 +534,19 @@ class BOQueue:
             "handler": req.handler, "payload": req.payload, "queue": plan.queue,
             "priority": req.priority.broker_priority, "due_at": plan.due_at,
             "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
+            "resources": req.resources.model_dump() if req.resources else None,
         }
 
-    def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None) -> None:
-        """Hand one task message to Celery (used for new, held and retried tasks)."""
+    def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None,
+             kept: bool = False) -> None:
+        """Hand one task message to Celery (used for new, held and retried tasks), or,
+        for a pull type, to the agents (bo_queue.agents). The message is kept in the
+        outbox until a worker starts the task (bo_queue.outbox); `kept`: it is already."""
+        if message["queue"] == PULL_QUEUE:
+            self.agents.offer(task_id, message)
+            return
+        if not kept:
+            self.outbox.keep(self.redis, task_id, dict(message))
         due_at, expires_at = message.get("due_at"), message.get("expires_at")
         self.app.send_task(
             message["handler"],
@@ -470,6 +559,8 @@ class BOQueue:
             retries=message.get("retries", 0),
             parent_id=message.get("parent_id"),
             producer=producer,
+            # a submit's own resources travel with the message (the worker's admission)
+            headers={"bo_resources": message["resources"]} if message.get("resources") else None,
         )
 
     @contextmanager
@@ -485,17 +576,55 @@ class BOQueue:
 
     def _handler_queue(self, name: str) -> str | None:
         """The queue a handler declared; UnknownHandlerError if nobody declared it."""
+        queue: str | None = self._handler_entry(name).get("queue")
+        return queue
+
+    def _handler_entry(self, name: str) -> dict[str, Any]:
+        """What is known of a handler (HandlerSpec.describe()); UnknownHandlerError if
+        nobody declared it."""
         spec = registry.get(name)
         if spec is not None:
-            return spec.queue
+            return spec.describe()
         entry = self._directory.get(name)
         if entry is None and time.monotonic() - self._directory_read_at > 0.5:
             self.refresh_handlers()
             entry = self._directory.get(name)
         if entry is None:
             raise UnknownHandlerError(name, sorted(self._directory) + sorted(registry.registered()))
-        queue: str | None = entry.get("queue")
-        return queue
+        return entry
+
+    def _placed(self, request: TaskRequest, entry: Mapping[str, Any], queue: str) -> str:
+        """The broker queue for a task: its capability queue, or its version's queue
+        (bo_queue.placement). With a version, a live worker must consume that queue; with
+        resources, one of the live workers that consume it (if any is up) must offer them."""
+        requires = tuple(entry.get("requires") or ())
+        needs = request.resources
+        if needs is None and entry.get("resources"):
+            needs = Resources.model_validate(entry["resources"])
+        if request.version is None:
+            target = placement.capability_queue(queue, requires)
+        else:
+            target = placement.version_queue(queue, request.handler, request.version)
+        if request.version is not None or needs is not None:
+            with self._broker_errors():
+                serving = [card for card in self.monitor.live_worker_cards()
+                           if target in card.get("queues", ())]
+            if request.version is not None and not serving:
+                raise ValidationError(
+                    f"no live worker serves handler {request.handler!r} version "
+                    f"{request.version!r} on queue {queue!r}"
+                )
+            offers = [Resources.model_validate(card.get("offers") or {}) for card in serving]
+            if needs is not None and offers and not any(needs.fits(o) for o in offers):
+                raise ValidationError(
+                    f"no live worker on queue {target!r} offers {needs.describe()} "
+                    f"(they offer: {'; '.join(str(o.describe()) for o in offers)})"
+                )
+        if target != queue and target not in self._announced:  # for bq.monitor.queues()
+            with self._broker_errors():
+                self.redis.sadd(self.keys.placed_queues, target)
+            self._announced.add(target)
+        return target
 
     def refresh_handlers(self) -> dict[str, dict[str, Any]]:
         """Re-read the handler directory that workers publish when they start."""
@@ -508,12 +637,14 @@ class BOQueue:
     # -- looking and cancelling ---------------------------------------------------------
 
     def handle(self, task_id: str) -> TaskHandle:
+        _known_id(task_id)
         with self._broker_errors():
             if not self.records.exists(task_id):
                 raise UnknownTaskError(task_id)
         return TaskHandle(self, task_id)
 
     def info(self, task_id: str) -> TaskInfo:
+        _known_id(task_id)
         with self._broker_errors():
             return self._info(task_id)
 
@@ -538,6 +669,7 @@ class BOQueue:
         on it. Returns the task's state after the call: CANCELLED, RUNNING (stopping), or
         the state it had already ended in.
         """
+        _known_id(task_id)
         with self._broker_errors():
             prior, after = self._cancel(task_id, terminate, reason)
             if not prior.terminal:  # a finished parent's live subtasks are theirs to finish
@@ -568,6 +700,8 @@ class BOQueue:
 
     def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
         """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
+        if not isinstance(tag, str) or not tag or not encodable(tag):
+            raise ValidationError(f"a tag is a non-empty UTF-8 string, not {shown(tag)}")
         cancelled = []
         with self._broker_errors():
             tagged = sorted(self.records.tagged(tag))
@@ -587,6 +721,7 @@ class BOQueue:
 
     def children(self, task_id: str) -> list[TaskInfo]:
         """The direct subtasks of a task (ctx.spawn or parent_id), oldest first."""
+        _known_id(task_id)
         with self._broker_errors():
             if not self.records.exists(task_id):
                 raise UnknownTaskError(task_id)
@@ -594,6 +729,7 @@ class BOQueue:
 
     def tree(self, task_id: str, max_depth: int = 20) -> TaskTree:
         """The task and its subtasks, to `max_depth` levels."""
+        _known_id(task_id)
         with self._broker_errors():
             tree = self.records.tree(task_id, max_depth)
         if tree is None:
@@ -603,13 +739,14 @@ class BOQueue:
     def graph(self, task_ids: Iterable[str]) -> DependencyGraph:
         """The dependency graph around these tasks: them, what they depend on and what
         depends on them, transitively. `.to_dot()` renders it for Graphviz."""
+        ids = [_known_id(task_id) for task_id in task_ids]
         with self._broker_errors():
-            return dependencies.read_graph(self.records, list(task_ids))
+            return dependencies.read_graph(self.records, ids)
 
     def plan(self, task_ids: Iterable[str]) -> list[list[str]]:
         """The execution plan of these tasks: topological layers, each of tasks that can
         run together once the layers before it are done, e.g. [[A], [B, C], [D]]."""
-        ids = list(dict.fromkeys(task_ids))
+        ids = list(dict.fromkeys(_known_id(task_id) for task_id in task_ids))
         with self._broker_errors():
             graph = dependencies.read_graph(self.records, ids, expand=False)
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
@@ -636,11 +773,53 @@ def redact(url: str) -> str:
     return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
-def _check_payload(payload: Mapping[str, Any], limit: int) -> None:
+def _known_id(task_id: object) -> str:
+    """A task id that can name a record; anything else is no task (UnknownTaskError),
+    before it is used in a key name (where "x:children" would name another key)."""
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise UnknownTaskError(task_id if isinstance(task_id, str) else shown(task_id))
+    return task_id
+
+
+def encodable(text: str) -> bool:
+    """Whether Redis can store `text` (UTF-8: no lone surrogates such as '\ud800')."""
     try:
-        size = len(json.dumps(payload, allow_nan=False, separators=(",", ":")))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"payload is not JSON-serialisable: {exc}") from None
-    if size > limit:
-        raise ValidationError(f"payload is {size} bytes; the limit is {limit}")
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply `value` nests (lists and dicts), counted without recursion and up to
+    `limit` + 1: a caller's 100,000-deep list is measured, not a RecursionError."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_json(value: Any, what: str, limit: int | None = None) -> str:
+    """`value` as compact JSON, or ValidationError saying why it cannot be: not
+    JSON-serialisable (bytes, sets, objects, NaN, non-str keys), nesting deeper than
+    MAX_JSON_DEPTH, or more than `limit` bytes."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValidationError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
+    if limit is not None and len(text) > limit:
+        raise ValidationError(f"{what} is {len(text)} bytes; the limit is {limit}")
+    return text
+
+
+def _check_payload(payload: Mapping[str, Any], limit: int) -> None:
+    check_json(payload, "payload", limit)
 

@@ -5,16 +5,82 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any
+import ssl
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bo_queue.errors import ConfigurationError
+from bo_queue.errors import BOQueueError, ConfigurationError
+
+if TYPE_CHECKING:
+    from bo_queue.registry import Resources
 
 ENV_PREFIX = "BO_QUEUE_"
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+# TLS options a rediss:// URL may carry in its query string, under the names redis-py,
+# kombu and Celery's result backend all read there (a typo would be ignored by one of
+# them, or quietly turn certificate checks off in another: anything else is an error)
+TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
+              "ssl_check_hostname")
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+_BOOLS = {"true": True, "false": False}
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def _tls_query(url: str) -> dict[str, str]:
+    return {k: v for k, v in parse_qsl(urlsplit(url).query) if k.startswith("ssl_")}
+
+
+def _check_tls(url: str) -> None:
+    """Reject TLS options that one of the Redis clients would misread (see TLS_PARAMS)."""
+    query = _tls_query(url)
+    if query and not url.startswith("rediss://"):
+        raise ValueError(f"{', '.join(query)}: TLS options need a rediss:// URL")
+    unknown = sorted(set(query) - set(TLS_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown TLS option(s) {', '.join(unknown)} in the Redis URL; "
+                         f"known: {', '.join(TLS_PARAMS)}")
+    reqs = query.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs={reqs}: expected one of {', '.join(_CERT_REQS)}")
+    check = query.get("ssl_check_hostname")
+    if check is not None and check not in _BOOLS:
+        raise ValueError(f"ssl_check_hostname={check}: expected true or false")
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = query.get(name)
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{name}={path}: no such file")
+
+
+def redis_tls_options(url: str) -> dict[str, Any] | None:
+    """For a rediss:// URL, its TLS options as redis-py keyword arguments (what Celery's
+    broker_use_ssl, redis_backend_use_ssl and redbeat_redis_use_ssl take); None otherwise.
+
+    Certificates are verified (against ssl_ca_certs, else the system's CAs) and the host
+    name checked unless the URL itself says otherwise: left to themselves, kombu would
+    fall back to no verification at all and Celery's result backend would refuse the URL.
+    """
+    if not url.startswith("rediss://"):
+        return None
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    for name, value in _tls_query(url).items():
+        if name == "ssl_cert_reqs":
+            options[name] = _CERT_REQS[value]
+        elif name == "ssl_check_hostname":
+            options[name] = _BOOLS[value]
+        else:
+            options[name] = value
+    return options
 
 
 def _split_csv(value: Any) -> Any:
@@ -44,11 +110,17 @@ class Settings(BaseSettings):
     hold_delays_over_s: float = Field(default=300.0, gt=0)
     # how often workers look for messages abandoned by dead workers
     restore_sweep_s: int = Field(default=10, ge=1)
-    result_expires_s: int = Field(default=86_400, ge=60)  # results and task records
+    result_expires_s: int = Field(default=86_400, ge=5)  # results and task records
     max_payload_bytes: int = Field(default=1_048_576, gt=0)
     # an eta this far in the past is still accepted (clock skew)
     eta_tolerance_s: float = Field(default=5.0, ge=0)
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    # a run that dies with its worker process is run again; a task whose runs died more
+    # often than this (or than its handler's max_retries, if more) fails: a poison task
+    max_lost_runs: int = Field(default=3, ge=0)
+    # how long a worker's own Redis calls (task records, results) wait for a Redis that
+    # went away before they fail; producers fail at once with BrokerUnavailableError
+    worker_outage_s: float = Field(default=60.0, ge=0)
     default_time_limit_s: float | None = Field(default=None, gt=0)
     # Threads each worker process gives torch (study steps). Pool processes already use
     # the cores; more threads oversubscribe them and OpenMP's spin-waits make a BoTorch
@@ -69,16 +141,30 @@ class Settings(BaseSettings):
     flower_address: str = "0.0.0.0"
     flower_user: str | None = None
     flower_password: str | None = Field(default=None, repr=False)
+    # a worker's capabilities (handlers that require one run only where it is declared)
+    # and what it offers to tasks that state resources: "cpu=4,memory_mb=8192,gpu=1"
+    # (default: its cores and memory, no GPU)
+    capabilities: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    offers: str | None = None
+    # cluster-wide limits and resources are held under a lease the running worker renews;
+    # a dead worker's come back after it
+    limit_lease_s: float = Field(default=30.0, ge=1)
+    # how long an external agent may hold a pull task without a heartbeat before it goes
+    # back for another agent (bo_queue.agents; a type or a claim may say otherwise)
+    agent_lease_s: float = Field(default=86_400.0, gt=0)
     # workers and beat log one JSON object per line (bo_queue.logs.JsonFormatter)
     log_json: bool = False
 
-    _split = field_validator("imports", "queues", mode="before")(_split_csv)
+    _split = field_validator("imports", "queues", "capabilities", mode="before")(_split_csv)
 
     @field_validator("redis_url", "result_url")
     @classmethod
     def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+        if url is None:
+            return url
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {_redact(url)!r}")
+        _check_tls(url)
         return url
 
     @field_validator("namespace")
@@ -124,6 +210,35 @@ class Settings(BaseSettings):
         if ":" in user or "," in user or "," in password:
             raise ValueError("flower_user may not contain ':' or ',', flower_password not ','")
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # the URLs may carry the Redis password: a repr (a log line, a traceback) hides it
+        for name, value in super().__repr_args__():
+            if name in ("redis_url", "result_url") and isinstance(value, str):
+                value = _redact(value)
+            yield name, value
+
+    @field_validator("capabilities")
+    @classmethod
+    def _capabilities(cls, value: list[str]) -> list[str]:
+        from bo_queue.registry import capability_names
+
+        try:
+            return list(capability_names(value))
+        except BOQueueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("offers")
+    @classmethod
+    def _offers(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_offers(value)
+        return value
+
+    @property
+    def worker_offers(self) -> Resources:
+        """What this worker offers: `offers`, else its cores and memory and no GPU."""
+        return parse_offers(self.offers) if self.offers else detected_offers()
+
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url
@@ -141,3 +256,27 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except pydantic.ValidationError as exc:
             raise ConfigurationError(str(exc)) from None
+
+
+def parse_offers(text: str) -> Resources:
+    """"cpu=4,memory_mb=8192,gpu=1" -> Resources (unnamed ones are 0)."""
+    from bo_queue.registry import Resources
+
+    values: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, amount = part.partition("=")
+        try:
+            values[name.strip()] = float(amount)
+        except ValueError:
+            raise ValueError(f"offers: expected name=number, got {part!r}") from None
+    try:
+        return Resources.model_validate(values)
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"offers {text!r}: {exc}") from None
+
+
+def detected_offers() -> Resources:
+    from bo_queue.registry import Resources
+
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return Resources(cpu=float(os.cpu_count() or 1), memory_mb=pages * page_size / 2**20)

@@ -15,6 +15,27 @@ if TYPE_CHECKING:
 _UNSET: Any = object()
 
 
+class TaskLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """`ctx.log`: a logger whose lines are also kept with the task's record (the last
+    MAX_LINES, each cut at MAX_CHARS), so `bq.info(id).log` shows what the run said."""
+
+    MAX_LINES, MAX_CHARS = 200, 1000
+
+    def __init__(self, logger: logging.Logger, extra: dict[str, Any]) -> None:
+        super().__init__(logger, extra)
+        self.lines: list[str] = []
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = f"{msg} {args}"
+            self.lines.append(f"{logging.getLevelName(level)} {text}"[: self.MAX_CHARS])
+            del self.lines[: -self.MAX_LINES]
+        super().log(level, msg, *args, **kwargs)
+
+
 class TaskContext:
     """Progress, cooperative cancellation, checkpoints, subtasks and a logger for one run.
 
@@ -35,7 +56,8 @@ class TaskContext:
         context = {"task_id": task_id, "handler": handler, "attempt": attempt}
         if study_id is not None:
             context["study_id"] = study_id
-        self.log = logging.LoggerAdapter(logging.getLogger(f"bo_queue.task.{handler}"), context)
+        self.log = TaskLog(logging.getLogger(f"bo_queue.task.{handler}"), context)
+        self.usage: dict[str, float] = {}  # what the run cost (wall, CPU, peak memory)
         self._bq = bq
         self._checkpoint: Any = _UNSET
         self._depends_on: tuple[str, ...] | None = None

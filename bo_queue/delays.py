@@ -40,6 +40,17 @@ return out
 """
 
 
+# KEYS: delayed zset, specs hash. ARGV: id, the spec that was sent. Drops the entry only
+# if it still holds that spec: the task may have been held again meanwhile (a worker
+# that took it could not admit it yet), and that newer hold must stay.
+_DROP_SENT = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 1
+"""
+
 RELEASE_BATCH = 100  # held submissions one claim takes
 
 
@@ -49,6 +60,7 @@ class DelayedSubmissions:
         self.zset = keys.delayed
         self.specs = f"{keys.delayed}:specs"
         self._claim = client.register_script(_CLAIM)
+        self._drop_sent = client.register_script(_DROP_SENT)
 
     def hold(self, pipe: Any, task_id: str, due_at: float, spec: dict[str, Any]) -> None:
         pipe.hset(self.specs, task_id, json.dumps(spec))
@@ -76,6 +88,6 @@ class DelayedSubmissions:
             except Exception:  # keep the lease: it is retried once the lease runs out
                 log.exception("could not send held task %s; will retry", task_id)
                 continue
-            self.drop(task_id)
+            self._drop_sent(keys=[self.zset, self.specs], args=[task_id, spec])
             sent += 1
         return sent

@@ -18,6 +18,9 @@
     │   ├── TrialNotFoundError      no trial with that index in the study (also a LookupError)
     │   ├── InvalidTransitionError  a lifecycle change the study's status does not allow
     │   └── ReportConflictError     a second, different result for a trial that has one
+    ├── AgentError                  pull mode: an agent lacks a type's capabilities, ...
+    │   └── NotHeldError            complete/fail/release by an agent that does not hold
+    │                               the task (another does, its lease ran out, it ended)
     └── TaskError                   how a task ended, raised by TaskHandle.get()
         ├── TaskFailedError         the handler raised; carries the remote type, message, traceback
         ├── TaskCancelledError      cancelled (by id, tag or terminate) before it could finish
@@ -25,10 +28,24 @@
         └── TaskTimeoutError        get(timeout=...) gave up waiting (the task may still finish)
 
     InvalidResultError raised *inside* a worker (a handler returned something that is not
-    JSON) fails that task, with it as the remote type.
+    JSON) fails that task, with it as the remote type; so does TaskLostError (the worker
+    running the task died more often than its retry budget allows: a poison task).
 """
 
 from __future__ import annotations
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """`value` for an error message: its repr, cut to `limit` characters, and never an
+    error itself (str() refuses ints past 4,300 digits; a caller's __repr__ may raise)."""
+    try:
+        text = repr(value)
+    except Exception:
+        if isinstance(value, int):
+            text = f"<an int of about {int(value.bit_length() * 0.30103) + 1} digits>"
+        else:
+            text = f"<a {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class BOQueueError(Exception):
@@ -54,6 +71,11 @@ class UnknownHandlerError(ValidationError):
 
 class InvalidResultError(ValidationError):
     """A handler returned a value that cannot be stored as JSON."""
+
+
+class TaskLostError(BOQueueError):
+    """Raised in a worker instead of starting a task whose earlier runs all died with their
+    worker process (killed, crashed, out of memory) more often than its retry budget."""
 
 
 class UnknownTaskError(BOQueueError, LookupError):
@@ -109,6 +131,21 @@ class InvalidTransitionError(StudyError):
 
 class ReportConflictError(StudyError):
     """A trial already has a different result; results are written once."""
+
+
+class AgentError(BOQueueError):
+    """Pull mode (bo_queue.agents): a request an external agent may not make, e.g. a
+    claim of a type whose required capabilities it has not declared."""
+
+
+class NotHeldError(AgentError):
+    """complete/fail/release of a task the agent does not hold: another agent holds it,
+    the agent's lease ran out (the task went back to the queue), or the task ended."""
+
+    def __init__(self, task_id: str, agent_id: str, detail: str) -> None:
+        super().__init__(f"agent {agent_id!r} does not hold task {task_id!r}: {detail}")
+        self.task_id = task_id
+        self.agent_id = agent_id
 
 
 class TaskError(BOQueueError):

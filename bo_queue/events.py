@@ -28,6 +28,8 @@ local function set_state(ns, id, state, now, fields)
   if old then redis.call('ZREM', ns .. ':state:' .. old, id) end
   redis.call('ZADD', ns .. ':state:' .. state, now, id)
   if state == 'FAILED' then redis.call('ZADD', ns .. ':failed', now, id) end
+  -- out of the queue: the message kept in case Redis loses it is no longer needed
+  if state ~= 'QUEUED' and state ~= 'PENDING' then redis.call('HDEL', ns .. ':outbox', id) end
   local info = redis.call('HMGET', key, 'handler', 'queue', 'attempts', 'started_at')
   local error = nil  -- this change's own reason, never one an earlier attempt left
   for i = 1, #(fields or {}) - 1, 2 do

@@ -84,3 +84,75 @@ class Keys:
     def delayed(self) -> str:
         """Sorted set of held submissions, scored by the time they are due."""
         return f"{self.namespace}:delayed"
+
+    @property
+    def outbox(self) -> str:
+        """Hash: task id -> the message sent for it, kept until a worker starts it
+        (bo_queue.outbox re-sends those Redis lost)."""
+        return f"{self.namespace}:outbox"
+
+    @property
+    def placed_queues(self) -> str:
+        """Set: the capability and version queues tasks were sent to (for monitoring)."""
+        return f"{self.namespace}:queues:placed"
+
+    def slots(self, handler: str) -> tuple[str, str]:
+        """A handler's cluster-wide concurrency slots: (holders by lease expiry, needs)."""
+        prefix = f"{self.namespace}:limit:{handler}"
+        return f"{prefix}:holders", f"{prefix}:needs"
+
+    def resources(self, worker: str) -> tuple[str, str]:
+        """What a worker's running tasks hold of its resources: (holders, needs)."""
+        prefix = f"{self.namespace}:res:{worker}"
+        return f"{prefix}:holders", f"{prefix}:needs"
+
+    def rate(self, handler: str) -> str:
+        """Sorted set: a handler's recent starts, for its cluster-wide rate limit."""
+        return f"{self.namespace}:rate:{handler}"
+
+    # -- pull mode (bo_queue.agents) ----------------------------------------------------
+    # agents.py's Lua builds the same names from the namespace.
+
+    def pull_ready(self, task_type: str) -> str:
+        """Sorted set: a pull type's tasks waiting for an agent, best first (broker
+        priority, then submit order)."""
+        return f"{self.namespace}:pull:ready:{task_type}"
+
+    @property
+    def pull_later(self) -> str:
+        """Sorted set: pull tasks not due yet (a short countdown), scored by due time."""
+        return f"{self.namespace}:pull:later"
+
+    @property
+    def pull_tasks(self) -> str:
+        """Hash: pull task id -> JSON {type, rank, agent, lease_s, finishing}."""
+        return f"{self.namespace}:pull:tasks"
+
+    @property
+    def pull_messages(self) -> str:
+        """Hash: pull task id -> the message `BOQueue.send` was given (payload included)."""
+        return f"{self.namespace}:pull:messages"
+
+    @property
+    def pull_leases(self) -> str:
+        """Sorted set: held pull task ids, scored by when their lease runs out."""
+        return f"{self.namespace}:pull:leases"
+
+    @property
+    def agents(self) -> str:
+        """Sorted set: agent ids, scored by their last heartbeat (unix seconds)."""
+        return f"{self.namespace}:agents"
+
+    def agent(self, agent_id: str) -> str:
+        """Hash: an agent's kind, capabilities (JSON) and registered_at."""
+        return f"{self.namespace}:agent:{agent_id}"
+
+    def agent_tasks(self, agent_id: str) -> str:
+        """Set: the pull tasks an agent holds."""
+        return f"{self.namespace}:agent:{agent_id}:tasks"
+
+
+# The pseudo-queue of pull task types (bo_queue.agents): their tasks wait in Redis for
+# external agents instead of going to a Celery queue. No configured queue can be named
+# so (queue names are identifiers), and no worker consumes it.
+PULL_QUEUE = "@agents"

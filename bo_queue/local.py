@@ -93,6 +93,14 @@ class RedisServer:
         path = Path(self.dir, "redis.log")
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL: Redis crashes. With appendonly, what it acknowledged is in the AOF
+        (it writes the AOF before it replies) and `start()` on the same port reloads it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

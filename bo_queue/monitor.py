@@ -54,6 +54,9 @@ class WorkerStatus(BaseModel):
     last_heartbeat: datetime
     seconds_since_heartbeat: float
     inspected: dict[str, Any] | None = None  # Celery inspect, with inspect=True
+    capabilities: list[str] = []
+    offers: dict[str, float] = {}  # what it offers to tasks that state resources
+    versions: dict[str, str] = {}  # handler -> version, for versioned handlers
 
 
 class Event(BaseModel):
@@ -126,9 +129,13 @@ class Monitor:
     # -- queues and workers -------------------------------------------------------------
 
     def queues(self) -> list[QueueStats]:
-        """Every configured queue, per priority: its length and the age of its oldest task."""
+        """Every configured queue, and every capability or version queue a task was sent
+        to (bo_queue.placement), per priority: its length and the age of its oldest task."""
         bq, prefix = self.bq, self.bq.keys.broker_prefix
-        cells = [(q, p) for q in bq.settings.queues for p in sorted(Priority, reverse=True)]
+        with bq._broker_errors():
+            placed = sorted(str(q) for q in bq.redis.smembers(bq.keys.placed_queues))
+        names = [*bq.settings.queues, *(q for q in placed if q not in bq.settings.queues)]
+        cells = [(q, p) for q in names for p in sorted(Priority, reverse=True)]
         keys = [prefix + q + (f":{p.broker_priority}" if p.broker_priority else "")
                 for q, p in cells]
         with bq._broker_errors(), bq.redis.pipeline(transaction=False) as pipe:
@@ -183,6 +190,8 @@ class Monitor:
                 pid=card.get("pid"), last_heartbeat=datetime.fromtimestamp(card["at"], UTC),
                 started_at=datetime.fromtimestamp(started, UTC) if started else None,
                 seconds_since_heartbeat=now - card["at"],
+                capabilities=card.get("capabilities", []), offers=card.get("offers", {}),
+                versions=card.get("versions", {}),
             ))
         if dead:
             with bq._broker_errors():
@@ -191,6 +200,13 @@ class Monitor:
             views = self._inspect([w.hostname for w in out], timeout)
             out = [w.model_copy(update={"inspected": views.get(w.hostname)}) for w in out]
         return out
+
+    def live_worker_cards(self) -> list[dict[str, Any]]:
+        """The heartbeat cards of live workers (queues, capabilities, offers, versions)."""
+        beats: dict[str, str] = self.bq.redis.hgetall(self.bq.keys.workers)  # type: ignore[assignment]
+        now, limit = time.time(), self.bq.settings.heartbeat_timeout_s
+        cards = [_heartbeat(raw) for raw in beats.values()]
+        return [card for card in cards if card is not None and now - card["at"] <= limit]
 
     def _inspect(self, hostnames: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         inspector = self.bq.app.control.inspect(destination=hostnames, timeout=timeout)
@@ -283,8 +299,10 @@ class Monitor:
                 raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
             if not bq.redis.zrem(bq.keys.failed, task_id):  # the claim: one retry wins
                 raise ValidationError(f"task {task_id} was retried already ({info.retried_as})")
+            # a capability or version queue is chosen again by submit (bo_queue.placement)
+            queue = info.queue if info.queue in bq.settings.queues else None
             try:
-                handle = bq.submit(info.handler, args[0], queue=info.queue,
+                handle = bq.submit(info.handler, args[0], queue=queue,
                                    priority=info.priority, tags=info.tags,
                                    parent_id=info.parent_id)
             except BaseException:

@@ -45,12 +45,18 @@ class TaskInfo(BaseModel):
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
     attempts: int = 0  # how many times a worker started it (retries and redeliveries)
+    lost: int = 0  # runs that died with their worker (killed, crashed, cut off from Redis)
     retries: int = 0
     worker: str | None = None
     progress: float = 0.0
     progress_message: str = ""
     error: str | None = None
     retried_as: str | None = None  # the task bq.retry() started in its place
+    # the last run: what it cost (wall_s, cpu_s, peak_rss_mb: the worker process's peak),
+    # the lines the handler logged through ctx.log, and the handler version that ran it
+    usage: dict[str, float] | None = None
+    log: tuple[str, ...] = ()
+    version: str | None = None
 
 
 # Scripts that can end a task settle its dependents in the same call (see
@@ -79,8 +85,12 @@ class TaskTree(BaseModel):
         return [self.task, *(info for child in self.children for info in child.walk())]
 
 
-# KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority.
-# -> "cancelled" | "done" | "run", attempts
+# KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
+# lost runs allowed, handler version ('' for none), a token for this run ('' for none).
+# -> "cancelled" | "done" | "run", attempts | "lost", lost runs
+# A record still RUNNING when a worker starts the task again means the run before was
+# lost with its worker (or its Redis connection): counted, so that a poison task that
+# kills every worker process running it fails after its retry budget instead of looping.
 # A message with no record (sent with plain Celery send_task, or older than its record)
 # still runs, and gets a record from what the message says.
 _START = SETTLE + _TERMINAL + """
@@ -100,9 +110,19 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return reply('cancelled')
 end
 if terminal(state) then return reply('done') end
+if state == 'RUNNING' then
+  if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'run') == ARGV[11] then
+    -- this very start, again: its reply was lost and the client retried it
+    return reply('run', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1'))
+  end
+  local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
+  if lost > tonumber(ARGV[9]) then return reply('lost', lost) end
+end
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 set_state(ns, ARGV[5], 'RUNNING', now, {'started_at', ARGV[3], 'worker', ARGV[2]})
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'version', ARGV[10]) end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'run', ARGV[11]) end
 redis.call('EXPIRE', KEYS[1], ttl)
 return reply('run', attempts)
 """
@@ -117,7 +137,7 @@ if terminal(state) then return reply(state) end
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ttl)
 if state == 'RUNNING' then return reply(state) end
 set_state(ns, ARGV[2], 'CANCELLED', now, {'finished_at', ARGV[3], 'error', ARGV[5]})
-redis.call('HDEL', ns .. ':deps:parked', ARGV[2])
+unpark(ns, ARGV[2], ttl)  -- a parked dependent's record expires again from now
 return reply(state, 0, settle(ns, ARGV[2], 'CANCELLED', now, ttl))
 """
 
@@ -231,13 +251,17 @@ class RecordStore:
         self._wait(args=args, client=pipe)
 
     def start(
-        self, task_id: str, worker: str, handler: str, queue: str, priority: Priority
+        self, task_id: str, worker: str, handler: str, queue: str, priority: Priority,
+        lost_allowed: int = 3, version: str | None = None, run: str | None = None,
     ) -> tuple[str, int]:
-        """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) | ('done', 0)."""
+        """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) |
+        ('done', 0) | ('lost', lost runs) when more than `lost_allowed` runs died with
+        their worker (the record is left for the caller to fail). `run` identifies this
+        start, so that a client retrying it after a lost reply is not a lost run."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [
             self.keys.namespace, worker, time.time(), self.ttl_s, task_id, handler, queue,
-            int(priority),
+            int(priority), lost_allowed, version or "", run or "",
         ]
         verdict, attempts = self._settled(self._start(keys=keys, args=args))
         return str(verdict), int(attempts)
@@ -345,6 +369,9 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
     data: dict[str, Any] = dict(raw)
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
     data["depends_on"] = tuple(json.loads(data.get("depends_on", "[]")))
+    data["log"] = tuple(json.loads(data.get("log", "[]")))
+    if "usage" in data:
+        data["usage"] = json.loads(data["usage"])
     data["children"] = tuple(sorted(children or ()))
     data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
     return TaskInfo.model_validate(data)

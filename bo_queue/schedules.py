@@ -8,6 +8,7 @@ through the facade: scheduled tasks get records, tags and cancellation like any 
 from __future__ import annotations
 
 import builtins
+import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery.schedules import ParseException, crontab, schedule
 from pydantic import BaseModel, ConfigDict
 
-from bo_queue.errors import ValidationError
+from bo_queue.errors import ValidationError, shown
 from bo_queue.states import Priority
 
 if TYPE_CHECKING:
@@ -25,7 +26,12 @@ if TYPE_CHECKING:
     from bo_queue.studies.models import StudySpec
 
 FIRE = "bo_queue.schedule.fire"
-_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+# Not starting with ':': redbeat keeps its own keys next to the entries, as
+# "{prefix}:schedule" and "{prefix}:lock", so ":lock" would be beat's lock.
+_NAME = re.compile(r"[A-Za-z0-9_.-][A-Za-z0-9_.:-]{0,199}")
+# redbeat's JSON decoder turns any object with this key back into a datetime, a crontab,
+# ... (or fails): a payload with it would not read back as it was sent.
+_REDBEAT_TYPE = "__type__"
 
 
 class ScheduleInfo(BaseModel):
@@ -71,16 +77,16 @@ class ScheduleManager:
         A name that exists is an error unless replace=True."""
         from bo_queue.client import _request
 
-        if not _NAME.fullmatch(name):
-            raise ValidationError(f"invalid schedule name {name!r}")
+        _check_name(name)
         request = _request(
             handler=handler,
-            payload=dict(payload or {}),
+            payload={} if payload is None else payload,
             priority=priority,
             queue=queue,
-            tags=tuple(tags),
+            tags=tags,
         )
         self.bq._plan(request)  # the same checks as a submit: handler, queue, payload
+        _check_storable(request.payload, "payload")
         spec = {
             "name": name,
             "handler": handler,
@@ -105,11 +111,11 @@ class ScheduleManager:
         """Start a new study from `template` on a schedule (a nightly re-optimization):
         each run creates "<template name> <UTC time>" and, if it has an evaluator and
         `run`, starts its closed loop."""
-        from bo_queue.studies.models import StudySpec
+        from bo_queue.studies.manager import parse_spec
 
-        if not _NAME.fullmatch(name):
-            raise ValidationError(f"invalid schedule name {name!r}")
-        spec = template if isinstance(template, StudySpec) else StudySpec(**template)
+        _check_name(name)
+        spec = parse_spec(template).check_runnable()
+        _check_storable(spec.model_dump(mode="json"), "template")
         if spec.evaluator is not None:
             self.bq.studies._check_evaluator(spec.evaluator)
         payload = {
@@ -207,6 +213,8 @@ class ScheduleManager:
         return True
 
     def _entry(self, name: str) -> Any:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise KeyError(f"no schedule named {shown(name)}")  # none can have that name
         entries = entry_class()
         key = entries.generate_key(self.bq.app, name)
         try:
@@ -220,25 +228,63 @@ def _to_second(moment: datetime) -> datetime:
     return (moment + timedelta(microseconds=500_000)).replace(microsecond=0)
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(
+            f"invalid schedule name {shown(name)} (1-200 of letters, digits and _.:-, "
+            f"not starting with ':')"
+        )
+
+
+def _check_storable(value: Any, what: str) -> None:
+    """What redbeat's JSON decoder would read back as something else."""
+    stack = [value]
+    while stack:  # iteratively: no depth is too deep
+        item = stack.pop()
+        if isinstance(item, dict):
+            if _REDBEAT_TYPE in item:
+                raise ValidationError(
+                    f"a schedule's {what} cannot have a {_REDBEAT_TYPE!r} key (the schedule "
+                    f"store reads such objects back as dates and schedules)"
+                )
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
 def _seconds(every: float | timedelta | None) -> float | None:
+    """`every` in seconds; ValidationError unless a positive interval of at most ten years
+    (a timedelta can hold a microsecond at the least, and beat adds it to dates)."""
+    from bo_queue.client import MAX_HORIZON_S
+
     if every is None:
         return None
-    return every.total_seconds() if isinstance(every, timedelta) else float(every)
+    if isinstance(every, timedelta):
+        seconds = every.total_seconds()
+    elif isinstance(every, int | float) and not isinstance(every, bool):
+        seconds = float(every) if abs(every) < 1e300 else math.inf
+    else:
+        raise ValidationError(f"every must be seconds or a timedelta, not {shown(every)}")
+    if not (0 < seconds <= MAX_HORIZON_S and timedelta(seconds=seconds)):
+        raise ValidationError(
+            f"every must be a positive interval of at most ten years, got {shown(every)}"
+        )
+    return seconds
 
 
 def _schedule(every: float | timedelta | None, cron: str | None, timezone: str) -> Any:
     if (every is None) == (cron is None):
         raise ValidationError("give exactly one of every= or cron=")
+    _check_timezone(timezone)  # stored with the schedule either way
     if every is not None:
-        seconds = _seconds(every)
-        if seconds is None or not seconds > 0:
-            raise ValidationError(f"every must be a positive interval, got {every!r}")
-        return schedule(run_every=timedelta(seconds=seconds))
-    _check_timezone(timezone)
-    fields = str(cron).split()
+        return schedule(run_every=timedelta(seconds=_seconds(every) or 0))
+    if not isinstance(cron, str):
+        raise ValidationError(f"cron must be a string such as '0 3 * * *', not {shown(cron)}")
+    fields = cron.split()
     if len(fields) != 5:
         raise ValidationError(
-            f"cron needs five fields (minute hour day-of-month month day-of-week), got {cron!r}"
+            f"cron needs five fields (minute hour day-of-month month day-of-week), "
+            f"got {shown(cron)}"
         )
     minute, hour, day_of_month, month, day_of_week = fields
     try:
@@ -252,14 +298,16 @@ def _schedule(every: float | timedelta | None, cron: str | None, timezone: str) 
         )
         when.remaining_estimate(datetime.now(UTC))  # parses every field now, not at run time
     except (ParseException, ValueError) as exc:
-        raise ValidationError(f"invalid cron expression {cron!r}: {exc}") from None
+        raise ValidationError(f"invalid cron expression {shown(cron)}: {exc}") from None
     return when
 
 
 def _check_timezone(name: str) -> ZoneInfo:
+    if not isinstance(name, str) or not 0 < len(name) <= 100:
+        raise ValidationError(f"unknown time zone {shown(name)}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValidationError(f"unknown time zone {name!r}") from None
 
 

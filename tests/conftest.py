@@ -5,20 +5,38 @@ Redis the machine may already run."""
 from __future__ import annotations
 
 import os
+import platform
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from bo_queue import BOQueue
 from bo_queue.local import RedisServer, WorkerProcess
+from tests.reliability import report
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.integration.handlers"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controlling process, or a run without xdist
+        report.reset()  # this run's reliability figures start afresh
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the reliability report once, from the controlling process (bo_queue's
+    workers under xdist each append their rows to the same file)."""
+    if hasattr(session.config, "workerinput") or not report.has_rows():
+        return
+    machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    readme = os.environ.get("RELIABILITY_README") == "1" and exitstatus == 0
+    report.write(machine, readme=readme)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +73,7 @@ class Cluster:
     # Workers that serve `bo` import Ax before they fork (several seconds): only where needed.
     queues: tuple[str, ...] = ("default",)
     bq: BOQueue | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more environment for its workers
 
     def producer(self) -> BOQueue:
         if self.bq is None:
@@ -64,10 +83,12 @@ class Cluster:
 
     def add_worker(self, concurrency: int = 1, name: str | None = None, start: bool = True,
                    imports: tuple[str, ...] = (HANDLERS,), queues: tuple[str, ...] | None = None,
-                   **kwargs: object) -> WorkerProcess:
+                   settings: dict[str, str] | None = None, **kwargs: object) -> WorkerProcess:
+        """A worker of this namespace; `settings` are its own, on top of the cluster's."""
         name = name or f"{self.namespace}-{len(self.workers) + 1}"
-        env = {"PYTHONPATH": str(ROOT), "TEST_WORKER_NAME": name}
-        env.update({f"BO_QUEUE_{k.upper()}": v for k, v in self.settings.items()})
+        env = {"PYTHONPATH": str(ROOT), "TEST_WORKER_NAME": name, **self.env}
+        env.update({f"BO_QUEUE_{k.upper()}": v
+                    for k, v in {**self.settings, **(settings or {})}.items()})
         worker = WorkerProcess(
             self.redis_url, self.namespace, concurrency=concurrency, imports=imports,
             name=name, env=env, queues=queues or self.queues, **kwargs,  # type: ignore[arg-type]
@@ -76,6 +97,20 @@ class Cluster:
         if start:
             worker.start()
         return worker
+
+    def start_workers(self, *workers: dict[str, Any]) -> list[WorkerProcess]:
+        """Add and start workers side by side (each takes a couple of seconds to start);
+        each dict holds add_worker's keywords. Closes the cluster if one fails."""
+        try:
+            started = [self.add_worker(start=False, **w) for w in workers]
+            for worker in started:
+                worker.start(wait=0)
+            for worker in started:
+                worker.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return started
 
     def close(self) -> None:
         # side by side: each waits up to 5 s for what it runs (a task a test left blocked
@@ -89,15 +124,7 @@ class Cluster:
 def make_cluster(redis_url: str, workers: int, concurrency: int,
                  queues: tuple[str, ...] = ("default",), **settings: str) -> Cluster:
     cluster = Cluster(redis_url, new_namespace(), settings, queues=queues)
-    try:
-        started = [cluster.add_worker(concurrency, start=False) for _ in range(workers)]
-        for worker in started:  # start them side by side: each takes a couple of seconds
-            worker.start(wait=0)
-        for worker in started:
-            worker.wait_ready()
-    except BaseException:
-        cluster.close()
-        raise
+    cluster.start_workers(*({"concurrency": concurrency} for _ in range(workers)))
     return cluster
 
 

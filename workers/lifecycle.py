@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import task_failure, task_revoked, worker_init
+from celery.signals import celeryd_after_setup, task_failure, task_revoked, worker_init
 from celery.worker import state
 from redis.typing import EncodableT, FieldT
 
-from bo_queue import registry
+from bo_queue import placement, registry
 from bo_queue.client import BOQueue
 from bo_queue.states import TaskState
 from workers.runner import describe
@@ -28,9 +28,11 @@ from workers.runner import describe
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+OUTBOX_EVERY_TICKS = 3  # how often a worker checks whether Redis restarted
 
 
 def install(app: Celery, bq: BOQueue) -> None:
+    setattr(app, "bo_queue", bq)  # noqa: B010  (for _consume_placed_queues)
     class BOQueueStep(bootsteps.StartStopStep):
         requires = ("celery.worker.components:Timer",)
 
@@ -39,6 +41,7 @@ def install(app: Celery, bq: BOQueue) -> None:
             self.tref: Any = None
             self.hostname = ""
             self.card: dict[str, Any] = {}
+            self.ticks = 0
 
         def start(self, worker: Any) -> None:
             self.hostname = worker.hostname
@@ -46,6 +49,10 @@ def install(app: Celery, bq: BOQueue) -> None:
             self.card = {  # what bq.monitor.workers() shows besides the live numbers
                 "queues": sorted(consumed), "concurrency": worker.concurrency,
                 "pid": os.getpid(), "started_at": time.time(),
+                "capabilities": bq.settings.capabilities,
+                "offers": bq.settings.worker_offers.describe(),
+                "versions": {name: spec.version for name, spec in served(bq).items()
+                             if spec.version},
             }
             publish_handlers(bq, worker.hostname)
             self.tick()
@@ -64,16 +71,56 @@ def install(app: Celery, bq: BOQueue) -> None:
                 beat = {**self.card, "at": time.time(), "active": len(state.active_requests)}
                 bq.redis.hset(bq.keys.workers, self.hostname, json.dumps(beat))
                 bq.delays.release_due(bq.send)
+                self.ticks += 1
+                if self.ticks % OUTBOX_EVERY_TICKS == 1:
+                    run_id = bq.outbox.restarted()
+                    if run_id is not None:  # Redis restarted: send what it lost again
+                        placed = bq.redis.smembers(bq.keys.placed_queues)
+                        queues = [*bq.settings.queues, *(str(q) for q in placed)]
+                        bq.outbox.reconcile(bq.send, queues, run_id)
             except Exception:  # Redis down: the next tick tries again
                 log.exception("bo_queue worker tick failed")
 
     app.steps["worker"].add(BOQueueStep)
 
 
+def served(bq: BOQueue) -> dict[str, registry.HandlerSpec]:
+    """The handlers this worker can run: those whose required capabilities it declares."""
+    mine = set(bq.settings.capabilities)
+    return {name: spec for name, spec in registry.registered().items()
+            if set(spec.requires) <= mine}
+
+
+@celeryd_after_setup.connect(weak=False)
+def _consume_placed_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    """Besides its queues, a worker consumes their capability queues and the version
+    queues of the versioned handlers it serves (bo_queue.placement)."""
+    app, bq = instance.app, getattr(instance.app, "bo_queue", None)
+    if not isinstance(bq, BOQueue):
+        return
+    queues = app.amqp.queues
+    consumed = getattr(queues, "consume_from", None)
+    if consumed is None:  # no -Q: every configured queue (select_add would narrow it)
+        for name in bq.settings.queues:
+            queues.select_add(name)
+        consumed = queues.consume_from
+    base = [q for q in consumed if q in bq.settings.queues]
+    versions = {name: (spec.queue or bq.settings.default_queue, spec.version)
+                for name, spec in served(bq).items() if spec.version}
+    for name in placement.worker_queues(base, bq.settings.capabilities, versions):
+        if name not in base:
+            queues.select_add(name)
+
+
 def publish_handlers(bq: BOQueue, hostname: str) -> None:
     now = time.time()
     directory: dict[FieldT, EncodableT] = {}
+    pull = {name for name, raw in bq.redis.hgetall(bq.keys.handlers).items()
+            if json.loads(raw).get("pull")}
     for name, spec in registry.registered().items():
+        if name in pull:  # declared for external agents (bo_queue.agents): leave it theirs
+            log.error("handler %s is also a pull task type: this worker will not run it", name)
+            continue
         entry = spec.describe()
         entry.update(queue=spec.queue or bq.settings.default_queue, worker=hostname, updated_at=now)
         directory[name] = json.dumps(entry)

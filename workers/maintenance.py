@@ -58,7 +58,8 @@ def archive_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
 def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
     """Records expire on their own (TTL); the sets that index them can outlive some of
     their members. Drop ids whose record is gone from tag and children sets, the state
-    indexes and the failed registry, and held sends whose schedule entry is gone. Returns
+    indexes and the failed registry, outbox messages of expired tasks, and held sends whose
+    schedule entry is gone. Returns
     how many entries it removed."""
     bq, ns = ctx.bq, ctx.bq.keys.namespace
     removed = 0
@@ -72,6 +73,9 @@ def purge_indexes(payload: dict[str, Any], ctx: TaskContext) -> int:
     for key in [bq.keys.state_index(state) for state in TaskState] + [bq.keys.failed]:
         gone = _gone(ctx, [str(m) for m in bq.redis.zrange(key, 0, -1)])
         removed += int(bq.redis.zrem(key, *gone)) if gone else 0
+    kept = bq.redis.hkeys(bq.keys.outbox)  # messages of tasks whose record expired queued
+    gone = _gone(ctx, [str(i) for i in kept])
+    removed += int(bq.redis.hdel(bq.keys.outbox, *gone)) if gone else 0
     specs = bq.redis.hkeys(bq.delays.specs)  # before the schedule: a hold writes both at once
     held = set(bq.redis.zrange(bq.keys.delayed, 0, -1))
     orphans = [i for i in specs if i not in held]

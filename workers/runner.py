@@ -12,19 +12,28 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
 from celery import Celery, Task
 from celery.exceptions import Ignore, Retry
 
 from bo_queue import registry
+from bo_queue.admission import Gate
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
-from bo_queue.errors import ConfigurationError, InvalidResultError, TaskCancelledError
-from bo_queue.registry import HandlerSpec
+from bo_queue.errors import (
+    ConfigurationError,
+    InvalidResultError,
+    TaskCancelledError,
+    TaskLostError,
+)
+from bo_queue.registry import HandlerSpec, Resources
 from bo_queue.states import Priority, TaskState
+from workers.execution import run_handler
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,8 @@ class HandlerTask(Task[Any, Any]):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         _notify(self, args, retval, None)
         self.bq.records.transition(
-            task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0
+            task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0,
+            **run_report(self),
         )
         _hook(self.spec.on_success, self.request, retval)
 
@@ -59,7 +69,8 @@ class HandlerTask(Task[Any, Any]):
     ) -> None:
         _notify(self, args, None, exc)
         self.bq.records.transition(
-            task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc)
+            task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc),
+            **run_report(self),
         )
         _hook(self.spec.on_failure, self.request, exc)
 
@@ -90,12 +101,35 @@ def _hook(hook: Any, request: Any, value: Any, *extra: Any) -> None:
 def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
     bq, spec, req = task.bq, task.spec, task.request
     task_id = str(req.id)
+    needs = _needs(req, spec)
+    if not (spec.max_concurrency or spec.rate_limit or needs) or bq.records.is_cancelled(task_id):
+        return _start_and_run(task, payload, task_id)  # (a cancelled one ends there at once)
+    gate = admission_gate(bq, str(req.hostname or "?"))
+    admitted = gate.admit(task_id, spec.name, spec.max_concurrency, spec.rate_limit, needs)
+    if isinstance(admitted, float):  # not now: back to Redis, sent again when it may
+        _hold(task, payload, time.time() + admitted)
+        raise Ignore()
+    try:
+        return _start_and_run(task, payload, task_id)
+    finally:
+        gate.release(admitted)
+
+
+def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> Any:
+    bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
+    lost_allowed = max(spec.retry.max_retries, bq.settings.max_lost_runs)
     verdict, attempt = bq.records.start(
         task_id, req.hostname or "?", spec.name,
         info.get("routing_key") or spec.queue or bq.settings.default_queue,
-        Priority.from_broker(info.get("priority")),
+        Priority.from_broker(info.get("priority")), lost_allowed=lost_allowed,
+        version=spec.version, run=uuid.uuid4().hex,
     )
+    if verdict == "lost":  # Celery stores the failure; on_failure fails the record
+        raise TaskLostError(
+            f"the worker running task {task_id} died {attempt} times (killed, crashed or out "
+            f"of memory); at most {lost_allowed} lost runs are run again"
+        )
     if verdict == "cancelled":  # cancelled while queued: never start it
         task.backend.mark_as_revoked(task_id, "cancelled")
         raise Ignore()
@@ -106,7 +140,8 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
                       study_id=study_id if isinstance(study_id, str) else None)
     setattr(req, "bo_context", ctx)  # noqa: B010  (for the on_success/on_failure hooks)
     try:
-        result = spec.fn(payload, ctx)
+        limit = spec.time_limit_s or bq.settings.default_time_limit_s
+        result = run_handler(spec, payload, ctx, limit)
         if ctx.cancel_seen:
             raise TaskCancelledError(task_id, "cancelled while running")
         _check_json(spec.name, result)
@@ -114,7 +149,8 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
     except TaskCancelledError as exc:
         task.backend.mark_as_revoked(task_id, exc.reason)
         bq.records.transition(
-            task_id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason
+            task_id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason,
+            **run_report(task),
         )
         raise Ignore() from None
     except Exception as exc:
@@ -122,6 +158,38 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
         if not policy.retries(exc) or req.retries >= policy.max_retries:
             raise  # Celery stores the failure, then calls HandlerTask.on_failure
         raise _retry(task, ctx, payload, exc) from exc
+
+
+def run_report(task: HandlerTask) -> dict[str, Any]:
+    """What a finished run adds to the record: its cost and its ctx.log lines."""
+    ctx: TaskContext | None = getattr(task.request, "bo_context", None)
+    if ctx is None:
+        return {}
+    return {"usage": json.dumps(ctx.usage) if ctx.usage else None,
+            "log": json.dumps(ctx.log.lines) if ctx.log.lines else None}
+
+
+def _needs(req: Any, spec: HandlerSpec) -> Resources | None:
+    """The resources this run needs: the submit's (a message header), else the handler's."""
+    sent = getattr(req, "bo_resources", None)
+    if isinstance(sent, dict):
+        try:
+            return Resources(**sent)
+        except pydantic.ValidationError:
+            log.warning("task %s: ignoring unreadable resources %r", req.id, sent)
+    return spec.resources
+
+
+_gates: dict[tuple[int, str], Gate] = {}
+
+
+def admission_gate(bq: BOQueue, worker: str) -> Gate:
+    """This worker's gate (one per BOQueue and hostname)."""
+    key = (id(bq), worker)
+    if key not in _gates:
+        _gates[key] = Gate(bq.redis, bq.keys, worker, bq.settings.worker_offers,
+                           bq.settings.limit_lease_s)
+    return _gates[key]
 
 
 def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Exception) -> Retry:
@@ -137,18 +205,26 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
     if delay <= bq.settings.hold_delays_over_s:
         return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.delays).
+    _hold(task, payload, due_at, retries=req.retries + 1)
+    return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
+
+
+def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
+          retries: int | None = None) -> None:
+    """Put this task's message back in Redis, to be sent again at `due_at`."""
+    bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
     message = {
         "handler": spec.name, "payload": payload,
         "queue": info.get("routing_key") or spec.queue or bq.settings.default_queue,
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
-        "retries": req.retries + 1, "parent_id": req.parent_id,
+        "retries": req.retries if retries is None else retries, "parent_id": req.parent_id,
+        "resources": getattr(req, "bo_resources", None),
     }
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
-        bq.delays.hold(pipe, task_id, due_at, message)
+        bq.delays.hold(pipe, str(req.id), due_at, message)
         pipe.execute()
-    return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
 
 
 def _check_json(handler: str, result: Any) -> None:

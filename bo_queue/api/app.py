@@ -22,10 +22,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bo_queue.api import dashboard, ops, studies, tasks
+from bo_queue.api import agents, dashboard, ops, studies, tasks
 from bo_queue.api.deps import Namespaces
 from bo_queue.config import Settings
 from bo_queue.errors import (
+    AgentError,
     BOQueueError,
     BrokerUnavailableError,
     DependencyError,
@@ -58,6 +59,7 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidTransitionError, 409),
     (ReportConflictError, 409),
     (DependencyError, 409),
+    (AgentError, 409),  # NotHeldError: the agent does not hold the task
     (BrokerUnavailableError, 503),
     # How a task ended, from GET /tasks/{id}/result (and a suggest that timed out):
     (TaskFailedError, 409),
@@ -211,7 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(Exception, _unexpected)
-    for router in (tasks.router, studies.router, ops.schedules, ops.monitor, ops.health,
-                   dashboard.router):
+    for router in (tasks.router, studies.router, agents.router, ops.schedules, ops.monitor,
+                   ops.health, dashboard.router):
         app.include_router(router)
     return app

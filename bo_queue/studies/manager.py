@@ -22,7 +22,9 @@ from bo_queue.errors import (
     TaskFailedError,
     UnknownHandlerError,
     ValidationError,
+    shown,
 )
+from bo_queue.keys import PULL_QUEUE
 from bo_queue.studies.models import (
     TRANSITIONS,
     Choice,
@@ -37,13 +39,20 @@ from bo_queue.studies.models import (
     Trial,
     TrialStatus,
 )
-from bo_queue.studies.storage import RedisStorage, StorageBackend, StudyState, canonical
+from bo_queue.studies.storage import (
+    RedisStorage,
+    StorageBackend,
+    StudyState,
+    canonical,
+    valid_id,
+)
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
 
 STEP = "bo_queue.study.step"
 STUDY_TAG = "study:{}"
+MAX_REASON = 2000  # characters of a report_failure reason (as the HTTP API allows)
 
 
 class StudyTimeoutError(StudyError, TimeoutError):
@@ -88,22 +97,26 @@ class StudyManager:
         a random one, stored with the study, so a study resumes reproducibly."""
         spec = StudySpec(
             name=name,
-            parameters=list(parameters),
-            objectives=list(objectives),
-            strategy=strategy or Strategy(),
+            parameters=_listed(parameters),
+            objectives=_listed(objectives),
+            strategy=Strategy() if strategy is None else strategy,
             evaluator=evaluator,
-            parameter_constraints=list(parameter_constraints),
-            outcome_constraints=list(outcome_constraints),
-            evaluator_options=dict(evaluator_options or {}),
+            parameter_constraints=_listed(parameter_constraints),
+            outcome_constraints=_listed(outcome_constraints),
+            evaluator_options=(
+                dict(evaluator_options) if isinstance(evaluator_options, Mapping)
+                else {} if evaluator_options is None else evaluator_options
+            ),
         )
         return self.create_from_spec(spec)
 
     @_redis_errors
     def create_from_spec(self, spec: StudySpec | Mapping[str, Any]) -> Study:
-        if not isinstance(spec, StudySpec):
-            spec = StudySpec(**spec)
+        """A study from a StudySpec, or from its fields as a JSON client sends them."""
+        spec = parse_spec(spec)
         if spec.strategy.seed is None:
             spec = StudySpec(**{**spec.model_dump(), "strategy": _seeded(spec.strategy)})
+        spec.check_runnable()
         if spec.evaluator is not None:
             self._check_evaluator(spec.evaluator)
         now = datetime.now(UTC)
@@ -113,9 +126,14 @@ class StudyManager:
 
     def _check_evaluator(self, name: str) -> None:
         try:
-            self.bq._handler_queue(name)
+            queue = self.bq._handler_queue(name)
         except UnknownHandlerError as exc:
             raise UnknownHandlerError(name) from exc
+        if queue == PULL_QUEUE:  # its results come from agents, not from a worker's run
+            raise ValidationError(
+                f"{name!r} is a pull task type: external agents evaluate it, so it cannot be "
+                "a closed-loop evaluator; use ask/tell (agents report with studies.report)"
+            )
 
     @_redis_errors
     def set_parameter_space(
@@ -125,11 +143,15 @@ class StudyManager:
         parameter_constraints: Sequence[LinearConstraint] = (),
     ) -> Study:
         return self._respec(
-            study_id, parameters=list(parameters), parameter_constraints=list(parameter_constraints)
+            study_id,
+            parameters=_listed(parameters),
+            parameter_constraints=_listed(parameter_constraints),
         )
 
     @_redis_errors
     def set_strategy(self, study_id: str, strategy: Strategy) -> Study:
+        if not isinstance(strategy, Strategy):
+            strategy = Strategy(**_fields(strategy, "strategy"))
         return self._respec(study_id, strategy=_seeded(strategy))
 
     def _respec(self, study_id: str, **changes: Any) -> Study:
@@ -139,7 +161,7 @@ class StudyManager:
                 f"the space and strategy are fixed once a study has started ({study.status})"
             )
         fields = {**study.spec.model_dump(), **changes}
-        spec = StudySpec(**fields)
+        spec = StudySpec(**fields).check_runnable()
         self.store.set_spec(study_id, spec)
         return self.get(study_id)
 
@@ -168,7 +190,7 @@ class StudyManager:
 
     @_redis_errors
     def trial(self, study_id: str, index: int) -> Trial:
-        return self.store.trial(study_id, index)
+        return self.store.trial(study_id, _index(index))
 
     @_redis_errors
     def best(self, study_id: str) -> Trial | None:
@@ -219,11 +241,16 @@ class StudyManager:
     # -- ask / tell ---------------------------------------------------------------------
 
     @_redis_errors
-    def suggest(self, study_id: str, count: int = 1, timeout: float = 300) -> builtins.list[Trial]:
+    def suggest(
+        self, study_id: str, count: int = 1, timeout: float | None = 300
+    ) -> builtins.list[Trial]:
         """`count` new trials to evaluate, generated by Ax on a worker. Report each with
         report() (or report_failure()) before its lease runs out."""
-        if count < 1:
-            raise ValidationError("count must be at least 1")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValidationError(
+                f"count must be a whole number of at least 1, not {shown(count)}"
+            )
+        _check_timeout(timeout)
         study = self.get(study_id)
         if study.status.terminal:
             raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
@@ -234,11 +261,12 @@ class StudyManager:
 
     @_redis_errors
     def add_design_points(
-        self, study_id: str, points: Iterable[Mapping[str, Any]], timeout: float = 300
+        self, study_id: str, points: Iterable[Mapping[str, Any]], timeout: float | None = 300
     ) -> builtins.list[Trial]:
         """Trials at points you choose (validated against the space), to report like any."""
+        _check_timeout(timeout)
         study = self.get(study_id)
-        checked = [study.spec.check_params(p) for p in points]
+        checked = [study.spec.check_params(p) for p in _listed(points, "points")]
         indices = self._ask(study_id, {"attach": checked}, timeout)
         return [self.store.trial(study_id, i) for i in indices]
 
@@ -246,6 +274,7 @@ class StudyManager:
     def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
         """Record a trial's result. Idempotent: the same values again change nothing (and
         return False); different values for a trial that has a result raise."""
+        index = _index(index)
         study = self.get(study_id)
         checked = study.spec.check_values(values)
         marker = canonical({k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()})
@@ -255,13 +284,21 @@ class StudyManager:
     @_redis_errors
     def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
         """Record that a trial could not be evaluated; the study goes on without it."""
+        index = _index(index)
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise ValidationError(f"reason must be a string of at most {MAX_REASON} characters")
         self.get(study_id)
         entry = {"index": index, "error": reason or "reported failed"}
         return self._tell(study_id, index, entry, canonical({"failed": entry["error"]}))
 
     @_redis_errors
     def add_results(self, study_id: str, results: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
-        return sum(self.report(study_id, index, values) for index, values in results)
+        pairs = []
+        for pair in _listed(results, "results"):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise ValidationError(f"results are (index, values) pairs, not {shown(pair)}")
+            pairs.append(pair)
+        return sum(self.report(study_id, index, values) for index, values in pairs)
 
     def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:
         if self.get(study_id).status.terminal:
@@ -347,6 +384,8 @@ class StudyManager:
 
     @_redis_errors
     def delete(self, study_id: str) -> bool:
+        if not valid_id(study_id):
+            return False  # no study can have it
         self.bq.cancel_tag(STUDY_TAG.format(study_id))
         return self.store.delete(study_id)
 
@@ -364,7 +403,9 @@ class StudyManager:
         self.store.save(state)
         return self.get(study_id)
 
-    def _ask(self, study_id: str, request: dict[str, Any], timeout: float) -> builtins.list[int]:
+    def _ask(
+        self, study_id: str, request: dict[str, Any], timeout: float | None
+    ) -> builtins.list[int]:
         """A step whose answer we wait for; its failure is a StudyError here."""
         try:
             indices: builtins.list[int] = self._step(study_id, request).get(timeout=timeout)
@@ -374,6 +415,49 @@ class StudyManager:
 
     def _step(self, study_id: str, request: dict[str, Any]) -> Any:
         return self.bq.submit(STEP, {"study_id": study_id, **request}, queue="bo")
+
+
+def parse_spec(spec: Any) -> StudySpec:
+    """A StudySpec, or one from its fields (a mapping, as JSON gives it): ValidationError
+    for anything else, never a TypeError."""
+    if isinstance(spec, StudySpec):
+        return spec
+    return StudySpec(**_fields(spec, "a study spec"))
+
+
+def _fields(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"{what} must be a mapping of fields, not {type(data).__name__}")
+    if not all(isinstance(key, str) for key in data):
+        raise ValidationError(f"{what} has a field name that is not a string")
+    return dict(data)
+
+
+def _listed(values: Any, what: str = "") -> Any:
+    """A list of `values` if it is a collection; anything else as it is, for pydantic (or
+    `what`) to say what is wrong with it."""
+    if isinstance(values, Iterable) and not isinstance(values, str | bytes | Mapping):
+        return list(values)
+    if what:
+        raise ValidationError(f"{what} must be a list, not {type(values).__name__}")
+    return values
+
+
+def _index(index: Any) -> int:
+    """A trial index: an int ("0" or 0.0 would be stored as another index than 0) that
+    can be one (a 5,000-digit int has no str() to be a Redis field name)."""
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**63:
+        raise ValidationError(f"a trial index is an integer >= 0, not {shown(index)}")
+    return index
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:  # wait as long as it takes, as TaskHandle.get(None)
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e9:
+        raise ValidationError(
+            f"timeout must be a positive number of seconds, not {shown(timeout)}"
+        )
 
 
 def _seeded(strategy: Strategy) -> Strategy:
@@ -388,7 +472,9 @@ def _status(value: StudyStatus | str) -> StudyStatus:
         return StudyStatus(value)
     except ValueError:
         names = ", ".join(StudyStatus)
-        raise ValidationError(f"unknown study status {value!r}; use one of {names}") from None
+        raise ValidationError(
+            f"unknown study status {shown(value)}; use one of {names}"
+        ) from None
 
 
 def _mean(trial: Trial, name: str) -> float:

@@ -15,10 +15,17 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticSerializationError
 
-from bo_queue.errors import InvalidResultError, InvalidTransitionError, ValidationError
+from bo_queue.errors import InvalidResultError, InvalidTransitionError, ValidationError, shown
+from bo_queue.studies import _reserved
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+# Ax refuses a range narrower than this (100 * ax.core.parameter.EPS), log scale or not.
+MIN_RANGE_WIDTH = 1.5e-5
+# Seeds Ax (and numpy under it) accept.
+MAX_SEED = 2**32 - 1
 
 Value = int | float | str | bool
 
@@ -30,7 +37,9 @@ _MISSING: Any = object()
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No NaN or infinity anywhere in a spec: JSON has neither (pydantic would store null,
+    # and the study could not be read back), and Ax cannot use them.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     def __init__(self, /, **data: Any) -> None:
         data = {k: v for k, v in data.items() if v is not _MISSING}  # pydantic: "required"
@@ -52,13 +61,22 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _expression_name_problem(name: str) -> str | None:
+    """Why Ax could not use `name` in an expression (a metric, a constrained parameter)."""
+    if name in _reserved.SYMPY or name in _reserved.PYTHON:
+        return f"{name!r} is a reserved name in Ax's expression parser (sympy, Python)"
+    if any(marker in name for marker in _reserved.AX_PLACEHOLDERS):
+        return f"{name!r} contains a placeholder Ax puts in names"
+    return None
+
+
 class Range(_Frozen):
     """A float or integer range, optionally on a log scale: Range("lr", 1e-4, 1e-1, log=True)."""
 
     kind: Literal["range"] = "range"
     name: str
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=True)  # _bounds says "bounds must be finite"
+    high: float = Field(allow_inf_nan=True)
     log: bool = False
     integer: bool = False
 
@@ -91,11 +109,13 @@ class Range(_Frozen):
 
     def check(self, value: Any) -> Value:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError(f"{self.name}: expected a number, got {value!r}")
-        if not (math.isfinite(value) and self.low <= value <= self.high):
-            raise ValidationError(f"{self.name}={value} is outside [{self.low}, {self.high}]")
+            raise ValidationError(f"{self.name}: expected a number, got {shown(value)}")
+        if not (_fits_float(value) and math.isfinite(value) and self.low <= value <= self.high):
+            raise ValidationError(
+                f"{self.name}={shown(value)} is outside [{self.low}, {self.high}]"
+            )
         if self.integer and value != int(value):
-            raise ValidationError(f"{self.name}: expected an integer, got {value!r}")
+            raise ValidationError(f"{self.name}: expected an integer, got {shown(value)}")
         return int(value) if self.integer else float(value)
 
 
@@ -139,7 +159,7 @@ class Choice(_Frozen):
 
     def check(self, value: Any) -> Value:
         if value not in self.values or type(value) is not type(self.values[0]):
-            raise ValidationError(f"{self.name}={value!r} is not one of {self.values}")
+            raise ValidationError(f"{self.name}={shown(value)} is not one of {self.values}")
         checked: Value = value
         return checked
 
@@ -271,7 +291,7 @@ class StudySpec(_Frozen):
     parameter_constraints: list[LinearConstraint] = Field(default_factory=list)
     outcome_constraints: list[OutcomeConstraint] = Field(default_factory=list)
     strategy: Strategy = Field(default_factory=Strategy)
-    evaluator: str | None = None  # a handler name; None for ask/tell only
+    evaluator: str | None = Field(default=None, min_length=1, max_length=200)  # a handler
     evaluator_options: dict[str, Any] = Field(default_factory=dict)  # passed as "options"
 
     @model_validator(mode="after")
@@ -301,18 +321,64 @@ class StudySpec(_Frozen):
                 )
         return self
 
+    def check_runnable(self) -> StudySpec:
+        """What Ax will take, checked when a study is created or re-specified (not when a
+        stored study is read back, which may predate a check): ValidationError otherwise.
+        A study that broke one of these would only fail at its first step, on a worker."""
+        from bo_queue.client import check_json
+
+        problems = []
+        for p in self.parameters:
+            if isinstance(p, Range) and not math.isfinite(p.high - p.low):
+                problems.append(f"{p.name}: high - low must be finite")
+            elif isinstance(p, Range) and p.high - p.low < MIN_RANGE_WIDTH:
+                problems.append(
+                    f"{p.name}: high - low must be at least {MIN_RANGE_WIDTH:g} (Ax's limit); "
+                    f"scale the parameter"
+                )
+        # Ax parses the objective, outcome constraints and parameter constraints as
+        # expressions: the names in them must be plain symbols to sympy.
+        constrained = [n for c in self.parameter_constraints for n in c.coefficients]
+        for name in dict.fromkeys(self.metric_names + constrained):
+            problem = _expression_name_problem(name)
+            if problem:
+                problems.append(problem)
+        seed = self.strategy.seed
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            problems.append(
+                f"strategy.seed must be between 0 and {MAX_SEED}, got {shown(seed)}"
+            )
+        if problems:
+            raise ValidationError(f"invalid StudySpec: {'; '.join(problems)}")
+        check_json(self.evaluator_options, "evaluator_options", limit=1 << 20)
+        if not _all_text_encodable(self.evaluator_options):
+            # pydantic's JSON turns a lone surrogate in a key into U+FFFD without a word
+            raise ValidationError("invalid StudySpec: evaluator_options has text that is not "
+                                  "UTF-8 (a lone surrogate)")
+        # It is stored as JSON: what is read back must be this spec (no lone surrogates
+        # pydantic cannot encode, nothing that comes back as something else).
+        try:
+            again = StudySpec.model_validate_json(self.model_dump_json())
+        except (PydanticSerializationError, pydantic.ValidationError, ValidationError) as exc:
+            raise ValidationError(f"invalid StudySpec: cannot be stored as JSON: {exc}") from None
+        if again.model_dump(mode="json") != self.model_dump(mode="json"):
+            raise ValidationError("invalid StudySpec: it does not read back as it was given")
+        return self
+
     @property
     def metric_names(self) -> list[str]:
         return [o.name for o in self.objectives] + [c.metric for c in self.outcome_constraints]
 
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Value]:
         """Params inside the space (each parameter once, in bounds, constraints hold)."""
+        if not isinstance(params, Mapping):
+            raise ValidationError(f"params must be a mapping, not {type(params).__name__}")
         space = {p.name: p for p in self.parameters}
         missing, extra = set(space) - set(params), set(params) - set(space)
         if missing or extra:
             raise ValidationError(
                 f"params must name exactly the study's parameters; "
-                f"missing {sorted(missing)}, unknown {sorted(extra)}"
+                f"missing {sorted(missing)}, unknown {_listing(extra)}"
             )
         checked = {name: space[name].check(value) for name, value in params.items()}
         for constraint in self.parameter_constraints:
@@ -322,10 +388,15 @@ class StudySpec(_Frozen):
 
     def check_values(self, values: Mapping[str, Any]) -> dict[str, Outcome]:
         """A result: every objective and constrained metric, each finite (or [mean, sem])."""
+        if not isinstance(values, Mapping):
+            raise InvalidResultError(
+                f"values must be a mapping of metric to number, not {type(values).__name__}"
+            )
         expected = set(self.metric_names)
         if set(values) != expected:
             raise InvalidResultError(
-                f"expected values for {sorted(expected)}, got {sorted(values)}"
+                f"expected values for {sorted(expected)}, "
+                f"got {_listing(values)}"
             )
         return {name: _outcome(name, value) for name, value in values.items()}
 
@@ -341,10 +412,43 @@ def _outcome(name: str, value: Any) -> Outcome:
 
 def _finite(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidResultError(f"{name}: expected a number or [mean, sem], got {value!r}")
-    if not math.isfinite(value):
-        raise InvalidResultError(f"{name}: values must be finite, got {value}")
+        raise InvalidResultError(
+            f"{name}: expected a number or [mean, sem], got {shown(value)}"
+        )
+    if not (_fits_float(value) and math.isfinite(value)):
+        raise InvalidResultError(f"{name}: values must be finite, got {shown(value)}")
     return float(value)
+
+
+def _all_text_encodable(value: Any) -> bool:
+    from bo_queue.client import encodable
+
+    stack = [value]
+    while stack:  # iteratively: no depth is too deep
+        item = stack.pop()
+        if isinstance(item, str) and not encodable(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
+
+
+def _listing(keys: Any) -> str:
+    """Keys of any types (a caller's dict may mix them) as a sorted list, for a message."""
+    listed = sorted(shown(key) for key in keys)
+    return f"[{', '.join(listed[:20])}{', ...' if len(listed) > 20 else ''}]"
+
+
+def _fits_float(value: int | float) -> bool:
+    """False for an int too large for a float (10**400), which math and float() refuse."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _dupes(names: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +27,13 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from bo_queue.errors import ReportConflictError, StudyNotFoundError, TrialNotFoundError
+from bo_queue.errors import (
+    ReportConflictError,
+    StudyNotFoundError,
+    TrialNotFoundError,
+    ValidationError,
+    shown,
+)
 from bo_queue.events import EVENTS_MAX_LEN, STUDY_EVENT, lua
 from bo_queue.keys import Keys
 from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
@@ -91,6 +98,15 @@ return 'new'
 """
 
 
+# What a study id may be (ours are 16 hex digits; imported ones keep theirs): no ':',
+# which separates a study's own keys.
+STUDY_ID = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+
+
+def valid_id(study_id: object) -> bool:
+    return isinstance(study_id, str) and STUDY_ID.fullmatch(study_id) is not None
+
+
 def marker(trial: Trial) -> str:
     """What report() registered for a finished trial, so that repeating it is a no-op."""
     if trial.status is TrialStatus.COMPLETED and trial.values is not None:
@@ -117,24 +133,27 @@ class RedisStorage(StorageBackend):
         self._set_status = client.register_script(lua(events_max_len, _SET_STATUS))
         self._report = client.register_script(_REPORT)
 
-    # key names
+    # key names: every one goes through meta(), which refuses an id that could name
+    # another study's key ("<id>:trials" would be that study's trials hash)
     def meta(self, study_id: str) -> str:
+        if not valid_id(study_id):
+            raise StudyNotFoundError(study_id if isinstance(study_id, str) else shown(study_id))
         return f"{self.ns}:study:{study_id}"
 
     def trials_key(self, study_id: str) -> str:
-        return f"{self.ns}:study:{study_id}:trials"
+        return f"{self.meta(study_id)}:trials"
 
     def reported_key(self, study_id: str) -> str:
-        return f"{self.ns}:study:{study_id}:reported"
+        return f"{self.meta(study_id)}:reported"
 
     def inbox_key(self, study_id: str) -> str:
-        return f"{self.ns}:study:{study_id}:inbox"
+        return f"{self.meta(study_id)}:inbox"
 
     def model_key(self, study_id: str) -> str:
-        return f"{self.ns}:study:{study_id}:model"
+        return f"{self.meta(study_id)}:model"
 
     def lock_key(self, study_id: str) -> str:
-        return f"{self.ns}:study:{study_id}:lock"
+        return f"{self.meta(study_id)}:lock"
 
     @property
     def index_key(self) -> str:
@@ -159,6 +178,8 @@ class RedisStorage(StorageBackend):
         """Write a whole state (used when importing a study; steps use save_step).
         A running step's lock is left alone."""
         study_id = state.study.id
+        if not valid_id(study_id):
+            raise ValidationError(f"cannot store a study with the id {shown(study_id)}")
         with self.redis.pipeline() as pipe:
             pipe.delete(*self._data_keys(study_id))
             pipe.hset(self.meta(study_id), mapping=_meta_fields(state.study))
@@ -190,6 +211,8 @@ class RedisStorage(StorageBackend):
         return [_text(i) for i in self.redis.zrange(self.index_key, 0, -1)]
 
     def delete(self, study_id: str) -> bool:
+        if not valid_id(study_id):
+            return False  # no study can have it
         with self.redis.pipeline() as pipe:
             pipe.delete(*self._all_keys(study_id))
             pipe.zrem(self.index_key, study_id)
@@ -205,7 +228,7 @@ class RedisStorage(StorageBackend):
 
     def studies(self, study_ids: builtins.list[str]) -> builtins.list[Study]:
         with self.redis.pipeline(transaction=False) as pipe:
-            for study_id in study_ids:
+            for study_id in filter(valid_id, study_ids):
                 pipe.hgetall(self.meta(study_id))
             metas = pipe.execute()
         return [_study(m) for m in metas if m]

@@ -83,7 +83,9 @@ def test_dependency_that_already_ended(bq: BOQueue) -> None:
     with pytest.raises(Exception, match="fails as asked"):
         failed.get(timeout=30)
     doomed = bq.submit("t.node", {"log": log}, depends_on=[failed])
-    assert doomed.state is TaskState.CANCELLED
+    # get() returns once the failure is stored; the record says FAILED a moment later,
+    # and ending it cancels what waits on it (doomed, if it got in first: PENDING till then)
+    wait_until(lambda: doomed.state is TaskState.CANCELLED, 10, what="doomed cancelled")
     with pytest.raises(TaskCancelledError):
         doomed.get(timeout=5)
 

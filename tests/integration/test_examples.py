@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from examples.flows import dependencies, workflow
+from examples.placement import placement
 from examples.tour import tour
 from tests.conftest import Cluster, make_cluster
 
@@ -45,3 +46,17 @@ def test_readme_dependencies_and_workflow(etl: Cluster) -> None:
     flow = workflow(bq)
     assert flow == {"status": "SUCCEEDED", "stats": {"count": 10, "total": 45},
                     "polls": 3, "loaded": True}
+
+
+def test_readme_placement(redis_url: str) -> None:
+    c = make_cluster(redis_url, workers=0, concurrency=2)
+    try:
+        c.add_worker(concurrency=2, imports=("examples.placement",),
+                     settings={"capabilities": "gpu", "offers": "cpu=4,gpu=1"})
+        assert placement(c.producer()) == {
+            "train": {"model": "resnet", "loss": 0.25}, "version": "2",
+            "queue": "default.sim.train.v2", "quotes": [100.0 + n for n in range(6)],
+            "fetched": len("https://example.org"),
+        }
+    finally:
+        c.close()

@@ -46,8 +46,12 @@ def test_metrics_count_100_tasks_with_10_failures_exactly_and_retry_runs_one_aga
         {"handler": "t.fail_until_fixed", "payload": {"fixed": fixed if i in failing else None}}
         for i in range(100)
     ])
+    def ended(task_id: str) -> bool:  # the record itself (info() may go by the result)
+        record = bq.records.get(task_id)
+        return record is not None and record.state.terminal
+
     for handle in handles:
-        wait_until(lambda h=handle: bq.info(h.id).state.terminal, 60, what="every task to end")
+        wait_until(lambda h=handle: ended(h.id), 60, what="every task to end")
     metrics = bq.monitor.metrics(window_s=300)
     mine = metrics.handlers["t.fail_until_fixed"]
     assert (mine.succeeded, mine.failed, mine.started, mine.retried) == (90, 10, 100, 0)

@@ -105,7 +105,7 @@ def test_bad_value_from_environment_is_a_configuration_error(
         {"default_time_limit_s": 3600},
         {"visibility_timeout_s": 5},
         {"max_payload_bytes": 0},
-        {"result_expires_s": 10},
+        {"result_expires_s": 4},
         {"eta_tolerance_s": -1},
     ],
     ids=repr,

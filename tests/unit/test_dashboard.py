@@ -97,7 +97,9 @@ def test_queues_workers_studies_and_totals(busy: BOQueue) -> None:
         assert any(line.split()[:1] == [queue] for line in lines), queue
     default = [line.split() for line in lines if line.split()[:1] == ["default"]]
     assert default == [["default", "high", "2", "1m15s"]]  # oldest first: 75 s
-    assert ["evaluate", "normal", "1", "5.0s"] in [line.split() for line in lines]
+    evaluate = [line.split() for line in lines if line.split()[:1] == ["evaluate"]]
+    assert evaluate[0][:3] == ["evaluate", "normal", "1"]
+    assert 5.0 <= float(evaluate[0][3].rstrip("s")) < 7.0  # 5 s old, plus a slow machine
     assert ["bo", "-", "0", "-"] in [line.split() for line in lines]
     assert "QUEUES  3 waiting" in page
 

@@ -495,6 +495,8 @@ def test_cancel_of_a_waiting_dependent_cascades(
     assert state(store, "B") is TaskState.CANCELLED
     assert error(store, "B") == "not needed"
     assert not fake.hexists("t:deps:parked", "B")
+    # parked, B's record and its :waiting set had no expiry; cancelled, they have again
+    assert 0 < fake.ttl("t:task:B") <= TTL and 0 < fake.ttl("t:task:B:waiting") <= TTL
     assert state(store, "C") is TaskState.CANCELLED
     assert error(store, "C") == "dependency B CANCELLED"
     assert not fake.hexists("t:deps:parked", "C")
@@ -618,7 +620,7 @@ def sent(bq: BOQueue, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
     shared attach_fakeredis helper builds one without the callback)."""
     out: list[str] = []
 
-    def send(task_id: str, message: Any, producer: Any = None) -> None:
+    def send(task_id: str, message: Any, producer: Any = None, kept: bool = False) -> None:
         out.append(task_id)
 
     @contextmanager

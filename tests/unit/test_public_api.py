@@ -10,6 +10,7 @@ import bo_queue
 from bo_queue import errors
 
 EXPECTED_ALL = [
+    "AgentError",
     "BOQueue",
     "BOQueueError",
     "BrokerUnavailableError",
@@ -20,6 +21,7 @@ EXPECTED_ALL = [
     "InvalidResultError",
     "InvalidTransitionError",
     "LinearConstraint",
+    "NotHeldError",
     "Objective",
     "OutcomeConstraint",
     "Priority",
@@ -43,6 +45,7 @@ EXPECTED_ALL = [
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",
+    "TaskLostError",
     "TaskRequest",
     "TaskState",
     "TaskTimeoutError",

@@ -107,6 +107,39 @@ def test_start_runs_and_counts_redeliveries(store: RecordStore) -> None:
     assert info is not None and info.worker == "worker-2" and info.attempts == 2
 
 
+def test_runs_lost_with_their_worker_are_counted_up_to_a_limit(store: RecordStore) -> None:
+    make(store, "a")
+    assert store.start("a", "w", *MSG, lost_allowed=2) == ("run", 1)
+    # Each start that finds the record still RUNNING follows a run that died.
+    assert store.start("a", "w", *MSG, lost_allowed=2) == ("run", 2)
+    assert store.start("a", "w", *MSG, lost_allowed=2) == ("run", 3)
+    assert store.start("a", "w", *MSG, lost_allowed=2) == ("lost", 3)  # a poison task
+    info = store.get("a")
+    assert info is not None and info.lost == 3 and info.attempts == 3
+    assert info.state is TaskState.RUNNING  # the worker fails it (Celery stores the error)
+
+
+def test_the_same_start_sent_twice_is_not_a_lost_run(store: RecordStore) -> None:
+    # a client that retried the script because its reply was lost (a network blip)
+    make(store, "a")
+    assert store.start("a", "w", *MSG, run="r1") == ("run", 1)
+    assert store.start("a", "w", *MSG, run="r1") == ("run", 1)
+    info = store.get("a")
+    assert info is not None and info.lost == 0 and info.attempts == 1
+    assert store.start("a", "w2", *MSG, run="r2") == ("run", 2)  # another delivery: lost
+    info = store.get("a")
+    assert info is not None and info.lost == 1
+
+
+def test_a_retry_is_not_a_lost_run(store: RecordStore) -> None:
+    make(store, "a")
+    store.start("a", "w", *MSG, lost_allowed=0)
+    store.transition("a", TaskState.RETRYING)
+    assert store.start("a", "w", *MSG, lost_allowed=0) == ("run", 2)
+    info = store.get("a")
+    assert info is not None and info.lost == 0
+
+
 def test_start_clears_next_attempt_and_refreshes_ttl(
     store: RecordStore, fake: fakeredis.FakeRedis
 ) -> None:

@@ -148,7 +148,31 @@ def test_describe_is_json() -> None:
         },
         "time_limit_s": 12.5,
         "module": __name__,
+        "requires": [], "resources": None, "max_concurrency": None, "rate_limit": None,
+        "version": None, "async": False,
     }
+
+
+def test_placement_and_limit_options_are_checked_and_described() -> None:
+    @bo_queue.handler("unit.reg.placed", requires=["gpu", "fpga", "gpu"],
+                      resources={"cpu": 2, "gpu": 1}, max_concurrency=3, rate_limit="10/m",
+                      version="1.2")
+    async def reg_placed(payload: dict[str, Any], ctx: Any) -> None:
+        return None
+
+    spec = registry.get("unit.reg.placed")
+    assert spec is not None and spec.is_async
+    described = spec.describe()
+    assert described["requires"] == ["fpga", "gpu"]
+    assert described["resources"] == {"cpu": 2.0, "gpu": 1}
+    assert (described["max_concurrency"], described["rate_limit"], described["version"]) == (
+        3, "10/m", "1.2")
+    assert registry.parse_rate(" 5 / s ") == (5, 1.0)
+    for bad in ({"requires": ["GPU"]}, {"requires": ["a b"]}, {"max_concurrency": 0},
+                {"rate_limit": "10 per second"}, {"rate_limit": "0/s"}, {"version": "v 2"},
+                {"resources": {"cpu": -1}}, {"resources": {"disk": 1}}):
+        with pytest.raises(ValidationError):
+            bo_queue.handler(f"unit.reg.bad{len(bad)}", **bad)(reg_placed)  # type: ignore[arg-type]
 
 
 def test_registered_is_a_copy() -> None:

@@ -44,21 +44,21 @@ class Flow:
         self.handlers = set(HANDLERS)
         self.store = WorkflowStore(bq)
 
-        def send(task_id: str, message: Any, producer: Any = None) -> None:
+        def send(task_id: str, message: Any, producer: Any = None, kept: bool = False) -> None:
             self.sent.append((task_id, dict(message)))
 
         @contextmanager
         def producer_or_acquire(*args: Any, **kwargs: Any) -> Iterator[_Producer]:
             yield _Producer()
 
-        def handler_queue(name: str) -> str | None:
+        def handler_entry(name: str) -> dict[str, Any]:
             if name not in self.handlers:
                 raise UnknownHandlerError(name, sorted(self.handlers))
-            return None
+            return {}
 
         monkeypatch.setattr(bq, "send", send)
         monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
-        monkeypatch.setattr(bq, "_handler_queue", handler_queue)
+        monkeypatch.setattr(bq, "_handler_entry", handler_entry)
 
     # -- runs -------------------------------------------------------------------------------
 
