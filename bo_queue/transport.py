@@ -7,7 +7,10 @@ the AttributeError (or, with Redis still down, the ConnectionError) that follows
 "unrecoverable error" that stops the whole worker. Nothing is lost by not restoring
 them then: they are still in Redis's unacked index, and the visibility-timeout sweep of
 any worker puts them back. So this QoS logs and leaves them there. It also never puts
-back the message of a task this worker is still running (see restore_unacked).
+back the message of a task this worker is still running (see restore_unacked), and
+when such a task ends after the worker reconnected, it acknowledges the message through
+a client of its own: kombu would use the closed channel, and the AttributeError stops
+the worker just the same.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import redis
 from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,53 @@ class QoS(kombu_redis.QoS):
                 delivered.clear()
             return None
 
+    def ack(self, delivery_tag: str) -> None:
+        if self.channel.connection is not None:
+            super().ack(delivery_tag)
+            return
+        self._ack_after_close(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self.channel.connection is not None:
+            super().reject(delivery_tag, requeue)
+            return
+        if requeue:  # the visibility sweep puts it back: it is still in the unacked index
+            virtual.QoS.ack(self, delivery_tag)
+        else:
+            self._ack_after_close(delivery_tag)
+
+    def _ack_after_close(self, delivery_tag: str) -> None:
+        """The message of a task that ran across a dropped connection: take it out of the
+        unacked index through a client of its own. If Redis is still down it stays there,
+        and the redelivery after the visibility timeout finds the task ended and is
+        dropped; nothing runs twice either way."""
+        channel: Any = self.channel
+        qos: Any = self  # kombu's typing lacks its Redis QoS's helpers
+        try:
+            client = channel.client_after_close()
+            try:
+                qos._remove_from_indices(delivery_tag, client.pipeline()).execute()
+            finally:
+                client.connection_pool.disconnect()
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not acknowledge message %s after the connection dropped "
+                        "(%r); it returns after the visibility timeout", delivery_tag, exc)
+        virtual.QoS.ack(self, delivery_tag)
+
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # How to reach Redis once the connection is gone: by the time Celery closes this
+        # channel, kombu has already dropped what _connparams reads.
+        self._params_after_close: dict[str, Any] = self._connparams(  # type: ignore[attr-defined]
+            asynchronous=False)
+
+    def client_after_close(self) -> Any:
+        pool = redis.ConnectionPool(**self._params_after_close)
+        return self.Client(connection_pool=pool)
 
 
 class Transport(kombu_redis.Transport):

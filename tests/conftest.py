@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import platform
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
     readme = os.environ.get("RELIABILITY_README") == "1" and exitstatus == 0
     report.write(machine, readme=readme)
+
+
+_STARTED = pytest.StashKey[float]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_STARTED] = time.time()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report carries the end of every worker, beat or Redis log written
+    while it ran: a CI run is the only place some failures show, and it keeps no files."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if not rep.failed or _STARTED not in item.stash:
+        return
+    since = item.stash[_STARTED]
+    logs = sorted(Path(tempfile.gettempdir()).glob("bo-queue-*.log"), key=os.path.getmtime)
+    for path in [p for p in logs if os.path.getmtime(p) >= since][-6:]:
+        text = path.read_text(errors="replace")
+        rep.sections.append((f"log {path.name} (last 6000 characters)", text[-6000:]))
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,14 @@ settings under which lost messages come back within seconds."""
 
 from __future__ import annotations
 
+import json
 import random
+from collections import Counter
+from typing import Any
 
 import redis
 
+from bo_queue import BOQueue
 from tests.conftest import Cluster
 from tests.reliability.handlers import effect_keys
 
@@ -33,3 +37,36 @@ def effects_of(evidence: redis.Redis, namespace: str) -> tuple[int, int, int]:
     done, effects, runs = effect_keys(namespace)
     records = sum(1 for _ in evidence.scan_iter(done + "*", count=1000))
     return records, int(evidence.get(effects) or 0), int(evidence.get(runs) or 0)
+
+
+def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
+    """For a failure message: how many of `task_ids` are in each state, and where the
+    messages of the unfinished ones are (a queue list, unacknowledged, held, the outbox)."""
+    prefix = bq.keys.broker_prefix
+    with bq.redis.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.hget(bq.keys.task(task_id), "state")
+        for priority in range(10):
+            pipe.lrange(f"{prefix}default" + (f":{priority}" if priority else ""), 0, -1)
+        pipe.hvals(prefix + "unacked")
+        pipe.hkeys(f"{bq.keys.delayed}:specs")
+        pipe.hkeys(bq.keys.outbox)
+        replies = pipe.execute()
+    states = dict(zip(task_ids, replies[:len(task_ids)], strict=True))
+    queued = {_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
+    unacked = {_task_id(json.loads(m)[0]) for m in replies[-3]}
+    held, outbox = set(replies[-2]), set(replies[-1])
+    places: Counter[str] = Counter()
+    for task_id, state in states.items():
+        if state == "SUCCEEDED":
+            continue
+        where = [name for name, ids in (("queued", queued), ("unacked", unacked),
+                                        ("held", held), ("outbox", outbox)) if task_id in ids]
+        places[f"{state}: {'+'.join(where) or 'no message anywhere'}"] += 1
+    return (f"{Counter(states.values())}; unfinished: {dict(places)}; "
+            f"e.g. {[t for t, s in states.items() if s != 'SUCCEEDED'][:3]}")
+
+
+def _task_id(raw: str | dict[str, Any]) -> str:
+    envelope = json.loads(raw) if isinstance(raw, str) else raw
+    return str(envelope["headers"]["id"])

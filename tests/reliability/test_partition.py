@@ -12,7 +12,7 @@ from bo_queue import TaskState
 from bo_queue.local import WorkerProcess, wait_until
 from tests.conftest import ROOT
 from tests.reliability import report
-from tests.reliability.cluster import HANDLERS, cluster_of
+from tests.reliability.cluster import HANDLERS, cluster_of, whereabouts
 from tests.reliability.proxy import PartitionProxy
 
 VISIBILITY_S = 10.0  # FAST_RECOVERY's visibility timeout
@@ -56,8 +56,11 @@ def test_a_partitioned_worker_recovers_and_runs_nothing_twice_at_once(
             time.sleep(PARTITION_S)  # the partition itself: A hears nothing meanwhile
             proxy.heal()
             healed_at = time.time()
-            wait_until(lambda: all(bq.info(h.id).state is TaskState.SUCCEEDED
-                                   for h in handles), 120, 0.5, what="every task to succeed")
+            try:
+                wait_until(lambda: all(bq.info(h.id).state is TaskState.SUCCEEDED
+                                       for h in handles), 120, 0.5, what="every task to succeed")
+            except TimeoutError as exc:
+                raise AssertionError(whereabouts(bq, [h.id for h in handles])) from exc
 
             # A recovered: with B stopped, A alone runs a new batch.
             cluster.workers[0].stop(timeout=30)

@@ -12,7 +12,7 @@ from bo_queue import BOQueue, BrokerUnavailableError, TaskState
 from bo_queue.local import RedisServer, wait_until
 from tests.conftest import new_namespace
 from tests.reliability import report
-from tests.reliability.cluster import HANDLERS, cluster_of, effects_of
+from tests.reliability.cluster import HANDLERS, cluster_of, effects_of, whereabouts
 
 CONNECT_TIMEOUT_S = 1.0
 
@@ -59,8 +59,11 @@ def test_redis_crashes_and_restarts_mid_run(aof_redis: RedisServer) -> None:
             for i in range(before, before + after)
         )
         total = before + after
-        wait_until(lambda: effects_of(evidence, cluster.namespace)[0] >= total, 180, 0.5,
-                   what="every task to run after the restart")
+        try:
+            wait_until(lambda: effects_of(evidence, cluster.namespace)[0] >= total, 180, 0.5,
+                       what="every task to run after the restart")
+        except TimeoutError as exc:
+            raise AssertionError(whereabouts(bq, [h.id for h in handles])) from exc
         assert sorted(h.get(timeout=60) for h in handles) == list(range(total))
         assert all(bq.info(h.id).state is TaskState.SUCCEEDED for h in handles)
         records, effects, runs = effects_of(evidence, cluster.namespace)
