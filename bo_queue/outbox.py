@@ -1,20 +1,28 @@
-"""Messages Redis lost: kept next to their task until a worker starts it, and sent again
-after Redis comes back.
+"""Messages that got lost between Redis and a worker: kept next to their task until a
+worker starts it, and sent again when a loss is suspected.
 
 kombu's Redis transport takes a message with BRPOP and only then records it as
-unacknowledged. Redis going down in between (a crash, even a restart) can leave its AOF
-with the pop done and no worker holding the message: the task would stay QUEUED for
-ever. So every message sent is also written to `{ns}:outbox` (in the submit's own
-pipeline), and the entry goes away when the task leaves the queue (bo_queue.events'
-set_state). When a worker sees that Redis restarted (its `run_id` changed), one worker
-(under a lock) looks for outbox entries whose task is still QUEUED but whose message is
-nowhere: in no queue list, not unacknowledged, not held; it sends those again.
+unacknowledged. Whatever ends in between loses the message, and the task stays QUEUED
+for ever: Redis going down (its AOF has the pop, no worker got the message), or the
+worker being `kill -9`ed right after the pop. So every message sent is also written to
+`{ns}:outbox` (in the submit's own pipeline), and the entry goes away when the task leaves
+the queue (bo_queue.events' set_state).
+
+Workers raise a suspicion (`suspect`) when Redis restarted (its `run_id` changed) or when
+a worker stopped without a warm shutdown (its heartbeat went stale, or it came back under
+the same name while its old card was still there). Then one worker (under a lock) takes
+two atomic snapshots of where messages are, a moment apart, and sends again the messages
+of tasks still QUEUED that were in neither: in no queue list, not unacknowledged, not
+held. Two snapshots, because a live worker's message is also nowhere for the instant
+between its pop and its unacked record.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,14 +32,23 @@ from bo_queue.keys import Keys
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 1.0  # between the two snapshots: far longer than a pop-to-unacked instant
+# KEYS: the suspicion. ARGV: the one reconciled. Cleared only if no newer one came since.
+_CLEAR = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
+
 
 class Outbox:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis, self.keys = client, keys
         self._run_id: str | None = None
+        self.suspicion_key = f"{keys.outbox}:suspect"
 
     def keep(self, pipe: Any, task_id: str, message: dict[str, Any]) -> None:
         pipe.hset(self.keys.outbox, task_id, json.dumps(message))
+
+    def suspect(self, reason: str) -> None:
+        """Messages may have been lost: the next reconcile (any worker's) looks."""
+        self.redis.set(self.suspicion_key, f"{reason} ({uuid.uuid4().hex[:8]})")
 
     def restarted(self) -> str | None:
         """Redis's new run_id if it restarted since a worker last looked (the last run_id
@@ -44,43 +61,63 @@ class Outbox:
         return run_id if before is not None and before != run_id else None
 
     def reconcile(self, send: Callable[[str, dict[str, Any]], None],
-                  queues: Iterable[str], run_id: str) -> list[str]:
-        """Send again the messages Redis lost (once per restart, by one worker)."""
-        if not self.redis.set(f"{self.keys.outbox}:reconciled:{run_id}", 1, nx=True, ex=3600):
+                  queues: Iterable[str], settle_s: float = SETTLE_S) -> list[str]:
+        """If a loss is suspected, send again the messages that are nowhere (one worker at
+        a time; the suspicion is cleared once it has looked)."""
+        reason = self.redis.get(self.suspicion_key)
+        if reason is None:
             return []
-        kept: dict[str, str] = self.redis.hgetall(self.keys.outbox)  # type: ignore[assignment]
-        if not kept:
+        lock = f"{self.keys.outbox}:reconciling"
+        if not self.redis.set(lock, 1, nx=True, ex=max(30, int(4 * settle_s))):
             return []
-        present = self._present(queues)
-        ids = [i for i in kept if i not in present]
+        try:
+            queues = list(queues)
+            missing = self._queued(self._nowhere(queues))
+            if missing:
+                time.sleep(settle_s)
+                missing = self._queued(set(missing) & self._nowhere(queues))
+            kept: list[Any] = self.redis.hmget(self.keys.outbox, missing) if missing else []
+            resent = []
+            for task_id, raw in zip(missing, kept, strict=True):
+                if raw is not None:
+                    send(task_id, json.loads(raw))
+                    resent.append(task_id)
+            if resent:
+                log.warning("%s: %d message(s) were lost; sent them again: %s", reason,
+                            len(resent), ", ".join(resent[:20]))
+            self.redis.eval(_CLEAR, 1, self.suspicion_key, str(reason))
+            return resent
+        finally:
+            self.redis.delete(lock)
+
+    def _queued(self, ids: set[str]) -> list[str]:
+        """Those of `ids` still QUEUED; the outbox entries of the others go (their task
+        started, ended or expired)."""
+        ordered = sorted(ids)
         with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
+            for task_id in ordered:
                 pipe.hget(self.keys.task(task_id), "state")
             states = pipe.execute()
-        resent = []
-        for task_id, state in zip(ids, states, strict=True):
-            if state != "QUEUED":  # gone, started, or ended: nothing to send
-                self.redis.hdel(self.keys.outbox, task_id)
-                continue
-            send(task_id, json.loads(kept[task_id]))
-            resent.append(task_id)
-        if resent:
-            log.warning("Redis restarted and had lost %d message(s); sent them again: %s",
-                        len(resent), ", ".join(resent[:20]))
-        return resent
+        done = [i for i, state in zip(ordered, states, strict=True) if state != "QUEUED"]
+        if done:
+            self.redis.hdel(self.keys.outbox, *done)
+        return [i for i, state in zip(ordered, states, strict=True) if state == "QUEUED"]
 
-    def _present(self, queues: Iterable[str]) -> set[str]:
-        """Task ids whose message is in a queue list, unacknowledged or held."""
+    def _nowhere(self, queues: list[str]) -> set[str]:
+        """Outbox task ids whose message is in no queue list, not unacknowledged and not
+        held, in one atomic snapshot (MULTI): a message moving from one to another
+        between separate reads would look lost."""
         prefix = self.keys.broker_prefix
         lists = [prefix + q + (f":{p}" if p else "") for q in queues for p in range(10)]
-        with self.redis.pipeline(transaction=False) as pipe:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hkeys(self.keys.outbox)
             for key in lists:
                 pipe.lrange(key, 0, -1)
             pipe.hvals(prefix + "unacked")
             pipe.hkeys(f"{self.keys.delayed}:specs")
             replies = pipe.execute()
-        present = set(replies[-1])
-        for raw in [m for reply in replies[:-2] for m in reply] + list(replies[-2]):
+        kept, present = set(replies[0]), set(replies[-1])
+        for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):
             try:
                 envelope = json.loads(raw)
                 if isinstance(envelope, list):  # unacked: [message, exchange, routing key]
@@ -88,4 +125,4 @@ class Outbox:
                 present.add(str(envelope["headers"]["id"]))
             except (ValueError, KeyError, TypeError, IndexError):
                 continue
-        return present
+        return kept - present

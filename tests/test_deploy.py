@@ -29,6 +29,7 @@ def test_services_and_redis_persistence(compose: dict[str, Any]) -> None:
     assert set(services) >= {"redis", "worker", "beat", "flower", "api"}
     redis_command = services["redis"]["command"]
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert redis_command[redis_command.index("--appendfsync") + 1] == "always"
     for name in ("worker", "beat", "flower"):
         env = services[name]["environment"]
         assert env["BO_QUEUE_REDIS_URL"].startswith("redis://redis:")

@@ -28,7 +28,7 @@ from workers.runner import describe
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
-OUTBOX_EVERY_TICKS = 3  # how often a worker checks whether Redis restarted
+OUTBOX_EVERY_TICKS = 3  # how often a worker looks for signs of lost messages
 
 
 def install(app: Celery, bq: BOQueue) -> None:
@@ -55,6 +55,8 @@ def install(app: Celery, bq: BOQueue) -> None:
                              if spec.version},
             }
             publish_handlers(bq, worker.hostname)
+            if bq.redis.hexists(bq.keys.workers, self.hostname):  # a warm shutdown removes it
+                bq.outbox.suspect(f"worker {self.hostname} came back after dying")
             self.tick()
             self.tref = worker.timer.call_repeatedly(TICK_S, self.tick)
 
@@ -72,16 +74,41 @@ def install(app: Celery, bq: BOQueue) -> None:
                 bq.redis.hset(bq.keys.workers, self.hostname, json.dumps(beat))
                 bq.delays.release_due(bq.send)
                 self.ticks += 1
-                if self.ticks % OUTBOX_EVERY_TICKS == 1:
-                    run_id = bq.outbox.restarted()
-                    if run_id is not None:  # Redis restarted: send what it lost again
-                        placed = bq.redis.smembers(bq.keys.placed_queues)
-                        queues = [*bq.settings.queues, *(str(q) for q in placed)]
-                        bq.outbox.reconcile(bq.send, queues, run_id)
+                if self.ticks % OUTBOX_EVERY_TICKS == 1:  # send again what got lost
+                    if bq.outbox.restarted() is not None:
+                        bq.outbox.suspect("Redis restarted")
+                    silent = reap_silent_workers(bq, self.hostname)
+                    if silent:
+                        bq.outbox.suspect(f"worker(s) {', '.join(silent)} stopped heartbeating")
+                    placed = bq.redis.smembers(bq.keys.placed_queues)
+                    queues = [*bq.settings.queues, *(str(q) for q in placed)]
+                    bq.outbox.reconcile(bq.send, queues)
             except Exception:  # Redis down: the next tick tries again
                 log.exception("bo_queue worker tick failed")
 
     app.steps["worker"].add(BOQueueStep)
+
+
+def reap_silent_workers(bq: BOQueue, me: str) -> list[str]:
+    """Remove the cards of workers silent for longer than heartbeat_timeout_s (killed:
+    a warm shutdown removes its own); the ones this worker removed, each reported once."""
+    cards: dict[str, str] = bq.redis.hgetall(bq.keys.workers)  # type: ignore[assignment]
+    limit, now = bq.settings.heartbeat_timeout_s, time.time()
+    silent = []
+    for hostname, raw in cards.items():
+        try:
+            at = float(json.loads(raw)["at"])
+        except (ValueError, KeyError, TypeError):
+            at = 0.0
+        if hostname != me and now - at > limit:
+            silent.append(hostname)
+    if not silent:
+        return []
+    with bq.redis.pipeline(transaction=False) as pipe:
+        for hostname in silent:
+            pipe.hdel(bq.keys.workers, hostname)
+        removed = pipe.execute()
+    return [hostname for hostname, n in zip(silent, removed, strict=True) if n]
 
 
 def served(bq: BOQueue) -> dict[str, registry.HandlerSpec]:

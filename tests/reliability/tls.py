@@ -105,6 +105,7 @@ class TlsRedisServer(RedisServer):
             f"dir {self.dir}",
             'save ""',
             f"appendonly {'yes' if self.appendonly else 'no'}",
+            "appendfsync always",
             "daemonize no",
             f"logfile {Path(self.dir, 'redis.log')}",
         ]) + "\n")
