@@ -180,8 +180,11 @@ def test_lifecycle_hooks_run_on_the_worker(bq: BOQueue, evidence: redis.Redis) -
     assert ok.get(timeout=20) == "ok"
     with pytest.raises(TaskFailedError):
         bad.get(timeout=20)
-    assert evidence.lrange(f"evidence:hooks:{ok.id}", 0, -1) == ["retry", "success"]
-    assert evidence.lrange(f"evidence:hooks:{bad.id}", 0, -1) == ["retry", "failure"]
+    # get() returns once the result is stored; the hooks run just after it
+    for task, hooks in ((ok, ["retry", "success"]), (bad, ["retry", "failure"])):
+        key = f"evidence:hooks:{task.id}"
+        wait_until(lambda key=key: evidence.llen(key) >= 2, 10, what="the end hook")
+        assert evidence.lrange(key, 0, -1) == hooks
 
 
 def test_unknown_task_ids_are_errors(bq: BOQueue) -> None:
