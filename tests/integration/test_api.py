@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from bo_queue.api.keys import ApiKeys
+from bo_queue.local import wait_until
 from bo_queue.studies.models import Objective, Range, Strategy, StudySpec
 from tests.conftest import ROOT, Cluster, make_cluster, new_namespace
 from tests.integration.api_server import ApiServer
@@ -218,6 +219,12 @@ def test_cancel_cancel_tag_and_failed_tasks(client_a: httpx.Client) -> None:
                                             "payload": {"fatal": True}}).json()
     detail = problem(wait_result(client_a, failing["id"]), 409, "TaskFailedError")
     assert detail == "ValueError: not retryable"  # the remote error, not its traceback
+
+    # the result says FAILED first; the worker's record (and the registry) follows it
+    def registered() -> bool:
+        return failing["id"] in [t["id"] for t in client_a.get("/failed").json()]
+
+    wait_until(registered, 10, what="the failed registry to list the task")
     assert failing["id"] in [t["id"] for t in client_a.get("/failed").json()]
     retried = client_a.post(f"/tasks/{failing['id']}/retry")
     assert retried.status_code == 201 and retried.json()["handler"] == "t.flaky"

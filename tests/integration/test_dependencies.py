@@ -152,6 +152,9 @@ def test_graph_and_dot(bq: BOQueue) -> None:
     b = bq.submit("t.node", {"log": log}, depends_on=[a])
     c = bq.submit("t.node", {"log": log}, depends_on=[b])
     c.get(timeout=30)
+    # the graph reads the records, which the worker ends just after storing the result
+    wait_until(lambda: bq.records.state(c.id) is TaskState.SUCCEEDED, 10,
+               what="c's record to say SUCCEEDED")
     graph = bq.graph([b.id])  # expands both ways
     assert set(graph.nodes) == {a.id, b.id, c.id}
     assert sorted(graph.edges) == sorted([(a.id, b.id), (b.id, c.id)])

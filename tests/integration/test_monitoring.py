@@ -215,8 +215,12 @@ def test_health_turns_non_zero_when_the_only_worker_dies(redis_url: str) -> None
 
 
 def test_prometheus_endpoint_serves_valid_exposition(bq: BOQueue, watched: Cluster) -> None:
-    for _ in range(5):
-        bq.submit("t.fail_until_fixed", {"fixed": None}).get(timeout=30)
+    handles = [bq.submit("t.fail_until_fixed", {"fixed": None}) for _ in range(5)]
+    for handle in handles:
+        handle.get(timeout=30)
+    # each SUCCEEDED event is written with the record, just after the result
+    wait_until(lambda: all(bq.records.state(h.id) is TaskState.SUCCEEDED for h in handles),
+               10, what="the records to end")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": watched.redis_url,
            "BO_QUEUE_NAMESPACE": watched.namespace}

@@ -19,6 +19,7 @@ from bo_queue import (
     Objective,
     Range,
     Strategy,
+    TaskState,
     UnknownHandlerError,
     ValidationError,
 )
@@ -273,6 +274,9 @@ def test_purge_drops_index_entries_whose_records_expired(
                                                                             tags=("purge-me",))
     kept.get(timeout=20)
     expired.get(timeout=20)
+    # the records end (and join the SUCCEEDED index) just after the results are stored
+    wait_until(lambda: all(bq.records.state(h.id) is TaskState.SUCCEEDED
+                           for h in (kept, expired)), 10, what="both records to end")
     evidence.delete(bq.keys.task(expired.id))  # as its TTL would
     evidence.hset(bq.delays.specs, "orphan-spec", "{}")  # a held send with no schedule
     removed = bq.submit("bo_queue.maintenance.purge_indexes", {}).get(timeout=30)
