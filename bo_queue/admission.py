@@ -60,13 +60,17 @@ redis.call('HSET', KEYS[2], ARGV[3], table.concat(needs, ','))
 return 1
 """
 
-# KEYS: starts (zset member -> time). ARGV: now, period, count, member.
-# -> 0 admitted | seconds until a start frees up
+# KEYS: starts (zset member -> time). ARGV: period, count, task id.
+# -> 0 admitted | seconds until a start frees up. The time is Redis's own: with each
+# worker's clock, a worker delayed between reading it and running this script could
+# admit a start into a window that others had already filled.
 _RATE = """
-local now, period, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local period, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 if redis.call('ZCARD', KEYS[1]) < count then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. now)
   redis.call('EXPIRE', KEYS[1], math.ceil(period) + 1)
   return '0'
 end
@@ -138,7 +142,7 @@ class Gate:
         if rate_limit is not None:
             count, period = parse_rate(rate_limit)
             wait = float(self._rate(keys=[self.keys.rate(handler)],
-                                    args=[now, period, count, f"{task_id}:{now}"]))
+                                    args=[period, count, task_id]))
             if wait > 0:
                 self.release(admission)
                 return wait

@@ -90,9 +90,13 @@ def test_a_global_rate_limit_spans_workers(cluster: Cluster, evidence: redis.Red
                              for _ in range(15))
     assert len([h.get(timeout=60) for h in handles]) == 15
     starts = sorted(float(t) for t in evidence.lrange(f"evidence:placement:{group}:starts", 0, -1))
-    # 5 a second across both workers: no 1-second window holds more than 5 starts
-    assert max(sum(1 for t in starts if first <= t < first + 1.0) for first in starts) <= 5
-    assert starts[-1] - starts[0] >= 2.0
+    # 5 a second across both workers, counted at admission (in Redis's time). The handler
+    # notes its start a little later (up to DELAY under load): so no window of 1 - DELAY
+    # seconds of handler starts may hold more than 5, and 15 starts span >= 2 - DELAY.
+    delay = 0.25
+    assert max(sum(1 for t in starts if first <= t < first + 1.0 - delay)
+               for first in starts) <= 5
+    assert starts[-1] - starts[0] >= 2.0 - delay
 
 
 def test_resources_fit_and_every_run_reports_what_it_cost(cluster: Cluster,
