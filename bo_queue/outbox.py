@@ -61,9 +61,10 @@ class Outbox:
         return run_id if before is not None and before != run_id else None
 
     def reconcile(self, send: Callable[[str, dict[str, Any]], None],
-                  queues: Iterable[str], settle_s: float = SETTLE_S) -> list[str]:
+                  queues: Callable[[], Iterable[str]], settle_s: float = SETTLE_S) -> list[str]:
         """If a loss is suspected, send again the messages that are nowhere (one worker at
-        a time; the suspicion is cleared once it has looked)."""
+        a time; the suspicion is cleared once it has looked). `queues()` names the queues
+        to look in; it is called only then."""
         reason = self.redis.get(self.suspicion_key)
         if reason is None:
             return []
@@ -71,11 +72,11 @@ class Outbox:
         if not self.redis.set(lock, 1, nx=True, ex=max(30, int(4 * settle_s))):
             return []
         try:
-            queues = list(queues)
-            missing = self._queued(self._nowhere(queues))
+            names = list(queues())
+            missing = self._queued(self._nowhere(names))
             if missing:
                 time.sleep(settle_s)
-                missing = self._queued(set(missing) & self._nowhere(queues))
+                missing = self._queued(set(missing) & self._nowhere(names))
             kept: list[Any] = self.redis.hmget(self.keys.outbox, missing) if missing else []
             resent = []
             for task_id, raw in zip(missing, kept, strict=True):
@@ -118,11 +119,19 @@ class Outbox:
             replies = pipe.execute()
         kept, present = set(replies[0]), set(replies[-1])
         for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):
-            try:
-                envelope = json.loads(raw)
-                if isinstance(envelope, list):  # unacked: [message, exchange, routing key]
-                    envelope = envelope[0]
-                present.add(str(envelope["headers"]["id"]))
-            except (ValueError, KeyError, TypeError, IndexError):
-                continue
+            task_id = message_task_id(raw)
+            if task_id is not None:
+                present.add(task_id)
         return kept - present
+
+
+def message_task_id(raw: str) -> str | None:
+    """The task id of a kombu message as Redis keeps it: in a queue list, or in the
+    unacked hash as [message, exchange, routing key]; None if it is not one."""
+    try:
+        envelope = json.loads(raw)
+        if isinstance(envelope, list):
+            envelope = envelope[0]
+        return str(envelope["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None

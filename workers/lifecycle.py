@@ -80,9 +80,9 @@ def install(app: Celery, bq: BOQueue) -> None:
                     silent = reap_silent_workers(bq, self.hostname)
                     if silent:
                         bq.outbox.suspect(f"worker(s) {', '.join(silent)} stopped heartbeating")
-                    placed = bq.redis.smembers(bq.keys.placed_queues)
-                    queues = [*bq.settings.queues, *(str(q) for q in placed)]
-                    bq.outbox.reconcile(bq.send, queues)
+                    bq.outbox.reconcile(bq.send, lambda: [
+                        *bq.settings.queues,
+                        *(str(q) for q in bq.redis.smembers(bq.keys.placed_queues))])
             except Exception:  # Redis down: the next tick tries again
                 log.exception("bo_queue worker tick failed")
 

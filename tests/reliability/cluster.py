@@ -3,14 +3,13 @@ settings under which lost messages come back within seconds."""
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
-from typing import Any
 
 import redis
 
 from bo_queue import BOQueue
+from bo_queue.outbox import message_task_id
 from tests.conftest import Cluster
 from tests.reliability.handlers import effect_keys
 
@@ -53,8 +52,8 @@ def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
         pipe.hkeys(bq.keys.outbox)
         replies = pipe.execute()
     states = dict(zip(task_ids, replies[:len(task_ids)], strict=True))
-    queued = {_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
-    unacked = {_task_id(json.loads(m)[0]) for m in replies[-3]}
+    queued = {message_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
+    unacked = {message_task_id(m) for m in replies[-3]}
     held, outbox = set(replies[-2]), set(replies[-1])
     places: Counter[str] = Counter()
     for task_id, state in states.items():
@@ -65,8 +64,3 @@ def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
         places[f"{state}: {'+'.join(where) or 'no message anywhere'}"] += 1
     return (f"{Counter(states.values())}; unfinished: {dict(places)}; "
             f"e.g. {[t for t, s in states.items() if s != 'SUCCEEDED'][:3]}")
-
-
-def _task_id(raw: str | dict[str, Any]) -> str:
-    envelope = json.loads(raw) if isinstance(raw, str) else raw
-    return str(envelope["headers"]["id"])

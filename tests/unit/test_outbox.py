@@ -33,7 +33,8 @@ def task(fake: fakeredis.FakeRedis, outbox: Outbox, task_id: str, state: str = "
 def reconcile(outbox: Outbox, during_settle: Any = None) -> list[tuple[str, Any]]:
     sent: list[tuple[str, Any]] = []
     with mock.patch("bo_queue.outbox.time.sleep", side_effect=during_settle):
-        outbox.reconcile(lambda task_id, message: sent.append((task_id, message)), ["default"])
+        outbox.reconcile(lambda task_id, message: sent.append((task_id, message)),
+                         lambda: ["default"])
     return sent
 
 
