@@ -248,7 +248,7 @@ def _local_cluster() -> Any:
     every closed-loop run of this benchmark, stopped when the script exits."""
     if not _cluster:
         from bo_queue import BOQueue
-        from bo_queue.local import RedisServer, WorkerProcess
+        from bo_queue.testing import RedisServer, WorkerProcess
 
         server = RedisServer().start()
         namespace = f"boquality{os.getpid()}"

@@ -33,7 +33,7 @@ which is where bo_queue does more than Celery:
   link from each dependency back to it; a Lua script per dependent at submit). When a
   task ends, the script that records its end crosses it off its dependents' sets, and a
   dependent with nothing left to wait on moves to the held-submission schedule
-  (bo_queue.delays), due now; the worker that ended the dependency then claims it from
+  (bo_queue.core.delays), due now; the worker that ended the dependency then claims it from
   there and sends it at once (another script, a send, a delete). Every worker's ~1 s tick
   sends anything due that was left behind, so that tick is the fallback, not the normal
   path: a run where releases wait for it shows up as about 1 s per hop. What the extra

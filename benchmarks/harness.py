@@ -61,7 +61,7 @@ def run_benchmark(
     --concurrency given, queue RUN_QUEUE, importing `imports`), call `measure(bq)` with a
     facade on them, stop both. None if interrupted (Ctrl-C or SIGTERM), after cleaning up."""
     from bo_queue import BOQueue
-    from bo_queue.local import RedisServer, WorkerProcess
+    from bo_queue.testing import RedisServer, WorkerProcess
 
     # The same settings for the producer and the worker: nothing from the caller's BO_QUEUE_*.
     for variable in [k for k in os.environ if k.startswith("BO_QUEUE_")]:

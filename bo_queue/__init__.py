@@ -6,6 +6,8 @@ Importing this package is light: it never imports torch or Ax.
 from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.config import Settings
 from bo_queue.context import TaskContext
+from bo_queue.core.handle import Progress, TaskHandle
+from bo_queue.core.records import TaskInfo
 from bo_queue.errors import (
     AgentError,
     BOQueueError,
@@ -32,8 +34,6 @@ from bo_queue.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
-from bo_queue.handle import Progress, TaskHandle
-from bo_queue.records import TaskInfo
 from bo_queue.registry import handler
 from bo_queue.retry import RetryPolicy
 from bo_queue.states import TERMINAL_STATES, Priority, TaskState

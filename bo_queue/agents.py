@@ -40,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 from celery.app.task import Context
 from pydantic import BaseModel, ConfigDict
 
-from bo_queue import events, registry
+from bo_queue import registry
 from bo_queue.client import MAX_HORIZON_S, TASK_ID, _known_id, check_json
-from bo_queue.dependencies import SETTLE
+from bo_queue.core import events
+from bo_queue.core.dependencies import SETTLE
+from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
     AgentError,
     NotHeldError,
@@ -52,7 +54,6 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.keys import PULL_QUEUE
 from bo_queue.states import Priority, TaskState
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ class AgentInfo(BaseModel):
     tasks: tuple[str, ...] = ()  # the pull tasks it holds
 
 
-# Shared Lua, after bo_queue.events (set_state) and bo_queue.dependencies (settle).
+# Shared Lua, after bo_queue.core.events (set_state) and bo_queue.core.dependencies (settle).
 # ARGV[1..3] of every script: namespace, now, record retention (s).
 _PULL = """
 local ns, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -12,7 +12,7 @@ from bo_queue.config import ENV_PREFIX, Settings
 from bo_queue.errors import BOQueueError
 
 if TYPE_CHECKING:
-    from bo_queue.records import TaskTree
+    from bo_queue.core.records import TaskTree
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -233,7 +233,7 @@ def _task(args: argparse.Namespace) -> int:
 def _metrics(args: argparse.Namespace) -> int:
     """Serve Prometheus metrics on http://ADDRESS:PORT/metrics until interrupted."""
     from bo_queue.client import BOQueue
-    from bo_queue.prometheus import serve
+    from bo_queue.monitor.prometheus import serve
 
     with BOQueue.from_env() as bq:
         print(f"serving metrics on http://{args.address}:{args.port}/metrics", flush=True)
@@ -246,7 +246,7 @@ def _status(args: argparse.Namespace) -> int:
     import time
 
     from bo_queue.client import BOQueue
-    from bo_queue.dashboard import render_status
+    from bo_queue.monitor.status import render_status
 
     with BOQueue.from_env() as bq:
         while True:
@@ -265,7 +265,7 @@ def _status(args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     """Exit 0 when healthy, 1 when not (Redis, workers per queue, beat, queue ages)."""
     from bo_queue.client import BOQueue
-    from bo_queue.health import check_health
+    from bo_queue.monitor.health import check_health
 
     with BOQueue.from_env() as bq:
         report = check_health(bq, max_queue_age_s=args.max_queue_age, require_beat=not args.no_beat)
@@ -312,7 +312,7 @@ def _when(timestamp: float) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from bo_queue.demo import main as demo_main
+    from bo_queue.demo.tour import main as demo_main
 
     return demo_main()
 

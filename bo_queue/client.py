@@ -21,11 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from bo_queue import dependencies, placement, registry
-from bo_queue.app import make_celery
+from bo_queue import registry
 from bo_queue.config import Settings
-from bo_queue.delays import RELEASE_BATCH, DelayedSubmissions
-from bo_queue.dependencies import DependencyGraph, OnDependencyFailure
+from bo_queue.core import dependencies, placement
+from bo_queue.core.celery_app import make_celery
+from bo_queue.core.delays import RELEASE_BATCH, DelayedSubmissions
+from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
+from bo_queue.core.handle import TaskHandle
+from bo_queue.core.keys import PULL_QUEUE, Keys
+from bo_queue.core.outbox import Outbox
+from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
     BrokerUnavailableError,
     DependencyError,
@@ -34,17 +40,12 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.handle import TaskHandle
-from bo_queue.keys import PULL_QUEUE, Keys
-from bo_queue.outbox import Outbox
-from bo_queue.records import RecordStore, TaskInfo, TaskTree
 from bo_queue.registry import VERSION, Resources
-from bo_queue.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.states import Priority, PriorityInput, TaskState
 
 if TYPE_CHECKING:
     from bo_queue.agents import AgentManager
-    from bo_queue.monitor import Monitor
+    from bo_queue.monitor.manager import Monitor
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
     from bo_queue.workflows.manager import WorkflowManager
@@ -286,9 +287,9 @@ class BOQueue:
 
     @property
     def monitor(self) -> Monitor:
-        """Queues, workers, metrics and state-change events (bo_queue.monitor)."""
+        """Queues, workers, metrics and state-change events (bo_queue.monitor.manager)."""
         if self._monitor is None:
-            from bo_queue.monitor import Monitor
+            from bo_queue.monitor.manager import Monitor
 
             self._monitor = Monitor(self)
         return self._monitor
@@ -541,7 +542,7 @@ class BOQueue:
              kept: bool = False) -> None:
         """Hand one task message to Celery (used for new, held and retried tasks), or,
         for a pull type, to the agents (bo_queue.agents). The message is kept in the
-        outbox until a worker starts the task (bo_queue.outbox); `kept`: it is already."""
+        outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it is already."""
         if message["queue"] == PULL_QUEUE:
             self.agents.offer(task_id, message)
             return
@@ -595,7 +596,7 @@ class BOQueue:
 
     def _placed(self, request: TaskRequest, entry: Mapping[str, Any], queue: str) -> str:
         """The broker queue for a task: its capability queue, or its version's queue
-        (bo_queue.placement). With a version, a live worker must consume that queue; with
+        (bo_queue.core.placement). With a version, a live worker must consume that queue; with
         resources, one of the live workers that consume it (if any is up) must offer them."""
         requires = tuple(entry.get("requires") or ())
         needs = request.resources

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     # how long an external agent may hold a pull task without a heartbeat before it goes
     # back for another agent (bo_queue.agents; a type or a claim may say otherwise)
     agent_lease_s: float = Field(default=86_400.0, gt=0)
-    # workers and beat log one JSON object per line (bo_queue.logs.JsonFormatter)
+    # workers and beat log one JSON object per line (bo_queue.monitor.logs.JsonFormatter)
     log_json: bool = False
 
     _split = field_validator("imports", "queues", "capabilities", mode="before")(_split_csv)

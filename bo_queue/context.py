@@ -10,7 +10,7 @@ from bo_queue.errors import TaskCancelledError, ValidationError
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
-    from bo_queue.handle import TaskHandle
+    from bo_queue.core.handle import TaskHandle
 
 _UNSET: Any = object()
 

@@ -12,7 +12,7 @@ from celery import Celery
 
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
-from bo_queue.logs import install_json_logging
+from bo_queue.monitor.logs import install_json_logging
 from bo_queue.schedules import static_schedules
 
 MAINTENANCE = {

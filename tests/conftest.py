@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue
-from bo_queue.local import RedisServer, WorkerProcess
+from bo_queue.testing import RedisServer, WorkerProcess
 from tests.reliability import report
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from celery import Celery
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.errors import ConfigurationError
-from bo_queue.logs import install_json_logging
+from bo_queue.monitor.logs import install_json_logging
 from workers import lifecycle, security
 from workers.runner import bind_handlers
 

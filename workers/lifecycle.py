@@ -2,7 +2,7 @@
 
 - publishes its handlers to the directory producers read (so they can submit by name),
 - writes a heartbeat (its queues, concurrency and running tasks, once a second),
-- moves held submissions that are due to their queues (bo_queue.delays),
+- moves held submissions that are due to their queues (bo_queue.core.delays),
 - keeps task records right where Celery ends a task outside the handler: revoked,
   expired, killed by the hard time limit, or failed after its worker was lost.
 """
@@ -20,8 +20,9 @@ from celery.signals import celeryd_after_setup, task_failure, task_revoked, work
 from celery.worker import state
 from redis.typing import EncodableT, FieldT
 
-from bo_queue import placement, registry
+from bo_queue import registry
 from bo_queue.client import BOQueue
+from bo_queue.core import placement
 from bo_queue.states import TaskState
 from workers.runner import describe
 
@@ -121,7 +122,7 @@ def served(bq: BOQueue) -> dict[str, registry.HandlerSpec]:
 @celeryd_after_setup.connect(weak=False)
 def _consume_placed_queues(sender: Any = None, instance: Any = None, **_: Any) -> None:
     """Besides its queues, a worker consumes their capability queues and the version
-    queues of the versioned handlers it serves (bo_queue.placement)."""
+    queues of the versioned handlers it serves (bo_queue.core.placement)."""
     app, bq = instance.app, getattr(instance.app, "bo_queue", None)
     if not isinstance(bq, BOQueue):
         return

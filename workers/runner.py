@@ -22,9 +22,9 @@ from celery import Celery, Task
 from celery.exceptions import Ignore, Retry
 
 from bo_queue import registry
-from bo_queue.admission import Gate
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
+from bo_queue.core.admission import Gate
 from bo_queue.errors import (
     ConfigurationError,
     InvalidResultError,
@@ -204,7 +204,7 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
     _hook(spec.on_retry, req, exc, delay)
     if delay <= bq.settings.hold_delays_over_s:
         return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)
-    # A long backoff waits in Redis, not in a worker's memory (see bo_queue.delays).
+    # A long backoff waits in Redis, not in a worker's memory (see bo_queue.core.delays).
     _hold(task, payload, due_at, retries=req.retries + 1)
     return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
 

@@ -42,7 +42,8 @@ from kombu.transport import get_transport_cls
 from kombu.transport import redis as kombu_redis
 from vine import promise
 
-from bo_queue import registry, transport
+from bo_queue import registry
+from bo_queue.core import transport
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def harden(app: Celery) -> list[str]:
 
 def guarded_transport(app: Celery) -> str | None:
     """The transport a worker consumes through: the app's own Redis transport (kombu's
-    becomes bo_queue.transport's, which survives losing Redis) with the guards below
+    becomes bo_queue.core.transport's, which survives losing Redis) with the guards below
     mixed in; None (kombu's, unguarded) for a broker that is not Redis. A bare rediss://
     URL without TLS options keeps its transport too: kombu decides on TLS by the
     transport's name, which this replaces."""

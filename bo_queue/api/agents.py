@@ -24,7 +24,7 @@ from bo_queue.agents import (
 )
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.client import MAX_HORIZON_S, TASK_ID
-from bo_queue.records import TaskInfo
+from bo_queue.core.records import TaskInfo
 
 router = APIRouter(tags=["agents"], responses={**COMMON, **responses(413)})
 

@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from bo_queue.api.deps import api_key
 from bo_queue.api.models import ScheduleRequest
 from bo_queue.api.routing import COMMON, Caller, responses
-from bo_queue.health import HealthReport, check_health
-from bo_queue.monitor import Metrics, QueueStats, WorkerStatus
+from bo_queue.monitor.health import HealthReport, check_health
+from bo_queue.monitor.manager import Metrics, QueueStats, WorkerStatus
 from bo_queue.schedules import ScheduleInfo
 
 schedules = APIRouter(prefix="/schedules", tags=["schedules"],

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from bo_queue.api.models import CancelledTasks, TaskResult
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.client import TaskRequest
+from bo_queue.core.records import TaskInfo
 from bo_queue.errors import TaskTimeoutError, ValidationError
-from bo_queue.records import TaskInfo
 from bo_queue.states import TaskState
 
 router = APIRouter(tags=["tasks"], responses={**COMMON, **responses(413)})

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
     InvalidTransitionError,
     StudyError,
@@ -24,7 +25,6 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.keys import PULL_QUEUE
 from bo_queue.studies.models import (
     TRANSITIONS,
     Choice,

@@ -27,6 +27,8 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
+from bo_queue.core.events import EVENTS_MAX_LEN, STUDY_EVENT, lua
+from bo_queue.core.keys import Keys
 from bo_queue.errors import (
     ReportConflictError,
     StudyNotFoundError,
@@ -34,8 +36,6 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.events import EVENTS_MAX_LEN, STUDY_EVENT, lua
-from bo_queue.keys import Keys
 from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
 
 
@@ -66,7 +66,7 @@ class StorageBackend(ABC):
 
 
 # KEYS: meta hash, events stream. ARGV: new status, message, now, study id, then the
-# statuses it may come from. A change is announced on the stream (bo_queue.events).
+# statuses it may come from. A change is announced on the stream (bo_queue.core.events).
 _SET_STATUS = STUDY_EVENT + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return nil end

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from bo_queue.local import free_port
+from bo_queue.testing import free_port
 from tests.conftest import ROOT
 
 

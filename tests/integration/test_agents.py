@@ -17,7 +17,7 @@ import redis
 from bo_queue import BOQueue, NotHeldError, Priority, TaskCancelledError, TaskState
 from bo_queue.agents import ClaimedTask
 from bo_queue.api.keys import ApiKeys
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.conftest import Cluster, make_cluster
 from tests.integration.api_server import ApiServer
 

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from bo_queue.api.keys import ApiKeys
-from bo_queue.local import wait_until
 from bo_queue.studies.models import Objective, Range, Strategy, StudySpec
+from bo_queue.testing import wait_until
 from tests.conftest import ROOT, Cluster, make_cluster, new_namespace
 from tests.integration.api_server import ApiServer
 

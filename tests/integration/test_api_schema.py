@@ -30,7 +30,7 @@ from schemathesis.checks import not_a_server_error
 from bo_queue.api.app import create_app
 from bo_queue.api.keys import ApiKeys
 from bo_queue.config import Settings
-from bo_queue.health import HealthReport
+from bo_queue.monitor.health import HealthReport
 from tests.conftest import new_namespace
 from tests.integration.api_server import ApiServer
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, TaskCancelledError, TaskState
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 
 
 def test_running_task_sees_cancellation_and_ends_cancelled(bq: BOQueue) -> None:

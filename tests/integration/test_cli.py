@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bo_queue import BOQueue, BrokerUnavailableError, ConfigurationError
-from bo_queue.local import WorkerProcess, free_port
+from bo_queue.testing import WorkerProcess, free_port
 from tests.conftest import HANDLERS, ROOT, new_namespace
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, DependencyError, TaskCancelledError, TaskState
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.conftest import Cluster, make_cluster
 
 

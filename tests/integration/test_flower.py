@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bo_queue.cli import main
-from bo_queue.local import free_port, wait_until
+from bo_queue.testing import free_port, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
 USER, PASSWORD = "ops", "s3cret:with-colon"

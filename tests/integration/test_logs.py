@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bo_queue.local import WorkerProcess, wait_until
+from bo_queue.testing import WorkerProcess, wait_until
 from tests.conftest import Cluster, make_cluster
 
 

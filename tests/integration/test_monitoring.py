@@ -20,8 +20,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from bo_queue import BOQueue, Priority, TaskState
-from bo_queue.local import free_port, wait_until
-from bo_queue.monitor import Event, WebhookSink
+from bo_queue.monitor.manager import Event, WebhookSink
+from bo_queue.testing import free_port, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from bo_queue import TaskCancelledError, TaskFailedError, TaskState, ValidationError
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.conftest import Cluster, new_namespace
 
 HANDLERS = ("tests.integration.handlers", "tests.integration.placement_handlers")

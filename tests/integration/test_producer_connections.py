@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, handler
-from bo_queue.local import RedisServer
+from bo_queue.testing import RedisServer
 
 
 @handler("t.local_only")

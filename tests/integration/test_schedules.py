@@ -23,7 +23,7 @@ from bo_queue import (
     UnknownHandlerError,
     ValidationError,
 )
-from bo_queue.local import BeatProcess, wait_until
+from bo_queue.testing import BeatProcess, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
 

@@ -135,7 +135,7 @@ def test_reports_are_validated_and_written_once(bq: BOQueue) -> None:
 
 
 def wait_for_completed(bq: BOQueue, study_id: str, count: int) -> None:
-    from bo_queue.local import wait_until
+    from bo_queue.testing import wait_until
 
     wait_until(lambda: bq.studies.get(study_id).completed_trials >= count, 60,
                what=f"{count} completed trials")
@@ -216,7 +216,7 @@ def test_an_expired_lease_fails_the_trial_and_it_is_replaced(bq: BOQueue) -> Non
     study = bq.studies.create(name="lease", parameters=SPACE, objectives=LOSS,
                               strategy=sobol_only(3, trial_lease_s=1.0))
     [forgotten] = bq.studies.suggest(study.id, timeout=120)
-    from bo_queue.local import wait_until
+    from bo_queue.testing import wait_until
 
     def swept() -> bool:
         bq.studies.suggest(study.id, timeout=120)  # each step sweeps expired leases

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bo_queue import FileStorage, Objective, Range, Strategy, StudyStatus, TrialStatus
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
 SPACE = [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)]

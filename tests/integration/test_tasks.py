@@ -20,7 +20,7 @@ from bo_queue import (
     UnknownHandlerError,
     UnknownTaskError,
 )
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 
 
 def test_result_and_record(bq: BOQueue) -> None:

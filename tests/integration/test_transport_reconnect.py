@@ -1,4 +1,4 @@
-"""bo_queue.transport against a real Redis: a task that ran across a dropped broker
+"""bo_queue.core.transport against a real Redis: a task that ran across a dropped broker
 connection ends after the worker reconnected, and its message is acknowledged through a
 client of its own (kombu would use the closed channel, and the AttributeError stopped
 the whole worker: found by tests/reliability/test_redis_faults.py under load)."""
@@ -14,7 +14,7 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
-from bo_queue import transport
+from bo_queue.core import transport
 from tests.conftest import new_namespace
 
 
@@ -48,7 +48,7 @@ def _close_while_running(message: Message, task_id: str) -> None:
     """What a worker goes through when the broker connection drops: kombu forgets how to
     reach Redis (Connection._do_close_transport), then Celery closes the consumer's
     channel, which tries to put the unacknowledged messages back."""
-    with mock.patch("bo_queue.transport.worker_state.active_requests", {_Running(task_id)}):
+    with mock.patch("bo_queue.core.transport.worker_state.active_requests", {_Running(task_id)}):
         message.channel.connection.client = None
         message.channel.close()
 
@@ -90,7 +90,7 @@ def test_an_ack_while_redis_is_still_down_is_logged_not_raised(
     params = message.channel._params_after_close
     params["port"], params["socket_connect_timeout"] = 1, 1  # nothing listens there
 
-    with caplog.at_level(logging.WARNING, "bo_queue.transport"):
+    with caplog.at_level(logging.WARNING, "bo_queue.core.transport"):
         message.ack()
 
     assert "returns after the visibility timeout" in caplog.text

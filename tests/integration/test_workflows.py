@@ -28,8 +28,8 @@ from bo_queue import (
     WorkflowStatus,
     ref,
 )
-from bo_queue.local import wait_until
 from bo_queue.studies import FileStorage
+from bo_queue.testing import wait_until
 from bo_queue.workflows.prebuilt import evaluate_and_report, nightly_study
 from tests.conftest import ROOT, Cluster, make_cluster
 

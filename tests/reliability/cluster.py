@@ -9,7 +9,7 @@ from collections import Counter
 import redis
 
 from bo_queue import BOQueue
-from bo_queue.outbox import message_task_id
+from bo_queue.core.outbox import message_task_id
 from tests.conftest import Cluster
 from tests.reliability.handlers import effect_keys
 

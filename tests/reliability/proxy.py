@@ -12,7 +12,7 @@ import socket
 import threading
 from types import TracebackType
 
-from bo_queue.local import free_port
+from bo_queue.testing import free_port
 
 
 class PartitionProxy:

@@ -19,7 +19,7 @@ from bo_queue import (
     TaskState,
     TrialStatus,
 )
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.reliability import report
 from tests.reliability.cluster import HANDLERS, cluster_of, effects_of, whereabouts
 

@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from bo_queue import BOQueue
-from bo_queue.local import WorkerProcess, wait_until
 from bo_queue.states import Priority
+from bo_queue.testing import WorkerProcess, wait_until
 from tests.conftest import Cluster, make_cluster, new_namespace
 from tests.reliability import report
 

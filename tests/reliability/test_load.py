@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, Objective, Range, Strategy, StudyStatus, TaskState
-from bo_queue.local import RedisServer, wait_until
+from bo_queue.testing import RedisServer, wait_until
 from tests.conftest import Cluster
 from tests.reliability import report
 from tests.reliability.cluster import cluster_of, effects_of

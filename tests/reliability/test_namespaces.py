@@ -29,7 +29,7 @@ from bo_queue import (
     TrialNotFoundError,
     UnknownTaskError,
 )
-from bo_queue.local import wait_until
+from bo_queue.testing import wait_until
 from tests.conftest import Cluster, new_namespace
 from tests.reliability import report
 

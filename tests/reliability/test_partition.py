@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bo_queue import TaskState
-from bo_queue.local import WorkerProcess, wait_until
+from bo_queue.testing import WorkerProcess, wait_until
 from tests.conftest import ROOT
 from tests.reliability import report
 from tests.reliability.cluster import HANDLERS, cluster_of, whereabouts

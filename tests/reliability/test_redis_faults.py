@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, BrokerUnavailableError, TaskState
-from bo_queue.local import RedisServer, wait_until
+from bo_queue.testing import RedisServer, wait_until
 from tests.conftest import new_namespace
 from tests.reliability import report
 from tests.reliability.cluster import HANDLERS, cluster_of, effects_of, whereabouts

@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, BrokerUnavailableError, ConfigurationError, TaskState
-from bo_queue.app import tls_conf
 from bo_queue.config import Settings, redis_tls_options
-from bo_queue.local import BeatProcess, free_port, wait_until
+from bo_queue.core.celery_app import tls_conf
+from bo_queue.testing import BeatProcess, free_port, wait_until
 from tests.conftest import Cluster, new_namespace
 from tests.integration.test_flower import Flower
 from tests.reliability import report
@@ -100,7 +100,7 @@ def test_wrong_scheme_password_or_trust_fail_clearly(server: TlsRedisServer) -> 
         with pytest.raises(refused, match="certificate verify"), \
                 bq.app.connection_for_write() as connection:
             connection.connect()
-        backend: Any = bq.app.backend  # bo_queue.app.ResultBackend, a RedisBackend
+        backend: Any = bq.app.backend  # bo_queue.core.celery_app.ResultBackend, a RedisBackend
         with pytest.raises(redis.ConnectionError, match="certificate verify"):
             backend.client.ping()
     # TLS options a client would misread are configuration errors, before any connection

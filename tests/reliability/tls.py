@@ -15,7 +15,7 @@ from urllib.parse import quote
 import redis
 
 from bo_queue.errors import ConfigurationError
-from bo_queue.local import RedisServer, redis_server_binary, wait_until
+from bo_queue.testing import RedisServer, redis_server_binary, wait_until
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 
 from bo_queue import BOQueue
-from bo_queue.delays import DelayedSubmissions
-from bo_queue.records import RecordStore
+from bo_queue.core.delays import DelayedSubmissions
+from bo_queue.core.records import RecordStore
 
 # Nothing listens here; BOQueue never connects at construction, and the tests swap in
 # fakeredis before any command is sent.

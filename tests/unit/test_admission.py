@@ -1,4 +1,4 @@
-"""bo_queue.admission on fakeredis: slots, resources, rate limits and their leases."""
+"""bo_queue.core.admission on fakeredis: slots, resources, rate limits and their leases."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from unittest import mock
 import fakeredis
 import pytest
 
-from bo_queue.admission import Admission, Gate
-from bo_queue.keys import Keys
+from bo_queue.core.admission import Admission, Gate
+from bo_queue.core.keys import Keys
 from bo_queue.registry import Resources
 
 
@@ -31,7 +31,7 @@ def test_a_lease_that_runs_out_frees_the_slot(gate: Gate) -> None:
     assert isinstance(gate.admit("a", "h", 1, None, None), Admission)
     assert isinstance(gate.admit("b", "h", 1, None, None), float)
     later = time.time() + 4  # past the 3 s lease, never renewed (its worker died)
-    with mock.patch("bo_queue.admission.time.time", return_value=later):
+    with mock.patch("bo_queue.core.admission.time.time", return_value=later):
         assert isinstance(gate.admit("b", "h", 1, None, None), Admission)
 
 

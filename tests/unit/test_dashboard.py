@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bo_queue import BOQueue, Priority, TaskState
-from bo_queue.dashboard import progress_bar, render_status
 from bo_queue.errors import BrokerUnavailableError
+from bo_queue.monitor.status import progress_bar, render_status
 from bo_queue.studies.models import Objective, Range, Strategy, StudyStatus, Trial, TrialStatus
 
 

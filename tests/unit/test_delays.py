@@ -12,8 +12,8 @@ import pytest
 
 import bo_queue
 from bo_queue import BOQueue, TaskCancelledError, TaskState
-from bo_queue.delays import DelayedSubmissions
-from bo_queue.keys import Keys
+from bo_queue.core.delays import DelayedSubmissions
+from bo_queue.core.keys import Keys
 
 from .fakes import UNREACHABLE_URL, attach_fakeredis
 

@@ -23,7 +23,7 @@ from bo_queue import (
     UnknownTaskError,
     ValidationError,
 )
-from bo_queue.dependencies import (
+from bo_queue.core.dependencies import (
     DependencyGraph,
     GraphNode,
     check_acyclic,
@@ -31,9 +31,9 @@ from bo_queue.dependencies import (
     layers,
     read_graph,
 )
-from bo_queue.handle import TaskHandle
-from bo_queue.keys import Keys
-from bo_queue.records import RecordStore
+from bo_queue.core.handle import TaskHandle
+from bo_queue.core.keys import Keys
+from bo_queue.core.records import RecordStore
 
 TTL = 100
 MSG = ("unit.deps.node", "default", Priority.NORMAL)  # handler, queue, priority for start()

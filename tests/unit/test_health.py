@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from bo_queue import BOQueue, Priority, TaskState
-from bo_queue.health import Check, HealthReport, beat_lock_key, check_health
+from bo_queue.monitor.health import Check, HealthReport, beat_lock_key, check_health
 
 QUEUES = ["default", "bo", "evaluate"]  # Settings' default queues
 
@@ -56,7 +56,7 @@ def healthy(bq: BOQueue) -> BOQueue:
 
 
 def test_the_lock_key_is_redbeats_under_the_namespace(bq: BOQueue) -> None:
-    # bo_queue.app sets redbeat_key_prefix "{ns}:redbeat:"; redbeat appends ":lock"
+    # bo_queue.core.celery_app sets redbeat_key_prefix "{ns}:redbeat:"; redbeat appends ":lock"
     assert beat_lock_key(bq) == "unit:redbeat::lock"
 
 

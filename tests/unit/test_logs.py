@@ -16,8 +16,9 @@ import pytest
 from celery import signals
 from celery._state import _task_stack
 
-from bo_queue import BOQueue, TaskContext, logs
-from bo_queue.logs import JsonFormatter, install_json_logging, use_json
+from bo_queue import BOQueue, TaskContext
+from bo_queue.monitor import logs
+from bo_queue.monitor.logs import JsonFormatter, install_json_logging, use_json
 
 
 def _record(msg: str = "hello %s", args: tuple[Any, ...] = ("world",), name: str = "app.x",
@@ -169,8 +170,8 @@ def test_install_hooks_celery_logging_signals(
         entry = json.loads(stream.getvalue())
         assert entry == {**entry, "level": "WARNING", "message": "careful", "worker": "w9@h"}
     finally:
-        for signal, uid in ((signals.celeryd_init, "bo_queue.logs.hostname"),
-                            (signals.after_setup_logger, "bo_queue.logs.root"),
-                            (signals.after_setup_task_logger, "bo_queue.logs.task")):
+        for signal, uid in ((signals.celeryd_init, "bo_queue.monitor.logs.hostname"),
+                            (signals.after_setup_logger, "bo_queue.monitor.logs.root"),
+                            (signals.after_setup_task_logger, "bo_queue.monitor.logs.task")):
             signal.disconnect(dispatch_uid=uid)
         logs._Installed.hostname = None

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 import pytest
 
 from bo_queue import BOQueue, Priority, TaskState, ValidationError
-from bo_queue.local import free_port
-from bo_queue.monitor import Event, WebhookSink
+from bo_queue.monitor.manager import Event, WebhookSink
+from bo_queue.testing import free_port
 
 
 def create(bq: BOQueue, task_id: str, *, state: TaskState = TaskState.QUEUED,

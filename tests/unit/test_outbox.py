@@ -1,4 +1,4 @@
-"""bo_queue.outbox on fakeredis: which messages count as lost, and when they are sent
+"""bo_queue.core.outbox on fakeredis: which messages count as lost, and when they are sent
 again (the whole path, with real workers and a real Redis, is in tests/reliability)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from unittest import mock
 import fakeredis
 import pytest
 
-from bo_queue.keys import Keys
-from bo_queue.outbox import Outbox
+from bo_queue.core.keys import Keys
+from bo_queue.core.outbox import Outbox
 
 KEYS = Keys("ns")
 
@@ -32,7 +32,7 @@ def task(fake: fakeredis.FakeRedis, outbox: Outbox, task_id: str, state: str = "
 
 def reconcile(outbox: Outbox, during_settle: Any = None) -> list[tuple[str, Any]]:
     sent: list[tuple[str, Any]] = []
-    with mock.patch("bo_queue.outbox.time.sleep", side_effect=during_settle):
+    with mock.patch("bo_queue.core.outbox.time.sleep", side_effect=during_settle):
         outbox.reconcile(lambda task_id, message: sent.append((task_id, message)),
                          lambda: ["default"])
     return sent

@@ -16,12 +16,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import bo_queue.records
+import bo_queue.core.records
 from bo_queue import BOQueue, Priority, TaskState
 from bo_queue.errors import BrokerUnavailableError
-from bo_queue.local import free_port, wait_until
-from bo_queue.prometheus import BOQueueCollector, make_registry, serve
+from bo_queue.monitor.prometheus import BOQueueCollector, make_registry, serve
 from bo_queue.studies.models import Objective, Range, StudyStatus, Trial, TrialStatus
+from bo_queue.testing import free_port, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -30,11 +30,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 class Clock:
-    """bo_queue.records' clock, so run times are exact."""
+    """bo_queue.core.records' clock, so run times are exact."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = time.time() - 120
-        monkeypatch.setattr(bo_queue.records, "time", SimpleNamespace(time=lambda: self.now))
+        monkeypatch.setattr(bo_queue.core.records, "time", SimpleNamespace(time=lambda: self.now))
 
 
 def create(bq: BOQueue, task_id: str, handler: str, queue: str = "default",

@@ -9,8 +9,8 @@ import fakeredis
 import pytest
 
 from bo_queue import Priority, TaskInfo, TaskState
-from bo_queue.keys import Keys
-from bo_queue.records import RecordStore
+from bo_queue.core.keys import Keys
+from bo_queue.core.records import RecordStore
 
 TTL = 100
 

@@ -22,7 +22,7 @@ from bo_queue import (
     TaskTimeoutError,
     UnknownTaskError,
 )
-from bo_queue.results import ResultWaiter, outcome
+from bo_queue.core.results import ResultWaiter, outcome
 
 # -- outcome() ---------------------------------------------------------------------------
 

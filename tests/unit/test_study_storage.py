@@ -13,8 +13,8 @@ from typing import Any
 import fakeredis
 import pytest
 
+from bo_queue.core.keys import Keys
 from bo_queue.errors import ReportConflictError, StudyNotFoundError, TrialNotFoundError
-from bo_queue.keys import Keys
 from bo_queue.studies.models import (
     Choice,
     LinearConstraint,

@@ -1,4 +1,4 @@
-"""bo_queue.transport: a worker whose connection to Redis is gone does not die putting
+"""bo_queue.core.transport: a worker whose connection to Redis is gone does not die putting
 its unacknowledged messages back."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
-from bo_queue.transport import QoS
+from bo_queue.core.transport import QoS
 
 
 @pytest.mark.parametrize("error", [
@@ -24,7 +24,7 @@ def test_a_failed_restore_leaves_the_messages_to_the_visibility_timeout(
     qos = QoS.__new__(QoS)  # no channel: only restore_unacked is under test
     qos._delivered = OrderedDict(tag=object())
     with (mock.patch.object(kombu_redis.QoS, "restore_unacked", side_effect=error),
-          caplog.at_level(logging.WARNING, "bo_queue.transport")):
+          caplog.at_level(logging.WARNING, "bo_queue.core.transport")):
         assert qos.restore_unacked() is None
     assert not qos._delivered
     assert "1 unacknowledged message(s)" in caplog.text
@@ -50,7 +50,7 @@ def test_the_message_of_a_task_still_running_is_not_put_back() -> None:
     qos = QoS.__new__(QoS)
     qos._delivered = OrderedDict(t1=Message("running"), t2=Message("reserved"))
     seen: list[list[str]] = []
-    with (mock.patch("bo_queue.transport.worker_state.active_requests", {Running()}),
+    with (mock.patch("bo_queue.core.transport.worker_state.active_requests", {Running()}),
           mock.patch.object(kombu_redis.QoS, "restore_unacked",
                             lambda self, client=None: seen.append(list(self._delivered)))):
         qos.restore_unacked()

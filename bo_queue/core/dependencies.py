@@ -5,7 +5,7 @@ on a worker. Each dependency keeps the set of its dependents; each dependent the
 dependencies it still waits on. The script that ends a task (records.py: every terminal
 transition and every cancel runs `SETTLE` in the same script) walks its dependents: a
 SUCCEEDED dependency is crossed off, and a dependent with nothing left to wait on moves
-to the held-submission schedule (bo_queue.delays), due now, from where a worker sends it
+to the held-submission schedule (bo_queue.core.delays), due now, from where a worker sends it
 under a lease. A FAILED, CANCELLED or EXPIRED dependency cancels its dependents with the
 reason, transitively, unless a dependent asked to run anyway. Crossing off and releasing
 happen in one script, so a dependent is released exactly once and none is forgotten,
@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Literal
 from bo_queue.errors import DependencyError, UnknownTaskError
 
 if TYPE_CHECKING:
-    from bo_queue.records import RecordStore
+    from bo_queue.core.records import RecordStore
 
 OnDependencyFailure = Literal["cancel", "run"]
 
 # Shared Lua: key names are built from the namespace (ARGV), so these scripts need a
-# single Redis server, as the rest of bo_queue does. They run after bo_queue.events'
+# single Redis server, as the rest of bo_queue does. They run after bo_queue.core.events'
 # helpers (set_state), which RecordStore prepends.
 _KEYS = """
 local function task_key(ns, id) return ns .. ':task:' .. id end

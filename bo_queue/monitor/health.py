@@ -47,7 +47,7 @@ class HealthReport(BaseModel):
 def beat_lock_key(bq: BOQueue) -> str:
     """The key celery-redbeat's beat holds while it runs. redbeat names it
     `redbeat_lock_key`, by default its key prefix + ":lock"; bo_queue's prefix is
-    `{ns}:redbeat:` (bo_queue.app), so the lock is `{ns}:redbeat::lock`."""
+    `{ns}:redbeat:` (bo_queue.core.celery_app), so the lock is `{ns}:redbeat::lock`."""
     from redbeat.schedulers import ensure_conf  # type: ignore[import-untyped]
 
     return str(ensure_conf(bq.app).lock_key)

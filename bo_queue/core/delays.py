@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from bo_queue.keys import Keys
+from bo_queue.core.keys import Keys
 
 log = logging.getLogger(__name__)
 

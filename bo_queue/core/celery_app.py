@@ -9,14 +9,14 @@ from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
 from bo_queue.config import Settings, redis_tls_options
-from bo_queue.keys import Keys
+from bo_queue.core.keys import Keys
 from bo_queue.states import Priority
 
 
 class ResultBackend(RedisBackend):
     """Celery's Redis result backend, minus the SUBSCRIBE it makes for every task sent.
 
-    bo_queue reads results itself (bo_queue.results), so nobody would read those
+    bo_queue reads results itself (bo_queue.core.results), so nobody would read those
     subscriptions, and Redis would buffer every result published to them until it
     disconnects the producer for exceeding its pub/sub output limit.
     """

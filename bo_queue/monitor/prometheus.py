@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from bo_queue.errors import BOQueueError
-from bo_queue.monitor import Metrics, QueueStats
+from bo_queue.monitor.manager import Metrics, QueueStats
 from bo_queue.studies.models import StudyStatus
 
 if TYPE_CHECKING:

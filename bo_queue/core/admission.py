@@ -11,7 +11,7 @@ Three gates, each a Lua script on Redis so that every worker sees the same numbe
 Concurrency slots and resources are held under a lease that the running worker renews
 (`LeaseKeeper`); a worker that dies stops renewing, so what it held comes back after the
 lease. A task that does not get in is not run: the runner holds it back in Redis and
-sends it again when it may get in (bo_queue.delays), without counting an attempt.
+sends it again when it may get in (bo_queue.core.delays), without counting an attempt.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from bo_queue.keys import Keys
+from bo_queue.core.keys import Keys
 from bo_queue.registry import Resources, parse_rate
 
 log = logging.getLogger(__name__)

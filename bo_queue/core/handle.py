@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from bo_queue.core.records import TaskInfo
+from bo_queue.core.results import OnFailure, OnSuccess, outcome
 from bo_queue.errors import TaskCancelledError, TaskExpiredError, TaskTimeoutError
-from bo_queue.records import TaskInfo
-from bo_queue.results import OnFailure, OnSuccess, outcome
 from bo_queue.states import TaskState
 
 if TYPE_CHECKING:

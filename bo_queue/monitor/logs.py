@@ -116,9 +116,11 @@ def install_json_logging() -> None:
     """Make the Celery program this process becomes (worker or beat) log JSON lines: the
     root logger's handlers (bo_queue, ctx.log, Celery's own lines) and the task logger's."""
     signals.celeryd_init.connect(
-        _remember_hostname, weak=False, dispatch_uid="bo_queue.logs.hostname"
+        _remember_hostname, weak=False, dispatch_uid="bo_queue.monitor.logs.hostname"
     )
-    signals.after_setup_logger.connect(use_json, weak=False, dispatch_uid="bo_queue.logs.root")
+    signals.after_setup_logger.connect(
+        use_json, weak=False, dispatch_uid="bo_queue.monitor.logs.root"
+    )
     signals.after_setup_task_logger.connect(
-        use_json, weak=False, dispatch_uid="bo_queue.logs.task"
+        use_json, weak=False, dispatch_uid="bo_queue.monitor.logs.task"
     )

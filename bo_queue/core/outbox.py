@@ -6,7 +6,7 @@ unacknowledged. Whatever ends in between loses the message, and the task stays Q
 for ever: Redis going down (its AOF has the pop, no worker got the message), or the
 worker being `kill -9`ed right after the pop. So every message sent is also written to
 `{ns}:outbox` (in the submit's own pipeline), and the entry goes away when the task leaves
-the queue (bo_queue.events' set_state).
+the queue (bo_queue.core.events' set_state).
 
 Workers raise a suspicion (`suspect`) when Redis restarted (its `run_id` changed) or when
 a worker stopped without a warm shutdown (its heartbeat went stale, or it came back under
@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from bo_queue.keys import Keys
+from bo_queue.core.keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from bo_queue.errors import BOQueueError
-from bo_queue.monitor import Metrics, QueueStats, WorkerStatus
+from bo_queue.monitor.manager import Metrics, QueueStats, WorkerStatus
 from bo_queue.studies.models import Study, StudyStatus
 
 if TYPE_CHECKING:

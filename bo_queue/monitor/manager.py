@@ -4,7 +4,7 @@ Queue lengths come from kombu's own lists (one per priority step), workers from 
 heartbeat every bo_queue worker writes once a second (a worker that stops writing is gone
 after `heartbeat_timeout_s`; `inspect=True` adds Celery's remote-control view, with a
 timeout), and metrics and subscriptions from the event stream that every state change
-appends to (bo_queue.events).
+appends to (bo_queue.core.events).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel
 
+from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
-from bo_queue.records import TaskInfo
 from bo_queue.states import Priority, TaskState
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
-    from bo_queue.handle import TaskHandle
+    from bo_queue.core.handle import TaskHandle
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Monitor:
 
     def queues(self) -> list[QueueStats]:
         """Every configured queue, and every capability or version queue a task was sent
-        to (bo_queue.placement), per priority: its length and the age of its oldest task."""
+        to (bo_queue.core.placement), per priority: its length and the age of its oldest task."""
         bq, prefix = self.bq, self.bq.keys.broker_prefix
         with bq._broker_errors():
             placed = sorted(str(q) for q in bq.redis.smembers(bq.keys.placed_queues))
@@ -299,7 +299,7 @@ class Monitor:
                 raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
             if not bq.redis.zrem(bq.keys.failed, task_id):  # the claim: one retry wins
                 raise ValidationError(f"task {task_id} was retried already ({info.retried_as})")
-            # a capability or version queue is chosen again by submit (bo_queue.placement)
+            # a capability or version queue is chosen again by submit (bo_queue.core.placement)
             queue = info.queue if info.queue in bq.settings.queues else None
             try:
                 handle = bq.submit(info.handler, args[0], queue=queue,

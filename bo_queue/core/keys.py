@@ -67,7 +67,7 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """Stream: task and study state changes (bo_queue.events)."""
+        """Stream: task and study state changes (bo_queue.core.events)."""
         return f"{self.namespace}:events"
 
     @property
@@ -88,7 +88,7 @@ class Keys:
     @property
     def outbox(self) -> str:
         """Hash: task id -> the message sent for it, kept until a worker starts it
-        (bo_queue.outbox re-sends those Redis lost)."""
+        (bo_queue.core.outbox re-sends those Redis lost)."""
         return f"{self.namespace}:outbox"
 
     @property

@@ -209,7 +209,7 @@ class WorkerProcess(_Process):
 
     def start(self, wait: float = 60) -> WorkerProcess:
         # A card left by a killed predecessor of the same name stays: the new worker
-        # reads it as a sign of lost messages (bo_queue.outbox); ready = its own pid.
+        # reads it as a sign of lost messages (bo_queue.core.outbox); ready = its own pid.
         self._spawn(self.args)
         if wait:
             self.wait_ready(wait)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bo_queue.client import BOQueue
 from bo_queue.errors import TaskFailedError
-from bo_queue.local import RedisServer, WorkerProcess
 from bo_queue.states import Priority
 from bo_queue.studies import Objective, Range, Strategy, StudyStatus
+from bo_queue.testing import RedisServer, WorkerProcess
 from workers.objectives import HARTMANN6_MIN, HARTMANN6_SPACE
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print("starting two workers (concurrency 2 each; Ax loads once per worker) ...")
         workers = [
             WorkerProcess(
-                url, namespace, concurrency=2, imports=["bo_queue.demo_handlers"], name=f"demo{i}"
+                url, namespace, concurrency=2, imports=["bo_queue.demo.handlers"], name=f"demo{i}"
             )
             for i in (1, 2)
         ]

@@ -1,4 +1,4 @@
-"""Handlers the demo's workers import (`--import bo_queue.demo_handlers`)."""
+"""Handlers the demo's workers import (`--import bo_queue.demo.handlers`)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ script that makes the change: it moves the task between the per-state indexes
 (`{ns}:state:<STATE>`, sorted by when it got there), adds a FAILED task to the failed
 registry (`{ns}:failed`), and appends an event to the stream `{ns}:events`. Because the
 event is written by the same script as the change, the stream has every change of a task,
-in the order they happened; subscribers and metrics read it (bo_queue.monitor). The
+in the order they happened; subscribers and metrics read it (bo_queue.monitor.manager). The
 stream is capped near `events_max_len` entries (XADD MAXLEN ~).
 """
 

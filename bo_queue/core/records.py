@@ -17,9 +17,9 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from bo_queue import events
-from bo_queue.dependencies import SETTLE, WAIT
-from bo_queue.keys import Keys
+from bo_queue.core import events
+from bo_queue.core.dependencies import SETTLE, WAIT
+from bo_queue.core.keys import Keys
 from bo_queue.states import Priority, TaskState
 
 
@@ -60,7 +60,7 @@ class TaskInfo(BaseModel):
 
 
 # Scripts that can end a task settle its dependents in the same call (see
-# bo_queue.dependencies), and append what that did to their reply: the number of
+# bo_queue.core.dependencies), and append what that did to their reply: the number of
 # dependents released to be sent, then the ids of the dependents it cancelled:
 # {main reply, an extra value or 0, released, cancelled id...}.
 _TERMINAL = """
@@ -222,7 +222,7 @@ class RecordStore:
         ttl = self.ttl_for(fields.get("due_at"))
         pipe.hset(key, mapping=_encode(fields))
         pipe.expire(key, ttl)
-        # What set_state does for every later change (bo_queue.events): index, announce.
+        # What set_state does for every later change (bo_queue.core.events): index, announce.
         state, now = str(fields["state"]), float(fields["created_at"])
         pipe.zadd(self.keys.state_index(state), {task_id: now})
         pipe.xadd(self.keys.events, {
