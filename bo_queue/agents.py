@@ -2,8 +2,8 @@
 
 A task type declared with `declare_type` is a *pull type*: its tasks are submitted as
 usual (`bq.submit`, `submit_many`, `depends_on`, countdowns, tags, `get()`), but
-`BOQueue.send` hands them here instead of to Celery. They wait in Redis, per type, best
-first (the broker priority, then submit order), until an agent claims one:
+`Core.send` hands them here (through BOQueue.offer_pull) instead of to Celery. They wait
+in Redis, per type, best first (the broker priority, then submit order), until an agent claims one:
 
     bq.agents.declare_type("lab.synthesize", requires=["pipette"], lease_s=3600)
     bq.agents.register("robot-1", kind="robot", capabilities=["pipette"])
@@ -34,14 +34,13 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from celery.app.task import Context
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue import registry
-from bo_queue.client import MAX_HORIZON_S, TASK_ID, _known_id, check_json
 from bo_queue.core import events
 from bo_queue.core.dependencies import SETTLE
 from bo_queue.core.keys import PULL_QUEUE
@@ -55,9 +54,10 @@ from bo_queue.errors import (
     shown,
 )
 from bo_queue.states import Priority, TaskState
+from bo_queue.validation import MAX_HORIZON_S, TASK_ID, check_json, encodable, known_id, utc
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
 
 __all__ = [
     "DEFAULT_LEASE_S",
@@ -236,7 +236,7 @@ end
 """
 
 # ARGV: ns, now, ttl, id, type, broker priority, due_at (0: now), message -> 1 | 0
-# Offers a task to the agents (BOQueue.send); a task ended or offered already is not.
+# Offers a task to the agents (Core.send); a task ended or offered already is not.
 _OFFER = _PULL + """
 local id = ARGV[4]
 local state = state_of(id)
@@ -444,19 +444,6 @@ return 'ok'
 """
 
 
-def _utf8(text: str) -> bool:
-    """Whether Redis can store `text` (no lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
 def _list(value: Any) -> list[Any]:
     """A list from Lua's cjson, which encodes an empty table as {}."""
     return value if isinstance(value, list) else []
@@ -482,7 +469,7 @@ def _names(values: object, what: str) -> tuple[str, ...]:
     if len(names) > MAX_CAPABILITIES:
         raise ValidationError(f"at most {MAX_CAPABILITIES} {what}, not {len(names)}")
     for name in names:
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not _utf8(name):
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not encodable(name):
             raise ValidationError(
                 f"{what} are non-empty strings of at most {MAX_NAME} characters, "
                 f"not {shown(name)}"
@@ -513,7 +500,7 @@ def _remote_exception(error_type: str, message: str) -> Exception:
 class AgentManager:
     """`bq.agents`: pull task types, agents, and the claim/complete cycle."""
 
-    def __init__(self, bq: BOQueue, default_lease_s: float | None = None) -> None:
+    def __init__(self, bq: Core, default_lease_s: float | None = None) -> None:
         self.bq = bq
         self.keys = bq.keys
         self.clock = time.time  # what "now" is in the scripts (tests move it)
@@ -550,7 +537,7 @@ class AgentManager:
         manager's, 24 h). Declaring it again changes both. A name workers serve as a
         handler is a ValidationError."""
         if (not isinstance(name, str) or not name or len(name) > MAX_NAME
-                or not _utf8(name)):
+                or not encodable(name)):
             raise ValidationError(
                 f"a task type is a non-empty string of at most {MAX_NAME} characters, "
                 f"not {shown(name)}"
@@ -564,7 +551,7 @@ class AgentManager:
             )
         entry = {"pull": True, "queue": PULL_QUEUE, "requires": list(needs), "lease_s": lease,
                  "updated_at": time.time()}
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             verdict = self._declare(keys=[self.keys.handlers], args=[name, json.dumps(entry)])
         if verdict != "ok":
             queue = json.loads(verdict).get("queue")
@@ -573,13 +560,13 @@ class AgentManager:
                 "a name no worker serves"
             )
         self._types_read_at = -math.inf
-        self.bq._directory_read_at = -math.inf  # submit() re-reads the directory
+        self.bq.forget_handlers()  # submit() re-reads the directory
         return PullType(name=name, requires=needs, lease_s=lease)
 
     def types(self) -> list[PullType]:
         """Every pull type, with how many tasks wait for an agent, by name."""
         declared = self._read_types()
-        with self.bq._broker_errors(), self.bq.redis.pipeline(transaction=False) as pipe:
+        with self.bq.broker_errors(), self.bq.redis.pipeline(transaction=False) as pipe:
             for name in declared:
                 pipe.zcard(self.keys.pull_ready(name))
             counts = pipe.execute()
@@ -605,12 +592,12 @@ class AgentManager:
         """Register (or update) an agent: its kind and the capabilities it declares.
         Tasks of a type that requires capabilities go only to agents declaring them all."""
         agent = agent_id_of(agent_id)
-        if not isinstance(kind, str) or not kind or len(kind) > MAX_NAME or not _utf8(kind):
+        if not isinstance(kind, str) or not kind or len(kind) > MAX_NAME or not encodable(kind):
             raise ValidationError(f"kind is a non-empty string of at most {MAX_NAME} "
                                   f"characters, not {shown(kind)}")
         caps = _names(capabilities, "capabilities")
         now = self.clock()
-        with self.bq._broker_errors(), self.bq.redis.pipeline() as pipe:
+        with self.bq.broker_errors(), self.bq.redis.pipeline() as pipe:
             pipe.hset(self.keys.agent(agent), mapping={
                 "kind": kind, "capabilities": json.dumps(list(caps)), "registered_at": now,
             })
@@ -633,12 +620,12 @@ class AgentManager:
     def agents(self) -> list[AgentInfo]:
         """Every agent: its kind, capabilities, last heartbeat, whether it is alive (heard
         from within settings.heartbeat_timeout_s) and the tasks it holds, by id."""
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             ids = sorted(str(i) for i in self.bq.redis.zrange(self.keys.agents, 0, -1))
         return [info for info in self._describe(ids) if info is not None]
 
     def _describe(self, ids: Sequence[str]) -> list[AgentInfo | None]:
-        with self.bq._broker_errors(), self.bq.redis.pipeline(transaction=False) as pipe:
+        with self.bq.broker_errors(), self.bq.redis.pipeline(transaction=False) as pipe:
             for agent in ids:
                 pipe.zscore(self.keys.agents, agent)
                 pipe.hgetall(self.keys.agent(agent))
@@ -654,9 +641,9 @@ class AgentManager:
             out.append(AgentInfo(
                 id=agent, kind=card.get("kind"),
                 capabilities=tuple(json.loads(card.get("capabilities", "[]"))),
-                registered_at=_utc(float(card["registered_at"])) if "registered_at" in card
+                registered_at=utc(float(card["registered_at"])) if "registered_at" in card
                 else None,
-                last_heartbeat=None if seen is None else _utc(float(seen)),
+                last_heartbeat=None if seen is None else utc(float(seen)),
                 alive=seen is not None and now - float(seen) <= timeout,
                 tasks=tuple(sorted(str(t) for t in tasks)),
             ))
@@ -672,7 +659,7 @@ class AgentManager:
     # -- claiming and finishing --------------------------------------------------------
 
     def offer(self, task_id: str, message: Mapping[str, Any]) -> bool:
-        """Make a task claimable (BOQueue.send calls this for pull types). False if it
+        """Make a task claimable (Core.send calls this for pull types). False if it
         has ended (cancelled before its send) or was offered already."""
         priority = message.get("priority")
         broker = Priority.NORMAL.broker_priority if priority is None else int(priority)
@@ -681,7 +668,7 @@ class AgentManager:
             str(message["handler"]), max(0, min(9, broker)), message.get("due_at") or 0,
             json.dumps(message),
         ]
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             return bool(self._offer(args=args))
 
     def claim(
@@ -709,7 +696,7 @@ class AgentManager:
                     id=claimed["id"], type=claimed["type"], payload=payload,
                     priority=Priority(int(claimed["priority"] or Priority.NORMAL)),
                     attempt=int(claimed["attempt"]),
-                    lease_expires_at=_utc(float(claimed["lease_until"])),
+                    lease_expires_at=utc(float(claimed["lease_until"])),
                     tags=tuple(json.loads(claimed["tags"] or "[]")),
                     parent_id=claimed["parent_id"] or None,
                 )
@@ -725,7 +712,7 @@ class AgentManager:
         declared = self._read_types()
         if wanted is not None and any(name not in declared for name in wanted):
             declared = self._read_types(refresh=True)
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             raw = self.bq.redis.hget(self.keys.agent(agent), "capabilities")
         capabilities = set(json.loads(raw)) if raw else set()
         if wanted is None:
@@ -734,7 +721,7 @@ class AgentManager:
         for name in wanted:
             pull_type = declared.get(name)
             if pull_type is None:
-                directory = self.bq._directory
+                directory = self.bq.handler_directory()
                 if name in directory or registry.get(name) is not None:
                     raise ValidationError(f"{name!r} is not a pull task type (workers serve it)")
                 raise UnknownHandlerError(name, list(declared))
@@ -753,7 +740,7 @@ class AgentManager:
         if time.monotonic() - self._held_sends_at < 1.0:
             return
         self._held_sends_at = time.monotonic()
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             self.bq.delays.release_due(self.bq.send)
 
     def complete(self, task_id: str, agent_id: str, result: Any = None) -> None:
@@ -761,11 +748,11 @@ class AgentManager:
         reads it, and end the task SUCCEEDED (its dependents are released).
         NotHeldError if the agent does not hold it; TaskCancelledError if it was
         cancelled (it is CANCELLED now, and the result is dropped)."""
-        _known_id(task_id)
+        known_id(task_id)
         agent = agent_id_of(agent_id)
         check_json(result, "result")
         message = self._start_finishing(task_id, agent)
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             self.bq.app.backend.mark_as_done(task_id, result, request=_request(
                 task_id, agent, message))
         self._end(task_id, agent, TaskState.SUCCEEDED, finished_at=self.clock(), progress=1.0)
@@ -777,7 +764,7 @@ class AgentManager:
         """The agent could not do the task it holds: end it FAILED. `get()` raises
         TaskFailedError with remote type `error_type` (Name or module.Name), message
         `error` and `traceback`; the task enters the failed registry (`bq.retry`)."""
-        _known_id(task_id)
+        known_id(task_id)
         agent = agent_id_of(agent_id)
         if not isinstance(error_type, str) or not _ERROR_TYPE.fullmatch(error_type) \
                 or len(error_type) > MAX_NAME:
@@ -785,10 +772,10 @@ class AgentManager:
                                   f"or 'lab.RigJammed', not {shown(error_type)}")
         for what, text in (("error", error), ("traceback", traceback)):
             if text is not None and (not isinstance(text, str) or len(text) > MAX_ERROR
-                                     or not _utf8(text)):
+                                     or not encodable(text)):
                 raise ValidationError(f"{what} is a string of at most {MAX_ERROR} characters")
         message = self._start_finishing(task_id, agent)
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             self.bq.app.backend.mark_as_failure(
                 task_id, _remote_exception(error_type, error), traceback=traceback,
                 request=_request(task_id, agent, message),
@@ -799,7 +786,7 @@ class AgentManager:
     def release(self, task_id: str, agent_id: str) -> TaskState:
         """Give a held task back to the queue for another agent (its place kept).
         Returns its state now: QUEUED, or CANCELLED if it was cancelled meanwhile."""
-        _known_id(task_id)
+        known_id(task_id)
         agent = agent_id_of(agent_id)
         reply, _ = self._call(self._release, task_id, agent)
         self._check_held(task_id, agent, reply)
@@ -823,7 +810,7 @@ class AgentManager:
     def _tidy_type(self, name: str, batch: int = 500) -> int:
         dropped, start, key = 0, 0, self.keys.pull_ready(name)
         while True:
-            with self.bq._broker_errors():
+            with self.bq.broker_errors():
                 ids = [str(i) for i in self.bq.redis.zrange(key, start, start + batch - 1)]
                 if not ids:
                     return dropped
@@ -881,14 +868,14 @@ class AgentManager:
         argv: list[str | float] = [
             self.keys.namespace, self.clock(), self.bq.records.ttl_s, *args
         ]
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             raw = script(args=argv)
             reply: dict[str, Any] = json.loads(raw[0])
             for task_id, reason in _list(reply.get("revoked")):
                 self.bq.app.backend.mark_as_revoked(task_id, reason)
             dependents = [str(i) for i in _list(reply.get("dependents"))]
             if reply.get("released") or dependents:
-                self.bq._on_settled(int(reply.get("released") or 0), dependents)
+                self.bq.settle(int(reply.get("released") or 0), dependents)
         return reply, raw[1] if len(raw) > 1 else None
 
     def _run(self, script: Any, *args: str | float) -> dict[str, Any]:

@@ -237,7 +237,7 @@ def _metrics(args: argparse.Namespace) -> int:
 
     with BOQueue.from_env() as bq:
         print(f"serving metrics on http://{args.address}:{args.port}/metrics", flush=True)
-        serve(bq, args.port, args.address, window_s=args.window)
+        serve(bq.monitor, args.port, args.address, window_s=args.window)
     return 0
 
 
@@ -250,7 +250,7 @@ def _status(args: argparse.Namespace) -> int:
 
     with BOQueue.from_env() as bq:
         while True:
-            text = render_status(bq)
+            text = render_status(bq.monitor)
             if args.watch:
                 print("\x1b[2J\x1b[H", end="")  # clear the terminal, cursor home
             print(text, flush=True)
@@ -268,7 +268,9 @@ def _health(args: argparse.Namespace) -> int:
     from bo_queue.monitor.health import check_health
 
     with BOQueue.from_env() as bq:
-        report = check_health(bq, max_queue_age_s=args.max_queue_age, require_beat=not args.no_beat)
+        report = check_health(
+            bq.monitor, max_queue_age_s=args.max_queue_age, require_beat=not args.no_beat
+        )
     print(report.render())
     return 0 if report.ok else 1
 
@@ -291,7 +293,7 @@ def _api_key(args: argparse.Namespace) -> int:
     from bo_queue.api.keys import ApiKeys
     from bo_queue.client import BOQueue
 
-    with BOQueue.from_env() as bq, bq._broker_errors():
+    with BOQueue.from_env() as bq, bq.broker_errors():
         keys = ApiKeys(bq.redis)
         if args.action == "create":
             print(keys.create(args.namespace, args.name))

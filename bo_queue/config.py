@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bo_queue.errors import BOQueueError, ConfigurationError
+from bo_queue.validation import redact
 
 if TYPE_CHECKING:
     from bo_queue.registry import Resources
@@ -30,11 +31,6 @@ TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
               "ssl_check_hostname")
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _BOOLS = {"true": True, "false": False}
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    return re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _tls_query(url: str) -> dict[str, str]:
@@ -163,7 +159,7 @@ class Settings(BaseSettings):
         if url is None:
             return url
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {_redact(url)!r}")
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {redact(url)!r}")
         _check_tls(url)
         return url
 
@@ -214,7 +210,7 @@ class Settings(BaseSettings):
         # the URLs may carry the Redis password: a repr (a log line, a traceback) hides it
         for name, value in super().__repr_args__():
             if name in ("redis_url", "result_url") and isinstance(value, str):
-                value = _redact(value)
+                value = redact(value)
             yield name, value
 
     @field_validator("capabilities")

@@ -18,11 +18,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from celery.schedules import ParseException, crontab, schedule
 from pydantic import BaseModel, ConfigDict
 
+from bo_queue.core.requests import task_request
 from bo_queue.errors import ValidationError, shown
 from bo_queue.states import Priority
+from bo_queue.validation import MAX_HORIZON_S
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
+    from bo_queue.studies.manager import StudyManager
     from bo_queue.studies.models import StudySpec
 
 FIRE = "bo_queue.schedule.fire"
@@ -53,7 +56,8 @@ class ScheduleInfo(BaseModel):
 
 
 class ScheduleManager:
-    def __init__(self, bq: BOQueue) -> None:
+    def __init__(self, bq: Core, studies: StudyManager) -> None:
+        self.studies = studies  # a schedule may start a study: its evaluator is checked
         from redbeat.schedulers import ensure_conf  # type: ignore[import-untyped]
 
         self.bq = bq
@@ -75,17 +79,15 @@ class ScheduleManager:
     ) -> ScheduleInfo:
         """Run `handler(payload)` every N seconds or on a cron expression ("0 3 * * *").
         A name that exists is an error unless replace=True."""
-        from bo_queue.client import _request
-
         _check_name(name)
-        request = _request(
+        request = task_request(
             handler=handler,
             payload={} if payload is None else payload,
             priority=priority,
             queue=queue,
             tags=tags,
         )
-        self.bq._plan(request)  # the same checks as a submit: handler, queue, payload
+        self.bq.check(request)  # the same checks as a submit: handler, queue, payload
         _check_storable(request.payload, "payload")
         spec = {
             "name": name,
@@ -117,7 +119,7 @@ class ScheduleManager:
         spec = parse_spec(template).check_runnable()
         _check_storable(spec.model_dump(mode="json"), "template")
         if spec.evaluator is not None:
-            self.bq.studies._check_evaluator(spec.evaluator)
+            self.studies.check_evaluator(spec.evaluator)
         payload = {
             "name": name,
             "handler": "study",
@@ -255,7 +257,6 @@ def _check_storable(value: Any, what: str) -> None:
 def _seconds(every: float | timedelta | None) -> float | None:
     """`every` in seconds; ValidationError unless a positive interval of at most ten years
     (a timedelta can hold a microsecond at the least, and beat adds it to dates)."""
-    from bo_queue.client import MAX_HORIZON_S
 
     if every is None:
         return None
@@ -369,8 +370,6 @@ def static_schedules(path: str) -> dict[str, dict[str, Any]]:
             tables = tomllib.load(handle).get("schedules", {})
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValidationError(f"cannot read the schedule file {path}: {exc}") from None
-    from bo_queue.client import _request
-
     entries = {}
     for name, table in tables.items():
         table = dict(table)
@@ -378,7 +377,7 @@ def static_schedules(path: str) -> dict[str, dict[str, Any]]:
             when = _schedule(
                 table.pop("every", None), table.get("cron"), table.get("timezone", "UTC")
             )
-            request = _request(
+            request = task_request(
                 handler=table.pop("handler"),
                 payload=table.pop("payload", {}),
                 priority=table.pop("priority", "normal"),

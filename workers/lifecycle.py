@@ -56,7 +56,7 @@ def install(app: Celery, bq: BOQueue) -> None:
                              if spec.version},
             }
             publish_handlers(bq, worker.hostname)
-            if bq.redis.hexists(bq.keys.workers, self.hostname):  # a warm shutdown removes it
+            if bq.heartbeats.has(self.hostname):  # a warm shutdown removes it
                 bq.outbox.suspect(f"worker {self.hostname} came back after dying")
             self.tick()
             self.tref = worker.timer.call_repeatedly(TICK_S, self.tick)
@@ -65,20 +65,21 @@ def install(app: Celery, bq: BOQueue) -> None:
             if self.tref is not None:
                 self.tref.cancel()
             try:
-                bq.redis.hdel(bq.keys.workers, self.hostname)
+                bq.heartbeats.remove(self.hostname)
             except Exception:
                 log.warning("could not remove the heartbeat of %s", self.hostname)
 
         def tick(self) -> None:
             try:
-                beat = {**self.card, "at": time.time(), "active": len(state.active_requests)}
-                bq.redis.hset(bq.keys.workers, self.hostname, json.dumps(beat))
+                bq.heartbeats.beat(
+                    self.hostname, {**self.card, "active": len(state.active_requests)}
+                )
                 bq.delays.release_due(bq.send)
                 self.ticks += 1
                 if self.ticks % OUTBOX_EVERY_TICKS == 1:  # send again what got lost
                     if bq.outbox.restarted() is not None:
                         bq.outbox.suspect("Redis restarted")
-                    silent = reap_silent_workers(bq, self.hostname)
+                    silent = bq.heartbeats.reap_silent(self.hostname)
                     if silent:
                         bq.outbox.suspect(f"worker(s) {', '.join(silent)} stopped heartbeating")
                     bq.outbox.reconcile(bq.send, lambda: [
@@ -88,28 +89,6 @@ def install(app: Celery, bq: BOQueue) -> None:
                 log.exception("bo_queue worker tick failed")
 
     app.steps["worker"].add(BOQueueStep)
-
-
-def reap_silent_workers(bq: BOQueue, me: str) -> list[str]:
-    """Remove the cards of workers silent for longer than heartbeat_timeout_s (killed:
-    a warm shutdown removes its own); the ones this worker removed, each reported once."""
-    cards: dict[str, str] = bq.redis.hgetall(bq.keys.workers)  # type: ignore[assignment]
-    limit, now = bq.settings.heartbeat_timeout_s, time.time()
-    silent = []
-    for hostname, raw in cards.items():
-        try:
-            at = float(json.loads(raw)["at"])
-        except (ValueError, KeyError, TypeError):
-            at = 0.0
-        if hostname != me and now - at > limit:
-            silent.append(hostname)
-    if not silent:
-        return []
-    with bq.redis.pipeline(transaction=False) as pipe:
-        for hostname in silent:
-            pipe.hdel(bq.keys.workers, hostname)
-        removed = pipe.execute()
-    return [hostname for hostname, n in zip(silent, removed, strict=True) if n]
 
 
 def served(bq: BOQueue) -> dict[str, registry.HandlerSpec]:

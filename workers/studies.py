@@ -272,7 +272,7 @@ class Stepper:
         evaluator = study.spec.evaluator
         assert evaluator is not None
         plans = [
-            self.bq._plan(
+            self.bq.check(
                 TaskRequest(
                     handler=evaluator,
                     tags=(STUDY_TAG.format(study.id),),
@@ -287,7 +287,7 @@ class Stepper:
             )
             for t in trials
         ]
-        self.bq._submit(plans, durable=True)  # a step killed mid-send loses no evaluation
+        self.bq.submit_plans(plans, durable=True)  # a step killed mid-send loses no evaluation
 
 
 def _counts(trials: Any) -> dict[TrialStatus, int]:

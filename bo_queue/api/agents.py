@@ -23,8 +23,8 @@ from bo_queue.agents import (
     PullType,
 )
 from bo_queue.api.routing import COMMON, Caller, responses
-from bo_queue.client import MAX_HORIZON_S, TASK_ID
 from bo_queue.core.records import TaskInfo
+from bo_queue.validation import MAX_HORIZON_S, TASK_ID
 
 router = APIRouter(tags=["agents"], responses={**COMMON, **responses(413)})
 

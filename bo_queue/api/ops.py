@@ -123,7 +123,7 @@ def check(
     only whether it is healthy; with one, each check and its detail."""
     namespaces = request.app.state.namespaces
     bq = namespaces.get(namespaces.settings.namespace)
-    report = check_health(bq, max_queue_age_s=max_queue_age_s, require_beat=require_beat)
+    report = check_health(bq.monitor, max_queue_age_s=max_queue_age_s, require_beat=require_beat)
     if not _has_valid_key(request):  # anyone may ask; only key holders see the details
         report = HealthReport(ok=report.ok, checks=[])
     if not report.ok:

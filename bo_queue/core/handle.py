@@ -11,7 +11,7 @@ from bo_queue.errors import TaskCancelledError, TaskExpiredError, TaskTimeoutErr
 from bo_queue.states import TaskState
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
 
 
 RECORD_RECHECK_S = 5.0  # how often get() re-reads the record while it waits
@@ -25,7 +25,7 @@ class Progress(NamedTuple):
 class TaskHandle:
     __slots__ = ("_bq", "id")
 
-    def __init__(self, bq: BOQueue, task_id: str) -> None:
+    def __init__(self, bq: Core, task_id: str) -> None:
         self._bq = bq
         self.id = task_id
 
@@ -47,7 +47,7 @@ class TaskHandle:
 
     @property
     def progress(self) -> Progress:
-        with self._bq._broker_errors():
+        with self._bq.broker_errors():
             fields = self._bq.records.get_fields(self.id, "progress", "progress_message")
         fraction, message = fields
         return Progress(float(fraction or 0.0), message or "")
@@ -59,7 +59,7 @@ class TaskHandle:
     def get(self, timeout: float | None = None) -> Any:
         """The handler's return value. Raises TaskFailedError, TaskCancelledError,
         TaskExpiredError, or TaskTimeoutError once `timeout` seconds pass (None: wait)."""
-        with self._bq._broker_errors():
+        with self._bq.broker_errors():
             return self._get(timeout)
 
     def _get(self, timeout: float | None) -> Any:

@@ -1,4 +1,4 @@
-"""Is the deployment healthy? `check_health(bq)` answers with one check per concern:
+"""Is the deployment healthy? `check_health(bq.monitor)` answers with one check per concern:
 
 - redis: Redis answers PING within the connect timeout (if not, every other check
   fails with "redis unreachable");
@@ -20,7 +20,8 @@ from pydantic import BaseModel
 from bo_queue.errors import BOQueueError
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
+    from bo_queue.monitor.manager import Monitor
 
 UNREACHABLE = "redis unreachable"
 
@@ -44,7 +45,7 @@ class HealthReport(BaseModel):
         )
 
 
-def beat_lock_key(bq: BOQueue) -> str:
+def beat_lock_key(bq: Core) -> str:
     """The key celery-redbeat's beat holds while it runs. redbeat names it
     `redbeat_lock_key`, by default its key prefix + ":lock"; bo_queue's prefix is
     `{ns}:redbeat:` (bo_queue.core.celery_app), so the lock is `{ns}:redbeat::lock`."""
@@ -54,8 +55,9 @@ def beat_lock_key(bq: BOQueue) -> str:
 
 
 def check_health(
-    bq: BOQueue, *, max_queue_age_s: float = 300.0, require_beat: bool = True
+    monitor: Monitor, *, max_queue_age_s: float = 300.0, require_beat: bool = True
 ) -> HealthReport:
+    bq = monitor.bq
     queues = list(bq.settings.queues)
     checks = [_check_redis(bq)]
     if not checks[0].ok:
@@ -64,14 +66,14 @@ def check_health(
             checks.append(Check("beat", False, UNREACHABLE))
         checks += [Check(f"queue_age:{q}", False, UNREACHABLE) for q in queues]
         return HealthReport(ok=False, checks=checks)
-    checks += _check_workers(bq, queues)
+    checks += _check_workers(monitor, queues)
     if require_beat:
         checks.append(_check_beat(bq))
-    checks += _check_queue_ages(bq, queues, max_queue_age_s)
+    checks += _check_queue_ages(monitor, queues, max_queue_age_s)
     return HealthReport(ok=all(c.ok for c in checks), checks=checks)
 
 
-def _check_redis(bq: BOQueue) -> Check:
+def _check_redis(bq: Core) -> Check:
     limit = bq.settings.connect_timeout_s
     start = time.monotonic()
     try:
@@ -84,9 +86,9 @@ def _check_redis(bq: BOQueue) -> Check:
     return Check("redis", True, f"PING {took * 1000:.1f}ms")
 
 
-def _check_workers(bq: BOQueue, queues: list[str]) -> list[Check]:
+def _check_workers(monitor: Monitor, queues: list[str]) -> list[Check]:
     try:
-        workers = bq.monitor.workers()
+        workers = monitor.workers()
     except (BOQueueError, redis.RedisError) as exc:
         return [Check(f"workers:{q}", False, f"{UNREACHABLE}: {exc}") for q in queues]
     out = []
@@ -101,7 +103,7 @@ def _check_workers(bq: BOQueue, queues: list[str]) -> list[Check]:
     return out
 
 
-def _check_beat(bq: BOQueue) -> Check:
+def _check_beat(bq: Core) -> Check:
     key = beat_lock_key(bq)
     try:
         ttl_ms = int(bq.redis.pttl(key))  # -2: no such key, -1: no expiry
@@ -113,9 +115,9 @@ def _check_beat(bq: BOQueue) -> Check:
     return Check("beat", True, f"lock {key} held{expiry}")
 
 
-def _check_queue_ages(bq: BOQueue, queues: list[str], max_age_s: float) -> list[Check]:
+def _check_queue_ages(monitor: Monitor, queues: list[str], max_age_s: float) -> list[Check]:
     try:
-        stats = bq.monitor.queues()
+        stats = monitor.queues()
     except (BOQueueError, redis.RedisError) as exc:
         return [Check(f"queue_age:{q}", False, f"{UNREACHABLE}: {exc}") for q in queues]
     out = []

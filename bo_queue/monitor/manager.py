@@ -31,8 +31,9 @@ from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationErro
 from bo_queue.states import Priority, TaskState
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
     from bo_queue.core.handle import TaskHandle
+    from bo_queue.core.kernel import Core
+    from bo_queue.studies.manager import StudyManager
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,12 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 
 
 class Monitor:
-    def __init__(self, bq: BOQueue) -> None:
+    """`bq.monitor`: what is queued, who works, how it went (metrics), what changed
+    (events, webhooks), and the task listings and the failed-task registry."""
+
+    def __init__(self, bq: Core, studies: Callable[[], StudyManager]) -> None:
         self.bq = bq
+        self.studies = studies  # built on first use: listing studies needs it
 
     # -- queues and workers -------------------------------------------------------------
 
@@ -132,13 +137,13 @@ class Monitor:
         """Every configured queue, and every capability or version queue a task was sent
         to (bo_queue.core.placement), per priority: its length and the age of its oldest task."""
         bq, prefix = self.bq, self.bq.keys.broker_prefix
-        with bq._broker_errors():
+        with bq.broker_errors():
             placed = sorted(str(q) for q in bq.redis.smembers(bq.keys.placed_queues))
         names = [*bq.settings.queues, *(q for q in placed if q not in bq.settings.queues)]
         cells = [(q, p) for q in names for p in sorted(Priority, reverse=True)]
         keys = [prefix + q + (f":{p.broker_priority}" if p.broker_priority else "")
                 for q, p in cells]
-        with bq._broker_errors(), bq.redis.pipeline(transaction=False) as pipe:
+        with bq.broker_errors(), bq.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
@@ -173,14 +178,13 @@ class Monitor:
         """Workers whose heartbeat is fresher than `heartbeat_timeout_s`. With inspect=True,
         each also carries Celery's `inspect` view (asked of all at once, `timeout` s)."""
         bq = self.bq
-        with bq._broker_errors():
-            beats: dict[str, str] = bq.redis.hgetall(bq.keys.workers)  # type: ignore[assignment]
-        now, limit = time.time(), bq.settings.heartbeat_timeout_s
+        with bq.broker_errors():
+            cards = bq.heartbeats.cards()
+        now = time.time()
         out, dead = [], []
-        for hostname, raw in sorted(beats.items()):
-            card = _heartbeat(raw)
-            if card is None or now - card["at"] > limit:
-                if card is None or now - card["at"] > max(60.0, 10 * limit):
+        for hostname, card in sorted(cards.items()):
+            if card is None or not bq.heartbeats.alive(card, now):
+                if card is None or now - card["at"] > max(60.0, 10 * bq.heartbeats.timeout_s):
                     dead.append(hostname)  # long gone (killed): forget it
                 continue
             started = card.get("started_at")
@@ -193,20 +197,12 @@ class Monitor:
                 capabilities=card.get("capabilities", []), offers=card.get("offers", {}),
                 versions=card.get("versions", {}),
             ))
-        if dead:
-            with bq._broker_errors():
-                bq.redis.hdel(bq.keys.workers, *dead)
+        with bq.broker_errors():
+            bq.heartbeats.forget(dead)
         if inspect and out:
             views = self._inspect([w.hostname for w in out], timeout)
             out = [w.model_copy(update={"inspected": views.get(w.hostname)}) for w in out]
         return out
-
-    def live_worker_cards(self) -> list[dict[str, Any]]:
-        """The heartbeat cards of live workers (queues, capabilities, offers, versions)."""
-        beats: dict[str, str] = self.bq.redis.hgetall(self.bq.keys.workers)  # type: ignore[assignment]
-        now, limit = time.time(), self.bq.settings.heartbeat_timeout_s
-        cards = [_heartbeat(raw) for raw in beats.values()]
-        return [card for card in cards if card is not None and now - card["at"] <= limit]
 
     def _inspect(self, hostnames: list[str], timeout: float) -> dict[str, dict[str, Any]]:
         inspector = self.bq.app.control.inspect(destination=hostnames, timeout=timeout)
@@ -241,7 +237,7 @@ class Monitor:
         tagged = None if tag is None else bq.records.tagged(tag)
         pages = [self._index_pages(bq.keys.state_index(s), low) for s in sorted(read)]
         out: list[TaskInfo] = []
-        with bq._broker_errors():
+        with bq.broker_errors():
             batch: list[str] = []
             for _, task_id in heapq.merge(*pages):
                 if tagged is None or task_id in tagged:
@@ -278,7 +274,7 @@ class Monitor:
         """The failed-task registry, newest first: tasks that FAILED and were not retried
         (Celery on Redis keeps no dead-letter list). Each carries its error."""
         bq = self.bq
-        with bq._broker_errors():
+        with bq.broker_errors():
             ids = [str(i) for i in bq.redis.zrevrange(bq.keys.failed, 0, limit - 1)]
             return [info for info in bq.records.get_many(ids) if info is not None]
 
@@ -287,7 +283,7 @@ class Monitor:
         priority, tags and parent. The failed one leaves the registry, and its record
         names the new one (`retried_as`)."""
         bq = self.bq
-        with bq._broker_errors():
+        with bq.broker_errors():
             info = bq.records.get(task_id)
             if info is None:
                 raise UnknownTaskError(task_id)
@@ -316,7 +312,7 @@ class Monitor:
 
     def events(self, since: str = "0", count: int = 1000) -> list[Event]:
         """Events after stream id `since` ("0": from the oldest kept), oldest first."""
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             found = self.bq.redis.xrange(self.bq.keys.events, f"({since}" if since != "0"
                                          else "-", "+", count=count)
         return [_event(i, fields) for i, fields in _entries(found)]
@@ -341,7 +337,7 @@ class Monitor:
         bq = self.bq
         now = time.time()
         start = int((now - window_s) * 1000)
-        with bq._broker_errors():
+        with bq.broker_errors():
             raw = bq.redis.xrange(bq.keys.events, f"{start}-0", "+")
             running = int(bq.redis.zcard(bq.keys.state_index(TaskState.RUNNING)))
             first = _entries(bq.redis.xrange(bq.keys.events, "-", "+", count=1))
@@ -366,12 +362,12 @@ class Monitor:
     def _studies(self, now: float, window_s: float) -> tuple[dict[str, int], list[StudyMetrics]]:
         by_status: dict[str, int] = defaultdict(int)
         out = []
-        for study in self.bq.studies.list():
+        for study in self.studies().list():
             by_status[study.status.value] += 1
             if study.status.terminal and study.updated_at.timestamp() < now - window_s:
                 continue
             try:
-                trials = self.bq.studies.trials(study.id)
+                trials = self.studies().trials(study.id)
             except StudyNotFoundError:  # deleted meanwhile
                 continue
             done = [t for t in trials if t.finished_at is not None and t.values is not None]
@@ -429,15 +425,6 @@ def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     return [(str(i), dict(fields)) for i, fields in reply or []]
 
 
-def _heartbeat(raw: str) -> dict[str, Any] | None:
-    try:
-        card = json.loads(raw)
-    except ValueError:
-        return None
-    if isinstance(card, int | float):  # a bare timestamp, as older workers wrote
-        return {"at": float(card)}
-    return card if isinstance(card, dict) and "at" in card else None
-
 
 def _task_id(raw: str | None) -> str | None:
     """The task id in a kombu message on a queue list."""
@@ -452,7 +439,7 @@ def _task_id(raw: str | None) -> str | None:
 class Subscription:
     """A thread reading the event stream; `close()` stops it."""
 
-    def __init__(self, bq: BOQueue, callback: Callable[[Event], None], kinds: set[str],
+    def __init__(self, bq: Core, callback: Callable[[Event], None], kinds: set[str],
                  states: set[str] | None, ids: set[str] | None, since: str) -> None:
         self._client = redis.Redis.from_url(bq.settings.redis_url, decode_responses=True,
                                             socket_timeout=10)
@@ -460,7 +447,7 @@ class Subscription:
         self._callback = callback
         self._filter = (kinds, states, ids)
         if since == "$":  # pin "now" before returning, so no event after this call is missed
-            with bq._broker_errors():
+            with bq.broker_errors():
                 last = _entries(self._client.xrevrange(self._stream, count=1))
             since = last[0][0] if last else "0"
         self._last = since

@@ -1,9 +1,9 @@
 """Prometheus metrics for a bo_queue deployment, read from Redis at every scrape.
 
-`BOQueueCollector(bq)` is a prometheus_client custom collector: each scrape asks
+`BOQueueCollector(bq.monitor)` is a prometheus_client custom collector: each scrape asks
 `bq.monitor.queues()` and `bq.monitor.metrics(window_s)` once and turns their answers into
 gauges (every value comes from a sliding window or is a level now, so none is a counter).
-`serve(bq, port)` exposes it on `http://ADDRESS:PORT/metrics` until interrupted.
+`serve(bq.monitor, port)` exposes it on `http://ADDRESS:PORT/metrics` until interrupted.
 
 A Redis that cannot be reached does not break the endpoint: the scrape answers with what
 it could read and `bo_queue_scrape_error 1`.
@@ -25,7 +25,7 @@ from bo_queue.monitor.manager import Metrics, QueueStats
 from bo_queue.studies.models import StudyStatus
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.monitor.manager import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def _gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMe
 class BOQueueCollector:
     """Gauges for queues, workers, tasks per handler and studies, read at each scrape."""
 
-    def __init__(self, bq: BOQueue, window_s: float = 300.0) -> None:
-        self.bq = bq
+    def __init__(self, monitor: Monitor, window_s: float = 300.0) -> None:
+        self.monitor = monitor
         self.window_s = float(window_s)
 
     def describe(self) -> Iterator[Metric]:
@@ -90,12 +90,12 @@ class BOQueueCollector:
         queues: list[QueueStats] | None = None
         metrics: Metrics | None = None
         try:
-            queues = self.bq.monitor.queues()
+            queues = self.monitor.queues()
         except (BOQueueError, redis.RedisError) as exc:
             log.warning("prometheus scrape: queues: %s", exc)
             error = 1
         try:
-            metrics = self.bq.monitor.metrics(self.window_s)
+            metrics = self.monitor.metrics(self.window_s)
         except (BOQueueError, redis.RedisError) as exc:
             log.warning("prometheus scrape: metrics: %s", exc)
             error = 1
@@ -136,20 +136,20 @@ def _add_metrics(families: dict[str, GaugeMetricFamily], metrics: Metrics) -> No
             families["study_best_value"].add_metric(labels, study.best_value)
 
 
-def make_registry(bq: BOQueue, window_s: float = 300.0) -> CollectorRegistry:
+def make_registry(monitor: Monitor, window_s: float = 300.0) -> CollectorRegistry:
     """A fresh registry holding only a BOQueueCollector (no process or platform metrics)."""
     registry = CollectorRegistry()
-    registry.register(BOQueueCollector(bq, window_s))
+    registry.register(BOQueueCollector(monitor, window_s))
     return registry
 
 
 def serve(
-    bq: BOQueue, port: int, address: str = "0.0.0.0", window_s: float = 300,
+    monitor: Monitor, port: int, address: str = "0.0.0.0", window_s: float = 300,
     *, stop: threading.Event | None = None,
 ) -> None:
     """Serve the metrics on http://ADDRESS:PORT/metrics until KeyboardInterrupt (or until
     `stop` is set, for embedding and tests)."""
-    httpd, thread = start_http_server(port, addr=address, registry=make_registry(bq, window_s))
+    httpd, thread = start_http_server(port, addr=address, registry=make_registry(monitor, window_s))
     log.info("serving bo_queue metrics on http://%s:%d/metrics", address, port)
     stop = stop or threading.Event()
     try:

@@ -1,5 +1,5 @@
-"""A terminal status page, as plain text: `render_status(bq)` returns it, the CLI prints it
-(and reprints it with --watch). Queues, live workers, running studies with a progress
+"""A terminal status page, as plain text: `render_status(bq.monitor)` returns it, the CLI prints
+it (and reprints it with --watch). Queues, live workers, running studies with a progress
 bar, and totals over the last five minutes; no curses, no colours."""
 
 from __future__ import annotations
@@ -15,27 +15,27 @@ from bo_queue.monitor.manager import Metrics, QueueStats, WorkerStatus
 from bo_queue.studies.models import Study, StudyStatus
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.monitor.manager import Monitor
 
 WINDOW_S = 300.0
 SHOWN_STUDIES = (StudyStatus.ACTIVE, StudyStatus.PAUSED)
 
 
-def render_status(bq: BOQueue, width: int = 100) -> str:
+def render_status(monitor: Monitor, width: int = 100) -> str:
     """The whole page; each line at most `width` characters. A Redis that cannot be
     reached gives a page that says so instead of an exception."""
-    now = datetime.now(UTC)
+    bq, now = monitor.bq, datetime.now(UTC)
     head = f"bo_queue {bq.settings.namespace}  {now:%Y-%m-%d %H:%M:%S} UTC"
     try:
-        queues = bq.monitor.queues()
-        workers = bq.monitor.workers()
-        studies = [s for s in bq.studies.list() if s.status in SHOWN_STUDIES]
+        queues = monitor.queues()
+        workers = monitor.workers()
+        studies = [s for s in monitor.studies().list() if s.status in SHOWN_STUDIES]
     except (BOQueueError, redis.RedisError) as exc:
         return _fit([head, "", f"redis unreachable: {exc}"], width)
     metrics: Metrics | None = None
     problem = ""
     try:
-        metrics = bq.monitor.metrics(WINDOW_S)
+        metrics = monitor.metrics(WINDOW_S)
     except (BOQueueError, redis.RedisError) as exc:  # the page without its totals
         problem = f"metrics unavailable: {exc}"
     lines = [head, ""]

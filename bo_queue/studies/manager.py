@@ -48,7 +48,7 @@ from bo_queue.studies.storage import (
 )
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
 
 STEP = "bo_queue.study.step"
 STUDY_TAG = "study:{}"
@@ -67,14 +67,14 @@ def _redis_errors(method: F) -> F:
 
     @functools.wraps(method)
     def call(self: StudyManager, *args: Any, **kwargs: Any) -> Any:
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             return method(self, *args, **kwargs)
 
     return cast(F, call)
 
 
 class StudyManager:
-    def __init__(self, bq: BOQueue) -> None:
+    def __init__(self, bq: Core) -> None:
         self.bq = bq
         self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis, bq.settings.events_max_len)
 
@@ -118,15 +118,16 @@ class StudyManager:
             spec = StudySpec(**{**spec.model_dump(), "strategy": _seeded(spec.strategy)})
         spec.check_runnable()
         if spec.evaluator is not None:
-            self._check_evaluator(spec.evaluator)
+            self.check_evaluator(spec.evaluator)
         now = datetime.now(UTC)
         study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now)
         self.store.create(study)
         return study
 
-    def _check_evaluator(self, name: str) -> None:
+    def check_evaluator(self, name: str) -> None:
+        """ValidationError unless `name` is a declared handler that can evaluate trials."""
         try:
-            queue = self.bq._handler_queue(name)
+            queue = self.bq.handler_queue(name)
         except UnknownHandlerError as exc:
             raise UnknownHandlerError(name) from exc
         if queue == PULL_QUEUE:  # its results come from agents, not from a worker's run

@@ -19,6 +19,7 @@ from pydantic_core import PydanticSerializationError
 
 from bo_queue.errors import InvalidResultError, InvalidTransitionError, ValidationError, shown
 from bo_queue.studies import _reserved
+from bo_queue.validation import check_json, encodable, problems
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -46,13 +47,7 @@ class _Frozen(BaseModel):
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
-            raise ValidationError(f"invalid {type(self).__name__}: {_short(exc)}") from None
-
-
-def _short(exc: pydantic.ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-    )
+            raise ValidationError(f"invalid {type(self).__name__}: {problems(exc)}") from None
 
 
 def _check_name(name: str) -> str:
@@ -325,7 +320,6 @@ class StudySpec(_Frozen):
         """What Ax will take, checked when a study is created or re-specified (not when a
         stored study is read back, which may predate a check): ValidationError otherwise.
         A study that broke one of these would only fail at its first step, on a worker."""
-        from bo_queue.client import check_json
 
         problems = []
         for p in self.parameters:
@@ -421,7 +415,6 @@ def _finite(name: str, value: Any) -> float:
 
 
 def _all_text_encodable(value: Any) -> bool:
-    from bo_queue.client import encodable
 
     stack = [value]
     while stack:  # iteratively: no depth is too deep

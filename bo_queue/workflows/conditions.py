@@ -22,6 +22,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bo_queue.errors import ValidationError, WorkflowError
+from bo_queue.validation import problems
 
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "exists"]
 FIELD = r"[A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*"
@@ -50,11 +51,8 @@ class Checked(BaseModel):
         try:
             super().__init__(**data)
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or type(self).__name__}: {err['msg']}"
-                for err in exc.errors()
-            )
-            raise ValidationError(f"{type(self).__name__}: {problems}") from None
+            name = type(self).__name__
+            raise ValidationError(f"{name}: {problems(exc, name)}") from None
 
 
 class Condition(Checked):

@@ -40,7 +40,7 @@ from bo_queue.workflows.models import (
 )
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
 
 ADVANCE = "bo_queue.workflow.advance"
 LOCK_LEASE_S = 60.0  # an advance only submits tasks: far shorter than this
@@ -51,7 +51,7 @@ TERMINAL = frozenset(state.value for state in TERMINAL_STATES)
 class WorkflowStore:
     """Runs in Redis: `{ns}:workflow:<id>` = {spec, run}; `{ns}:workflows` indexes them."""
 
-    def __init__(self, bq: BOQueue) -> None:
+    def __init__(self, bq: Core) -> None:
         self.bq = bq
         self.redis = bq.redis
         self.index = bq.keys.workflows
@@ -107,7 +107,7 @@ def advance_id(run: WorkflowRun) -> str:
     return f"wf-{run.id}-{run.sequence}.advance"  # '.' is in no step name: no clash
 
 
-def arm(bq: BOQueue, run: WorkflowRun, *, depends_on: Sequence[str] = (),
+def arm(bq: Core, run: WorkflowRun, *, depends_on: Sequence[str] = (),
         countdown: float | None = None, steps: Sequence[dict[str, Any]] = ()) -> None:
     """Submit `steps` (requests) and the advance that follows them; the run names that
     advance as the only one allowed to move it. Ids that exist (a replay) are skipped."""
@@ -133,7 +133,7 @@ def arm(bq: BOQueue, run: WorkflowRun, *, depends_on: Sequence[str] = (),
     run.advance_id = nxt
 
 
-def advance(bq: BOQueue, workflow_id: str, token: str) -> str:
+def advance(bq: Core, workflow_id: str, token: str) -> str:
     """Move the run on, if `token` is the advance it waits for. Returns its status."""
     store = WorkflowStore(bq)
     with store.lock(workflow_id):
@@ -161,7 +161,7 @@ def _cannot_go_on(run: WorkflowRun, reason: str) -> None:
 
 
 class _Machine:
-    def __init__(self, bq: BOQueue, program: list[dict[str, Any]], run: WorkflowRun) -> None:
+    def __init__(self, bq: Core, program: list[dict[str, Any]], run: WorkflowRun) -> None:
         self.bq = bq
         self.program = program
         self.run = run

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 from redis.exceptions import LockError
 
-from bo_queue.client import _check_payload
 from bo_queue.errors import (
     ValidationError,
     WorkflowError,
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
+from bo_queue.validation import check_payload
 from bo_queue.workflows.engine import WorkflowStore, advance_id, arm
 from bo_queue.workflows.models import (
     Workflow,
@@ -31,7 +31,7 @@ from bo_queue.workflows.models import (
 )
 
 if TYPE_CHECKING:
-    from bo_queue.client import BOQueue
+    from bo_queue.core.kernel import Core
 
 Definition = Workflow | WorkflowSpec | Mapping[str, Any]
 RUN_ID = re.compile(r"[A-Za-z0-9._@-]{1,100}")
@@ -50,7 +50,7 @@ def as_spec(definition: Definition) -> WorkflowSpec:
 
 
 class WorkflowManager:
-    def __init__(self, bq: BOQueue) -> None:
+    def __init__(self, bq: Core) -> None:
         self.bq = bq
         self.store = WorkflowStore(bq)
 
@@ -62,14 +62,14 @@ class WorkflowManager:
         if workflow_id is not None and not RUN_ID.fullmatch(workflow_id):
             raise ValidationError(f"bad workflow id {workflow_id!r}: 1-100 of A-Z a-z 0-9 . _ @ -")
         inputs = dict(inputs or {})
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             for name in spec.handlers():
-                self.bq._handler_queue(name)  # UnknownHandlerError names it
+                self.bq.handler_queue(name)  # UnknownHandlerError names it
             missing = [key for key in spec.input_fields() if key not in inputs]
             if missing:
                 raise ValidationError(f"workflow {spec.name!r} reads inputs it was not given: "
                                       f"{', '.join(missing)}")
-            _check_payload(inputs, self.bq.settings.max_payload_bytes)
+            check_payload(inputs, self.bq.settings.max_payload_bytes)
             now = datetime.now(UTC)
             run = WorkflowRun(
                 id=workflow_id or uuid.uuid4().hex, name=spec.name,
@@ -86,13 +86,13 @@ class WorkflowManager:
         return run
 
     def status(self, workflow_id: str) -> WorkflowRun:
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             return self.store.run(workflow_id)
 
     get = status
 
     def definition(self, workflow_id: str) -> WorkflowSpec:
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             return self.store.load(workflow_id)[0]
 
     def list(self, status: WorkflowStatus | str | None = None,
@@ -103,7 +103,7 @@ class WorkflowManager:
         except ValueError:
             raise ValidationError(f"unknown workflow status {status!r}") from None
         runs = []
-        with self.bq._broker_errors():
+        with self.bq.broker_errors():
             for workflow_id in self.store.ids(limit):
                 with contextlib.suppress(WorkflowNotFoundError):  # past its retention
                     runs.append(self.store.run(workflow_id))
@@ -123,7 +123,7 @@ class WorkflowManager:
 
     def set_vars(self, workflow_id: str, **values: Any) -> WorkflowRun:
         """Set `vars.<key>` in the run's context and re-check a wait on a condition."""
-        _check_payload(values, self.bq.settings.max_payload_bytes)
+        check_payload(values, self.bq.settings.max_payload_bytes)
         return self._change(workflow_id, lambda run: self._set_vars(run, values))
 
     def wait(self, workflow_id: str, timeout: float = 600, poll_s: float = 0.2) -> WorkflowRun:
@@ -144,7 +144,7 @@ class WorkflowManager:
 
     def _change(self, workflow_id: str, change: Any) -> WorkflowRun:
         try:
-            with self.bq._broker_errors(), self.store.lock(workflow_id):
+            with self.bq.broker_errors(), self.store.lock(workflow_id):
                 run = self.store.run(workflow_id)
                 change(run)
                 self.store.save(run)

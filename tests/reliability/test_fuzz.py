@@ -63,10 +63,10 @@ from bo_queue import (
     TrialStatus,
     UnknownTaskError,
 )
-from bo_queue.client import TASK_ID
 from bo_queue.studies.manager import STEP
 from bo_queue.studies.models import Study, StudySpec
 from bo_queue.studies.storage import StorageBackend, StudyState
+from bo_queue.validation import TASK_ID
 from tests.conftest import new_namespace
 from tests.reliability import report
 

@@ -14,7 +14,7 @@ import pytest
 
 from bo_queue import BOQueue
 
-from .fakes import UNREACHABLE_URL, attach_fakeredis
+from .fakes import fake_bq
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,6 @@ def fake(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
 
 @pytest.fixture
 def bq(server: fakeredis.FakeServer) -> Iterator[BOQueue]:
-    queue = BOQueue(redis_url=UNREACHABLE_URL, namespace="unit")
-    attach_fakeredis(queue, server)
+    queue = fake_bq(server)
     yield queue
     queue.close()

@@ -156,7 +156,7 @@ def test_routes_need_a_key_but_health_does_not(app: FastAPI) -> None:
 
 
 def test_a_redis_password_never_reaches_a_reply_or_a_message() -> None:
-    from bo_queue.client import redact
+    from bo_queue.validation import redact
 
     assert redact("redis://:hunter2@db:6379/0") == "redis://:***@db:6379/0"
     assert redact("rediss://app:s3cret@db:6380/1") == "rediss://app:***@db:6380/1"

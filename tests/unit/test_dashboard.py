@@ -88,7 +88,7 @@ def test_queues_workers_studies_and_totals(busy: BOQueue) -> None:
     paused_id = study(busy, "tune-wd", completed=30, status=StudyStatus.PAUSED)
     done_id = study(busy, "finished", completed=30, status=StudyStatus.COMPLETED)
 
-    page = render_status(busy)
+    page = render_status(busy.monitor)
     lines = page.splitlines()
     assert all(len(line) <= 100 for line in lines)
 
@@ -127,13 +127,13 @@ def test_queues_workers_studies_and_totals(busy: BOQueue) -> None:
 
 def test_narrow_terminal(busy: BOQueue) -> None:
     study_id = study(busy, "tune-lr", completed=12, status=StudyStatus.ACTIVE)
-    page = render_status(busy, width=70)
+    page = render_status(busy.monitor, width=70)
     assert all(len(line) <= 70 for line in page.splitlines())
     assert "[####......] 12/30" in next(x for x in page.splitlines() if study_id in x)
 
 
 def test_an_idle_deployment(bq: BOQueue) -> None:
-    page = render_status(bq)
+    page = render_status(bq.monitor)
     assert "WORKERS  none alive" in page
     assert "STUDIES  none active or paused" in page
     assert "QUEUES  0 waiting" in page
@@ -145,7 +145,7 @@ def test_redis_down(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
         raise BrokerUnavailableError("Redis at redis://127.0.0.1:1/0 is unavailable")
 
     monkeypatch.setattr(bq.monitor, "queues", down)
-    page = render_status(bq)
+    page = render_status(bq.monitor)
     assert "redis unreachable" in page
 
 
@@ -154,7 +154,7 @@ def test_metrics_failing_keeps_the_rest(busy: BOQueue, monkeypatch: pytest.Monke
         raise BrokerUnavailableError("gone mid-page")
 
     monkeypatch.setattr(busy.monitor, "metrics", broken)
-    page = render_status(busy)
+    page = render_status(busy.monitor)
     assert "alpha@node1" in page
     assert "metrics unavailable: gone mid-page" in page
 

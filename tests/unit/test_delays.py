@@ -15,7 +15,7 @@ from bo_queue import BOQueue, TaskCancelledError, TaskState
 from bo_queue.core.delays import DelayedSubmissions
 from bo_queue.core.keys import Keys
 
-from .fakes import UNREACHABLE_URL, attach_fakeredis
+from .fakes import fake_bq
 
 Sent = list[tuple[str, dict[str, Any]]]
 
@@ -217,9 +217,9 @@ def test_record_of_a_held_task_outlives_its_delay(
     # Records live result_expires_s; a task held for longer than that must keep its
     # record (and tag link) until it is due, or it can no longer be seen or cancelled
     # while it still waits to run.
-    bq = BOQueue(redis_url=UNREACHABLE_URL, namespace="unit", result_expires_s=60)
+    bq = fake_bq(server, result_expires_s=60)
     try:
-        fake = attach_fakeredis(bq, server)
+        fake = bq.redis
         _no_broker(bq, monkeypatch)
         handle = bq.submit("unit.delays.echo", {}, countdown=600, tags=("late",))
         record_ttl = fake.ttl(bq.keys.task(handle.id))

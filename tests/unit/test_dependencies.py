@@ -199,7 +199,7 @@ def store(fake: fakeredis.FakeRedis, settled: Settled) -> RecordStore:
 
 
 def make(store: RecordStore, task_id: str, **overrides: Any) -> dict[str, Any]:
-    """Write a record the way BOQueue._submit does, through a pipeline."""
+    """Write a record the way Core.submit_plans does, through a pipeline."""
     fields: dict[str, Any] = {
         "id": task_id,
         "handler": "unit.deps.node",
@@ -229,7 +229,7 @@ def park(
     on_dependency_failure: str = "cancel", **overrides: Any,
 ) -> list[Any]:
     """Create a PENDING record with dependencies and register it with wait_for in the same
-    pipeline, as BOQueue._submit does; returns the WAIT script's reply."""
+    pipeline, as Core.submit_plans does; returns the WAIT script's reply."""
     fields: dict[str, Any] = {
         "id": task_id, "handler": "unit.deps.node", "queue": "default",
         "priority": Priority.NORMAL, "tags": (), "state": TaskState.PENDING,
@@ -418,7 +418,7 @@ def test_wait_for_a_succeeded_dependency_queues_now(
     assert json.loads(fake.hget("t:delayed:specs", "D")) == message_for("D")
     assert not fake.hexists("t:deps:parked", "D")
     assert not fake.exists("t:task:D:waiting")
-    assert settled == []  # wait_for reports through its reply; BOQueue._submit acts on it
+    assert settled == []  # wait_for reports through its reply; Core.submit_plans acts on it
 
 
 @pytest.mark.parametrize("ending", [TaskState.FAILED, TaskState.CANCELLED, TaskState.EXPIRED])
@@ -614,10 +614,7 @@ class _Producer:
 
 @pytest.fixture
 def sent(bq: BOQueue, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Ids BOQueue hands to the broker, in order; nothing reaches a real broker.
-
-    Also gives bq a RecordStore wired to bq._on_settled, as BOQueue.__init__ does (the
-    shared attach_fakeredis helper builds one without the callback)."""
+    """Ids BOQueue hands to the broker, in order; nothing reaches a real broker."""
     out: list[str] = []
 
     def send(task_id: str, message: Any, producer: Any = None, kept: bool = False) -> None:
@@ -629,9 +626,6 @@ def sent(bq: BOQueue, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(bq, "send", send)
     monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
-    bq.records = RecordStore(
-        fake, bq.keys, bq.settings.result_expires_s, on_settled=bq._on_settled
-    )
     return out
 
 

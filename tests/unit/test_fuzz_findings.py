@@ -33,12 +33,12 @@ from bo_queue import (
     UnknownTaskError,
     ValidationError,
 )
-from bo_queue.client import MAX_JSON_DEPTH, check_json
 from bo_queue.errors import shown
 from bo_queue.studies import _reserved
 from bo_queue.studies.manager import StudyManager
 from bo_queue.studies.models import StudySpec, StudyStatus
 from bo_queue.studies.storage import StudyState
+from bo_queue.validation import MAX_JSON_DEPTH, check_json
 
 
 @bo_queue.handler("unit.fuzz")
@@ -71,7 +71,7 @@ def no_send(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.extend(plan.id for plan in plans)
         return [TaskHandle(bq, plan.id) for plan in plans]
 
-    monkeypatch.setattr(bq, "_submit", record)
+    monkeypatch.setattr(bq, "submit_plans", record)
     return seen
 
 

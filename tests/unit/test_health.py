@@ -61,7 +61,7 @@ def test_the_lock_key_is_redbeats_under_the_namespace(bq: BOQueue) -> None:
 
 
 def test_all_ok(healthy: BOQueue) -> None:
-    report = check_health(healthy)
+    report = check_health(healthy.monitor)
     assert report.ok, report.render()
     checks = by_name(report)
     assert list(checks) == ["redis", *(f"workers:{q}" for q in QUEUES), "beat",
@@ -79,7 +79,7 @@ def test_all_ok(healthy: BOQueue) -> None:
 
 def test_a_queue_without_a_worker(healthy: BOQueue) -> None:
     healthy.redis.hdel(healthy.keys.workers, "w2@host")
-    report = check_health(healthy)
+    report = check_health(healthy.monitor)
     assert not report.ok
     failed = [c for c in report.checks if not c.ok]
     assert [c.name for c in failed] == ["workers:evaluate"]
@@ -91,31 +91,31 @@ def test_a_queue_without_a_worker(healthy: BOQueue) -> None:
 def test_a_stale_heartbeat_counts_as_dead(healthy: BOQueue) -> None:
     heartbeat(healthy, "w2@host", ["evaluate"],
               age_s=healthy.settings.heartbeat_timeout_s + 1)
-    checks = by_name(check_health(healthy))
+    checks = by_name(check_health(healthy.monitor))
     assert not checks["workers:evaluate"].ok
     assert checks["workers:default"].ok
 
 
 def test_beat_lock_missing(healthy: BOQueue) -> None:
     healthy.redis.delete(beat_lock_key(healthy))
-    report = check_health(healthy)
+    report = check_health(healthy.monitor)
     assert not report.ok
     assert [c.name for c in report.checks if not c.ok] == ["beat"]
     assert "unit:redbeat::lock" in by_name(report)["beat"].detail
     # not asked for: no beat check at all
-    relaxed = check_health(healthy, require_beat=False)
+    relaxed = check_health(healthy.monitor, require_beat=False)
     assert relaxed.ok
     assert "beat" not in by_name(relaxed)
 
 
 def test_an_old_queue(healthy: BOQueue) -> None:
     enqueue(healthy, "old", "bo", age_s=900, priority=Priority.HIGH)
-    report = check_health(healthy)
+    report = check_health(healthy.monitor)
     assert not report.ok
     checks = by_name(report)
     assert [c.name for c in report.checks if not c.ok] == ["queue_age:bo"]
     assert "oldest 900s (high)" in checks["queue_age:bo"].detail
-    assert check_health(healthy, max_queue_age_s=1000).ok
+    assert check_health(healthy.monitor, max_queue_age_s=1000).ok
 
 
 def test_redis_down(healthy: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,7 +123,7 @@ def test_redis_down(healthy: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
 
     monkeypatch.setattr(healthy.redis, "ping", refused)
-    report = check_health(healthy)
+    report = check_health(healthy.monitor)
     assert not report.ok
     assert all(not c.ok for c in report.checks)
     assert len(report.checks) == 1 + 2 * len(QUEUES) + 1
@@ -136,6 +136,6 @@ def test_redis_down_for_real(monkeypatch: pytest.MonkeyPatch) -> None:
     """No fake at all: a BOQueue on a port nothing listens on."""
     with BOQueue(redis_url="redis://127.0.0.1:1/0", namespace="unit",
                  connect_timeout_s=1) as bq:
-        report = check_health(bq, require_beat=False)
+        report = check_health(bq.monitor, require_beat=False)
     assert not report.ok
     assert report.checks[0].name == "redis" and not report.checks[0].ok

@@ -136,7 +136,7 @@ def test_handler_metrics_over_the_window(bq: BOQueue, clock: Clock) -> None:
     run(bq, clock, "r1", "report.build", TaskState.SUCCEEDED, duration=2)
     run(bq, clock, "r2", "report.build", None)  # still running
 
-    samples = scrape(make_registry(bq, window_s=300))
+    samples = scrape(make_registry(bq.monitor, window_s=300))
 
     fit = {"handler": "train.fit"}
     assert value(samples, "bo_queue_tasks_succeeded", **fit) == 9
@@ -165,7 +165,7 @@ def test_queues_workers_and_studies(bq: BOQueue) -> None:
     heartbeat(bq, "dead@host", ["default"], active=5, age_s=bq.settings.heartbeat_timeout_s + 5)
     study_id = add_study(bq, completed=4, best=0.25)
 
-    samples = scrape(make_registry(bq))
+    samples = scrape(make_registry(bq.monitor))
 
     assert value(samples, "bo_queue_queue_length", queue="default", priority="normal") == 3
     assert value(samples, "bo_queue_queue_length", queue="bo", priority="high") == 1
@@ -192,7 +192,7 @@ def test_queues_workers_and_studies(bq: BOQueue) -> None:
 
 
 def test_an_empty_deployment_is_valid_exposition(bq: BOQueue) -> None:
-    text = generate_latest(make_registry(bq)).decode()
+    text = generate_latest(make_registry(bq.monitor)).decode()
     samples = parse(text)
     assert value(samples, "bo_queue_workers_alive") == 0
     assert value(samples, "bo_queue_scrape_error") == 0
@@ -210,14 +210,14 @@ def test_redis_down_is_a_scrape_error_not_a_crash(
 
     enqueue(bq, "d0", "default")
     monkeypatch.setattr(bq.monitor, "metrics", down)
-    samples = scrape(make_registry(bq))
+    samples = scrape(make_registry(bq.monitor))
     assert value(samples, "bo_queue_scrape_error") == 1
     assert "bo_queue_workers_alive" not in names(samples)
     # what could still be read is kept
     assert value(samples, "bo_queue_queue_length", queue="default", priority="normal") == 1
 
     monkeypatch.setattr(bq.monitor, "queues", down)
-    samples = scrape(make_registry(bq))
+    samples = scrape(make_registry(bq.monitor))
     assert names(samples) == {"bo_queue_scrape_error"}
     assert value(samples, "bo_queue_scrape_error") == 1
 
@@ -240,7 +240,7 @@ def test_each_scrape_reads_queues_and_metrics_once(
     monkeypatch.setattr(monitor, "queues", counted_queues)
     monkeypatch.setattr(monitor, "metrics", counted_metrics)
     registry = CollectorRegistry()
-    registry.register(BOQueueCollector(bq, window_s=60))
+    registry.register(BOQueueCollector(bq.monitor, window_s=60))
     assert calls == []  # registering reads nothing
     generate_latest(registry)
     assert sorted(calls) == ["metrics(60)", "queues"]
@@ -252,7 +252,7 @@ def test_serve_over_http(bq: BOQueue, clock: Clock) -> None:
     port = free_port()
     stop = threading.Event()
     thread = threading.Thread(
-        target=serve, args=(bq, port), kwargs={"address": "127.0.0.1", "stop": stop},
+        target=serve, args=(bq.monitor, port), kwargs={"address": "127.0.0.1", "stop": stop},
         daemon=True,
     )
     thread.start()

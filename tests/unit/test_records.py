@@ -24,7 +24,7 @@ def store(fake: fakeredis.FakeRedis) -> RecordStore:
 
 
 def make(store: RecordStore, task_id: str, **overrides: Any) -> dict[str, Any]:
-    """Write a record the way BOQueue._submit does, through a pipeline."""
+    """Write a record the way Core.submit_plans does, through a pipeline."""
     fields: dict[str, Any] = {
         "id": task_id,
         "handler": "reports.build",

@@ -58,7 +58,7 @@ class Flow:
 
         monkeypatch.setattr(bq, "send", send)
         monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
-        monkeypatch.setattr(bq, "_handler_entry", handler_entry)
+        monkeypatch.setattr(bq, "handler_entry", handler_entry)
 
     # -- runs -------------------------------------------------------------------------------
 

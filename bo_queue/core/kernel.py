@@ -1,0 +1,614 @@
+"""Core: the kernel every service stands on (bo_queue.core)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Self
+
+import kombu.exceptions
+import redis
+from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from bo_queue import registry
+from bo_queue.config import Settings
+from bo_queue.core import dependencies, placement
+from bo_queue.core.celery_app import make_celery
+from bo_queue.core.delays import RELEASE_BATCH, DelayedSubmissions
+from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
+from bo_queue.core.handle import TaskHandle
+from bo_queue.core.heartbeats import Heartbeats
+from bo_queue.core.keys import PULL_QUEUE, Keys
+from bo_queue.core.outbox import Outbox
+from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.core.requests import Plan, TaskRequest, task_request
+from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
+from bo_queue.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DependencyError,
+    UnknownHandlerError,
+    UnknownTaskError,
+    ValidationError,
+    shown,
+)
+from bo_queue.registry import Resources
+from bo_queue.states import Priority, TaskState
+from bo_queue.validation import (
+    MAX_HORIZON_S,
+    check_payload,
+    encodable,
+    known_id,
+    redact,
+    timestamp,
+    utc,
+)
+
+
+class Core:
+    """The kernel: settings, key names, Redis clients, the Celery app, task records, held
+    sends, the outbox and results, and what every service does with tasks (submit, send,
+    cancel, look). BOQueue is this plus the lazy services (bo_queue.client).
+
+    Services are typed against this class and use only its public names: `check` and
+    `submit_plans` (a submit in two steps, for callers that add their own marks),
+    `send`, `settle`, `broker_errors`, `handler_entry`, `handler_queue`, `heartbeats`.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        *,
+        settings: Settings | None = None,
+        ride_out_outages_s: float = 0.0,
+        client: redis.Redis | None = None,
+        raw_client: redis.Redis | None = None,
+        results_client: redis.Redis | None = None,
+        **overrides: Any,
+    ) -> None:
+        """Settings from `settings`, or from the options given here and BO_QUEUE_*
+        variables. The clients are built from the URLs unless given: `client` (strings,
+        decode_responses=True) for records and every bo_queue key, `raw_client` (bytes) for
+        binary values, `results_client` (bytes) for Celery's result backend and our reads
+        of it. Tests give fakeredis ones; nothing connects before the first command."""
+        if settings is None:
+            given = {"redis_url": redis_url, "namespace": namespace, **overrides}
+            settings = Settings.load(**{k: v for k, v in given.items() if v is not None})
+        elif redis_url or namespace or overrides:
+            raise ValidationError("pass either settings or individual options, not both")
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.app: Celery = make_celery(settings)
+        # A producer hears at once that Redis is down (BrokerUnavailableError). A worker
+        # (ride_out_outages_s > 0) waits it out instead: a record or result write that
+        # failed mid-task would otherwise fail a task that did nothing wrong.
+        retry = None if ride_out_outages_s <= 0 else Retry(
+            ExponentialBackoff(cap=1.0, base=0.05), retries=math.ceil(ride_out_outages_s) + 5
+        )
+        self.redis = client or redis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=settings.connect_timeout_s,
+            socket_timeout=max(settings.connect_timeout_s, 10.0),
+            **({} if retry is None else {"retry": retry}),
+        )
+        self.records = RecordStore(
+            self.redis, self.keys, settings.result_expires_s, on_settled=self.settle,
+            events_max_len=settings.events_max_len,
+        )
+        self.delays = DelayedSubmissions(self.redis, self.keys)
+        self.outbox = Outbox(self.redis, self.keys)
+        self.heartbeats = Heartbeats(self.redis, self.keys, settings.heartbeat_timeout_s)
+        self._directory: dict[str, dict[str, Any]] = {}
+        self._announced: set[str] = set()  # placed queues this producer has recorded
+        self._directory_read_at = -math.inf
+        self._results: ResultWaiter | None = None
+        self._raw_redis: redis.Redis | None = raw_client
+        self._results_client = results_client
+        if results_client is not None:
+            backend: Any = self.app.backend
+            backend.client = results_client  # Celery's writes and revocations go there too
+        self._callbacks: CallbackDispatcher | None = None
+        self._lock = threading.RLock()  # callbacks() builds results() under it
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Settings from BO_QUEUE_* environment variables (see Settings)."""
+        return cls(settings=Settings.load(**overrides))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every connection this facade opened (and stop the callback thread)."""
+        if self._callbacks is not None:
+            self._callbacks.close()
+        if self._results is not None:
+            self._results.close()
+        self.redis.close()
+        if self._raw_redis is not None:
+            self._raw_redis.close()
+        redbeat = getattr(self.app, "redbeat_redis", None)  # set by bq.schedules
+        if redbeat is not None:
+            redbeat.close()
+        self.app.close()  # Celery's broker pools
+
+    @property
+    def raw_redis(self) -> redis.Redis:
+        """A client on the same server that returns bytes (for binary values)."""
+        if self._raw_redis is None:
+            self._raw_redis = redis.Redis.from_url(
+                self.settings.redis_url, socket_connect_timeout=self.settings.connect_timeout_s
+            )
+        return self._raw_redis
+
+    # -- results ------------------------------------------------------------------------
+
+    @property
+    def results(self) -> ResultWaiter:
+        if self._results is None:
+            with self._lock:
+                if self._results is None:
+                    backend: Any = self.app.backend
+                    probe = backend.get_key_for_task("x")  # Celery's own key scheme
+                    probe = probe.decode() if isinstance(probe, bytes) else probe
+                    prefix = probe[: -len("x")]
+                    client = self._results_client or redis.Redis.from_url(
+                        self.settings.results_url,
+                        socket_connect_timeout=self.settings.connect_timeout_s,
+                    )
+                    self._results = ResultWaiter(client, prefix)
+        return self._results
+
+    @property
+    def callbacks(self) -> CallbackDispatcher:
+        if self._callbacks is None:
+            with self._lock:
+                if self._callbacks is None:
+                    self._callbacks = CallbackDispatcher(self.results)
+        return self._callbacks
+
+    # -- submitting ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        handler: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        priority: Priority | str | int = Priority.NORMAL,
+        queue: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        expires: float | datetime | None = None,
+        tags: Iterable[str] = (),
+        parent_id: str | None = None,
+        depends_on: Iterable[str | TaskHandle] = (),
+        on_dependency_failure: OnDependencyFailure = "cancel",
+        resources: Resources | Mapping[str, float] | None = None,
+        version: str | None = None,
+    ) -> TaskHandle:
+        """Queue one task for the handler `handler`. Raises ValidationError (or
+        UnknownHandlerError) for bad input, DependencyError for an unknown dependency,
+        and BrokerUnavailableError if Redis is down; in each case nothing was queued.
+
+        With `depends_on`, the task stays PENDING until every dependency has SUCCEEDED,
+        then is queued; if one fails, is cancelled or expires, the task is CANCELLED with
+        the reason, unless on_dependency_failure="run" (it then runs once all have ended).
+        `resources` (cpu, memory_mb, gpu) replaces the handler's; `version` sends it to a
+        worker serving that version of the handler (an error if no live worker does).
+        """
+        request = task_request(
+            handler=handler, payload=payload if payload is not None else {},
+            priority=priority, queue=queue, countdown=countdown, eta=eta,
+            expires=expires, tags=tags, parent_id=parent_id,
+            depends_on=depends_on, on_dependency_failure=on_dependency_failure,
+            resources=resources, version=version,
+        )
+        return self.submit_plans([self.check(request)])[0]
+
+    def submit_many(
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False
+    ) -> list[TaskHandle]:
+        """Queue many tasks in two pipelined round trips (records, then broker).
+        All are validated first: one bad request rejects the batch, nothing is queued.
+
+        Requests may name their own `id` and depend on each other (`depends_on`): a
+        whole DAG in one call. A cycle raises DependencyError naming it.
+
+        durable=True writes each message to Redis with its record and sends it from
+        there under a lease, so a producer that dies between the two loses none (workers
+        send what it left); it costs two more round trips."""
+        if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
+            raise ValidationError(
+                f"submit_many takes an iterable of requests, not {type(requests).__name__}"
+            )
+        plans = []
+        for index, item in enumerate(requests):
+            try:
+                request = item if isinstance(item, TaskRequest) else task_request(**item)
+                plans.append(self.check(request))
+            except ValidationError as exc:
+                exc.args = (f"request {index}: {exc}",)  # keeps the type and its fields
+                raise
+            except TypeError as exc:
+                raise ValidationError(f"request {index}: {exc}") from None
+        return self.submit_plans(plans, durable)
+
+    def check(self, request: TaskRequest, task_id: str | None = None) -> Plan:
+        """A request checked against the handler directory, the queues and the clock, as
+        the Plan a submit writes and sends; ValidationError (or UnknownHandlerError) if
+        it cannot be submitted. Nothing is written."""
+        check_payload(request.payload, self.settings.max_payload_bytes)
+        entry = self.handler_entry(request.handler)
+        declared = entry.get("queue")
+        queue = request.queue or declared or self.settings.default_queue
+        if queue not in self.settings.queues and queue != declared:
+            raise ValidationError(
+                f"unknown queue {queue!r}; configured queues: {', '.join(self.settings.queues)}"
+            )
+        if declared == PULL_QUEUE and queue != PULL_QUEUE:  # no worker serves a pull type
+            raise ValidationError(f"{request.handler!r} is a pull task type: agents claim "
+                                  f"it; it cannot go to queue {queue!r}")
+        if queue != PULL_QUEUE:  # agents match capabilities themselves (bo_queue.agents)
+            queue = self._placed(request, entry, queue)
+        now = time.time()
+        due_at = None
+        if request.countdown is not None and request.eta is not None:
+            raise ValidationError("give countdown or eta, not both")
+        if request.countdown:
+            due_at = now + request.countdown
+        if request.eta is not None:
+            due_at = timestamp(request.eta)
+            if due_at < now - self.settings.eta_tolerance_s:
+                raise ValidationError(f"eta {request.eta.isoformat()} is in the past")
+            due_at = max(due_at, now)
+        if due_at is not None and not due_at - now <= MAX_HORIZON_S:
+            raise ValidationError("countdown and eta may be at most ten years ahead")
+        expires_at = None
+        if request.expires is not None:
+            expires = request.expires
+            expires_at = timestamp(expires) if isinstance(expires, datetime) else now + expires
+            if expires_at <= (due_at or now):
+                raise ValidationError("expires must be later than when the task is due")
+            if not expires_at - now <= MAX_HORIZON_S:
+                raise ValidationError("expires may be at most ten years ahead")
+        held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
+        return Plan(request, queue, due_at, expires_at, held, task_id or request.id)
+
+    def submit_plans(self, plans: list[Plan], durable: bool = False) -> list[TaskHandle]:
+        """Write and send checked plans (see submit_many for `durable`)."""
+        now = time.time()
+        with self.broker_errors():
+            ordered = self._check_dependencies(plans)
+        if durable:
+            for plan in plans:
+                plan.held = True  # held, due when it is due: sent below, or by a worker
+        waits = []
+        with self.broker_errors(), self.redis.pipeline(transaction=False) as pipe:
+            for plan in ordered:
+                req = plan.request
+                waiting = bool(req.depends_on)
+                self.records.create(pipe, {
+                    "id": plan.id, "handler": req.handler, "queue": plan.queue,
+                    "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
+                    "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
+                    "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
+                    "depends_on": req.depends_on or None,
+                    "on_dependency_failure": req.on_dependency_failure if waiting else None,
+                })
+                if waiting:
+                    waits.append((len(pipe), plan.id))
+                    self.records.wait_for(pipe, plan.id, req.depends_on, self._message(plan))
+                elif plan.held:
+                    self.delays.hold(pipe, plan.id, plan.due_at or now, self._message(plan))
+                elif plan.queue != PULL_QUEUE:  # sent below: kept until a worker starts it
+                    self.outbox.keep(pipe, plan.id, self._message(plan))
+            replies = pipe.execute()
+        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
+        cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
+        if cancelled or "queued" in verdicts.values() or durable:
+            with self.broker_errors():
+                self.settle(int("queued" in verdicts.values() or durable), cancelled)
+        to_send = [p for p in plans if not p.held and not p.request.depends_on]
+        if to_send:
+            with (
+                self.broker_errors(),
+                self.app.producer_or_acquire() as producer,
+                producer.batch() if len(to_send) > 1 else _nothing(),
+            ):
+                for plan in to_send:
+                    self.send(plan.id, self._message(plan), producer=producer, kept=True)
+        return [TaskHandle(self, plan.id) for plan in plans]
+
+    def _check_dependencies(self, plans: list[Plan]) -> list[Plan]:
+        """Reject cycles, self-dependencies, unknown dependencies and taken ids; return
+        the plans in an order where each comes after the plans it depends on."""
+        by_id = {plan.id: plan for plan in plans}
+        if len(by_id) < len(plans):
+            raise ValidationError("two requests in the batch have the same id")
+        named = [plan.id for plan in plans if plan.request.id]
+        if not named and not any(plan.request.depends_on for plan in plans):
+            return plans
+        graph = {plan.id: plan.request.depends_on for plan in plans}
+        dependencies.check_acyclic(graph)
+        outside = sorted({d for deps in graph.values() for d in deps if d not in by_id})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in outside + named:
+                pipe.exists(self.keys.task(task_id))
+            found = pipe.execute()
+        unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
+        if unknown:
+            raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")
+        taken = [i for i, ok in zip(named, found[len(outside):], strict=True) if ok]
+        if taken:
+            raise ValidationError(f"task ids already in use: {', '.join(taken)}")
+        return [by_id[i] for layer in dependencies.layers(graph) for i in layer]
+
+    def settle(self, released: int, cancelled: list[str]) -> None:
+        """Ending a task settled its dependents: send those released, and wake anyone
+        waiting on those cancelled (their record already says why)."""
+        if cancelled:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in cancelled:
+                    pipe.hget(self.keys.task(task_id), "error")
+                reasons = pipe.execute()
+            for task_id, reason in zip(cancelled, reasons, strict=True):
+                self.app.backend.mark_as_revoked(task_id, reason or "dependency failed")
+        if released:
+            while self.delays.release_due(self.send) >= RELEASE_BATCH:
+                pass
+
+    def _message(self, plan: Plan) -> dict[str, Any]:
+        req = plan.request
+        return {
+            "handler": req.handler, "payload": req.payload, "queue": plan.queue,
+            "priority": req.priority.broker_priority, "due_at": plan.due_at,
+            "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
+            "resources": req.resources.model_dump() if req.resources else None,
+        }
+
+    def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None,
+             kept: bool = False) -> None:
+        """Hand one task message to Celery (used for new, held and retried tasks), or,
+        for a pull type, to the agents (bo_queue.agents). The message is kept in the
+        outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it is already."""
+        if message["queue"] == PULL_QUEUE:
+            self.offer_pull(task_id, message)
+            return
+        if not kept:
+            self.outbox.keep(self.redis, task_id, dict(message))
+        due_at, expires_at = message.get("due_at"), message.get("expires_at")
+        self.app.send_task(
+            message["handler"],
+            args=[message["payload"]],
+            task_id=task_id,
+            queue=message["queue"],
+            priority=message["priority"],
+            eta=utc(due_at) if due_at and due_at > time.time() else None,
+            expires=utc(expires_at) if expires_at else None,
+            retries=message.get("retries", 0),
+            parent_id=message.get("parent_id"),
+            producer=producer,
+            # a submit's own resources travel with the message (the worker's admission)
+            headers={"bo_resources": message["resources"]} if message.get("resources") else None,
+        )
+
+    @contextmanager
+    def broker_errors(self) -> Iterator[None]:
+        """Turn Redis and kombu connection errors into BrokerUnavailableError."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError) as exc:  # noqa: E501
+            raise BrokerUnavailableError(
+                f"Redis at {redact(self.settings.redis_url)} is unavailable: {exc}"
+            ) from exc
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def handler_queue(self, name: str) -> str | None:
+        """The queue a handler declared; UnknownHandlerError if nobody declared it."""
+        queue: str | None = self.handler_entry(name).get("queue")
+        return queue
+
+    def handler_entry(self, name: str) -> dict[str, Any]:
+        """What is known of a handler (HandlerSpec.describe()); UnknownHandlerError if
+        nobody declared it."""
+        spec = registry.get(name)
+        if spec is not None:
+            return spec.describe()
+        entry = self._directory.get(name)
+        if entry is None and time.monotonic() - self._directory_read_at > 0.5:
+            self.refresh_handlers()
+            entry = self._directory.get(name)
+        if entry is None:
+            raise UnknownHandlerError(name, sorted(self._directory) + sorted(registry.registered()))
+        return entry
+
+    def _placed(self, request: TaskRequest, entry: Mapping[str, Any], queue: str) -> str:
+        """The broker queue for a task: its capability queue, or its version's queue
+        (bo_queue.core.placement). With a version, a live worker must consume that queue; with
+        resources, one of the live workers that consume it (if any is up) must offer them."""
+        requires = tuple(entry.get("requires") or ())
+        needs = request.resources
+        if needs is None and entry.get("resources"):
+            needs = Resources.model_validate(entry["resources"])
+        if request.version is None:
+            target = placement.capability_queue(queue, requires)
+        else:
+            target = placement.version_queue(queue, request.handler, request.version)
+        if request.version is not None or needs is not None:
+            with self.broker_errors():
+                serving = [card for card in self.heartbeats.live()
+                           if target in card.get("queues", ())]
+            if request.version is not None and not serving:
+                raise ValidationError(
+                    f"no live worker serves handler {request.handler!r} version "
+                    f"{request.version!r} on queue {queue!r}"
+                )
+            offers = [Resources.model_validate(card.get("offers") or {}) for card in serving]
+            if needs is not None and offers and not any(needs.fits(o) for o in offers):
+                raise ValidationError(
+                    f"no live worker on queue {target!r} offers {needs.describe()} "
+                    f"(they offer: {'; '.join(str(o.describe()) for o in offers)})"
+                )
+        if target != queue and target not in self._announced:  # for bq.monitor.queues()
+            with self.broker_errors():
+                self.redis.sadd(self.keys.placed_queues, target)
+            self._announced.add(target)
+        return target
+
+    def offer_pull(self, task_id: str, message: Mapping[str, Any]) -> bool:
+        """Hand a pull type's message to the agents' store (bo_queue.agents). The kernel
+        has no agents: the facade, which has, answers this (BOQueue.offer_pull)."""
+        raise ConfigurationError(
+            f"task {task_id} is a pull task type's: it is sent through BOQueue, which has agents"
+        )
+
+    def handler_directory(self) -> dict[str, dict[str, Any]]:
+        """The handler directory as last read (refresh_handlers re-reads it)."""
+        return dict(self._directory)
+
+    def forget_handlers(self) -> None:
+        """Make the next unknown handler re-read the directory at once (a new declaration)."""
+        self._directory_read_at = -math.inf
+
+    def refresh_handlers(self) -> dict[str, dict[str, Any]]:
+        """Re-read the handler directory that workers publish when they start."""
+        with self.broker_errors():
+            raw = self.redis.hgetall(self.keys.handlers)
+        self._directory = {str(name): json.loads(spec) for name, spec in raw.items()}
+        self._directory_read_at = time.monotonic()
+        return dict(self._directory)
+
+    # -- looking and cancelling ---------------------------------------------------------
+
+    def handle(self, task_id: str) -> TaskHandle:
+        known_id(task_id)
+        with self.broker_errors():
+            if not self.records.exists(task_id):
+                raise UnknownTaskError(task_id)
+        return TaskHandle(self, task_id)
+
+    def info(self, task_id: str) -> TaskInfo:
+        known_id(task_id)
+        with self.broker_errors():
+            return self._info(task_id)
+
+    def _info(self, task_id: str) -> TaskInfo:
+        record = self.records.get(task_id)
+        if record is None:
+            raise UnknownTaskError(task_id)
+        if not record.state.terminal:
+            # The result backend learns that a task ended a moment before the worker
+            # updates the record; the stored result wins, so get() and state agree.
+            meta = self.results.fetch(task_id)
+            if meta is not None:
+                record = TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})
+        return record
+
+    def cancel(
+        self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
+    ) -> TaskState:
+        """Cancel a task, persistently. A queued or delayed task never starts; a running
+        one sees `ctx.cancelled` (or is killed with terminate=True). Its subtasks (ctx.spawn,
+        parent_id), to any depth, are cancelled with it, and so are the tasks that depend
+        on it. Returns the task's state after the call: CANCELLED, RUNNING (stopping), or
+        the state it had already ended in.
+        """
+        known_id(task_id)
+        with self.broker_errors():
+            prior, after = self._cancel(task_id, terminate, reason)
+            if not prior.terminal:  # a finished parent's live subtasks are theirs to finish
+                self._cancel_descendants(task_id, terminate)
+        return after
+
+    def _cancel_descendants(self, task_id: str, terminate: bool) -> None:
+        for child in self.records.descendants(task_id):
+            try:
+                self._cancel(child, terminate, f"ancestor {task_id} cancelled")
+            except UnknownTaskError:  # past its retention: nothing left to cancel
+                continue
+
+    def _cancel(self, task_id: str, terminate: bool, reason: str) -> tuple[TaskState, TaskState]:
+        """(state before, state after) of a cancellation."""
+        prior = self.records.cancel(task_id, reason)
+        if prior is None:
+            raise UnknownTaskError(task_id)
+        if prior.terminal:
+            return prior, prior
+        if prior is TaskState.RUNNING:
+            if terminate:
+                self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+            return prior, TaskState.RUNNING
+        self.delays.drop(task_id)
+        self.app.backend.mark_as_revoked(task_id, reason)  # wakes get() and then()
+        return prior, TaskState.CANCELLED
+
+    def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
+        """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
+        if not isinstance(tag, str) or not tag or not encodable(tag):
+            raise ValidationError(f"a tag is a non-empty UTF-8 string, not {shown(tag)}")
+        cancelled = []
+        with self.broker_errors():
+            tagged = sorted(self.records.tagged(tag))
+        for task_id in tagged:
+            try:
+                with self.broker_errors():
+                    prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
+                    if not prior.terminal:
+                        self._cancel_descendants(task_id, terminate)
+            except UnknownTaskError:  # its record expired; nothing left to cancel
+                continue
+            if not prior.terminal:
+                cancelled.append(task_id)
+        return cancelled
+
+    # -- lineage and dependencies -------------------------------------------------------
+
+    def children(self, task_id: str) -> list[TaskInfo]:
+        """The direct subtasks of a task (ctx.spawn or parent_id), oldest first."""
+        known_id(task_id)
+        with self.broker_errors():
+            if not self.records.exists(task_id):
+                raise UnknownTaskError(task_id)
+            return self.records.children(task_id)
+
+    def tree(self, task_id: str, max_depth: int = 20) -> TaskTree:
+        """The task and its subtasks, to `max_depth` levels."""
+        known_id(task_id)
+        with self.broker_errors():
+            tree = self.records.tree(task_id, max_depth)
+        if tree is None:
+            raise UnknownTaskError(task_id)
+        return tree
+
+    def graph(self, task_ids: Iterable[str]) -> DependencyGraph:
+        """The dependency graph around these tasks: them, what they depend on and what
+        depends on them, transitively. `.to_dot()` renders it for Graphviz."""
+        ids = [known_id(task_id) for task_id in task_ids]
+        with self.broker_errors():
+            return dependencies.read_graph(self.records, ids)
+
+    def plan(self, task_ids: Iterable[str]) -> list[list[str]]:
+        """The execution plan of these tasks: topological layers, each of tasks that can
+        run together once the layers before it are done, e.g. [[A], [B, C], [D]]."""
+        ids = list(dict.fromkeys(known_id(task_id) for task_id in task_ids))
+        with self.broker_errors():
+            graph = dependencies.read_graph(self.records, ids, expand=False)
+        return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
