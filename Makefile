@@ -27,6 +27,7 @@ demo: $(BIN)/.installed-$(EXTRAS)
 lint: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest

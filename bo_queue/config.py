@@ -86,6 +86,10 @@ def _split_csv(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
+    """Every option of a deployment, from BO_QUEUE_* variables (or keyword arguments):
+    Redis URLs, namespace, queues, retention, timeouts, worker and API options. Unknown
+    options are a ConfigurationError; units are in the names (`_s`, `_bytes`)."""
+
     # hide_input_in_errors: a model-level error would otherwise print every input,
     # flower_password included
     model_config = SettingsConfigDict(

@@ -8,16 +8,19 @@
     │                               cannot be stored (not JSON, wrong keys, NaN, ...)
     ├── UnknownTaskError            no record for that task id (also a LookupError)
     ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
+    ├── TaskLostError               (in a worker) the task's runs died with their worker
+    │                               process more often than its budget allows: a poison task
     ├── DependencyError             a dependency cycle, or an unknown or failed dependency
-    ├── WorkflowError               a workflow that cannot go on (a step failed, a condition
-    │   │                           reads a field no step produced, ...)
+    ├── WorkflowError               a workflow that cannot go on (a step failed, ...)
+    │   ├── MissingFieldError       a condition or reference reads a field no step produced
     │   ├── WorkflowNotFoundError   no workflow run with that id (also a LookupError)
     │   └── WorkflowTimeoutError    workflows.wait(timeout=...) gave up (also a TimeoutError)
     ├── StudyError                  about an optimization study
     │   ├── StudyNotFoundError      no study with that id (also a LookupError)
     │   ├── TrialNotFoundError      no trial with that index in the study (also a LookupError)
     │   ├── InvalidTransitionError  a lifecycle change the study's status does not allow
-    │   └── ReportConflictError     a second, different result for a trial that has one
+    │   ├── ReportConflictError     a second, different result for a trial that has one
+    │   └── StudyTimeoutError       studies.wait(timeout=...) gave up (also a TimeoutError)
     ├── AgentError                  pull mode: an agent lacks a type's capabilities, ...
     │   └── NotHeldError            complete/fail/release by an agent that does not hold
     │                               the task (another does, its lease ran out, it ended)
@@ -98,6 +101,10 @@ class WorkflowError(BOQueueError):
     """A workflow run that cannot go on, or a request its status does not allow."""
 
 
+class MissingFieldError(WorkflowError):
+    """A condition or reference read a field the workflow context does not have (yet)."""
+
+
 class WorkflowNotFoundError(WorkflowError, LookupError):
     def __init__(self, workflow_id: str) -> None:
         super().__init__(f"no workflow run with id {workflow_id!r}")
@@ -131,6 +138,10 @@ class InvalidTransitionError(StudyError):
 
 class ReportConflictError(StudyError):
     """A trial already has a different result; results are written once."""
+
+
+class StudyTimeoutError(StudyError, TimeoutError):
+    """`studies.wait(timeout=...)` gave up before the study ended; the study goes on."""
 
 
 class AgentError(BOQueueError):

@@ -9,6 +9,8 @@ from pydantic import WithJsonSchema
 
 
 class TaskState(StrEnum):
+    """Where a task is in its life; the terminal ones (TERMINAL_STATES) never change."""
+
     PENDING = "PENDING"  # accepted, not yet handed to the broker (delayed or waiting)
     QUEUED = "QUEUED"  # in a broker queue, waiting for a worker
     RUNNING = "RUNNING"  # a worker is executing the handler

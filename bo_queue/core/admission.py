@@ -153,9 +153,10 @@ class Gate:
     def release(self, admission: Admission) -> None:
         self.keeper.drop(admission)
         if admission.pools:
-            self._call_renew(admission, 0)
+            self.renew(admission, 0)
 
-    def _call_renew(self, admission: Admission, expiry: float) -> None:
+    def renew(self, admission: Admission, expiry: float) -> None:
+        """Extend (or, with expiry 0, end) the holds of an admission until `expiry`."""
         keys = [key for pool in admission.pools for key in pool]
         held = [",".join(str(n) for n in need) for need in admission.needs]
         if int(self._renew(keys=keys, args=[admission.holder, expiry, *held])):
@@ -192,6 +193,6 @@ class LeaseKeeper:
                 held = list(self._held.values())
             for admission in held:
                 try:
-                    self.gate._call_renew(admission, time.time() + self.gate.lease_s)
+                    self.gate.renew(admission, time.time() + self.gate.lease_s)
                 except redis.RedisError:
                     log.warning("could not renew the lease of task %s", admission.holder)

@@ -23,6 +23,9 @@ class Progress(NamedTuple):
 
 
 class TaskHandle:
+    """A submitted task, by id: its state, progress and result (`get`), a callback when
+    it ends (`then`), and `cancel`. Cheap to make; holds no connection of its own."""
+
     __slots__ = ("_bq", "id")
 
     def __init__(self, bq: Core, task_id: str) -> None:

@@ -76,7 +76,8 @@ class QoS(kombu_redis.QoS):
         try:
             client = channel.client_after_close()
             try:
-                qos._remove_from_indices(delivery_tag, client.pipeline()).execute()
+                # kombu's private index helper: tests/unit/test_adapters.py pins it
+                qos._remove_from_indices(delivery_tag, client.pipeline()).execute()  # noqa: SLF001
             finally:
                 client.connection_pool.disconnect()
         except (redis.RedisError, OSError) as exc:

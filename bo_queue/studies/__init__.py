@@ -1,7 +1,8 @@
 """Optimization studies: models, storage, the manager (`bq.studies`) and, imported only on
 workers that run study steps, the Ax engine."""
 
-from bo_queue.studies.manager import StudyManager, StudyTimeoutError
+from bo_queue.errors import StudyTimeoutError
+from bo_queue.studies.manager import StudyManager
 from bo_queue.studies.models import (
     Choice,
     LinearConstraint,

@@ -19,6 +19,7 @@ from typing import Any
 
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
 
+from bo_queue.studies import ax_adapter
 from bo_queue.studies.models import Choice, Outcome, Range, StudySpec, Trial, TrialStatus, Value
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,11 @@ class Engine:
 
     @classmethod
     def load(cls, spec: StudySpec, model: bytes) -> Engine:
-        client = Client._from_json_snapshot(json.loads(zlib.decompress(model)))
-        client._random_seed = spec.strategy.seed  # not part of the snapshot
+        client = ax_adapter.restore(json.loads(zlib.decompress(model)), spec.strategy.seed)
         return cls(spec, client)
 
     def snapshot(self) -> bytes:
-        return zlib.compress(json.dumps(self.client._to_json_snapshot()).encode(), 6)
+        return zlib.compress(json.dumps(ax_adapter.snapshot(self.client)).encode(), 6)
 
     def generate(
         self, count: int, time_limit_s: float, fallback_seed: int
@@ -99,7 +99,7 @@ class Engine:
         """Tell Ax the outcomes the trial records have and its snapshot does not yet (a
         step that only told results saves the records, not a new snapshot). Returns how
         many it applied."""
-        experiment = self.client._experiment
+        experiment = ax_adapter.experiment(self.client)
         applied = 0
         for trial in trials:
             known = experiment.trials.get(trial.index)

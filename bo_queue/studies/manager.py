@@ -20,6 +20,7 @@ from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
     InvalidTransitionError,
     StudyError,
+    StudyTimeoutError,
     TaskFailedError,
     UnknownHandlerError,
     ValidationError,
@@ -55,10 +56,6 @@ STUDY_TAG = "study:{}"
 MAX_REASON = 2000  # characters of a report_failure reason (as the HTTP API allows)
 
 
-class StudyTimeoutError(StudyError, TimeoutError):
-    """wait() gave up before the study ended."""
-
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -74,6 +71,10 @@ def _redis_errors(method: F) -> F:
 
 
 class StudyManager:
+    """`bq.studies`: create, start, pause and delete studies; suggest and report trials
+    (ask/tell) or run them closed loop; read trials, the best trial and the Pareto front;
+    persist and load them."""
+
     def __init__(self, bq: Core) -> None:
         self.bq = bq
         self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis, bq.settings.events_max_len)

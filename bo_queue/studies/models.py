@@ -261,6 +261,9 @@ Outcome = float | tuple[float, float]  # a mean, or (mean, sem)
 
 
 class Trial(BaseModel):
+    """One evaluation of a study: its parameters, status, reported values, and when and
+    how it was generated and evaluated."""
+
     model_config = ConfigDict(frozen=True)
 
     index: int

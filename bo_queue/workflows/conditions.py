@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bo_queue.errors import ValidationError, WorkflowError
+from bo_queue.errors import MissingFieldError, ValidationError, WorkflowError
 from bo_queue.validation import problems
 
 Op = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in", "contains", "exists"]
@@ -38,10 +38,6 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
     "contains": lambda a, b: b in a,
 }
-
-
-class MissingField(WorkflowError):
-    """A condition or reference read a field the context does not have (yet)."""
 
 
 class Checked(BaseModel):
@@ -78,11 +74,11 @@ class Condition(Checked):
         )
 
     def holds(self, context: Mapping[str, Any], missing: bool | None = None) -> bool:
-        """Evaluate against the context. A missing field raises MissingField, or, if
+        """Evaluate against the context. A missing field raises MissingFieldError, or, if
         `missing` is given, counts as that (a wait treats it as not yet)."""
         try:
             found = lookup(context, self.field)
-        except MissingField:
+        except MissingFieldError:
             if self.op == "exists":
                 return False
             if missing is None:
@@ -139,7 +135,7 @@ def _literal(raw: str) -> Any:
 
 
 def lookup(context: Mapping[str, Any], path: str) -> Any:
-    """The value at a dotted path; list items by index. MissingField if absent."""
+    """The value at a dotted path; list items by index. MissingFieldError if absent."""
     value: Any = context
     walked = []
     for part in path.split("."):
@@ -150,7 +146,9 @@ def lookup(context: Mapping[str, Any], path: str) -> Any:
             value = value[int(part)]
         else:
             where = ".".join(walked)
-            raise MissingField(f"the workflow context has no field {where!r} (reading {path!r})")
+            raise MissingFieldError(
+                f"the workflow context has no field {where!r} (reading {path!r})"
+            )
     return value
 
 
@@ -174,7 +172,7 @@ def refs_in(payload: Any) -> list[str]:
 
 
 def resolve(payload: Any, context: Mapping[str, Any]) -> Any:
-    """The payload with every reference replaced by its value (MissingField if absent)."""
+    """The payload with every reference replaced by its value (MissingFieldError if absent)."""
     if isinstance(payload, Mapping):
         if set(payload) == {REF}:
             return lookup(context, str(payload[REF]))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +24,7 @@ EXPECTED_ALL = [
     "InvalidResultError",
     "InvalidTransitionError",
     "LinearConstraint",
+    "MissingFieldError",
     "NotHeldError",
     "Objective",
     "OutcomeConstraint",
@@ -103,6 +107,32 @@ def test_errors_module_defines_the_drawn_tree() -> None:
         "InvalidResultError",
     ):
         assert drawn in names
+
+
+def test_every_error_is_drawn_in_the_tree() -> None:
+    doc = errors.__doc__ or ""
+    tree = doc[doc.index("    BOQueueError"):].split("\n\n")[0]  # the drawing, to its blank line
+    drawn = re.findall(r"^\s+(?:[│ ]*[├└]── )?([A-Za-z]+Error)\b", tree, re.MULTILINE)
+    assert sorted(drawn) == sorted(cls.__name__ for cls in _exception_classes())
+
+
+def test_no_module_defines_an_error_outside_errors_py() -> None:
+    """Every BOQueueError subclass lives in bo_queue/errors.py: a static scan of every
+    module of bo_queue, workers and scheduler (no imports: some need Ax)."""
+    known = {cls.__name__ for cls in _exception_classes()}
+    root = Path(errors.__file__).resolve().parent.parent
+    elsewhere = []
+    for package in ("bo_queue", "workers", "scheduler"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.name == "errors.py" and path.parent.name == "bo_queue":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef):
+                    bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "")
+                             for b in node.bases}
+                    if bases & known:
+                        elsewhere.append(f"{path.relative_to(root)}: {node.name}")
+    assert elsewhere == []
 
 
 @pytest.mark.parametrize("cls", _exception_classes(), ids=lambda c: c.__name__)

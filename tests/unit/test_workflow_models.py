@@ -9,11 +9,10 @@ from typing import Any
 import pydantic
 import pytest
 
-from bo_queue import ValidationError, WorkflowError
+from bo_queue import MissingFieldError, ValidationError, WorkflowError
 from bo_queue.states import Priority
 from bo_queue.workflows.conditions import (
     Condition,
-    MissingField,
     condition,
     lookup,
     ref,
@@ -184,7 +183,7 @@ def test_holds(text: str, expected: bool) -> None:
 )
 def test_a_missing_field_raises_missing_field(text: str) -> None:
     cond = condition(text)
-    with pytest.raises(MissingField) as caught:
+    with pytest.raises(MissingFieldError) as caught:
         cond.holds(CONTEXT)
     assert isinstance(caught.value, WorkflowError)
     assert cond.field in str(caught.value)
@@ -216,7 +215,7 @@ def test_lookup_walks_dicts_and_lists() -> None:
     assert lookup(CONTEXT, "check.deep.z") == {"w": 1}
     assert lookup(CONTEXT, "group.0") == {"n": 1}
     assert lookup({"a": [[10, 20]]}, "a.0.1") == 20
-    with pytest.raises(MissingField, match=r"'a\.0\.2'"):
+    with pytest.raises(MissingFieldError, match=r"'a\.0\.2'"):
         lookup({"a": [[10, 20]]}, "a.0.2")
 
 
@@ -278,7 +277,7 @@ def test_resolve_leaves_dicts_that_are_not_exactly_a_reference() -> None:
 
 
 def test_resolve_raises_missing_field_for_an_absent_reference() -> None:
-    with pytest.raises(MissingField, match=r"'step\.nope'"):
+    with pytest.raises(MissingFieldError, match=r"'step\.nope'"):
         resolve({"x": [ref("step.nope")]}, {"step": {}})
 
 

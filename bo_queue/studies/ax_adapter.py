@@ -1,0 +1,31 @@
+"""The one place that touches Ax's private API: the Client's JSON snapshot (how a study's
+model is saved between steps), its seed and its experiment. tests/unit/test_adapters.py
+checks these names against the pinned Ax, so an upgrade that moves them fails there
+first, not in a running study.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ax import Client
+from ax.core.experiment import Experiment
+
+
+def snapshot(client: Client) -> dict[str, Any]:
+    """The Client's whole state (experiment, generation strategy) as JSON-ready data."""
+    state: dict[str, Any] = client._to_json_snapshot()  # noqa: SLF001
+    return state
+
+
+def restore(state: dict[str, Any], seed: int | None) -> Client:
+    """A Client from `snapshot`'s data; the seed is not in the snapshot, so it is set again."""
+    client = Client._from_json_snapshot(state)  # noqa: SLF001
+    client._random_seed = seed  # noqa: SLF001
+    return client
+
+
+def experiment(client: Client) -> Experiment:
+    """The Client's Experiment (its trials and their statuses)."""
+    found: Experiment = client._experiment  # noqa: SLF001
+    return found
