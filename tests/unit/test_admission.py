@@ -39,7 +39,7 @@ def test_renewing_a_lapsed_hold_takes_it_again(gate: Gate, fake: fakeredis.FakeR
     held = gate.admit("a", "h", 1, None, None)
     assert isinstance(held, Admission)
     fake.delete(*gate.keys.slots("h"))  # swept while Redis was away
-    gate._call_renew(held, time.time() + 3)
+    gate.renew(held, time.time() + 3)
     assert isinstance(gate.admit("b", "h", 1, None, None), float)  # the run still counts
 
 
