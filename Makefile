@@ -28,6 +28,7 @@ lint: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/ruff check bo_queue workers scheduler tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/mkdocs build --strict --site-dir site
 
 test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
@@ -55,6 +56,11 @@ benchmark-bo:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
 	$(BIN)/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
 		--markdown-out benchmarks/results/bo_quality.md
+
+# The manual (docs/, mkdocs.yml) as a site in site/; `.venv/bin/mkdocs serve` to read it live.
+.PHONY: docs
+docs: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

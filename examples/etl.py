@@ -1,4 +1,4 @@
-"""The README's dependency and workflow handlers: `bo-queue worker --import examples.etl`.
+"""The handlers of docs/workflows.md's tour: `bo-queue worker --import examples.etl`.
 
 Each takes its input from its payload or, when it ran with `depends_on`, from the results
 of the tasks it waited for."""

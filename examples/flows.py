@@ -1,5 +1,5 @@
-"""The README's dependencies and workflow tour, runnable: `python -m examples.flows` with a
-worker running `--import examples.etl` and BO_QUEUE_REDIS_URL pointing at its Redis."""
+"""The dependencies and workflow tour (docs/workflows.md), runnable: `python -m examples.flows`
+with a worker running `--import examples.etl` and BO_QUEUE_REDIS_URL pointing at its Redis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The README's "Where and how tasks run": capabilities, resources, cluster-wide limits,
+"""docs/placement.md, "Where and how tasks run": capabilities, resources, cluster-wide limits,
 versions and async handlers. A worker for these:
 `bo-queue worker --import examples.placement --capabilities gpu --offers cpu=4,gpu=1`."""
 

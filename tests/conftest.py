@@ -37,8 +37,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput") or not report.has_rows():
         return
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
-    readme = os.environ.get("RELIABILITY_README") == "1" and exitstatus == 0
-    report.write(machine, readme=readme)
+    # RELIABILITY_README=1 (make test-reliability): into docs/reliability.md
+    page = os.environ.get("RELIABILITY_README") == "1" and exitstatus == 0
+    report.write(machine, page=page)
 
 
 _STARTED = pytest.StashKey[float]()

@@ -1,4 +1,5 @@
-"""The README's tour (examples/) runs as written, against a real worker."""
+"""The tours of the README and the manual (examples/: the README's tour, docs/workflows.md,
+docs/placement.md) run as written, against a real worker."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The reliability suite's figures: each test, once its assertions have passed, records
 what it survived and measured; the session writes them as Markdown (results/<mode>.md)
-and `make test-reliability` puts that table in the README's reliability section.
+and `make test-reliability` puts that table in the manual's reliability page
+(docs/reliability.md, between its START and END markers).
 
 Only passing tests record, so every figure in the report was checked by an assertion.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent.parent / "README.md"
+PAGE = HERE.parent.parent / "docs" / "reliability.md"
 FULL = os.environ.get("RELIABILITY") == "full"
 MODE = "full" if FULL else "quick"
 RESULTS = HERE / "results"
@@ -70,14 +71,14 @@ def render(machine: str) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write(machine: str, readme: bool) -> Path:
+def write(machine: str, page: bool) -> Path:
     markdown = render(machine)
     out = RESULTS / f"{MODE}.md"
     out.write_text(markdown)
-    if readme:
-        text = README.read_text()
+    if page:
+        text = PAGE.read_text()
         pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
         if not pattern.search(text):
-            raise RuntimeError(f"README.md has no {START} ... {END} section")
-        README.write_text(pattern.sub(lambda _: f"{START}\n{markdown}{END}", text))
+            raise RuntimeError(f"{PAGE} has no {START} ... {END} section")
+        PAGE.write_text(pattern.sub(lambda _: f"{START}\n{markdown}{END}", text))
     return out

@@ -420,13 +420,13 @@ def test_a_pull_task_waits_for_its_dependencies(bq: BOQueue, agents: AgentManage
         third.get(timeout=1)
 
 
-# -- the README ---------------------------------------------------------------------
+# -- the manual's page (docs/agents.md) ---------------------------------------------
 
 
-def test_the_readme_snippet_runs(bq: BOQueue) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### External agents (pull mode)", 1)[1]
+def test_the_docs_snippet_runs(bq: BOQueue) -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "agents.md").read_text()
+    section = page.split("# External agents (pull mode)", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(code, "README.md", "exec"), {"bq": bq})  # the block as written
+    exec(compile(code, "docs/agents.md", "exec"), {"bq": bq})  # the block as written
     [agent] = bq.agents.agents()
     assert agent.id == "robot-1" and agent.tasks == ()
