@@ -34,7 +34,7 @@ test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 # Every reliability scenario at full size (20,000 tasks, 50 studies, the 10-minute soak),
-# then its figures into the README's reliability section; one file at a time, so that the
+# then its figures into docs/reliability.md; one file at a time, so that the
 # soak and the load test have the machine to themselves. `make test` runs the quick sizes.
 test-reliability: $(BIN)/.installed-$(EXTRAS)
 	RELIABILITY=full RELIABILITY_README=1 \
@@ -63,4 +63,4 @@ docs: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site

@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     # the cores; more threads oversubscribe them and OpenMP's spin-waits make a BoTorch
     # step 10-20x slower on a busy machine.
     torch_threads: int = Field(default=1, ge=1)
-    # static schedules for beat: a TOML file of [schedules.NAME] tables (see the README)
+    # static schedules for beat: a TOML file of [schedules.NAME] tables (see docs/schedules.md)
     schedule_file: str | None = None
     # beat's maintenance: finished studies older than this move to FileStorage(archive_dir)
     archive_dir: str | None = None
