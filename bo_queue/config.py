@@ -239,6 +239,11 @@ class Settings(BaseSettings):
         """What this worker offers: `offers`, else its cores and memory and no GPU."""
         return parse_offers(self.offers) if self.offers else detected_offers()
 
+    def queue_for(self, declared: str | None, chosen: str | None = None) -> str:
+        """The queue a task goes to: the one chosen (a submit's `queue`, the queue its
+        message came from), else the one its handler declared, else the default queue."""
+        return chosen or declared or self.default_queue
+
     @property
     def results_url(self) -> str:
         return self.result_url or self.redis_url

@@ -112,7 +112,7 @@ def _consume_placed_queues(sender: Any = None, instance: Any = None, **_: Any) -
             queues.select_add(name)
         consumed = queues.consume_from
     base = [q for q in consumed if q in bq.settings.queues]
-    versions = {name: (spec.queue or bq.settings.default_queue, spec.version)
+    versions = {name: (bq.settings.queue_for(spec.queue), spec.version)
                 for name, spec in served(bq).items() if spec.version}
     for name in placement.worker_queues(base, bq.settings.capabilities, versions):
         if name not in base:
@@ -129,7 +129,7 @@ def publish_handlers(bq: BOQueue, hostname: str) -> None:
             log.error("handler %s is also a pull task type: this worker will not run it", name)
             continue
         entry = spec.describe()
-        entry.update(queue=spec.queue or bq.settings.default_queue, worker=hostname, updated_at=now)
+        entry.update(queue=bq.settings.queue_for(spec.queue), worker=hostname, updated_at=now)
         directory[name] = json.dumps(entry)
     if directory:
         bq.redis.hset(bq.keys.handlers, mapping=directory)

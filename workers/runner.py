@@ -121,7 +121,7 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     lost_allowed = max(spec.retry.max_retries, bq.settings.max_lost_runs)
     verdict, attempt = bq.records.start(
         task_id, req.hostname or "?", spec.name,
-        info.get("routing_key") or spec.queue or bq.settings.default_queue,
+        bq.settings.queue_for(spec.queue, info.get("routing_key")),
         Priority.from_broker(info.get("priority")), lost_allowed=lost_allowed,
         version=spec.version, run=uuid.uuid4().hex,
     )
@@ -217,7 +217,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
     message = {
         "handler": spec.name, "payload": payload,
-        "queue": info.get("routing_key") or spec.queue or bq.settings.default_queue,
+        "queue": bq.settings.queue_for(spec.queue, info.get("routing_key")),
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
         "retries": req.retries if retries is None else retries, "parent_id": req.parent_id,
         "resources": getattr(req, "bo_resources", None),
@@ -254,7 +254,7 @@ def bind_handlers(app: Celery, bq: BOQueue) -> list[str]:
         declare: Any = app.task  # celery-types' overloads do not cover float time limits
         declare(
             name=name, base=HandlerTask, bind=True, bq=bq, spec=spec,
-            queue=spec.queue or bq.settings.default_queue,
+            queue=bq.settings.queue_for(spec.queue),
             max_retries=spec.retry.max_retries, **limits,
         )(execute)
         bound.append(name)

@@ -252,7 +252,7 @@ class Core:
         check_payload(request.payload, self.settings.max_payload_bytes)
         entry = self.handler_entry(request.handler)
         declared = entry.get("queue")
-        queue = request.queue or declared or self.settings.default_queue
+        queue = self.settings.queue_for(declared, request.queue)
         if queue not in self.settings.queues and queue != declared:
             raise ValidationError(
                 f"unknown queue {queue!r}; configured queues: {', '.join(self.settings.queues)}"

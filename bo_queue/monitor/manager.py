@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel
 
+from bo_queue.core.outbox import message_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.states import Priority, TaskState
@@ -148,7 +149,7 @@ class Monitor:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
             replies = pipe.execute()
-            oldest = [_task_id(raw) for raw in replies[1::2]]
+            oldest = [None if raw is None else message_task_id(raw) for raw in replies[1::2]]
             queued_at = self._queued_at([i for i in oldest if i])
         now = time.time()
         out = []
@@ -423,13 +424,6 @@ def _summarise(name: str, events: list[Event], window_s: float) -> HandlerMetric
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """Stream entries as redis-py returns them (decoded): [(id, fields), ...]."""
     return [(str(i), dict(fields)) for i, fields in reply or []]
-
-
-
-def _task_id(raw: str | None) -> str | None:
-    """The task id in a kombu message on a queue list."""
-    if raw is None:
-        return None
     try:
         return str(json.loads(raw)["headers"]["id"])
     except (ValueError, KeyError, TypeError):
