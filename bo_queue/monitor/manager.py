@@ -10,7 +10,6 @@ appends to (bo_queue.core.events).
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import math
 import statistics
@@ -424,10 +423,6 @@ def _summarise(name: str, events: list[Event], window_s: float) -> HandlerMetric
 def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """Stream entries as redis-py returns them (decoded): [(id, fields), ...]."""
     return [(str(i), dict(fields)) for i, fields in reply or []]
-    try:
-        return str(json.loads(raw)["headers"]["id"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class Subscription:
