@@ -58,7 +58,7 @@ class DelayedSubmissions:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.zset = keys.delayed
-        self.specs = f"{keys.delayed}:specs"
+        self.specs = keys.delayed_specs
         self._claim = client.register_script(_CLAIM)
         self._drop_sent = client.register_script(_DROP_SENT)
 

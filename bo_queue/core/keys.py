@@ -86,6 +86,11 @@ class Keys:
         return f"{self.namespace}:delayed"
 
     @property
+    def delayed_specs(self) -> str:
+        """Hash: held task id -> what to send once it is due (bo_queue.core.delays)."""
+        return f"{self.namespace}:delayed:specs"
+
+    @property
     def outbox(self) -> str:
         """Hash: task id -> the message sent for it, kept until a worker starts it
         (bo_queue.core.outbox re-sends those Redis lost)."""
@@ -137,6 +142,11 @@ class Keys:
     def pull_leases(self) -> str:
         """Sorted set: held pull task ids, scored by when their lease runs out."""
         return f"{self.namespace}:pull:leases"
+
+    @property
+    def pull_seq(self) -> str:
+        """Counter: submit order among pull tasks of one priority."""
+        return f"{self.namespace}:pull:seq"
 
     @property
     def agents(self) -> str:

@@ -115,7 +115,7 @@ class Outbox:
             for key in lists:
                 pipe.lrange(key, 0, -1)
             pipe.hvals(prefix + "unacked")
-            pipe.hkeys(f"{self.keys.delayed}:specs")
+            pipe.hkeys(self.keys.delayed_specs)
             replies = pipe.execute()
         kept, present = set(replies[0]), set(replies[-1])
         for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):
