@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from bo_queue import registry
 from bo_queue.client import MAX_HORIZON_S, TASK_ID, _known_id, check_json
 from bo_queue.core import scripts
+from bo_queue.core.dependencies import settled_reply
 from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
     AgentError,
@@ -566,14 +567,13 @@ class AgentManager:
             self.keys.namespace, self.clock(), self.bq.records.ttl_s, *args
         ]
         with self.bq._broker_errors():
-            raw = script(args=argv)
-            reply: dict[str, Any] = json.loads(raw[0])
+            settled = settled_reply(script(args=argv))
+            reply: dict[str, Any] = json.loads(settled.value)
             for task_id, reason in _list(reply.get("revoked")):
                 self.bq.app.backend.mark_as_revoked(task_id, reason)
-            dependents = [str(i) for i in _list(reply.get("dependents"))]
-            if reply.get("released") or dependents:
-                self.bq._on_settled(int(reply.get("released") or 0), dependents)
-        return reply, raw[1] if len(raw) > 1 else None
+            if settled.released or settled.cancelled:
+                self.bq._on_settled(settled.released, settled.cancelled)
+        return reply, settled.extra
 
     def _run(self, script: Any, *args: str | float) -> dict[str, Any]:
         return self._call(script, *args)[0]

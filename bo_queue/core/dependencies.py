@@ -15,9 +15,9 @@ whichever order dependencies end and dependents register in. The Lua is in lua/
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bo_queue.errors import DependencyError, UnknownTaskError
 
@@ -25,6 +25,22 @@ if TYPE_CHECKING:
     from bo_queue.core.records import RecordStore
 
 OnDependencyFailure = Literal["cancel", "run"]
+
+
+@dataclass(frozen=True)
+class SettledReply:
+    """The reply of a script that can end tasks (records' start, cancel and transition, the
+    pull scripts): its own value and a second one, then what settling dependents did."""
+
+    value: Any
+    extra: Any  # None if the script gave none
+    released: int  # dependents released to the held-submission schedule, to be sent
+    cancelled: list[str]  # dependents cancelled (their records say why)
+
+
+def settled_reply(reply: Sequence[Any]) -> SettledReply:
+    """Read {value, extra, released, cancelled id...}, as lua/settle.lua's `reply` makes it."""
+    return SettledReply(reply[0], reply[1], int(reply[2]), [str(i) for i in reply[3:]])
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:

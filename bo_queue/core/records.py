@@ -18,6 +18,7 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue.core import scripts
+from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.states import Priority, TaskState
 
@@ -161,8 +162,8 @@ class RecordStore:
             self.keys.namespace, worker, time.time(), self.ttl_s, task_id, handler, queue,
             int(priority), lost_allowed, version or "", run or "",
         ]
-        verdict, attempts = self._settled(self._start(keys=keys, args=args))
-        return str(verdict), int(attempts)
+        reply = self._settled(self._start(keys=keys, args=args))
+        return str(reply.value), int(reply.extra or 0)
 
     def transition(
         self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
@@ -174,22 +175,22 @@ class RecordStore:
         args: list[str | float] = [
             self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s, *flat
         ]
-        moved, _ = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
-        return bool(moved)
+        reply = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
+        return bool(reply.value)
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
-        prior, _ = self._settled(self._cancel(keys=keys, args=args))
+        prior = self._settled(self._cancel(keys=keys, args=args)).value
         return None if prior is None else TaskState(prior)
 
-    def _settled(self, reply: list[Any]) -> tuple[Any, Any]:
-        """Split a script's reply; hand what settling dependents did to `on_settled`."""
-        released, cancelled = int(reply[2]), [str(i) for i in reply[3:]]
-        if (released or cancelled) and self.on_settled is not None:
-            self.on_settled(released, cancelled)
-        return reply[0], reply[1]
+    def _settled(self, raw: list[Any]) -> SettledReply:
+        """Read a script's reply; hand what settling dependents did to `on_settled`."""
+        reply = settled_reply(raw)
+        if (reply.released or reply.cancelled) and self.on_settled is not None:
+            self.on_settled(reply.released, reply.cancelled)
+        return reply
 
     def dependents(self, task_ids: Sequence[str]) -> list[set[str]]:
         with self.redis.pipeline(transaction=False) as pipe:

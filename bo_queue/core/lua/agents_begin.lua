@@ -1,6 +1,6 @@
 -- include: pull.lua
 -- ARGV: ns, now, ttl, id, agent, grace.
--- -> {json {verdict: ok | not_held | finishing | cancelled, ...}, message?}
+-- -> reply(json {verdict: ok | not_held | finishing | cancelled, ...}, message?)
 -- complete/fail, before the result is stored: the agent holds the task, nobody else is
 -- finishing it, and it was not cancelled; marks it as being finished for `grace` s.
 local id, agent = ARGV[4], ARGV[5]
@@ -10,13 +10,13 @@ local meta, state, holder = held_by(id, agent)
 if not meta then return refusal(id, state, holder) end
 if meta.finishing and meta.finishing > now then
   out.verdict = 'finishing'
-  return {cjson.encode(out)}
+  return reply(cjson.encode(out))
 end
 local reason = cancel_reason(id)
 if reason then
   revoke(id, meta, 'CANCELLED', reason)
   out.verdict, out.error = 'cancelled', reason
-  return {cjson.encode(out)}
+  return reply(cjson.encode(out))
 end
 meta.finishing = now + tonumber(ARGV[6])
 redis.call('HSET', TASKS, id, cjson.encode(meta))
@@ -24,4 +24,4 @@ if meta.finishing > tonumber(redis.call('ZSCORE', LEASES, id) or 0) then
   redis.call('ZADD', LEASES, meta.finishing, id)
 end
 out.verdict = 'ok'
-return {cjson.encode(out), redis.call('HGET', MESSAGES, id)}
+return reply(cjson.encode(out), redis.call('HGET', MESSAGES, id))

@@ -1,6 +1,6 @@
 -- include: pull.lua
 -- ARGV: ns, now, ttl, agent, then (type, lease_s) pairs.
--- -> {json {claimed?, busy?, released, dependents, revoked}, message?}
+-- -> reply(json {claimed?, busy?, revoked}, message?)
 local agent = ARGV[4]
 touch(agent)
 maintain(__BATCH__)
@@ -13,10 +13,10 @@ while true do
       best, rank, kind, lease = top[1], tonumber(top[2]), ARGV[i], tonumber(ARGV[i + 1])
     end
   end
-  if not best then return {cjson.encode(out)} end
+  if not best then return reply(cjson.encode(out)) end
   if skipped >= __SKIP__ then
     out.busy = true
-    return {cjson.encode(out)}
+    return reply(cjson.encode(out))
   end
   redis.call('ZREM', K.pull_ready(ns, kind), best)
   local rkey = K.task(ns, best)
@@ -47,6 +47,6 @@ while true do
     out.claimed = {id = best, type = kind, attempt = attempts, lease_until = now + lease,
                    priority = info[1] or false, tags = info[2] or false,
                    parent_id = info[3] or false}
-    return {cjson.encode(out), message}
+    return reply(cjson.encode(out), message)
   end
 end

@@ -1,6 +1,6 @@
 -- include: pull.lua
 -- ARGV: ns, now, ttl, id, agent, final state, field/value pairs...
--- -> {json {verdict: ok | not_held, released, dependents}}
+-- -> reply(json {verdict: ok | not_held, ...})
 -- complete/fail, after the result is stored: end the task, settle its dependents.
 local id, agent = ARGV[4], ARGV[5]
 maintain(__BATCH__)
@@ -10,4 +10,4 @@ local fields = {}
 for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
 finish(id, meta, ARGV[6], fields)
 out.verdict = 'ok'
-return {cjson.encode(out)}
+return reply(cjson.encode(out))

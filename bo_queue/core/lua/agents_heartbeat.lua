@@ -1,5 +1,5 @@
 -- include: pull.lua
--- ARGV: ns, now, ttl, agent -> {json {held, cancelled, released, dependents, revoked}}
+-- ARGV: ns, now, ttl, agent -> reply(json {held, cancelled, revoked})
 local agent = ARGV[4]
 touch(agent)
 maintain(__BATCH__)
@@ -20,4 +20,4 @@ for _, id in ipairs(redis.call('SMEMBERS', agent_tasks(agent))) do
     table.insert(out.held, id)
   end
 end
-return {cjson.encode(out)}
+return reply(cjson.encode(out))

@@ -1,4 +1,4 @@
 -- include: pull.lua
--- ARGV: ns, now, ttl -> {json {moved, ...}}
+-- ARGV: ns, now, ttl -> reply(json {moved, ...})
 out.moved = maintain(__BATCH__)
-return {cjson.encode(out)}
+return reply(cjson.encode(out))

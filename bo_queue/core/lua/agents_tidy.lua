@@ -1,5 +1,5 @@
 -- include: pull.lua
--- ARGV: ns, now, ttl, type, ids... -> {json {dropped}}: drops ids that ended while they
+-- ARGV: ns, now, ttl, type, ids... -> reply(json {dropped}): drops ids that ended while they
 -- waited (cancelled) from a type's queue.
 out.dropped = 0
 for i = 5, #ARGV do
@@ -13,4 +13,4 @@ for i = 5, #ARGV do
     end
   end
 end
-return {cjson.encode(out)}
+return reply(cjson.encode(out))

@@ -1,6 +1,6 @@
 -- include: pull.lua
--- ARGV: ns, now, ttl, agent -> {json {released ids...}}: gives back what it holds (not
--- a task being finished), forgets the agent.
+-- ARGV: ns, now, ttl, agent -> reply(json {given_back: ids...}): gives back what it
+-- holds (not a task being finished), forgets the agent.
 local agent = ARGV[4]
 maintain(__BATCH__)
 out.given_back = {}
@@ -13,4 +13,4 @@ for _, id in ipairs(redis.call('SMEMBERS', agent_tasks(agent))) do
 end
 redis.call('DEL', agent_tasks(agent), K.agent(ns, agent))
 redis.call('ZREM', K.agents(ns), agent)
-return {cjson.encode(out)}
+return reply(cjson.encode(out))

@@ -1,10 +1,11 @@
 -- include: settle.lua
 -- Shared by the pull scripts (bo_queue.agents), after set_state and settle.
--- ARGV[1..3] of every script: namespace, now, record retention (s).
+-- ARGV[1..3] of every script: namespace, now, record retention (s). Each replies
+-- reply(json of `out`, a message or nil) (settle.lua).
 local ns, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local TASKS, MESSAGES = K.pull_tasks(ns), K.pull_messages(ns)
 local LEASES, LATER = K.pull_leases(ns), K.pull_later(ns)
-local out = {released = 0, dependents = {}, revoked = {}}
+local out = {revoked = {}}
 
 local function meta_of(id)
   local raw = redis.call('HGET', TASKS, id)
@@ -35,9 +36,7 @@ local function finish(id, meta, state, fields)
   forget(id, meta)
   set_state(ns, id, state, now, fields)
   redis.call('EXPIRE', K.task(ns, id), ttl)
-  local settled = settle(ns, id, state, now, ttl)
-  out.released = out.released + settled[1]
-  for i = 2, #settled do table.insert(out.dependents, settled[i]) end
+  settle(ns, id, state, now, ttl)
 end
 -- End a task that has no result (the caller stores one: mark_as_revoked).
 local function revoke(id, meta, state, reason)
@@ -98,5 +97,5 @@ end
 local function refusal(id, state, holder)
   out.verdict, out.state, out.holder = 'not_held', state or false, holder or false
   if state then out.error = redis.call('HGET', K.task(ns, id), 'error') or false end
-  return {cjson.encode(out)}
+  return reply(cjson.encode(out))
 end

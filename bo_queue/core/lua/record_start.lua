@@ -1,7 +1,7 @@
--- include: record_reply.lua
+-- include: settle.lua
 -- KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
 -- lost runs allowed, handler version ('' for none), a token for this run ('' for none).
--- -> "cancelled" | "done" | "run", attempts | "lost", lost runs
+-- -> reply("cancelled" | "done" | "run", attempts | "lost", lost runs) (settle.lua)
 -- A record still RUNNING when a worker starts the task again means the run before was
 -- lost with its worker (or its Redis connection): counted, so that a poison task that
 -- kills every worker process running it fails after its retry budget instead of looping.
@@ -18,7 +18,8 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   if not is_terminal(state) then
     set_state(ns, ARGV[5], 'CANCELLED', now, {'finished_at', ARGV[3]})
     redis.call('EXPIRE', KEYS[1], ttl)
-    return reply('cancelled', 0, settle(ns, ARGV[5], 'CANCELLED', now, ttl))
+    settle(ns, ARGV[5], 'CANCELLED', now, ttl)
+    return reply('cancelled')
   end
   return reply('cancelled')
 end
