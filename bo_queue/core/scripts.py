@@ -38,7 +38,7 @@ from redis.commands.core import Script
 from bo_queue.core.keys import Keys
 from bo_queue.states import TERMINAL_STATES
 
-__all__ = ["files", "includes", "key_templates", "register", "source", "text"]
+__all__ = ["files", "includes", "key_table", "key_templates", "register", "source", "text"]
 
 _INCLUDE = re.compile(r"^-- include:(.*)$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
@@ -71,7 +71,7 @@ def source(name: str) -> str:
     unknown = [key for key in used if key not in _key_names()]
     if unknown:
         raise ValueError(f"{name}: Keys has no key name {', '.join(unknown)}")
-    generated = {"KEY_NAMES": _lua_keys(used), "TERMINAL_STATES": _lua_terminal()}
+    generated = {"KEY_NAMES": key_table(used), "TERMINAL_STATES": _lua_terminal()}
     return _PLACEHOLDER.sub(lambda m: generated.get(m.group(1), m.group(0)), body)
 
 
@@ -154,11 +154,11 @@ def _key_names() -> dict[str, tuple[list[str], list[list[str]]]]:
     return out
 
 
-def _lua_keys(used: list[str]) -> str:
-    """The table K, with the key names a script uses (building the whole table would cost
-    every call of every script a few microseconds of Redis's time)."""
+def key_table(names: list[str]) -> str:
+    """The Lua table K with these key names of `Keys`. A script's K holds only the names it
+    uses: building the whole table would cost every call a few microseconds of Redis."""
     lines = []
-    for name in used:
+    for name in names:
         params, shapes = _key_names()[name]
         made = ", ".join(
             " .. ".join(p if i % 2 else _lua_string(p) for i, p in enumerate(parts) if p)
