@@ -43,6 +43,7 @@ __all__ = ["files", "includes", "key_table", "key_templates", "register", "sourc
 _INCLUDE = re.compile(r"^-- include:(.*)$", re.MULTILINE)
 _PLACEHOLDER = re.compile(r"__([A-Z][A-Z0-9_]*)__")
 _KEY_USE = re.compile(r"\bK\.([A-Za-z_]\w*)")
+_COMMENT = re.compile(r"--[^\n]*")
 _MARK = "\x00"  # around the parameters of a key name while its template is read
 _LUA_WORDS = frozenset({
     "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
@@ -67,7 +68,7 @@ def source(name: str) -> str:
     order: list[str] = []
     _collect(name, order, ())
     body = "".join(_read(n) for n in order)
-    used = sorted(set(_KEY_USE.findall(body)))
+    used = sorted(set(_KEY_USE.findall(_COMMENT.sub("", body))))
     unknown = [key for key in used if key not in _key_names()]
     if unknown:
         raise ValueError(f"{name}: Keys has no key name {', '.join(unknown)}")
