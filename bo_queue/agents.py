@@ -2,8 +2,8 @@
 
 A task type declared with `declare_type` is a *pull type*: its tasks are submitted as
 usual (`bq.submit`, `submit_many`, `depends_on`, countdowns, tags, `get()`), but
-`Core.send` hands them here (through BOQueue.offer_pull) instead of to Celery. They wait
-in Redis, per type, best first (the broker priority, then submit order), until an agent claims one:
+`Core.send` hands them here instead of to Celery. They wait in Redis, per type, best
+first (the broker priority, then submit order), until an agent claims one:
 
     bq.agents.declare_type("lab.synthesize", requires=["pipette"], lease_s=3600)
     bq.agents.register("robot-1", kind="robot", capabilities=["pipette"])
@@ -41,8 +41,8 @@ from celery.app.task import Context
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue import registry
-from bo_queue.core import events
-from bo_queue.core.dependencies import SETTLE
+from bo_queue.core import scripts
+from bo_queue.core.dependencies import settled_reply
 from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
     AgentError,
@@ -131,319 +131,6 @@ class AgentInfo(BaseModel):
     tasks: tuple[str, ...] = ()  # the pull tasks it holds
 
 
-# Shared Lua, after bo_queue.core.events (set_state) and bo_queue.core.dependencies (settle).
-# ARGV[1..3] of every script: namespace, now, record retention (s).
-_PULL = """
-local ns, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local P = ns .. ':pull:'
-local TASKS, MESSAGES, LEASES, LATER = P .. 'tasks', P .. 'messages', P .. 'leases', P .. 'later'
-local out = {released = 0, dependents = {}, revoked = {}}
-
-local function meta_of(id)
-  local raw = redis.call('HGET', TASKS, id)
-  if raw then return cjson.decode(raw) end
-  return nil
-end
-local function state_of(id) return redis.call('HGET', task_key(ns, id), 'state') end
-local function cancel_reason(id) return redis.call('GET', ns .. ':cancelled:' .. id) end
-local function agent_tasks(agent) return ns .. ':agent:' .. agent .. ':tasks' end
-local function touch(agent) redis.call('ZADD', ns .. ':agents', now, agent) end
-
--- The task leaves pull mode: no entry, message, lease or holder left.
-local function forget(id, meta)
-  redis.call('HDEL', TASKS, id)
-  redis.call('HDEL', MESSAGES, id)
-  redis.call('ZREM', LEASES, id)
-  redis.call('ZREM', LATER, id)
-  if meta and meta.agent then redis.call('SREM', agent_tasks(meta.agent), id) end
-end
--- A task found ended (cancelled while it waited) or gone: drop it; its record counts
--- its retention again (it waited without one).
-local function drop(id, meta, state)
-  forget(id, meta)
-  if state then redis.call('EXPIRE', task_key(ns, id), ttl) end
-end
--- End a task: its state, its retention, its dependents (as a worker's transition does).
-local function finish(id, meta, state, fields)
-  forget(id, meta)
-  set_state(ns, id, state, now, fields)
-  redis.call('EXPIRE', task_key(ns, id), ttl)
-  local settled = settle(ns, id, state, now, ttl)
-  out.released = out.released + settled[1]
-  for i = 2, #settled do table.insert(out.dependents, settled[i]) end
-end
--- End a task that has no result (the caller stores one: mark_as_revoked).
-local function revoke(id, meta, state, reason)
-  local fields = {'finished_at', ARGV[2]}
-  if state == 'CANCELLED' then fields = {'finished_at', ARGV[2], 'error', reason} end
-  finish(id, meta, state, fields)
-  table.insert(out.revoked, {id, reason})
-end
--- Put a task (back) where agents claim it, in its old place.
-local function make_ready(id, meta)
-  meta.agent, meta.lease_s, meta.finishing = nil, nil, nil
-  redis.call('HSET', TASKS, id, cjson.encode(meta))
-  redis.call('ZADD', P .. 'ready:' .. meta.type, meta.rank, id)
-  if state_of(id) == 'PENDING' then set_state(ns, id, 'QUEUED', now) end
-  redis.call('PERSIST', task_key(ns, id))  -- it waits for an agent as long as it takes
-end
--- Take a held task from its agent: back to the queue, or CANCELLED if it was cancelled.
-local function unhold(id, meta, fields)
-  local reason = cancel_reason(id)
-  if reason then
-    revoke(id, meta, 'CANCELLED', reason)
-    return 'CANCELLED'
-  end
-  redis.call('ZREM', LEASES, id)
-  redis.call('SREM', agent_tasks(meta.agent), id)
-  set_state(ns, id, 'QUEUED', now, fields)
-  make_ready(id, meta)
-  return 'QUEUED'
-end
--- Release leases that ran out, and move tasks that became due to their type's queue.
-local function maintain(limit)
-  local n = 0
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', LEASES, '-inf', ARGV[2], 'LIMIT', 0, limit)) do
-    n = n + 1
-    local meta, state = meta_of(id), state_of(id)
-    if not meta or not meta.agent or state ~= 'RUNNING' then
-      forget(id, meta)  -- ended some other way
-    else
-      redis.call('HINCRBY', task_key(ns, id), 'lost', 1)
-      unhold(id, meta, {'error', 'the lease of agent ' .. meta.agent .. ' ran out'})
-    end
-  end
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', LATER, '-inf', ARGV[2], 'LIMIT', 0, limit)) do
-    n = n + 1
-    redis.call('ZREM', LATER, id)
-    local meta, state = meta_of(id), state_of(id)
-    if meta and state and not is_terminal(state) then make_ready(id, meta)
-    else drop(id, meta, state) end
-  end
-  return n
-end
--- Whether `agent` holds `id`: (meta, state) if so, else (nil, state, holder).
-local function held_by(id, agent)
-  local meta, state = meta_of(id), state_of(id)
-  if meta and meta.agent == agent and state == 'RUNNING' then return meta, state end
-  return nil, state, meta and meta.agent
-end
-local function refusal(id, state, holder)
-  out.verdict, out.state, out.holder = 'not_held', state or false, holder or false
-  if state then out.error = redis.call('HGET', task_key(ns, id), 'error') or false end
-  return {cjson.encode(out)}
-end
-"""
-
-# ARGV: ns, now, ttl, id, type, broker priority, due_at (0: now), message -> 1 | 0
-# Offers a task to the agents (Core.send); a task ended or offered already is not.
-_OFFER = _PULL + """
-local id = ARGV[4]
-local state = state_of(id)
-if not state or is_terminal(state) or redis.call('HEXISTS', TASKS, id) == 1 then return 0 end
-local seq = redis.call('INCR', P .. 'seq') % 1e13
--- rank < 1e14: exact through cjson, which keeps 14 digits
-local meta = {type = ARGV[5], rank = tonumber(ARGV[6]) * 1e13 + seq}
-redis.call('HSET', MESSAGES, id, ARGV[8])
-if tonumber(ARGV[7]) > now then
-  redis.call('HSET', TASKS, id, cjson.encode(meta))
-  redis.call('ZADD', LATER, ARGV[7], id)
-  redis.call('PERSIST', task_key(ns, id))
-else
-  make_ready(id, meta)
-end
-return 1
-"""
-
-# ARGV: ns, now, ttl, agent, then (type, lease_s) pairs.
-# -> {json {claimed?, busy?, released, dependents, revoked}, message?}
-_CLAIM = _PULL + """
-local agent = ARGV[4]
-touch(agent)
-maintain(__BATCH__)
-local skipped = 0
-while true do
-  local best, rank, kind, lease = nil, nil, nil, nil
-  for i = 5, #ARGV - 1, 2 do
-    local top = redis.call('ZRANGE', P .. 'ready:' .. ARGV[i], 0, 0, 'WITHSCORES')
-    if top[1] and (not best or tonumber(top[2]) < rank) then
-      best, rank, kind, lease = top[1], tonumber(top[2]), ARGV[i], tonumber(ARGV[i + 1])
-    end
-  end
-  if not best then return {cjson.encode(out)} end
-  if skipped >= __SKIP__ then
-    out.busy = true
-    return {cjson.encode(out)}
-  end
-  redis.call('ZREM', P .. 'ready:' .. kind, best)
-  local rkey = task_key(ns, best)
-  local meta, state = meta_of(best), state_of(best)
-  local message = redis.call('HGET', MESSAGES, best)
-  local expires = tonumber(redis.call('HGET', rkey, 'expires_at') or 'x')
-  if meta and meta.agent then
-    skipped = skipped + 1  -- held already (cannot happen): leave it to its holder
-  elseif not meta or not message or not state or is_terminal(state) then
-    drop(best, meta, state)
-    skipped = skipped + 1
-  elseif cancel_reason(best) then
-    revoke(best, meta, 'CANCELLED', cancel_reason(best))
-    skipped = skipped + 1
-  elseif expires and expires <= now then
-    revoke(best, meta, 'EXPIRED', 'expired')
-    skipped = skipped + 1
-  else
-    local attempts = redis.call('HINCRBY', rkey, 'attempts', 1)
-    redis.call('HDEL', rkey, 'next_attempt_at')
-    set_state(ns, best, 'RUNNING', now, {'started_at', ARGV[2], 'worker', agent})
-    meta.agent, meta.lease_s = agent, lease
-    redis.call('HSET', TASKS, best, cjson.encode(meta))
-    redis.call('ZADD', LEASES, now + lease, best)
-    redis.call('SADD', agent_tasks(agent), best)
-    redis.call('EXPIRE', rkey, ttl + math.ceil(lease))
-    local info = redis.call('HMGET', rkey, 'priority', 'tags', 'parent_id')
-    out.claimed = {id = best, type = kind, attempt = attempts, lease_until = now + lease,
-                   priority = info[1] or false, tags = info[2] or false,
-                   parent_id = info[3] or false}
-    return {cjson.encode(out), message}
-  end
-end
-"""
-
-# ARGV: ns, now, ttl, agent -> {json {held, cancelled, released, dependents, revoked}}
-_HEARTBEAT = _PULL + """
-local agent = ARGV[4]
-touch(agent)
-maintain(__BATCH__)
-out.held, out.cancelled = {}, {}
-for _, id in ipairs(redis.call('SMEMBERS', agent_tasks(agent))) do
-  local meta = held_by(id, agent)
-  if not meta then
-    redis.call('SREM', agent_tasks(agent), id)
-  elseif cancel_reason(id) then
-    revoke(id, meta, 'CANCELLED', cancel_reason(id))
-    table.insert(out.cancelled, id)
-  else
-    local until_ = now + meta.lease_s
-    if until_ > tonumber(redis.call('ZSCORE', LEASES, id) or 0) then
-      redis.call('ZADD', LEASES, until_, id)
-    end
-    extend(task_key(ns, id), ttl + math.ceil(meta.lease_s))
-    table.insert(out.held, id)
-  end
-end
-return {cjson.encode(out)}
-"""
-
-# ARGV: ns, now, ttl, id, agent, grace.
-# -> {json {verdict: ok | not_held | finishing | cancelled, ...}, message?}
-# complete/fail, before the result is stored: the agent holds the task, nobody else is
-# finishing it, and it was not cancelled; marks it as being finished for `grace` s.
-_BEGIN = _PULL + """
-local id, agent = ARGV[4], ARGV[5]
-touch(agent)
-maintain(__BATCH__)
-local meta, state, holder = held_by(id, agent)
-if not meta then return refusal(id, state, holder) end
-if meta.finishing and meta.finishing > now then
-  out.verdict = 'finishing'
-  return {cjson.encode(out)}
-end
-local reason = cancel_reason(id)
-if reason then
-  revoke(id, meta, 'CANCELLED', reason)
-  out.verdict, out.error = 'cancelled', reason
-  return {cjson.encode(out)}
-end
-meta.finishing = now + tonumber(ARGV[6])
-redis.call('HSET', TASKS, id, cjson.encode(meta))
-if meta.finishing > tonumber(redis.call('ZSCORE', LEASES, id) or 0) then
-  redis.call('ZADD', LEASES, meta.finishing, id)
-end
-out.verdict = 'ok'
-return {cjson.encode(out), redis.call('HGET', MESSAGES, id)}
-"""
-
-# ARGV: ns, now, ttl, id, agent, final state, field/value pairs...
-# -> {json {verdict: ok | not_held, released, dependents}}
-# complete/fail, after the result is stored: end the task, settle its dependents.
-_FINISH = _PULL + """
-local id, agent = ARGV[4], ARGV[5]
-maintain(__BATCH__)
-local meta, state, holder = held_by(id, agent)
-if not meta then return refusal(id, state, holder) end
-local fields = {}
-for i = 7, #ARGV do table.insert(fields, ARGV[i]) end
-finish(id, meta, ARGV[6], fields)
-out.verdict = 'ok'
-return {cjson.encode(out)}
-"""
-
-# ARGV: ns, now, ttl, id, agent -> {json {verdict: ok | not_held | finishing, state}}
-_RELEASE = _PULL + """
-local id, agent = ARGV[4], ARGV[5]
-touch(agent)
-maintain(__BATCH__)
-local meta, state, holder = held_by(id, agent)
-if not meta then return refusal(id, state, holder) end
-if meta.finishing and meta.finishing > now then
-  out.verdict = 'finishing'
-  return {cjson.encode(out)}
-end
-out.verdict, out.state = 'ok', unhold(id, meta, nil)
-return {cjson.encode(out)}
-"""
-
-# ARGV: ns, now, ttl, agent -> {json {released ids...}}: gives back what it holds (not
-# a task being finished), forgets the agent.
-_UNREGISTER = _PULL + """
-local agent = ARGV[4]
-maintain(__BATCH__)
-out.given_back = {}
-for _, id in ipairs(redis.call('SMEMBERS', agent_tasks(agent))) do
-  local meta = held_by(id, agent)
-  if meta and not (meta.finishing and meta.finishing > now) then
-    unhold(id, meta, nil)
-    table.insert(out.given_back, id)
-  end
-end
-redis.call('DEL', agent_tasks(agent), ns .. ':agent:' .. agent)
-redis.call('ZREM', ns .. ':agents', agent)
-return {cjson.encode(out)}
-"""
-
-# ARGV: ns, now, ttl -> {json {moved, ...}}
-_SWEEP = _PULL + """
-out.moved = maintain(__BATCH__)
-return {cjson.encode(out)}
-"""
-
-# ARGV: ns, now, ttl, type, ids... -> {json {dropped}}: drops ids that ended while they
-# waited (cancelled) from a type's queue.
-_TIDY = _PULL + """
-out.dropped = 0
-for i = 5, #ARGV do
-  local id = ARGV[i]
-  local state = state_of(id)
-  if not state or is_terminal(state) then
-    local meta = meta_of(id)
-    if not (meta and meta.agent) and redis.call('ZREM', P .. 'ready:' .. ARGV[4], id) == 1 then
-      drop(id, meta, state)
-      out.dropped = out.dropped + 1
-    end
-  end
-end
-return {cjson.encode(out)}
-"""
-
-# KEYS: handlers hash. ARGV: name, entry JSON -> 'ok' | the entry of a handler workers serve
-_DECLARE = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old and not cjson.decode(old)['pull'] then return old end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 'ok'
-"""
-
-
 def _list(value: Any) -> list[Any]:
     """A list from Lua's cjson, which encodes an empty table as {}."""
     return value if isinstance(value, list) else []
@@ -507,22 +194,20 @@ class AgentManager:
         self.default_lease_s = _lease(default_lease_s or bq.settings.agent_lease_s)
         client = bq.redis
 
-        def script(text: str) -> Any:
-            body = (SETTLE + text).replace("__BATCH__", str(SWEEP_BATCH))
-            return client.register_script(
-                events.lua(bq.settings.events_max_len, body.replace("__SKIP__", str(SKIP_LIMIT)))
-            )
+        def script(name: str) -> Any:  # a pull script (lua/pull.lua)
+            return scripts.register(client, name, MAX_EVENTS=bq.settings.events_max_len,
+                                    BATCH=SWEEP_BATCH, SKIP=SKIP_LIMIT)
 
-        self._offer = script(_OFFER)
-        self._claim = script(_CLAIM)
-        self._heartbeat = script(_HEARTBEAT)
-        self._begin = script(_BEGIN)
-        self._finish = script(_FINISH)
-        self._release = script(_RELEASE)
-        self._unregister = script(_UNREGISTER)
-        self._sweep = script(_SWEEP)
-        self._tidy = script(_TIDY)
-        self._declare = client.register_script(_DECLARE)
+        self._offer = script("agents_offer.lua")
+        self._claim = script("agents_claim.lua")
+        self._heartbeat = script("agents_heartbeat.lua")
+        self._begin = script("agents_begin.lua")
+        self._finish = script("agents_finish.lua")
+        self._release = script("agents_release.lua")
+        self._unregister = script("agents_unregister.lua")
+        self._sweep = script("agents_sweep.lua")
+        self._tidy = script("agents_tidy.lua")
+        self._declare = scripts.register(client, "agents_declare.lua")
         self._types: dict[str, PullType] = {}
         self._types_read_at = -math.inf
         self._held_sends_at = -math.inf
@@ -869,14 +554,13 @@ class AgentManager:
             self.keys.namespace, self.clock(), self.bq.records.ttl_s, *args
         ]
         with self.bq.broker_errors():
-            raw = script(args=argv)
-            reply: dict[str, Any] = json.loads(raw[0])
+            settled = settled_reply(script(args=argv))
+            reply: dict[str, Any] = json.loads(settled.value)
             for task_id, reason in _list(reply.get("revoked")):
                 self.bq.app.backend.mark_as_revoked(task_id, reason)
-            dependents = [str(i) for i in _list(reply.get("dependents"))]
-            if reply.get("released") or dependents:
-                self.bq.settle(int(reply.get("released") or 0), dependents)
-        return reply, raw[1] if len(raw) > 1 else None
+            if settled.released or settled.cancelled:
+                self.bq.settle(settled.released, settled.cancelled)
+        return reply, settled.extra
 
     def _run(self, script: Any, *args: str | float) -> dict[str, Any]:
         return self._call(script, *args)[0]

@@ -24,78 +24,11 @@ from typing import Any
 
 import redis
 
+from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
 from bo_queue.registry import Resources, parse_rate
 
 log = logging.getLogger(__name__)
-
-# KEYS: holders (zset holder -> lease expiry), needs (hash holder -> "n1,n2,...").
-# ARGV: now, expiry, holder, n, capacity 1..n, need 1..n. -> 1 admitted | 0 full
-_RESERVE = """
-local now, n = tonumber(ARGV[1]), tonumber(ARGV[4])
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  redis.call('ZREM', KEYS[1], gone)
-  redis.call('HDEL', KEYS[2], gone)
-end
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-  return 1
-end
-local used = {}
-for i = 1, n do used[i] = 0 end
-for _, held in ipairs(redis.call('HVALS', KEYS[2])) do
-  local i = 1
-  for amount in string.gmatch(held, '[^,]+') do
-    used[i] = used[i] + tonumber(amount)
-    i = i + 1
-  end
-end
-local needs = {}
-for i = 1, n do
-  needs[i] = ARGV[4 + n + i]
-  if used[i] + tonumber(needs[i]) > tonumber(ARGV[4 + i]) + 1e-9 then return 0 end
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[3], table.concat(needs, ','))
-return 1
-"""
-
-# KEYS: starts (zset member -> time). ARGV: period, count, task id.
-# -> 0 admitted | seconds until a start frees up. The time is Redis's own: with each
-# worker's clock, a worker delayed between reading it and running this script could
-# admit a start into a window that others had already filled.
-_RATE = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local period, count = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
-if redis.call('ZCARD', KEYS[1]) < count then
-  redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. now)
-  redis.call('EXPIRE', KEYS[1], math.ceil(period) + 1)
-  return '0'
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return tostring(tonumber(oldest[2]) + period - now)
-"""
-
-# KEYS: pairs of (holders, needs). ARGV: holder, expiry (0: release), then per pair what
-# it holds ("n1,n2,..."). Renewing puts back a hold whose lease lapsed (Redis was away
-# longer than the lease and another worker swept it): the run goes on, so it counts.
-# -> how many holds had lapsed
-_RENEW = """
-local lapsed = 0
-for i = 1, #KEYS, 2 do
-  if tonumber(ARGV[2]) == 0 then
-    redis.call('ZREM', KEYS[i], ARGV[1])
-    redis.call('HDEL', KEYS[i + 1], ARGV[1])
-  else
-    if redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1]) == 1 then lapsed = lapsed + 1 end
-    redis.call('HSET', KEYS[i + 1], ARGV[1], ARGV[2 + (i + 1) / 2])
-  end
-end
-return lapsed
-"""
-
 
 @dataclass
 class Admission:
@@ -113,9 +46,9 @@ class Gate:
                  lease_s: float) -> None:
         self.client, self.keys, self.worker = client, keys, worker
         self.offers, self.lease_s = offers, lease_s
-        self._reserve = client.register_script(_RESERVE)
-        self._rate = client.register_script(_RATE)
-        self._renew = client.register_script(_RENEW)
+        self._reserve = scripts.register(client, "admission_reserve.lua")
+        self._rate = scripts.register(client, "admission_rate.lua")
+        self._renew = scripts.register(client, "admission_renew.lua")
         self.keeper = LeaseKeeper(self)
 
     def admit(self, task_id: str, handler: str, max_concurrency: int | None,

@@ -18,38 +18,10 @@ from typing import Any
 
 import redis
 
+from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
 
 log = logging.getLogger(__name__)
-
-# KEYS: delayed zset, specs hash. ARGV: now, limit, lease_s. Re-scores what it claims.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-local out = {}
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[3], id)
-  local spec = redis.call('HGET', KEYS[2], id)
-  if spec then
-    table.insert(out, id)
-    table.insert(out, spec)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
-
-
-# KEYS: delayed zset, specs hash. ARGV: id, the spec that was sent. Drops the entry only
-# if it still holds that spec: the task may have been held again meanwhile (a worker
-# that took it could not admit it yet), and that newer hold must stay.
-_DROP_SENT = """
-if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
-end
-return 1
-"""
 
 RELEASE_BATCH = 100  # held submissions one claim takes
 
@@ -58,9 +30,9 @@ class DelayedSubmissions:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.zset = keys.delayed
-        self.specs = f"{keys.delayed}:specs"
-        self._claim = client.register_script(_CLAIM)
-        self._drop_sent = client.register_script(_DROP_SENT)
+        self.specs = keys.delayed_specs
+        self._claim = scripts.register(client, "delays_claim.lua")
+        self._drop_sent = scripts.register(client, "delays_drop_sent.lua")
 
     def hold(self, pipe: Any, task_id: str, due_at: float, spec: dict[str, Any]) -> None:
         pipe.hset(self.specs, task_id, json.dumps(spec))

@@ -3,20 +3,21 @@
 A task with dependencies is written PENDING and parked: its message waits in Redis, never
 on a worker. Each dependency keeps the set of its dependents; each dependent the set of
 dependencies it still waits on. The script that ends a task (records.py: every terminal
-transition and every cancel runs `SETTLE` in the same script) walks its dependents: a
+transition and every cancel runs `settle` in the same script) walks its dependents: a
 SUCCEEDED dependency is crossed off, and a dependent with nothing left to wait on moves
 to the held-submission schedule (bo_queue.core.delays), due now, from where a worker sends it
 under a lease. A FAILED, CANCELLED or EXPIRED dependency cancels its dependents with the
 reason, transitively, unless a dependent asked to run anyway. Crossing off and releasing
 happen in one script, so a dependent is released exactly once and none is forgotten,
-whichever order dependencies end and dependents register in.
+whichever order dependencies end and dependents register in. The Lua is in lua/
+(dependencies.lua, settle.lua, dependencies_wait.lua).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bo_queue.errors import DependencyError, UnknownTaskError
 
@@ -25,115 +26,21 @@ if TYPE_CHECKING:
 
 OnDependencyFailure = Literal["cancel", "run"]
 
-# Shared Lua: key names are built from the namespace (ARGV), so these scripts need a
-# single Redis server, as the rest of bo_queue does. They run after bo_queue.core.events'
-# helpers (set_state), which RecordStore prepends.
-_KEYS = """
-local function task_key(ns, id) return ns .. ':task:' .. id end
-local function extend(key, ttl)
-  local left = redis.call('TTL', key)
-  if left == -1 or left < ttl then redis.call('EXPIRE', key, ttl) end
-end
--- A parked dependent never expires (its dependencies may be due days later); once it
--- leaves the park, its record counts its retention again.
-local function unpark(ns, id, ttl)
-  redis.call('HDEL', ns .. ':deps:parked', id)
-  redis.call('EXPIRE', task_key(ns, id), ttl)
-  redis.call('EXPIRE', task_key(ns, id) .. ':waiting', ttl)
-end
--- Schedule a parked dependent to be sent (due at its own due time, or now).
-local function release(ns, id, now, ttl)
-  local spec = redis.call('HGET', ns .. ':deps:parked', id)
-  if not spec then return 0 end
-  local due = tonumber(redis.call('HGET', task_key(ns, id), 'due_at') or now)
-  if due <= now then
-    due = now
-    set_state(ns, id, 'QUEUED', now)
-  end
-  unpark(ns, id, ttl + math.ceil(due - now))  -- retention counts from when it is due
-  redis.call('HSET', ns .. ':delayed:specs', id, spec)
-  redis.call('ZADD', ns .. ':delayed', due, id)
-  return 1
-end
-local function cancel_waiting(ns, id, now, ttl, reason)
-  set_state(ns, id, 'CANCELLED', now, {'finished_at', now, 'error', reason})
-  redis.call('SET', ns .. ':cancelled:' .. id, reason, 'EX', ttl)
-  unpark(ns, id, ttl)
-end
-"""
 
-# settle(ns, id, state, now, ttl) -> {released count, cancelled id...}: `id` has just
-# ended in `state`; walk its dependents (and, for cancellations, theirs).
-SETTLE = _KEYS + """
-local function settle(ns, root, root_state, now, ttl)
-  local ids, states, released, out = {root}, {root_state}, 0, {}
-  local i = 1
-  while i <= #ids do
-    local id, state = ids[i], states[i]
-    i = i + 1
-    local dependents = redis.call('SMEMBERS', task_key(ns, id) .. ':dependents')
-    if #dependents > 0 then extend(task_key(ns, id) .. ':dependents', ttl) end  -- as its record
-    for _, dep in ipairs(dependents) do
-      local rkey = task_key(ns, dep)
-      if redis.call('HGET', rkey, 'state') == 'PENDING' then
-        local waiting = rkey .. ':waiting'
-        if state == 'SUCCEEDED' or redis.call('HGET', rkey, 'on_dependency_failure') == 'run' then
-          redis.call('SREM', waiting, id)
-          if redis.call('SCARD', waiting) == 0 then
-            released = released + release(ns, dep, now, ttl)
-          end
-        else
-          cancel_waiting(ns, dep, now, ttl, 'dependency ' .. id .. ' ' .. state)
-          table.insert(out, dep)
-          table.insert(ids, dep)
-          table.insert(states, 'CANCELLED')
-        end
-      end
-    end
-  end
-  table.insert(out, 1, released)
-  return out
-end
-"""
+@dataclass(frozen=True)
+class SettledReply:
+    """The reply of a script that can end tasks (records' start, cancel and transition, the
+    pull scripts): its own value and a second one, then what settling dependents did."""
 
-# ARGV: ns, id, now, ttl, message JSON, dependency ids...
-# -> {'queued'} | {'waiting'} | {'cancelled', dependency, its state} | {'gone', state}
-# Registers a new PENDING record as waiting on each dependency that has not ended.
-WAIT = _KEYS + """
-local ns, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local rkey = task_key(ns, id)
-local own = redis.call('HGET', rkey, 'state')
-if own ~= 'PENDING' then return {'gone', own or 'UNKNOWN'} end  -- cancelled since written
-local run_anyway = redis.call('HGET', rkey, 'on_dependency_failure') == 'run'
-for i = 6, #ARGV do
-  local dep = ARGV[i]
-  local state = redis.call('HGET', task_key(ns, dep), 'state')
-  if state then  -- the link, even to a dependency that has ended, is what graph() reads
-    local links, left = task_key(ns, dep) .. ':dependents', redis.call('TTL', task_key(ns, dep))
-    redis.call('SADD', links, id)
-    if left == -1 then redis.call('PERSIST', links) else extend(links, math.max(ttl, left)) end
-  end
-  if state ~= 'SUCCEEDED' then
-    if not state or state == 'FAILED' or state == 'CANCELLED' or state == 'EXPIRED' then
-      if not run_anyway then
-        local reason = 'dependency ' .. dep .. ' ' .. (state or 'UNKNOWN')
-        cancel_waiting(ns, id, now, ttl, reason)
-        return {'cancelled', dep, state or 'UNKNOWN'}
-      end
-    else
-      redis.call('SADD', rkey .. ':waiting', dep)
-    end
-  end
-end
-redis.call('HSET', ns .. ':deps:parked', id, ARGV[5])
-if redis.call('SCARD', rkey .. ':waiting') == 0 then
-  release(ns, id, now, ttl)
-  return {'queued'}
-end
-redis.call('PERSIST', rkey)
-redis.call('PERSIST', rkey .. ':waiting')
-return {'waiting'}
-"""
+    value: Any
+    extra: Any  # None if the script gave none
+    released: int  # dependents released to the held-submission schedule, to be sent
+    cancelled: list[str]  # dependents cancelled (their records say why)
+
+
+def settled_reply(reply: Sequence[Any]) -> SettledReply:
+    """Read {value, extra, released, cancelled id...}, as lua/settle.lua's `reply` makes it."""
+    return SettledReply(reply[0], reply[1], int(reply[2]), [str(i) for i in reply[3:]])
 
 
 def find_cycle(graph: Mapping[str, Iterable[str]]) -> list[str] | None:

@@ -1,6 +1,9 @@
 """Redis key names. Everything bo_queue writes lives under `{namespace}:`; Celery's own keys
 live under `{namespace}:broker:` and `{namespace}:results:` (kombu's global_keyprefix),
-so several deployments share one Redis without seeing each other."""
+so several deployments share one Redis without seeing each other.
+
+The Lua scripts name keys through a table generated from `Keys` (bo_queue.core.scripts),
+so a key name is defined here only."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class Keys:
         return f"{self.namespace}:task:{task_id}:children"
 
     def dependents(self, task_id: str) -> str:
-        """Set: the tasks that depend on this one (dependencies.py builds the same names)."""
+        """Set: the tasks that depend on this one."""
         return f"{self.namespace}:task:{task_id}:dependents"
 
     def waiting(self, task_id: str) -> str:
@@ -86,6 +89,11 @@ class Keys:
         return f"{self.namespace}:delayed"
 
     @property
+    def delayed_specs(self) -> str:
+        """Hash: held task id -> what to send once it is due (bo_queue.core.delays)."""
+        return f"{self.namespace}:delayed:specs"
+
+    @property
     def outbox(self) -> str:
         """Hash: task id -> the message sent for it, kept until a worker starts it
         (bo_queue.core.outbox re-sends those Redis lost)."""
@@ -111,7 +119,6 @@ class Keys:
         return f"{self.namespace}:rate:{handler}"
 
     # -- pull mode (bo_queue.agents) ----------------------------------------------------
-    # agents.py's Lua builds the same names from the namespace.
 
     def pull_ready(self, task_type: str) -> str:
         """Sorted set: a pull type's tasks waiting for an agent, best first (broker
@@ -137,6 +144,11 @@ class Keys:
     def pull_leases(self) -> str:
         """Sorted set: held pull task ids, scored by when their lease runs out."""
         return f"{self.namespace}:pull:leases"
+
+    @property
+    def pull_seq(self) -> str:
+        """Counter: submit order among pull tasks of one priority."""
+        return f"{self.namespace}:pull:seq"
 
     @property
     def agents(self) -> str:

@@ -28,13 +28,12 @@ from typing import Any
 
 import redis
 
+from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
 
 log = logging.getLogger(__name__)
 
 SETTLE_S = 1.0  # between the two snapshots: far longer than a pop-to-unacked instant
-# KEYS: the suspicion. ARGV: the one reconciled. Cleared only if no newer one came since.
-_CLEAR = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end"
 
 
 class Outbox:
@@ -42,6 +41,7 @@ class Outbox:
         self.redis, self.keys = client, keys
         self._run_id: str | None = None
         self.suspicion_key = f"{keys.outbox}:suspect"
+        self._clear = scripts.register(client, "outbox_clear.lua")
 
     def keep(self, pipe: Any, task_id: str, message: dict[str, Any]) -> None:
         pipe.hset(self.keys.outbox, task_id, json.dumps(message))
@@ -86,7 +86,7 @@ class Outbox:
             if resent:
                 log.warning("%s: %d message(s) were lost; sent them again: %s", reason,
                             len(resent), ", ".join(resent[:20]))
-            self.redis.eval(_CLEAR, 1, self.suspicion_key, str(reason))
+            self._clear(keys=[self.suspicion_key], args=[str(reason)])
             return resent
         finally:
             self.redis.delete(lock)
@@ -115,7 +115,7 @@ class Outbox:
             for key in lists:
                 pipe.lrange(key, 0, -1)
             pipe.hvals(prefix + "unacked")
-            pipe.hkeys(f"{self.keys.delayed}:specs")
+            pipe.hkeys(self.keys.delayed_specs)
             replies = pipe.execute()
         kept, present = set(replies[0]), set(replies[-1])
         for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):

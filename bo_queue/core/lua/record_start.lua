@@ -1,0 +1,41 @@
+-- include: settle.lua
+-- KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
+-- lost runs allowed, handler version ('' for none), a token for this run ('' for none).
+-- -> reply("cancelled" | "done" | "run", attempts | "lost", lost runs) (settle.lua)
+-- A record still RUNNING when a worker starts the task again means the run before was
+-- lost with its worker (or its Redis connection): counted, so that a poison task that
+-- kills every worker process running it fails after its retry budget instead of looping.
+-- A message with no record (sent with plain Celery send_task, or older than its record)
+-- still runs, and gets a record from what the message says.
+local ns, now, ttl = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('HSET', KEYS[1], 'id', ARGV[5], 'handler', ARGV[6], 'queue', ARGV[7],
+             'priority', ARGV[8], 'created_at', ARGV[3], 'tags', '[]')
+  set_state(ns, ARGV[5], 'QUEUED', now)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if not is_terminal(state) then
+    set_state(ns, ARGV[5], 'CANCELLED', now, {'finished_at', ARGV[3]})
+    redis.call('EXPIRE', KEYS[1], ttl)
+    settle(ns, ARGV[5], 'CANCELLED', now, ttl)
+    return reply('cancelled')
+  end
+  return reply('cancelled')
+end
+if is_terminal(state) then return reply('done') end
+if state == 'RUNNING' then
+  if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'run') == ARGV[11] then
+    -- this very start, again: its reply was lost and the client retried it
+    return reply('run', tonumber(redis.call('HGET', KEYS[1], 'attempts') or '1'))
+  end
+  local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
+  if lost > tonumber(ARGV[9]) then return reply('lost', lost) end
+end
+redis.call('HDEL', KEYS[1], 'next_attempt_at')
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+set_state(ns, ARGV[5], 'RUNNING', now, {'started_at', ARGV[3], 'worker', ARGV[2]})
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'version', ARGV[10]) end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[1], 'run', ARGV[11]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+return reply('run', attempts)
