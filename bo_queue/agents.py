@@ -33,7 +33,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -190,7 +190,6 @@ class AgentManager:
     def __init__(self, bq: Core, default_lease_s: float | None = None) -> None:
         self.bq = bq
         self.keys = bq.keys
-        self.clock = time.time  # what "now" is in the scripts (tests move it)
         self.default_lease_s = _lease(default_lease_s or bq.settings.agent_lease_s)
         client = bq.redis
 
@@ -198,7 +197,6 @@ class AgentManager:
             return scripts.register(client, name, MAX_EVENTS=bq.settings.events_max_len,
                                     BATCH=SWEEP_BATCH, SKIP=SKIP_LIMIT)
 
-        self._offer = script("agents_offer.lua")
         self._claim = script("agents_claim.lua")
         self._heartbeat = script("agents_heartbeat.lua")
         self._begin = script("agents_begin.lua")
@@ -211,6 +209,15 @@ class AgentManager:
         self._types: dict[str, PullType] = {}
         self._types_read_at = -math.inf
         self._held_sends_at = -math.inf
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """What "now" is in the pull scripts (Core.pull's clock; tests move it)."""
+        return self.bq.pull.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.bq.pull.clock = clock
 
     # -- types ----------------------------------------------------------------------------
 
@@ -342,19 +349,6 @@ class AgentManager:
                               cancelled=sorted(_list(reply.get("cancelled"))))
 
     # -- claiming and finishing --------------------------------------------------------
-
-    def offer(self, task_id: str, message: Mapping[str, Any]) -> bool:
-        """Make a task claimable (Core.send calls this for pull types). False if it
-        has ended (cancelled before its send) or was offered already."""
-        priority = message.get("priority")
-        broker = Priority.NORMAL.broker_priority if priority is None else int(priority)
-        args: list[str | float] = [
-            self.keys.namespace, self.clock(), self.bq.records.ttl_s, task_id,
-            str(message["handler"]), max(0, min(9, broker)), message.get("due_at") or 0,
-            json.dumps(message),
-        ]
-        with self.bq.broker_errors():
-            return bool(self._offer(args=args))
 
     def claim(
         self, agent_id: str, task_types: Iterable[str] | None = None,

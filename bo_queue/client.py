@@ -3,7 +3,6 @@ each built on first use so that a producer that only submits tasks loads none of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bo_queue import registry
@@ -101,10 +100,6 @@ class BOQueue(Core):
 
                     self._agents = AgentManager(self)
         return self._agents
-
-    def offer_pull(self, task_id: str, message: Mapping[str, Any]) -> bool:
-        """A pull type's message goes to the agents' store (bo_queue.agents)."""
-        return self.agents.offer(task_id, message)
 
     def tasks(self, state: TaskState | str | None = None, **filters: Any) -> list[TaskInfo]:
         """Tasks by state, tag, queue, handler, since, limit (see Monitor.tasks)."""

@@ -27,12 +27,12 @@ from bo_queue.core.handle import TaskHandle
 from bo_queue.core.heartbeats import Heartbeats
 from bo_queue.core.keys import PULL_QUEUE, Keys
 from bo_queue.core.outbox import Outbox
+from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
     BrokerUnavailableError,
-    ConfigurationError,
     DependencyError,
     UnknownHandlerError,
     UnknownTaskError,
@@ -107,6 +107,9 @@ class Core:
         self.delays = DelayedSubmissions(self.redis, self.keys)
         self.outbox = Outbox(self.redis, self.keys)
         self.heartbeats = Heartbeats(self.redis, self.keys, settings.heartbeat_timeout_s)
+        self.pull = PullQueue(
+            self.redis, self.keys, self.records.ttl_s, settings.events_max_len
+        )
         self._directory: dict[str, dict[str, Any]] = {}
         self._announced: set[str] = set()  # placed queues this producer has recorded
         self._directory_read_at = -math.inf
@@ -384,7 +387,7 @@ class Core:
         for a pull type, to the agents (bo_queue.agents). The message is kept in the
         outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it is already."""
         if message["queue"] == PULL_QUEUE:
-            self.offer_pull(task_id, message)
+            self.pull.offer(task_id, message)
             return
         if not kept:
             self.outbox.keep(self.redis, task_id, dict(message))
@@ -467,13 +470,6 @@ class Core:
                 self.redis.sadd(self.keys.placed_queues, target)
             self._announced.add(target)
         return target
-
-    def offer_pull(self, task_id: str, message: Mapping[str, Any]) -> bool:
-        """Hand a pull type's message to the agents' store (bo_queue.agents). The kernel
-        has no agents: the facade, which has, answers this (BOQueue.offer_pull)."""
-        raise ConfigurationError(
-            f"task {task_id} is a pull task type's: it is sent through BOQueue, which has agents"
-        )
 
     def handler_directory(self) -> dict[str, dict[str, Any]]:
         """The handler directory as last read (refresh_handlers re-reads it)."""

@@ -1,6 +1,6 @@
 -- include: pull.lua
 -- ARGV: ns, now, ttl, id, type, broker priority, due_at (0: now), message -> 1 | 0
--- Offers a task to the agents (BOQueue.send); a task ended or offered already is not.
+-- Offers a task to the agents (Core.send, bo_queue.core.pull); a task ended or offered already is not.
 local id = ARGV[4]
 local state = state_of(id)
 if not state or is_terminal(state) or redis.call('HEXISTS', TASKS, id) == 1 then return 0 end
