@@ -151,11 +151,12 @@ def _utc(ts: float) -> datetime:
 class _Plan:
     """A validated request turned into what gets written and sent."""
 
-    __slots__ = ("due_at", "expires_at", "held", "id", "queue", "request")
+    __slots__ = ("due_at", "expires_at", "held", "id", "queue", "request", "study")
 
     def __init__(
         self, request: TaskRequest, queue: str, due_at: float | None,
         expires_at: float | None, held: bool, task_id: str | None = None,
+        study: dict[str, Any] | None = None,
     ) -> None:
         self.id = task_id or str(uuid.uuid4())
         self.request = request
@@ -163,6 +164,7 @@ class _Plan:
         self.due_at = due_at
         self.expires_at = expires_at
         self.held = held
+        self.study = study
 
 
 class BOQueue:
@@ -409,7 +411,13 @@ class BOQueue:
                 raise ValidationError(f"request {index}: {exc}") from None
         return self._submit(plans, durable)
 
-    def _plan(self, request: TaskRequest, task_id: str | None = None) -> _Plan:
+    def _plan(
+        self, request: TaskRequest, task_id: str | None = None,
+        study: dict[str, Any] | None = None,
+    ) -> _Plan:
+        """`study` marks a study's evaluation ({"study_id", "trial_index"}, set only by
+        the study step): it travels with the message as the `bo_study` header, and only
+        an evaluation so marked reports its outcome to a study (workers.studies)."""
         _check_payload(request.payload, self.settings.max_payload_bytes)
         entry = self._handler_entry(request.handler)
         declared = entry.get("queue")
@@ -445,7 +453,7 @@ class BOQueue:
             if not expires_at - now <= MAX_HORIZON_S:
                 raise ValidationError("expires may be at most ten years ahead")
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
-        return _Plan(request, queue, due_at, expires_at, held, task_id or request.id)
+        return _Plan(request, queue, due_at, expires_at, held, task_id or request.id, study)
 
     def _submit(self, plans: list[_Plan], durable: bool = False) -> list[TaskHandle]:
         now = time.time()
@@ -536,6 +544,7 @@ class BOQueue:
             "priority": req.priority.broker_priority, "due_at": plan.due_at,
             "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
             "resources": req.resources.model_dump() if req.resources else None,
+            "study": plan.study,
         }
 
     def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None,
@@ -549,6 +558,11 @@ class BOQueue:
         if not kept:
             self.outbox.keep(self.redis, task_id, dict(message))
         due_at, expires_at = message.get("due_at"), message.get("expires_at")
+        headers: dict[str, Any] = {}  # they travel with the message (and its retries)
+        if message.get("resources"):  # a submit's own resources (the worker's admission)
+            headers["bo_resources"] = message["resources"]
+        if message.get("study"):  # a study's evaluation (workers.studies)
+            headers["bo_study"] = message["study"]
         self.app.send_task(
             message["handler"],
             args=[message["payload"]],
@@ -560,8 +574,7 @@ class BOQueue:
             retries=message.get("retries", 0),
             parent_id=message.get("parent_id"),
             producer=producer,
-            # a submit's own resources travel with the message (the worker's admission)
-            headers={"bo_resources": message["resources"]} if message.get("resources") else None,
+            headers=headers or None,
         )
 
     @contextmanager

@@ -19,7 +19,9 @@ from typing import Any
 
 import pydantic
 from celery import Celery, Task
+from celery.app.task import Context
 from celery.exceptions import Ignore, Retry
+from celery.worker.request import Request
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
@@ -45,12 +47,27 @@ FinishListener = Callable[["HandlerTask", Any, Any, BaseException | None], None]
 finish_listeners: list[FinishListener] = []
 
 
+class HandlerRequest(Request):
+    """Celery's worker-side request, except that the failure hooks of a hard time limit
+    (which Celery calls in the worker's main process, outside any task) see the task's
+    own request, as every other ending does: its id, worker and headers (`bo_study`
+    says an evaluation's study must hear of it)."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        self.task.request_stack.push(Context(self.request_dict))
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            self.task.request_stack.pop()
+
+
 class HandlerTask(Task[Any, Any]):
     """The Celery task class behind a bo_queue handler."""
 
     bq: BOQueue
     spec: HandlerSpec
     typing = False
+    Request = f"{__name__}:HandlerRequest"
 
     # Listeners (a study waiting for this evaluation) hear first: a worker lost between
     # the two leaves a record still RUNNING, so the redelivered task runs and tells
@@ -221,6 +238,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
         "retries": req.retries if retries is None else retries, "parent_id": req.parent_id,
         "resources": getattr(req, "bo_resources", None),
+        "study": getattr(req, "bo_study", None),
     }
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)
