@@ -3,8 +3,9 @@
 - publishes its handlers to the directory producers read (so they can submit by name),
 - writes a heartbeat (its queues, concurrency and running tasks, once a second),
 - moves held submissions that are due to their queues (bo_queue.core.delays),
-- keeps task records right where Celery ends a task outside the handler: revoked,
-  expired, killed by the hard time limit, or failed after its worker was lost.
+- keeps task records right where Celery ends a task outside the handler: revoked or
+  expired; and writes every failure ending (the `task_failure` signal: a handler's
+  failure, a lost run, the hard time limit, a pool error, a rejected message).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.core import placement
 from bo_queue.states import TaskState
-from workers.runner import describe
+from workers.runner import HandlerTask, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,9 @@ def _on_failure(
     sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
     **_: Any,
 ) -> None:
-    bq = _bq_of(sender)
-    if bq is None or task_id is None or exception is None:
+    if not isinstance(sender, HandlerTask) or task_id is None or exception is None:
         return
-    bq.records.transition(
-        task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exception)
-    )
+    record_failure(sender, task_id, exception)
 
 
 @worker_init.connect(weak=False)

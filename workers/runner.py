@@ -1,10 +1,12 @@
 """How a worker runs a handler: every registered handler becomes a Celery task of the
 same name whose body is `execute`.
 
-Record writes that say a task has ended happen in the Task hooks Celery calls *after*
-it stored the result, so a worker lost in between leaves a record that still says
-RUNNING (and the redelivered message runs again) rather than one that says SUCCEEDED
-over a missing result.
+Record writes that say a task has ended happen in the Task hooks and signals Celery
+calls *after* it stored the result, so a worker lost in between leaves a record that
+still says RUNNING (and the redelivered message runs again) rather than one that says
+SUCCEEDED over a missing result. A failure ending has one writer, `record_failure`, which
+the `task_failure` signal calls (workers.lifecycle): Celery sends it for every failure,
+also those that never reach `HandlerTask.on_failure` (a rejected message, a pool error).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 import pydantic
 from celery import Celery, Task
+from celery.app.task import Context
 from celery.exceptions import Ignore, Retry
+from celery.worker.request import Request
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
@@ -45,12 +49,27 @@ FinishListener = Callable[["HandlerTask", Any, Any, BaseException | None], None]
 finish_listeners: list[FinishListener] = []
 
 
+class HandlerRequest(Request):
+    """Celery's worker-side request, except that the failure hooks of a hard time limit
+    (which Celery calls in the worker's main process, outside any task) see the task's
+    own request, as every other ending does: its id, worker and headers (`bo_study`
+    says an evaluation's study must hear of it)."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        self.task.request_stack.push(Context(self.request_dict))
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            self.task.request_stack.pop()
+
+
 class HandlerTask(Task[Any, Any]):
     """The Celery task class behind a bo_queue handler."""
 
     bq: BOQueue
     spec: HandlerSpec
     typing = False
+    Request = f"{__name__}:HandlerRequest"
 
     # Listeners (a study waiting for this evaluation) hear first: a worker lost between
     # the two leaves a record still RUNNING, so the redelivered task runs and tells
@@ -67,12 +86,18 @@ class HandlerTask(Task[Any, Any]):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        # Celery sends task_failure right after this: record_failure ends the record.
         _notify(self, args, None, exc)
-        self.bq.records.transition(
-            task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc),
-            **run_report(self),
-        )
-        _hook(self.spec.on_failure, self.request, exc)
+
+
+def record_failure(task: HandlerTask, task_id: str, exc: BaseException) -> None:
+    """The one writer of a failure ending: the record says FAILED, then the handler's
+    on_failure hook runs (called by the task_failure signal, workers.lifecycle)."""
+    task.bq.records.transition(
+        task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc),
+        **run_report(task),
+    )
+    _hook(task.spec.on_failure, task.request, exc)
 
 
 def _notify(task: HandlerTask, args: Any, result: Any, error: BaseException | None) -> None:
@@ -125,7 +150,7 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
         Priority.from_broker(info.get("priority")), lost_allowed=lost_allowed,
         version=spec.version, run=uuid.uuid4().hex,
     )
-    if verdict == "lost":  # Celery stores the failure; on_failure fails the record
+    if verdict == "lost":  # Celery stores the failure; record_failure fails the record
         raise TaskLostError(
             f"the worker running task {task_id} died {attempt} times (killed, crashed or out "
             f"of memory); at most {lost_allowed} lost runs are run again"
@@ -156,7 +181,7 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     except Exception as exc:
         policy = spec.retry
         if not policy.retries(exc) or req.retries >= policy.max_retries:
-            raise  # Celery stores the failure, then calls HandlerTask.on_failure
+            raise  # Celery stores the failure, then on_failure and record_failure run
         raise _retry(task, ctx, payload, exc) from exc
 
 
@@ -221,6 +246,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
         "retries": req.retries if retries is None else retries, "parent_id": req.parent_id,
         "resources": getattr(req, "bo_resources", None),
+        "study": getattr(req, "bo_study", None),
     }
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)

@@ -5,8 +5,11 @@ study's Redis lock it drains reported results into Ax, fails trials whose lease 
 completes the study at `max_trials`, generates new trials (for suggest(), or up to
 `parallelism` in a closed loop), saves, and then sends the closed loop's evaluations.
 
-An evaluation is an ordinary handler call; when it ends for good (after its retries),
-`_evaluation_finished` puts its outcome in the study's inbox and asks for a step.
+An evaluation is an ordinary handler call whose message the step marks with the
+`bo_study` header (study id and trial index; it stays with the message through held
+sends, the outbox and retries). When a marked task ends for good (after its retries),
+`_evaluation_finished` puts its outcome in that study's inbox and asks for a step. A task
+without the header reports nowhere, whatever its payload holds.
 """
 
 from __future__ import annotations
@@ -284,6 +287,7 @@ class Stepper:
                     },
                 ),
                 task_id=t.task_id,
+                study=evaluation_marker(study.id, t.index),
             )
             for t in trials
         ]
@@ -297,15 +301,33 @@ def _counts(trials: Any) -> dict[TrialStatus, int]:
     return counts
 
 
+def evaluation_marker(study_id: str, trial_index: int) -> dict[str, Any]:
+    """What marks a task as the evaluation of a study's trial (the `bo_study` header)."""
+    return {"study_id": study_id, "trial_index": trial_index}
+
+
+def marked_trial(request: Any) -> tuple[str, int] | None:
+    """(study id, trial index) of the evaluation a task's request is, from its `bo_study`
+    header; None for a task the study step did not send."""
+    marker = getattr(request, "bo_study", None)
+    if not isinstance(marker, dict):
+        return None
+    study_id, index = marker.get("study_id"), marker.get("trial_index")
+    if not isinstance(study_id, str) or isinstance(index, bool) or not isinstance(index, int):
+        return None
+    return study_id, index
+
+
 def _evaluation_finished(
     task: HandlerTask, payload: Any, result: Any, error: BaseException | None
 ) -> None:
-    """An evaluation ended for good: its outcome goes to its study, which takes a step."""
-    if task.name == STEP or not isinstance(payload, dict):
+    """An evaluation ended for good: its outcome goes to its study, which takes a step.
+    Only a task marked as one reports (its payload's study_id and trial_index are for the
+    evaluator to read, not a way in)."""
+    marked = marked_trial(task.request)
+    if task.name == STEP or marked is None:
         return
-    study_id, index = payload.get("study_id"), payload.get("trial_index")
-    if not isinstance(study_id, str) or not isinstance(index, int):
-        return
+    study_id, index = marked
     store = task.bq.studies.store
     entry: dict[str, Any] = {
         "index": index,

@@ -35,12 +35,12 @@ from bo_queue.api import svg
 from bo_queue.api.deps import api_key, current_bq
 from bo_queue.client import BOQueue
 from bo_queue.errors import BrokerUnavailableError, StudyNotFoundError
+from bo_queue.studies import scoring
 from bo_queue.studies.models import (
     Choice,
     Outcome,
     Range,
     Study,
-    StudySpec,
     Trial,
     TrialStatus,
     Value,
@@ -96,48 +96,20 @@ def snapshot(bq: BOQueue, study_id: str) -> Snapshot:
         raise HTTPException(status_code=503, detail=unavailable) from None
     snap = Snapshot(study, trials, Counter(t.status.value for t in trials))
     spec = study.spec
-    feasible = [t for t in trials if _feasible(spec, t)]
+    feasible = scoring.feasible_trials(spec, trials)
     for objective in spec.objectives:
         better = min if objective.minimize else max
         series: list[BestPoint] = []
         for trial in feasible:
-            value = mean(trial.values, objective.name)
+            value = scoring.mean(trial, objective.name)
             if value is None:
                 continue
             best = value if not series else better(series[-1].best, value)
             series.append(BestPoint(trial.index, value, best))
         snap.best_so_far[objective.name] = series
-    if len(spec.objectives) == 1 and feasible:
-        objective = spec.objectives[0]
-        sign = 1.0 if objective.minimize else -1.0
-        snap.best = min(
-            feasible, key=lambda t: (sign * (mean(t.values, objective.name) or 0.0), t.index)
-        )
+    if len(spec.objectives) == 1:
+        snap.best = scoring.best(spec, trials)
     return snap
-
-
-def mean(values: dict[str, Outcome] | None, name: str) -> float | None:
-    """A metric's mean (values are a mean or (mean, sem)); None when missing."""
-    if not values or name not in values:
-        return None
-    value = values[name]
-    number = float(value[0] if isinstance(value, tuple | list) else value)
-    return number if math.isfinite(number) else None
-
-
-def _feasible(spec: StudySpec, trial: Trial) -> bool:
-    """Completed, with every objective, and inside the outcome constraints."""
-    if trial.status is not TrialStatus.COMPLETED or not trial.values:
-        return False
-    if any(mean(trial.values, o.name) is None for o in spec.objectives):
-        return False
-    for c in spec.outcome_constraints:
-        value = mean(trial.values, c.metric)
-        if value is None or (c.op == "<=" and value > c.bound) or (
-            c.op == ">=" and value < c.bound
-        ):
-            return False
-    return True
 
 
 def as_json(snap: Snapshot) -> dict[str, Any]:
@@ -363,9 +335,9 @@ def _convergence(snap: Snapshot) -> list[str]:
     objectives = snap.study.spec.objectives
     if len(objectives) >= 2:  # the trade-off between the first two
         a, b = objectives[0].name, objectives[1].name
-        done = [t for t in snap.trials if _feasible(snap.study.spec, t)]
+        done = scoring.feasible_trials(snap.study.spec, snap.trials)
         charts.append(svg.scatter(
-            [(mean(t.values, a) or 0.0, mean(t.values, b) or 0.0) for t in done],
+            [(scoring.mean(t, a) or 0.0, scoring.mean(t, b) or 0.0) for t in done],
             labels=[f"trial {t.index}: {a}={_fmt_outcome((t.values or {})[a])}, "
                     f"{b}={_fmt_outcome((t.values or {})[b])}" for t in done],
             title=f"{b} vs {a}", x_label=a, y_label=b, element_id="tradeoff",
@@ -384,9 +356,9 @@ def _parameter_plots(snap: Snapshot) -> list[str]:
         ticks = _choice_ticks(parameter)
         if single:
             objective = spec.objectives[0].name
-            done = [t for t in snap.trials if _feasible(spec, t)]
+            done = scoring.feasible_trials(spec, snap.trials)
             points = [(_position(parameter, t.params.get(parameter.name)),
-                       mean(t.values, objective) or 0.0) for t in done]
+                       scoring.mean(t, objective) or 0.0) for t in done]
             best = next((i for i, t in enumerate(done) if t is snap.best), None)
             name = parameter.name
             charts.append(svg.scatter(

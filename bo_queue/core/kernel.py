@@ -248,10 +248,17 @@ class Core:
                 raise ValidationError(f"request {index}: {exc}") from None
         return self.submit_plans(plans, durable)
 
-    def check(self, request: TaskRequest, task_id: str | None = None) -> Plan:
+    def check(
+        self, request: TaskRequest, task_id: str | None = None,
+        study: dict[str, Any] | None = None,
+    ) -> Plan:
         """A request checked against the handler directory, the queues and the clock, as
         the Plan a submit writes and sends; ValidationError (or UnknownHandlerError) if
-        it cannot be submitted. Nothing is written."""
+        it cannot be submitted. Nothing is written.
+
+        `study` marks a study's evaluation ({"study_id", "trial_index"}, set only by
+        the study step): it travels with the message as the `bo_study` header, and only
+        an evaluation so marked reports its outcome to a study (workers.studies)."""
         check_payload(request.payload, self.settings.max_payload_bytes)
         entry = self.handler_entry(request.handler)
         declared = entry.get("queue")
@@ -287,7 +294,7 @@ class Core:
             if not expires_at - now <= MAX_HORIZON_S:
                 raise ValidationError("expires may be at most ten years ahead")
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
-        return Plan(request, queue, due_at, expires_at, held, task_id or request.id)
+        return Plan(request, queue, due_at, expires_at, held, task_id or request.id, study)
 
     def submit_plans(self, plans: list[Plan], durable: bool = False) -> list[TaskHandle]:
         """Write and send checked plans (see submit_many for `durable`)."""
@@ -379,6 +386,7 @@ class Core:
             "priority": req.priority.broker_priority, "due_at": plan.due_at,
             "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
             "resources": req.resources.model_dump() if req.resources else None,
+            "study": plan.study,
         }
 
     def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None,
@@ -392,6 +400,11 @@ class Core:
         if not kept:
             self.outbox.keep(self.redis, task_id, dict(message))
         due_at, expires_at = message.get("due_at"), message.get("expires_at")
+        headers: dict[str, Any] = {}  # they travel with the message (and its retries)
+        if message.get("resources"):  # a submit's own resources (the worker's admission)
+            headers["bo_resources"] = message["resources"]
+        if message.get("study"):  # a study's evaluation (workers.studies)
+            headers["bo_study"] = message["study"]
         self.app.send_task(
             message["handler"],
             args=[message["payload"]],
@@ -403,8 +416,7 @@ class Core:
             retries=message.get("retries", 0),
             parent_id=message.get("parent_id"),
             producer=producer,
-            # a submit's own resources travel with the message (the worker's admission)
-            headers={"bo_resources": message["resources"]} if message.get("resources") else None,
+            headers=headers or None,
         )
 
     @contextmanager

@@ -96,11 +96,12 @@ class TaskRequest(BaseModel):
 class Plan:
     """A validated request turned into what gets written and sent."""
 
-    __slots__ = ("due_at", "expires_at", "held", "id", "queue", "request")
+    __slots__ = ("due_at", "expires_at", "held", "id", "queue", "request", "study")
 
     def __init__(
         self, request: TaskRequest, queue: str, due_at: float | None,
         expires_at: float | None, held: bool, task_id: str | None = None,
+        study: dict[str, Any] | None = None,
     ) -> None:
         self.id = task_id or str(uuid.uuid4())
         self.request = request
@@ -108,6 +109,7 @@ class Plan:
         self.due_at = due_at
         self.expires_at = expires_at
         self.held = held
+        self.study = study
 
 
 def task_request(**fields: Any) -> TaskRequest:

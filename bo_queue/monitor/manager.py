@@ -29,6 +29,7 @@ from bo_queue.core.outbox import message_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.states import Priority, TaskState
+from bo_queue.studies import scoring
 
 if TYPE_CHECKING:
     from bo_queue.core.handle import TaskHandle
@@ -97,7 +98,7 @@ class StudyMetrics(BaseModel):
     status: str
     completed_trials: int
     trials_per_min: float
-    best_value: float | None = None
+    best_value: float | None = None  # of its best trial (bo_queue.studies.scoring)
 
 
 class Metrics(BaseModel):
@@ -377,27 +378,9 @@ class Monitor:
                 id=study.id, name=study.name, status=study.status.value,
                 completed_trials=study.completed_trials,
                 trials_per_min=len(recent) / (window_s / 60),
-                best_value=_best(study.spec.objectives, done),
+                best_value=scoring.best_value(study.spec, trials),
             ))
         return dict(by_status), out
-
-
-def _best(objectives: Sequence[Any], trials: Sequence[Any]) -> float | None:
-    """The best observed value of a single-objective study (several have a front)."""
-    if len(objectives) != 1:
-        return None
-    name, minimize = objectives[0].name, objectives[0].minimize
-    values = [v for t in trials if (v := _mean((t.values or {}).get(name))) is not None]
-    if not values:
-        return None
-    return min(values) if minimize else max(values)
-
-
-def _mean(value: Any) -> float | None:
-    """A reported value is a number or [mean, sem]."""
-    if isinstance(value, list | tuple):
-        value = value[0] if value else None
-    return None if value is None else float(value)
 
 
 def _summarise(name: str, events: list[Event], window_s: float) -> HandlerMetrics:

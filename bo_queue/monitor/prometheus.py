@@ -76,8 +76,8 @@ class BOQueueCollector:
             _gauge("studies", "Studies per status", ("status",)),
             _gauge("study_trials_per_minute", "Trials a study completed per minute" + window,
                    ("study", "name")),
-            _gauge("study_best_value", "A study's best observed value of its first objective",
-                   ("study", "name")),
+            _gauge("study_best_value", "A single-objective study's best observed value among "
+                   "its feasible trials", ("study", "name")),
             _gauge("study_completed_trials", "Trials a study has completed", ("study", "name")),
             _gauge("scrape_error", "1 if this scrape could not read everything (Redis "
                    "unreachable, or a read failed); 0 otherwise"),

@@ -26,6 +26,7 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
+from bo_queue.studies import scoring
 from bo_queue.studies.models import (
     TRANSITIONS,
     Choice,
@@ -196,31 +197,16 @@ class StudyManager:
 
     @_redis_errors
     def best(self, study_id: str) -> Trial | None:
-        """The best completed trial as observed (single objective), or None if none is."""
+        """The best completed trial as observed (single objective), or None if none is
+        (bo_queue.studies.scoring says which is best)."""
         study = self.get(study_id)
-        if len(study.spec.objectives) != 1:
-            raise StudyError("best() is for one objective; use pareto() for several")
-        objective = study.spec.objectives[0]
-        done = [t for t in self.store.trials(study_id) if _feasible(study.spec, t)]
-        if not done:
-            return None
-        sign = 1 if objective.minimize else -1
-        return min(done, key=lambda t: (sign * _mean(t, objective.name), t.index))
+        return scoring.best(study.spec, self.store.trials(study_id))
 
     @_redis_errors
     def pareto(self, study_id: str) -> builtins.list[Trial]:
         """The completed, feasible trials that no other trial beats on every objective."""
         study = self.get(study_id)
-        signs = {o.name: 1 if o.minimize else -1 for o in study.spec.objectives}
-        done = [t for t in self.store.trials(study_id) if _feasible(study.spec, t)]
-        scores = {t.index: [s * _mean(t, name) for name, s in signs.items()] for t in done}
-
-        def dominated(a: builtins.list[float]) -> bool:
-            return any(
-                all(x <= y for x, y in zip(b, a, strict=True)) and b != a for b in scores.values()
-            )
-
-        return [t for t in done if not dominated(scores[t.index])]
+        return scoring.pareto(study.spec, self.store.trials(study_id))
 
     @_redis_errors
     def step_timings(self, study_id: str) -> builtins.list[dict[str, Any]]:
@@ -477,18 +463,3 @@ def _status(value: StudyStatus | str) -> StudyStatus:
         raise ValidationError(
             f"unknown study status {shown(value)}; use one of {names}"
         ) from None
-
-
-def _mean(trial: Trial, name: str) -> float:
-    value = (trial.values or {})[name]
-    return float(value[0] if isinstance(value, tuple | list) else value)
-
-
-def _feasible(spec: StudySpec, trial: Trial) -> bool:
-    if trial.status is not TrialStatus.COMPLETED or not trial.values:
-        return False
-    for c in spec.outcome_constraints:
-        value = _mean(trial, c.metric)
-        if (c.op == "<=" and value > c.bound) or (c.op == ">=" and value < c.bound):
-            return False
-    return True

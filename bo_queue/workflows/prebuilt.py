@@ -22,7 +22,8 @@ def evaluate_and_report(
     `evaluator` handler, then report every result to the study in one step.
 
     The evaluator gets {study_id, params, options}: a closed loop's evaluation payload
-    without `trial_index`, which would make each result reach the study on its own."""
+    without `trial_index` (the results reach the study in the report step; these tasks
+    are not marked as evaluations, so none reports on its own)."""
     evaluations = [
         Step(f"evaluate_{i}", evaluator, {
             "study_id": study_id, "params": ref(f"attach.{i}.params"),

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
 from bo_queue import RetryPolicy, TaskContext, handler
 
@@ -163,6 +164,32 @@ def quadratic(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     params = payload["params"]
     numbers = [float(v) for v in params.values() if isinstance(v, int | float)]
     return {"loss": sum((v - 0.3) ** 2 for v in numbers)}
+
+
+EVALUATION_RETRY = RetryPolicy(max_retries=2, backoff=0.1, jitter=False, on=(TransientError,))
+
+
+@handler("t.retried_eval", queue="evaluate", retry=EVALUATION_RETRY)
+def retried_eval(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """An evaluator whose first attempt fails and is retried (a Celery retry, which must
+    keep the message's study marker)."""
+    evidence().hincrby(f"evidence:evaluations:{payload['study_id']}", str(payload["trial_index"]))
+    if ctx.attempt == 1:
+        raise TransientError("the first attempt fails")
+    return {"loss": sum((float(v) - 0.3) ** 2 for v in payload["params"].values())}
+
+
+@handler("t.stuck_eval", queue="evaluate", time_limit=1)
+def stuck_eval(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """An evaluator that ignores its soft time limit: the hard one (the limit plus the
+    runner's grace) kills its process, and Celery ends it in the worker's main process."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue
+    return {"loss": 0.0}
 
 
 @handler("t.node")

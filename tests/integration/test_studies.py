@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from bo_queue import (
     StudyError,
     StudyNotFoundError,
     StudyStatus,
+    TaskFailedError,
     TrialNotFoundError,
     TrialStatus,
     UnknownHandlerError,
@@ -156,6 +158,67 @@ def test_failing_evaluations_fail_their_trials_and_the_study_goes_on(
     assert sorted(t.index for t in failed) == [1, 3]
     assert all("fails on purpose" in (t.error or "") for t in failed)
     assert len(bq.studies.trials(study.id)) == 8  # two replacements were generated
+
+
+@pytest.mark.timeout(300)
+def test_retried_evaluations_still_report_to_their_study(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    study = bq.studies.create(name="retried", parameters=SPACE, objectives=LOSS,
+                              evaluator="t.retried_eval", strategy=sobol_only(3, parallelism=2))
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=180)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 3, done.message
+    assert done.failed_trials == 0
+    runs = evidence.hgetall(f"evidence:evaluations:{study.id}")
+    assert runs == {str(i): "2" for i in range(3)}  # each reported after its retry
+
+
+@pytest.mark.timeout(300)
+def test_an_evaluation_killed_by_its_hard_time_limit_fails_its_trial(bq: BOQueue) -> None:
+    study = bq.studies.create(
+        name="stuck", parameters=SPACE, objectives=LOSS, evaluator="t.stuck_eval",
+        strategy=sobol_only(1, max_failed_trials=0, trial_lease_s=600),
+    )
+    bq.studies.run(study.id)
+    done = bq.studies.wait(study.id, timeout=120)  # long before the lease runs out
+    assert done.status is StudyStatus.FAILED and "1 trials failed" in done.message
+    [trial] = bq.studies.trials(study.id)
+    assert trial.status is TrialStatus.FAILED
+    assert "TimeLimitExceeded" in (trial.error or ""), trial.error
+    assert trial.worker  # the entry names the worker: the hook saw the task's request
+
+
+@pytest.mark.timeout(300)
+def test_an_ordinary_task_shaped_like_an_evaluation_changes_no_study(bq: BOQueue) -> None:
+    from bo_queue.testing import wait_until
+
+    study = bq.studies.create(name="untouched", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(2))
+    [trial] = bq.studies.suggest(study.id, timeout=120)
+    store = bq.studies.store
+    before = (bq.studies.trials(study.id), len(store.steps(study.id)),
+              bq.studies.get(study.id).iteration)
+    payload = {"study_id": study.id, "trial_index": trial.index, "params": trial.params,
+               "options": {}}
+    ordinary = [bq.submit("t.quadratic", payload), bq.submit("t.quadratic", payload,
+                                                             countdown=0.5)]
+    failing = bq.submit("t.quadratic", {**payload, "options": {"fail": [trial.index]}})
+    for handle in ordinary:
+        assert "loss" in handle.get(timeout=60)
+    with pytest.raises(TaskFailedError):
+        failing.get(timeout=60)
+    for handle in [*ordinary, failing]:  # the record ends after any study would have heard
+        wait_until(lambda h=handle: bq.records.get(h.id).state.terminal, 30,  # type: ignore[union-attr]
+                   what="the ordinary task's record to end")
+    time.sleep(2)  # room for a step, had one been asked for
+    assert store.inbox(study.id) == []
+    assert store.redis.hgetall(store.reported_key(study.id)) == {}
+    assert (bq.studies.trials(study.id), len(store.steps(study.id)),
+            bq.studies.get(study.id).iteration) == before
+    assert bq.studies.trial(study.id, trial.index).status is TrialStatus.RUNNING
+    # the study itself goes on as before
+    assert bq.studies.report(study.id, trial.index, {"loss": 0.5}) is True
 
 
 def test_an_evaluator_returning_the_wrong_keys_fails_trials_until_the_budget(bq: BOQueue) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -149,6 +151,52 @@ def test_time_limit_fails_a_slow_task(bq: BOQueue) -> None:
         bq.submit("t.too_slow", {}).get(timeout=20)
     assert caught.value.remote_type.endswith("SoftTimeLimitExceeded")
     assert time.monotonic() - started < 4.5  # stopped at its 1 s limit, not after 5 s
+
+
+@contextmanager
+def failure_endings(redis_url: str) -> Iterator[list[str]]:
+    """The script calls (EVALSHA, as clients send them, not the commands scripts run) that
+    end a record FAILED, seen by MONITOR on the test's Redis while the block runs."""
+    seen: list[str] = []
+    stop = threading.Event()
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def watch(monitor: Any) -> None:
+        while not stop.is_set():
+            command = monitor.next_command()
+            text = command["command"]
+            if (command["client_type"] != "lua" and text.startswith(("EVALSHA ", "EVAL "))
+                    and " FAILED " in f"{text} "):
+                seen.append(text)
+
+    with client.monitor() as monitor:
+        thread = threading.Thread(target=watch, args=(monitor,), daemon=True)
+        thread.start()
+        try:
+            yield seen
+        finally:
+            stop.set()
+            client.ping()  # wakes the watcher (workers' heartbeats would too)
+            thread.join(5)
+    client.close()
+
+
+def test_a_failure_ends_its_record_with_one_script_call(bq: BOQueue, redis_url: str) -> None:
+    # Load the script first (no record, no change): a first call is sent twice, the
+    # EVALSHA that finds no script and the one after redis-py loaded it.
+    assert bq.records.transition("no-such-task", TaskState.FAILED) is False
+    with failure_endings(redis_url) as seen:
+        handle = bq.submit("t.fail_until_fixed", {"fixed": "evidence:never-fixed"})
+        with pytest.raises(TaskFailedError):
+            handle.get(timeout=20)
+        wait_until(lambda: bq.records.get(handle.id).state is TaskState.FAILED,  # type: ignore[union-attr]
+                   10, what="the record to say FAILED")
+        time.sleep(1.0)  # a second writer would follow at once, in the same worker
+    mine = [text for text in seen if f" {handle.id} " in text]
+    assert len(mine) == 1, "\n".join(mine)
+    info = bq.info(handle.id)
+    assert info.error and "not fixed yet" in info.error
+    assert info.usage is not None  # the one write carries the run's report
 
 
 def test_countdown_delays_the_start(bq: BOQueue) -> None:
