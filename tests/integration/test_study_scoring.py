@@ -58,7 +58,7 @@ def active_study(bq: BOQueue, minimize: bool, trials: list[tuple[float, float]])
 
 
 def prometheus_best(bq: BOQueue, study_id: str) -> float | None:
-    text = generate_latest(make_registry(bq)).decode()
+    text = generate_latest(make_registry(bq.monitor)).decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "bo_queue_study_best_value" and sample.labels["study"] == study_id:
