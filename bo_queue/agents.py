@@ -44,6 +44,7 @@ from bo_queue import registry
 from bo_queue.core import scripts
 from bo_queue.core.dependencies import settled_reply
 from bo_queue.core.keys import PULL_QUEUE
+from bo_queue.core.message import Message
 from bo_queue.errors import (
     AgentError,
     NotHeldError,
@@ -370,7 +371,7 @@ class AgentManager:
             reply, message = self._call(self._claim, agent, *pairs)
             claimed = reply.get("claimed")
             if claimed:
-                payload = json.loads(message or "{}").get("payload") or {}
+                payload = Message.decode(message).payload if message else {}
                 return ClaimedTask(
                     id=claimed["id"], type=claimed["type"], payload=payload,
                     priority=Priority(int(claimed["priority"] or Priority.NORMAL)),
@@ -507,13 +508,12 @@ class AgentManager:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _start_finishing(self, task_id: str, agent: str) -> dict[str, Any]:
+    def _start_finishing(self, task_id: str, agent: str) -> Message | None:
         reply, message = self._call(self._begin, task_id, agent, FINISH_GRACE_S)
         if reply["verdict"] == "cancelled":
             raise TaskCancelledError(task_id, str(reply.get("error") or "cancelled"))
         self._check_held(task_id, agent, reply)
-        parsed: dict[str, Any] = json.loads(message or "{}")
-        return parsed
+        return Message.decode(message) if message else None
 
     def _end(self, task_id: str, agent: str, state: TaskState, **fields: Any) -> None:
         flat: list[str | float] = [state.value]
@@ -560,12 +560,16 @@ class AgentManager:
         return self._call(script, *args)[0]
 
 
-def _request(task_id: str, agent: str, message: Mapping[str, Any]) -> Context:
+def _request(task_id: str, agent: str, message: Message | None) -> Context:
     """What Celery's backend stores with a result (result_extended), as a worker would:
     the handler, the payload (bq.retry resubmits it), the agent as the worker."""
+    if message is None:  # its message is gone: store the result without what it said
+        return Context(id=task_id, task=None, args=[None], kwargs={}, hostname=agent,
+                       retries=0, delivery_info={"routing_key": PULL_QUEUE, "priority": None},
+                       parent_id=None)
     return Context(
-        id=task_id, task=message.get("handler"), args=[message.get("payload")], kwargs={},
-        hostname=agent, retries=int(message.get("retries") or 0),
-        delivery_info={"routing_key": PULL_QUEUE, "priority": message.get("priority")},
-        parent_id=message.get("parent_id"),
+        id=task_id, task=message.handler, args=[message.payload], kwargs={},
+        hostname=agent, retries=message.retries,
+        delivery_info={"routing_key": PULL_QUEUE, "priority": message.priority},
+        parent_id=message.parent_id,
     )

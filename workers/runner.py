@@ -29,6 +29,7 @@ from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
 from bo_queue.core.admission import Gate
+from bo_queue.core.message import Message
 from bo_queue.errors import (
     ConfigurationError,
     InvalidResultError,
@@ -240,14 +241,13 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
-    message = {
-        "handler": spec.name, "payload": payload,
-        "queue": bq.settings.queue_for(spec.queue, info.get("routing_key")),
-        "priority": info.get("priority"), "due_at": due_at, "expires_at": expires,
-        "retries": req.retries if retries is None else retries, "parent_id": req.parent_id,
-        "resources": getattr(req, "bo_resources", None),
-        "study": getattr(req, "bo_study", None),
-    }
+    message = Message(
+        handler=spec.name, payload=payload,
+        queue=bq.settings.queue_for(spec.queue, info.get("routing_key")),
+        priority=info.get("priority"), due_at=due_at, expires_at=expires,
+        retries=req.retries if retries is None else retries, parent_id=req.parent_id,
+        resources=getattr(req, "bo_resources", None), study=getattr(req, "bo_study", None),
+    )
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)
         pipe.execute()

@@ -10,7 +10,6 @@ dies mid-way only delays the send, never loses it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import redis
 
 from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ class DelayedSubmissions:
         self._claim = scripts.register(client, "delays_claim.lua")
         self._drop_sent = scripts.register(client, "delays_drop_sent.lua")
 
-    def hold(self, pipe: Any, task_id: str, due_at: float, spec: dict[str, Any]) -> None:
-        pipe.hset(self.specs, task_id, json.dumps(spec))
+    def hold(self, pipe: Any, task_id: str, due_at: float, message: Message) -> None:
+        pipe.hset(self.specs, task_id, message.encode())
         pipe.zadd(self.zset, {task_id: due_at})
 
     def drop(self, task_id: str) -> None:
@@ -48,7 +48,7 @@ class DelayedSubmissions:
         return int(self.redis.zcard(self.zset))
 
     def release_due(
-        self, send: Callable[[str, dict[str, Any]], None], limit: int = RELEASE_BATCH,
+        self, send: Callable[[str, Message], None], limit: int = RELEASE_BATCH,
         lease_s: float = 30,
     ) -> int:
         """Send every due submission; returns how many were sent."""
@@ -56,7 +56,7 @@ class DelayedSubmissions:
         sent = 0
         for task_id, spec in zip(reply[::2], reply[1::2], strict=True):
             try:
-                send(task_id, json.loads(spec))
+                send(task_id, Message.decode(spec))
             except Exception:  # keep the lease: it is retried once the lease runs out
                 log.exception("could not send held task %s; will retry", task_id)
                 continue

@@ -26,6 +26,7 @@ from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
 from bo_queue.core.heartbeats import Heartbeats
 from bo_queue.core.keys import PULL_QUEUE, Keys
+from bo_queue.core.message import Message
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
@@ -304,6 +305,7 @@ class Core:
         if durable:
             for plan in plans:
                 plan.held = True  # held, due when it is due: sent below, or by a worker
+        messages = {plan.id: self._message(plan) for plan in plans}
         waits = []
         with self.broker_errors(), self.redis.pipeline(transaction=False) as pipe:
             for plan in ordered:
@@ -319,11 +321,11 @@ class Core:
                 })
                 if waiting:
                     waits.append((len(pipe), plan.id))
-                    self.records.wait_for(pipe, plan.id, req.depends_on, self._message(plan))
+                    self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
-                    self.delays.hold(pipe, plan.id, plan.due_at or now, self._message(plan))
+                    self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
                 elif plan.queue != PULL_QUEUE:  # sent below: kept until a worker starts it
-                    self.outbox.keep(pipe, plan.id, self._message(plan))
+                    self.outbox.keep(pipe, plan.id, messages[plan.id])
             replies = pipe.execute()
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
@@ -338,7 +340,7 @@ class Core:
                 producer.batch() if len(to_send) > 1 else _nothing(),
             ):
                 for plan in to_send:
-                    self.send(plan.id, self._message(plan), producer=producer, kept=True)
+                    self.send(plan.id, messages[plan.id], producer=producer, kept=True)
         return [TaskHandle(self, plan.id) for plan in plans]
 
     def _check_dependencies(self, plans: list[Plan]) -> list[Plan]:
@@ -379,44 +381,40 @@ class Core:
             while self.delays.release_due(self.send) >= RELEASE_BATCH:
                 pass
 
-    def _message(self, plan: Plan) -> dict[str, Any]:
+    def _message(self, plan: Plan) -> Message:
         req = plan.request
-        return {
-            "handler": req.handler, "payload": req.payload, "queue": plan.queue,
-            "priority": req.priority.broker_priority, "due_at": plan.due_at,
-            "expires_at": plan.expires_at, "retries": 0, "parent_id": req.parent_id,
-            "resources": req.resources.model_dump() if req.resources else None,
-            "study": plan.study,
-        }
+        return Message(
+            handler=req.handler, payload=req.payload, queue=plan.queue,
+            priority=req.priority.broker_priority, due_at=plan.due_at,
+            expires_at=plan.expires_at, parent_id=req.parent_id,
+            resources=req.resources.model_dump() if req.resources else None,
+            study=plan.study,
+        )
 
-    def send(self, task_id: str, message: Mapping[str, Any], producer: Any = None,
+    def send(self, task_id: str, message: Message, producer: Any = None,
              kept: bool = False) -> None:
         """Hand one task message to Celery (used for new, held and retried tasks), or,
-        for a pull type, to the agents (bo_queue.agents). The message is kept in the
-        outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it is already."""
-        if message["queue"] == PULL_QUEUE:
+        for a pull type, to the agents' store (bo_queue.core.pull). The message is kept
+        in the outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it
+        is already."""
+        if message.queue == PULL_QUEUE:
             self.pull.offer(task_id, message)
             return
         if not kept:
-            self.outbox.keep(self.redis, task_id, dict(message))
-        due_at, expires_at = message.get("due_at"), message.get("expires_at")
-        headers: dict[str, Any] = {}  # they travel with the message (and its retries)
-        if message.get("resources"):  # a submit's own resources (the worker's admission)
-            headers["bo_resources"] = message["resources"]
-        if message.get("study"):  # a study's evaluation (workers.studies)
-            headers["bo_study"] = message["study"]
+            self.outbox.keep(self.redis, task_id, message)
+        due_at, expires_at = message.due_at, message.expires_at
         self.app.send_task(
-            message["handler"],
-            args=[message["payload"]],
+            message.handler,
+            args=[message.payload],
             task_id=task_id,
-            queue=message["queue"],
-            priority=message["priority"],
+            queue=message.queue,
+            priority=message.priority,
             eta=utc(due_at) if due_at and due_at > time.time() else None,
             expires=utc(expires_at) if expires_at else None,
-            retries=message.get("retries", 0),
-            parent_id=message.get("parent_id"),
+            retries=message.retries,
+            parent_id=message.parent_id,
             producer=producer,
-            headers=headers or None,
+            headers=message.headers(),  # they travel with the message (and its retries)
         )
 
     @contextmanager

@@ -19,7 +19,6 @@ between its pop and its unacked record.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -30,6 +29,7 @@ import redis
 
 from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message, envelope_task_id
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ class Outbox:
         self.suspicion_key = f"{keys.outbox}:suspect"
         self._clear = scripts.register(client, "outbox_clear.lua")
 
-    def keep(self, pipe: Any, task_id: str, message: dict[str, Any]) -> None:
-        pipe.hset(self.keys.outbox, task_id, json.dumps(message))
+    def keep(self, pipe: Any, task_id: str, message: Message) -> None:
+        pipe.hset(self.keys.outbox, task_id, message.encode())
 
     def suspect(self, reason: str) -> None:
         """Messages may have been lost: the next reconcile (any worker's) looks."""
@@ -60,7 +60,7 @@ class Outbox:
         self._run_id = run_id
         return run_id if before is not None and before != run_id else None
 
-    def reconcile(self, send: Callable[[str, dict[str, Any]], None],
+    def reconcile(self, send: Callable[[str, Message], None],
                   queues: Callable[[], Iterable[str]], settle_s: float = SETTLE_S) -> list[str]:
         """If a loss is suspected, send again the messages that are nowhere (one worker at
         a time; the suspicion is cleared once it has looked). `queues()` names the queues
@@ -81,7 +81,7 @@ class Outbox:
             resent = []
             for task_id, raw in zip(missing, kept, strict=True):
                 if raw is not None:
-                    send(task_id, json.loads(raw))
+                    send(task_id, Message.decode(raw))
                     resent.append(task_id)
             if resent:
                 log.warning("%s: %d message(s) were lost; sent them again: %s", reason,
@@ -119,19 +119,7 @@ class Outbox:
             replies = pipe.execute()
         kept, present = set(replies[0]), set(replies[-1])
         for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):
-            task_id = message_task_id(raw)
+            task_id = envelope_task_id(raw)
             if task_id is not None:
                 present.add(task_id)
         return kept - present
-
-
-def message_task_id(raw: str) -> str | None:
-    """The task id of a kombu message as Redis keeps it: in a queue list, or in the
-    unacked hash as [message, exchange, routing key]; None if it is not one."""
-    try:
-        envelope = json.loads(raw)
-        if isinstance(envelope, list):
-            envelope = envelope[0]
-        return str(envelope["headers"]["id"])
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None

@@ -6,15 +6,14 @@ both share lua/pull.lua.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import redis
 
 from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 from bo_queue.states import Priority
 
 
@@ -28,14 +27,13 @@ class PullQueue:
         self.clock: Callable[[], float] = time.time
         self._offer = scripts.register(client, "agents_offer.lua", MAX_EVENTS=events_max_len)
 
-    def offer(self, task_id: str, message: Mapping[str, Any]) -> bool:
+    def offer(self, task_id: str, message: Message) -> bool:
         """Make a task claimable. False if it has ended (cancelled before its send) or
         was offered already."""
-        priority = message.get("priority")
-        broker = Priority.NORMAL.broker_priority if priority is None else int(priority)
+        priority = message.priority
+        broker = Priority.NORMAL.broker_priority if priority is None else priority
         args: list[str | float] = [
             self.keys.namespace, self.clock(), self.ttl_s, task_id,
-            str(message["handler"]), max(0, min(9, broker)), message.get("due_at") or 0,
-            json.dumps(message),
+            message.handler, max(0, min(9, broker)), message.due_at or 0, message.encode(),
         ]
         return bool(self._offer(args=args))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from bo_queue.core import scripts
 from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 from bo_queue.states import Priority, TaskState
 
 
@@ -138,14 +139,14 @@ class RecordStore:
             pipe.eval(self._extend, 1, link, ttl)
 
     def wait_for(
-        self, pipe: Any, task_id: str, depends_on: Sequence[str], message: Mapping[str, Any]
+        self, pipe: Any, task_id: str, depends_on: Sequence[str], message: Message
     ) -> None:
         """Queue, after `create`, the script that parks a new PENDING record until its
         dependencies succeed. Its reply in the pipeline's results: ['queued'] (nothing
         left to wait for: scheduled to send now), ['waiting'] or ['cancelled', dep, state]."""
         ttl = self.ttl_for(None)
         args: list[str | float] = [
-            self.keys.namespace, task_id, time.time(), ttl, json.dumps(message), *depends_on
+            self.keys.namespace, task_id, time.time(), ttl, message.encode(), *depends_on
         ]
         self._wait(args=args, client=pipe)
 

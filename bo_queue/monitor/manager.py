@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel
 
-from bo_queue.core.outbox import message_task_id
+from bo_queue.core.message import envelope_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.states import Priority, TaskState
@@ -149,7 +149,7 @@ class Monitor:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
             replies = pipe.execute()
-            oldest = [None if raw is None else message_task_id(raw) for raw in replies[1::2]]
+            oldest = [None if raw is None else envelope_task_id(raw) for raw in replies[1::2]]
             queued_at = self._queued_at([i for i in oldest if i])
         now = time.time()
         out = []

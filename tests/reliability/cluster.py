@@ -9,7 +9,7 @@ from collections import Counter
 import redis
 
 from bo_queue import BOQueue
-from bo_queue.core.outbox import message_task_id
+from bo_queue.core.message import envelope_task_id
 from tests.conftest import Cluster
 from tests.reliability.handlers import effect_keys
 
@@ -52,8 +52,8 @@ def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
         pipe.hkeys(bq.keys.outbox)
         replies = pipe.execute()
     states = dict(zip(task_ids, replies[:len(task_ids)], strict=True))
-    queued = {message_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
-    unacked = {message_task_id(m) for m in replies[-3]}
+    queued = {envelope_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
+    unacked = {envelope_task_id(m) for m in replies[-3]}
     held, outbox = set(replies[-2]), set(replies[-1])
     places: Counter[str] = Counter()
     for task_id, state in states.items():

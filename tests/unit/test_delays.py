@@ -14,10 +14,15 @@ import bo_queue
 from bo_queue import BOQueue, TaskCancelledError, TaskState
 from bo_queue.core.delays import DelayedSubmissions
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 
 from .fakes import fake_bq
 
-Sent = list[tuple[str, dict[str, Any]]]
+Sent = list[tuple[str, Message]]
+
+
+def message(**payload: Any) -> Message:
+    return Message(handler="h", payload=payload, queue="default")
 
 
 @pytest.fixture
@@ -27,11 +32,11 @@ def delays(fake: fakeredis.FakeRedis) -> DelayedSubmissions:
 
 def hold(delays: DelayedSubmissions, task_id: str, due_in_s: float, **spec: Any) -> None:
     with delays.redis.pipeline(transaction=False) as pipe:
-        delays.hold(pipe, task_id, time.time() + due_in_s, {"handler": "h", **spec})
+        delays.hold(pipe, task_id, time.time() + due_in_s, message(**spec))
         pipe.execute()
 
 
-def recorder() -> tuple[Sent, Callable[[str, dict[str, Any]], None]]:
+def recorder() -> tuple[Sent, Callable[[str, Message], None]]:
     sent: Sent = []
     return sent, lambda task_id, spec: sent.append((task_id, spec))
 
@@ -41,12 +46,12 @@ def test_hold_writes_the_set_and_the_spec(
 ) -> None:
     due = time.time() + 60
     with fake.pipeline(transaction=False) as pipe:
-        delays.hold(pipe, "a", due, {"handler": "h", "payload": {"x": 1}})
+        delays.hold(pipe, "a", due, message(x=1))
         assert delays.pending() == 0  # nothing is written until the pipeline runs
         pipe.execute()
     assert delays.pending() == 1
     assert fake.zscore(delays.zset, "a") == pytest.approx(due)
-    assert json.loads(fake.hget(delays.specs, "a")) == {"handler": "h", "payload": {"x": 1}}
+    assert Message.decode(fake.hget(delays.specs, "a")) == message(x=1)
     assert delays.zset == "t:delayed"
 
 
@@ -57,7 +62,7 @@ def test_release_due_sends_only_what_is_due(delays: DelayedSubmissions) -> None:
     sent, send = recorder()
     assert delays.release_due(send) == 2
     assert sorted(sent) == [
-        ("just-now", {"handler": "h", "n": 2}), ("past", {"handler": "h", "n": 1})
+        ("just-now", message(n=2)), ("past", message(n=1))
     ]
     assert delays.pending() == 1  # the future one waits
     sent.clear()
@@ -79,7 +84,7 @@ def test_failed_send_keeps_the_item_until_its_lease_runs_out(
 ) -> None:
     hold(delays, "a", -1, n=1)
 
-    def broken(task_id: str, spec: dict[str, Any]) -> None:
+    def broken(task_id: str, spec: Message) -> None:
         raise ConnectionError("broker down")
 
     assert delays.release_due(broken, lease_s=3600) == 0
@@ -96,14 +101,14 @@ def test_failed_send_keeps_the_item_until_its_lease_runs_out(
 def test_failed_send_is_reclaimed_once_the_lease_is_over(delays: DelayedSubmissions) -> None:
     hold(delays, "a", -1, n=1)
 
-    def broken(task_id: str, spec: dict[str, Any]) -> None:
+    def broken(task_id: str, spec: Message) -> None:
         raise ConnectionError("broker down")
 
     assert delays.release_due(broken, lease_s=0) == 0
     assert delays.pending() == 1
     sent, send = recorder()
     assert delays.release_due(send, lease_s=0) == 1
-    assert sent == [("a", {"handler": "h", "n": 1})]
+    assert sent == [("a", message(n=1))]
     assert delays.pending() == 0
 
 
@@ -112,7 +117,7 @@ def test_one_failed_send_does_not_block_the_others(delays: DelayedSubmissions) -
     hold(delays, "good", -1)
     sent: list[str] = []
 
-    def picky(task_id: str, spec: dict[str, Any]) -> None:
+    def picky(task_id: str, spec: Message) -> None:
         if task_id == "bad":
             raise RuntimeError("no")
         sent.append(task_id)

@@ -3,7 +3,6 @@ through RecordStore, and what BOQueue checks, writes and sends for `depends_on`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from bo_queue.core.dependencies import (
 )
 from bo_queue.core.handle import TaskHandle
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 from bo_queue.core.records import RecordStore
 
 TTL = 100
@@ -219,9 +219,9 @@ def make(store: RecordStore, task_id: str, **overrides: Any) -> dict[str, Any]:
     return fields
 
 
-def message_for(task_id: str) -> dict[str, Any]:
-    return {"handler": "unit.deps.node", "payload": {"id": task_id}, "queue": "default",
-            "priority": 3, "due_at": None, "expires_at": None, "retries": 0, "parent_id": None}
+def message_for(task_id: str) -> Message:
+    return Message(handler="unit.deps.node", payload={"id": task_id}, queue="default",
+                   priority=3)
 
 
 def park(
@@ -262,7 +262,7 @@ def test_wait_parks_and_the_last_success_releases(
     assert state(store, "D") is TaskState.PENDING
     assert fake.smembers("t:task:D:waiting") == {"A", "B"}
     assert store.dependents(["A", "B"]) == [{"D"}, {"D"}]
-    assert json.loads(fake.hget("t:deps:parked", "D")) == message_for("D")
+    assert Message.decode(fake.hget("t:deps:parked", "D")) == message_for("D")
     assert fake.zcard("t:delayed") == 0
 
     assert store.transition("A", TaskState.SUCCEEDED, finished_at=time.time())
@@ -277,7 +277,7 @@ def test_wait_parks_and_the_last_success_releases(
     assert state(store, "D") is TaskState.QUEUED
     score = fake.zscore("t:delayed", "D")
     assert score is not None and before - 1 <= score <= time.time() + 1
-    assert json.loads(fake.hget("t:delayed:specs", "D")) == message_for("D")
+    assert Message.decode(fake.hget("t:delayed:specs", "D")) == message_for("D")
     assert not fake.hexists("t:deps:parked", "D")
     assert fake.scard("t:task:D:waiting") == 0
     assert settled == [(1, [])]
@@ -415,7 +415,7 @@ def test_wait_for_a_succeeded_dependency_queues_now(
     assert state(store, "D") is TaskState.QUEUED
     score = fake.zscore("t:delayed", "D")
     assert score is not None and before - 1 <= score <= time.time() + 1
-    assert json.loads(fake.hget("t:delayed:specs", "D")) == message_for("D")
+    assert Message.decode(fake.hget("t:delayed:specs", "D")) == message_for("D")
     assert not fake.hexists("t:deps:parked", "D")
     assert not fake.exists("t:task:D:waiting")
     assert settled == []  # wait_for reports through its reply; Core.submit_plans acts on it

@@ -11,6 +11,7 @@ import fakeredis
 import pytest
 
 from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message
 from bo_queue.core.outbox import Outbox
 
 KEYS = Keys("ns")
@@ -20,6 +21,10 @@ def envelope(task_id: str) -> str:
     return json.dumps({"body": "", "headers": {"id": task_id}, "properties": {}})
 
 
+def message(task_id: str) -> Message:
+    return Message(handler="h", payload={"id": task_id}, queue="default")
+
+
 @pytest.fixture
 def outbox(fake: fakeredis.FakeRedis) -> Outbox:
     return Outbox(fake, KEYS)
@@ -27,7 +32,7 @@ def outbox(fake: fakeredis.FakeRedis) -> Outbox:
 
 def task(fake: fakeredis.FakeRedis, outbox: Outbox, task_id: str, state: str = "QUEUED") -> None:
     fake.hset(KEYS.task(task_id), "state", state)
-    outbox.keep(fake, task_id, {"handler": "h", "payload": {"id": task_id}})
+    outbox.keep(fake, task_id, message(task_id))
 
 
 def reconcile(outbox: Outbox, during_settle: Any = None) -> list[tuple[str, Any]]:
@@ -55,7 +60,7 @@ def test_only_queued_tasks_whose_message_is_nowhere_are_sent_again(
     fake.hset(KEYS.delayed_specs, "held", "{}")
     outbox.suspect("a worker died")
 
-    assert reconcile(outbox) == [("lost", {"handler": "h", "payload": {"id": "lost"}})]
+    assert reconcile(outbox) == [("lost", message("lost"))]
     assert not fake.hexists(KEYS.outbox, "started")  # its entry goes: the task started
     assert fake.hexists(KEYS.outbox, "lost")  # until the re-sent message starts it
     assert not fake.exists(outbox.suspicion_key)

@@ -1,0 +1,75 @@
+"""Message: one task message, as bo_queue builds, keeps and sends it.
+
+A submit builds it from its Plan; a worker builds it again for a retry it holds in
+Redis (workers.runner). It is kept as JSON in the outbox until a worker starts the task
+(core/outbox.py), in the held schedule until it is due (core/delays.py), with a
+dependent task until its dependencies end (core/records.py), and in the pull store until
+an agent claims it (core/pull.py); each reads it back with `Message.decode`. Core.send
+turns it into Celery's message: the payload as the one argument, the rest as options and
+headers.
+
+Messages already in Redis keep decoding when fields are added: a field a message lacks
+takes its default, and a field this version does not know is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from bo_queue.errors import ValidationError
+from bo_queue.validation import problems
+
+
+class Message(BaseModel):
+    """What a task is sent as. Frozen: a changed message is a new one (model_copy)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    handler: str
+    payload: dict[str, Any]
+    queue: str
+    priority: int | None = None  # the broker priority, 0 (highest) to 9; None: the default
+    due_at: float | None = None  # unix time it may start; None: now
+    expires_at: float | None = None  # unix time after which it must not start
+    retries: int = 0  # retries before this send
+    parent_id: str | None = None  # the task that spawned it
+    resources: dict[str, float] | None = None  # a submit's own resources (admission)
+    study: dict[str, Any] | None = None  # a study's evaluation: {"study_id", "trial_index"}
+
+    def encode(self) -> str:
+        """The JSON kept in Redis."""
+        return self.model_dump_json()
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Message:
+        """A message from the JSON `encode` wrote (or an older bo_queue did);
+        ValidationError if it is not one."""
+        try:
+            return cls.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"not a task message: {problems(exc)}") from None
+
+    def headers(self) -> dict[str, Any] | None:
+        """The headers that travel with it to the worker (and with Celery's retries)."""
+        headers: dict[str, Any] = {}
+        if self.resources:  # the worker's admission reads them
+            headers["bo_resources"] = self.resources
+        if self.study:  # workers.studies reports only evaluations so marked
+            headers["bo_study"] = self.study
+        return headers or None
+
+
+def envelope_task_id(raw: str) -> str | None:
+    """The task id of a kombu message as Redis keeps it: in a queue list, or in the
+    unacked hash as [message, exchange, routing key]; None if it is not one."""
+    try:
+        envelope = json.loads(raw)
+        if isinstance(envelope, list):
+            envelope = envelope[0]
+        return str(envelope["headers"]["id"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None

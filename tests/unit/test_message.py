@@ -1,0 +1,94 @@
+"""Message: one frozen model builds, keeps and reads task messages. The JSON bo_queue
+wrote before it existed (a submit's message, a worker's held retry, older ones without
+resources) still decodes, from the held schedule and the outbox alike."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import fakeredis
+import pydantic
+import pytest
+
+from bo_queue import ValidationError
+from bo_queue.core.delays import DelayedSubmissions
+from bo_queue.core.keys import Keys
+from bo_queue.core.message import Message, envelope_task_id
+from bo_queue.core.outbox import Outbox
+
+KEYS = Keys("t")
+
+# What BOQueue._message wrote before Message (085edd6), and a worker's _hold.
+SUBMITTED = {
+    "handler": "reports.build", "payload": {"x": 1}, "queue": "default", "priority": 3,
+    "due_at": None, "expires_at": 1900000000.5, "retries": 0, "parent_id": "p1",
+    "resources": {"cpu": 2.0, "memory_mb": 512.0, "gpu": 0.0},
+}
+HELD_RETRY = {
+    "handler": "reports.build", "payload": {"x": 1}, "queue": "default.gpu", "priority": None,
+    "due_at": 1800000000.0, "expires_at": None, "retries": 2, "parent_id": None,
+    "resources": None,
+}
+OLDER = {"handler": "h", "payload": {}, "queue": "default", "priority": 5, "due_at": None,
+         "expires_at": None, "retries": 0, "parent_id": None}  # before resources existed
+
+
+@pytest.mark.parametrize("shape", [SUBMITTED, HELD_RETRY, OLDER], ids=["submit", "retry", "old"])
+def test_todays_shapes_decode(shape: dict[str, Any]) -> None:
+    message = Message.decode(json.dumps(shape))
+    for field, value in shape.items():
+        assert getattr(message, field) == value
+    assert message.study is None
+    assert Message.decode(message.encode()) == message
+
+
+def test_a_field_from_a_newer_version_is_ignored() -> None:
+    message = Message.decode(json.dumps({**OLDER, "shiny": True}))
+    assert message == Message.decode(json.dumps(OLDER))
+
+
+@pytest.mark.parametrize("raw", ["not json", "[]", json.dumps({"payload": {}}),
+                                 json.dumps({**OLDER, "payload": [1]})])
+def test_what_is_not_a_message_is_a_validation_error(raw: str) -> None:
+    with pytest.raises(ValidationError, match="not a task message"):
+        Message.decode(raw)
+
+
+def test_frozen() -> None:
+    message = Message.decode(json.dumps(OLDER))
+    with pytest.raises(pydantic.ValidationError):
+        message.retries = 3  # type: ignore[misc]
+
+
+def test_headers_carry_resources_and_the_study_marker() -> None:
+    assert Message.decode(json.dumps(OLDER)).headers() is None
+    marked = Message.decode(json.dumps({**SUBMITTED, "study": {"study_id": "s", "trial_index": 4}}))
+    assert marked.headers() == {"bo_resources": SUBMITTED["resources"],
+                                "bo_study": {"study_id": "s", "trial_index": 4}}
+
+
+def test_held_sends_and_outbox_entries_already_in_redis_are_read_back() -> None:
+    fake = fakeredis.FakeRedis(decode_responses=True)
+    delays, outbox = DelayedSubmissions(fake, KEYS), Outbox(fake, KEYS)
+    # written as today's code writes them, not through Message
+    fake.hset(KEYS.delayed_specs, "held", json.dumps(HELD_RETRY))
+    fake.zadd(KEYS.delayed, {"held": time.time() - 1})
+    fake.hset(KEYS.outbox, "lost", json.dumps(SUBMITTED))
+    fake.hset(KEYS.task("lost"), "state", "QUEUED")
+    outbox.suspect("a test")
+
+    sent: list[tuple[str, Message]] = []
+    assert delays.release_due(lambda task_id, m: sent.append((task_id, m))) == 1
+    assert outbox.reconcile(lambda task_id, m: sent.append((task_id, m)),
+                            lambda: ["default"], settle_s=0) == ["lost"]
+    assert sent == [("held", Message(**HELD_RETRY)), ("lost", Message(**SUBMITTED))]
+
+
+def test_envelope_task_id_reads_queue_entries_and_unacked_ones() -> None:
+    envelope = {"body": "", "headers": {"id": "t-1"}, "properties": {}}
+    assert envelope_task_id(json.dumps(envelope)) == "t-1"
+    assert envelope_task_id(json.dumps([envelope, "", "default"])) == "t-1"
+    assert envelope_task_id("{}") is None
+    assert envelope_task_id("not json") is None
