@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from bo_queue.errors import TaskCancelledError, ValidationError
+from bo_queue.validation import check_json
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
@@ -87,10 +88,7 @@ class TaskContext:
 
     def checkpoint(self, state: Any) -> None:
         """Save JSON state that a later attempt of this task can resume from."""
-        try:
-            encoded = json.dumps(state, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"checkpoint is not JSON-serialisable: {exc}") from None
+        encoded = check_json(state, "checkpoint")
         key = self._bq.keys.checkpoint(self.task_id)
         self._bq.redis.set(key, encoded, ex=self._bq.settings.result_expires_s)
         self._checkpoint = state

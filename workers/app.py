@@ -21,7 +21,7 @@ from workers.runner import bind_handlers
 
 BUILTIN_MODULES = (
     "workers.builtin",
-    "workers.studies",
+    "workers.study_step",
     "workers.objectives",
     "workers.maintenance",
     "workers.workflows",

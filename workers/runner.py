@@ -35,9 +35,11 @@ from bo_queue.errors import (
     InvalidResultError,
     TaskCancelledError,
     TaskLostError,
+    ValidationError,
 )
 from bo_queue.registry import HandlerSpec, Resources
 from bo_queue.states import Priority, TaskState
+from bo_queue.validation import check_json
 from workers.execution import run_handler
 
 log = logging.getLogger(__name__)
@@ -255,11 +257,9 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
 
 def _check_json(handler: str, result: Any) -> None:
     try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidResultError(
-            f"handler {handler!r} returned a value that is not JSON-serialisable: {exc}"
-        ) from None
+        check_json(result, f"the value handler {handler!r} returned")
+    except ValidationError as exc:
+        raise InvalidResultError(str(exc)) from None
 
 
 def bind_handlers(app: Celery, bq: BOQueue) -> list[str]:

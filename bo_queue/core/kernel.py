@@ -259,7 +259,7 @@ class Core:
 
         `study` marks a study's evaluation ({"study_id", "trial_index"}, set only by
         the study step): it travels with the message as the `bo_study` header, and only
-        an evaluation so marked reports its outcome to a study (workers.studies)."""
+        an evaluation so marked reports its outcome to a study (workers.study_step)."""
         check_payload(request.payload, self.settings.max_payload_bytes)
         entry = self.handler_entry(request.handler)
         declared = entry.get("queue")

@@ -58,7 +58,7 @@ class Message(BaseModel):
         headers: dict[str, Any] = {}
         if self.resources:  # the worker's admission reads them
             headers["bo_resources"] = self.resources
-        if self.study:  # workers.studies reports only evaluations so marked
+        if self.study:  # workers.study_step reports only evaluations so marked
             headers["bo_study"] = self.study
         return headers or None
 

@@ -1,4 +1,4 @@
-"""A study's evaluations carry the `bo_study` header (workers.studies), on fakeredis with
+"""A study's evaluations carry the `bo_study` header (workers.study_step), on fakeredis with
 the broker replaced by a recorder: the study step's durable submit, the held send, the
 outbox's re-send and a held retry all keep it; an ordinary task never has it, and only a
 marked task reports to a study."""
@@ -20,8 +20,8 @@ from bo_queue import BOQueue
 from bo_queue.core.outbox import Outbox
 from bo_queue.studies.manager import STEP
 from bo_queue.studies.models import Objective, Range, Study, Trial
-from workers import runner, studies
-from workers.studies import Stepper, evaluation_marker, marked_trial
+from workers import runner, study_step
+from workers.study_step import Stepper, evaluation_marker, marked_trial
 
 EVALUATOR = "unit.marker.eval"
 Sent = list[dict[str, Any]]
@@ -132,14 +132,14 @@ def test_only_a_marked_task_reports_to_its_study(
 ) -> None:
     payload = {"study_id": study.id, "trial_index": 0, "params": {"x": 0.0}}
     store = bq.studies.store
-    studies._evaluation_finished(finished_task(bq), payload, {"loss": 1.0}, None)
-    studies._evaluation_finished(
+    study_step._evaluation_finished(finished_task(bq), payload, {"loss": 1.0}, None)
+    study_step._evaluation_finished(
         finished_task(bq, bo_study={"study_id": study.id, "trial_index": True}),
         payload, {"loss": 1.0}, None)
     assert store.inbox(study.id) == [] and sent == []  # no header, or not a real one
 
     marked = finished_task(bq, bo_study=evaluation_marker(study.id, 2))
-    studies._evaluation_finished(marked, {"anything": 1}, {"loss": 0.5}, None)
+    study_step._evaluation_finished(marked, {"anything": 1}, {"loss": 0.5}, None)
     [entry] = store.inbox(study.id)
     assert (entry["index"], entry["values"], entry["task_id"]) == (2, {"loss": 0.5}, "eval-0")
     assert [c["name"] for c in sent] == [STEP]  # and the study takes a step

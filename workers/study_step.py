@@ -1,4 +1,4 @@
-"""Optimization studies on the workers.
+"""The study step, on the workers: how a study advances.
 
 `bo_queue.study.step` (queue `bo`) is the only writer of a study's Ax model: under the
 study's Redis lock it drains reported results into Ax, fails trials whose lease ran out,
