@@ -30,6 +30,7 @@ finishing}), `pull:messages` (id -> message), `pull:leases` (id -> lease end), `
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -69,6 +70,8 @@ __all__ = [
     "ClaimedTask",
     "PullType",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_S = 24 * 3600.0  # the seed's stale-task timeout
 # complete() and fail() store the result between two scripts; the first lengthens the
@@ -371,7 +374,7 @@ class AgentManager:
             reply, message = self._call(self._claim, agent, *pairs)
             claimed = reply.get("claimed")
             if claimed:
-                payload = Message.decode(message).payload if message else {}
+                payload = _readable(claimed["id"], message).payload if message else {}
                 return ClaimedTask(
                     id=claimed["id"], type=claimed["type"], payload=payload,
                     priority=Priority(int(claimed["priority"] or Priority.NORMAL)),
@@ -513,7 +516,7 @@ class AgentManager:
         if reply["verdict"] == "cancelled":
             raise TaskCancelledError(task_id, str(reply.get("error") or "cancelled"))
         self._check_held(task_id, agent, reply)
-        return Message.decode(message) if message else None
+        return _readable(task_id, message) if message else None
 
     def _end(self, task_id: str, agent: str, state: TaskState, **fields: Any) -> None:
         flat: list[str | float] = [state.value]
@@ -558,6 +561,16 @@ class AgentManager:
 
     def _run(self, script: Any, *args: str | float) -> dict[str, Any]:
         return self._call(script, *args)[0]
+
+
+def _readable(task_id: str, raw: str) -> Message:
+    """A pull task's stored message; one that cannot be read is logged and read as an
+    empty one (the claim or the completion goes on, as for any other task)."""
+    try:
+        return Message.decode(raw)
+    except ValidationError as exc:
+        log.error("pull task %s: unreadable message (%s); read as empty", task_id, exc)
+        return Message(handler="", payload={}, queue=PULL_QUEUE)
 
 
 def _request(task_id: str, agent: str, message: Message | None) -> Context:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from bo_queue.config import ENV_PREFIX, Settings
 from bo_queue.errors import BOQueueError
+from bo_queue.validation import utc
 
 if TYPE_CHECKING:
     from bo_queue.core.records import TaskTree
@@ -308,9 +309,8 @@ def _api_key(args: argparse.Namespace) -> int:
 
 
 def _when(timestamp: float) -> str:
-    from datetime import UTC, datetime
 
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return utc(timestamp).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _demo(args: argparse.Namespace) -> int:

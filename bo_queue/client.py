@@ -60,7 +60,7 @@ class BOQueue(Core):
         if self._schedules is None:
             from bo_queue.schedules import ScheduleManager
 
-            self._schedules = ScheduleManager(self, self.studies)
+            self._schedules = ScheduleManager(self, lambda: self.studies)
         return self._schedules
 
     @property

@@ -7,7 +7,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from bo_queue.errors import TaskCancelledError, ValidationError
-from bo_queue.validation import check_json
 
 if TYPE_CHECKING:
     from bo_queue.client import BOQueue
@@ -88,7 +87,10 @@ class TaskContext:
 
     def checkpoint(self, state: Any) -> None:
         """Save JSON state that a later attempt of this task can resume from."""
-        encoded = check_json(state, "checkpoint")
+        try:
+            encoded = json.dumps(state, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"checkpoint is not JSON-serialisable: {exc}") from None
         key = self._bq.keys.checkpoint(self.task_id)
         self._bq.redis.set(key, encoded, ex=self._bq.settings.result_expires_s)
         self._checkpoint = state

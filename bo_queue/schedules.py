@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -56,8 +56,8 @@ class ScheduleInfo(BaseModel):
 
 
 class ScheduleManager:
-    def __init__(self, bq: Core, studies: StudyManager) -> None:
-        self.studies = studies  # a schedule may start a study: its evaluator is checked
+    def __init__(self, bq: Core, studies: Callable[[], StudyManager]) -> None:
+        self.studies = studies  # built on first use: a schedule that starts a study
         from redbeat.schedulers import ensure_conf  # type: ignore[import-untyped]
 
         self.bq = bq
@@ -119,7 +119,7 @@ class ScheduleManager:
         spec = parse_spec(template).check_runnable()
         _check_storable(spec.model_dump(mode="json"), "template")
         if spec.evaluator is not None:
-            self.studies.check_evaluator(spec.evaluator)
+            self.studies().check_evaluator(spec.evaluator)
         payload = {
             "name": name,
             "handler": "study",

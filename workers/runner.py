@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pydantic
@@ -29,17 +29,16 @@ from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
 from bo_queue.core.admission import Gate
-from bo_queue.core.message import Message
+from bo_queue.core.message import Message, evaluation_of
 from bo_queue.errors import (
     ConfigurationError,
     InvalidResultError,
     TaskCancelledError,
     TaskLostError,
-    ValidationError,
 )
 from bo_queue.registry import HandlerSpec, Resources
 from bo_queue.states import Priority, TaskState
-from bo_queue.validation import check_json
+from bo_queue.validation import utc
 from workers.execution import run_handler
 
 log = logging.getLogger(__name__)
@@ -199,13 +198,18 @@ def run_report(task: HandlerTask) -> dict[str, Any]:
 
 def _needs(req: Any, spec: HandlerSpec) -> Resources | None:
     """The resources this run needs: the submit's (a message header), else the handler's."""
+    return _sent_resources(req) or spec.resources
+
+
+def _sent_resources(req: Any) -> Resources | None:
+    """The resources a submit sent with the task (its `bo_resources` header), if readable."""
     sent = getattr(req, "bo_resources", None)
     if isinstance(sent, dict):
         try:
             return Resources(**sent)
         except pydantic.ValidationError:
             log.warning("task %s: ignoring unreadable resources %r", req.id, sent)
-    return spec.resources
+    return None
 
 
 _gates: dict[tuple[int, str], Gate] = {}
@@ -234,7 +238,7 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
         return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.core.delays).
     _hold(task, payload, due_at, retries=req.retries + 1)
-    return Retry(exc=exc, when=datetime.fromtimestamp(due_at, UTC))
+    return Retry(exc=exc, when=utc(due_at))
 
 
 def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
@@ -243,12 +247,16 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
+    # the headers it came with go with it, those that can be read
+    sent = getattr(req, "bo_resources", None) if _sent_resources(req) else None
+    marker = getattr(req, "bo_study", None)
     message = Message(
         handler=spec.name, payload=payload,
         queue=bq.settings.queue_for(spec.queue, info.get("routing_key")),
         priority=info.get("priority"), due_at=due_at, expires_at=expires,
         retries=req.retries if retries is None else retries, parent_id=req.parent_id,
-        resources=getattr(req, "bo_resources", None), study=getattr(req, "bo_study", None),
+        resources=sent,
+        study=marker if evaluation_of(marker) else None,
     )
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)
@@ -256,10 +264,13 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
 
 
 def _check_json(handler: str, result: Any) -> None:
+    # Not validation.check_json: a result has no depth limit (Celery stores it, not Lua).
     try:
-        check_json(result, f"the value handler {handler!r} returned")
-    except ValidationError as exc:
-        raise InvalidResultError(str(exc)) from None
+        json.dumps(result, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidResultError(
+            f"handler {handler!r} returned a value that is not JSON-serialisable: {exc}"
+        ) from None
 
 
 def bind_handlers(app: Celery, bq: BOQueue) -> list[str]:

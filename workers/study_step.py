@@ -24,6 +24,7 @@ from redis.exceptions import LockError
 
 from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.context import TaskContext
+from bo_queue.core.message import evaluation_of
 from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError
 from bo_queue.registry import handler
 from bo_queue.retry import RetryPolicy
@@ -309,13 +310,7 @@ def evaluation_marker(study_id: str, trial_index: int) -> dict[str, Any]:
 def marked_trial(request: Any) -> tuple[str, int] | None:
     """(study id, trial index) of the evaluation a task's request is, from its `bo_study`
     header; None for a task the study step did not send."""
-    marker = getattr(request, "bo_study", None)
-    if not isinstance(marker, dict):
-        return None
-    study_id, index = marker.get("study_id"), marker.get("trial_index")
-    if not isinstance(study_id, str) or isinstance(index, bool) or not isinstance(index, int):
-        return None
-    return study_id, index
+    return evaluation_of(getattr(request, "bo_study", None))
 
 
 def _evaluation_finished(

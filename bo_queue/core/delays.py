@@ -20,6 +20,7 @@ import redis
 from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
+from bo_queue.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,13 @@ class DelayedSubmissions:
         sent = 0
         for task_id, spec in zip(reply[::2], reply[1::2], strict=True):
             try:
-                send(task_id, Message.decode(spec))
+                message = Message.decode(spec)
+            except ValidationError as exc:  # it can never be sent: drop it, say so
+                log.error("dropped held task %s: %s", task_id, exc)
+                self._drop_sent(keys=[self.zset, self.specs], args=[task_id, spec])
+                continue
+            try:
+                send(task_id, message)
             except Exception:  # keep the lease: it is retried once the lease runs out
                 log.exception("could not send held task %s; will retry", task_id)
                 continue

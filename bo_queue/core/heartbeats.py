@@ -38,9 +38,9 @@ class Heartbeats:
         self.key = keys.workers
         self.timeout_s = timeout_s
 
-    def beat(self, hostname: str, card: Card, client: Any = None) -> None:
-        """Write `hostname`'s card, stamped now (`client`: a pipeline, or this client)."""
-        (client or self.redis).hset(self.key, hostname, json.dumps({**card, "at": time.time()}))
+    def beat(self, hostname: str, card: Card) -> None:
+        """Write `hostname`'s card, stamped now."""
+        self.redis.hset(self.key, hostname, json.dumps({**card, "at": time.time()}))
 
     def remove(self, hostname: str) -> None:
         self.redis.hdel(self.key, hostname)
@@ -57,6 +57,12 @@ class Heartbeats:
     def alive(self, card: Card | None, now: float | None = None) -> bool:
         """Whether `card` was written within the heartbeat timeout."""
         return card is not None and (now or time.time()) - card["at"] <= self.timeout_s
+
+    def gone(self, card: Card | None, now: float | None = None) -> bool:
+        """Whether `card` is long past alive (10 timeouts, at least a minute: its worker
+        was killed) or unreadable: the monitor forgets such cards."""
+        limit = max(60.0, 10 * self.timeout_s)
+        return card is None or (now or time.time()) - card["at"] > limit
 
     def live(self) -> list[Card]:
         """The cards of live workers (queues, capabilities, offers, versions)."""

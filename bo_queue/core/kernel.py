@@ -58,9 +58,12 @@ class Core:
     sends, the outbox and results, and what every service does with tasks (submit, send,
     cancel, look). BOQueue is this plus the lazy services (bo_queue.client).
 
-    Services are typed against this class and use only its public names: `check` and
-    `submit_plans` (a submit in two steps, for callers that add their own marks),
-    `send`, `settle`, `broker_errors`, `handler_entry`, `handler_queue`, `heartbeats`.
+    Services are typed against this class and use only its public names (the table in
+    docs/architecture.md): the stores (`records`, `delays`, `outbox`, `results`,
+    `heartbeats`, `pull`), the producer's calls (`submit`, `cancel`, `info`, ...), `check`
+    and `submit_plans` (a submit in two steps, for callers that mark or batch plans),
+    `send`, `settle`, `broker_errors`, and the handler directory (`handler_entry`,
+    `handler_queue`, `handler_directory`, `refresh_handlers`, `forget_handlers`).
     """
 
     def __init__(
@@ -135,7 +138,7 @@ class Core:
         self.close()
 
     def close(self) -> None:
-        """Close every connection this facade opened (and stop the callback thread)."""
+        """Close every connection this object opened (and stop the callback thread)."""
         if self._callbacks is not None:
             self._callbacks.close()
         if self._results is not None:
@@ -255,7 +258,8 @@ class Core:
     ) -> Plan:
         """A request checked against the handler directory, the queues and the clock, as
         the Plan a submit writes and sends; ValidationError (or UnknownHandlerError) if
-        it cannot be submitted. Nothing is written.
+        it cannot be submitted. Nothing of the task is written (a capability or version
+        queue it goes to is recorded, for bq.monitor.queues()).
 
         `study` marks a study's evaluation ({"study_id", "trial_index"}, set only by
         the study step): it travels with the message as the `bo_study` header, and only

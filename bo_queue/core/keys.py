@@ -137,7 +137,7 @@ class Keys:
 
     @property
     def pull_messages(self) -> str:
-        """Hash: pull task id -> the message `BOQueue.send` was given (payload included)."""
+        """Hash: pull task id -> the message `Core.send` was given (payload included)."""
         return f"{self.namespace}:pull:messages"
 
     @property

@@ -37,21 +37,24 @@ class Message(BaseModel):
     expires_at: float | None = None  # unix time after which it must not start
     retries: int = 0  # retries before this send
     parent_id: str | None = None  # the task that spawned it
-    resources: dict[str, float] | None = None  # a submit's own resources (admission)
+    resources: dict[str, int | float] | None = None  # a submit's own resources (admission)
     study: dict[str, Any] | None = None  # a study's evaluation: {"study_id", "trial_index"}
 
     def encode(self) -> str:
-        """The JSON kept in Redis."""
-        return self.model_dump_json()
+        """The JSON kept in Redis, as json.dumps writes it: what check_json accepted
+        (lone surrogates included, escaped) is what gets stored."""
+        return json.dumps(self.model_dump())
 
     @classmethod
     def decode(cls, raw: str | bytes) -> Message:
         """A message from the JSON `encode` wrote (or an older bo_queue did);
         ValidationError if it is not one."""
-        try:
-            return cls.model_validate_json(raw)
-        except pydantic.ValidationError as exc:
+        try:  # json.loads, as encode writes with json.dumps (lone surrogates and all)
+            return cls.model_validate(json.loads(raw))
+        except pydantic.ValidationError as exc:  # before ValueError: it is one
             raise ValidationError(f"not a task message: {problems(exc)}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON
+            raise ValidationError(f"not a task message: {exc}") from None
 
     def headers(self) -> dict[str, Any] | None:
         """The headers that travel with it to the worker (and with Celery's retries)."""
@@ -61,6 +64,17 @@ class Message(BaseModel):
         if self.study:  # workers.study_step reports only evaluations so marked
             headers["bo_study"] = self.study
         return headers or None
+
+
+def evaluation_of(marker: object) -> tuple[str, int] | None:
+    """(study id, trial index) of a `study` marker (the `bo_study` header) the study step
+    wrote; None for anything else."""
+    if not isinstance(marker, dict):
+        return None
+    study_id, index = marker.get("study_id"), marker.get("trial_index")
+    if not isinstance(study_id, str) or isinstance(index, bool) or not isinstance(index, int):
+        return None
+    return study_id, index
 
 
 def envelope_task_id(raw: str) -> str | None:

@@ -30,6 +30,7 @@ import redis
 from bo_queue.core import scripts
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message, envelope_task_id
+from bo_queue.errors import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,16 @@ class Outbox:
             kept: list[Any] = self.redis.hmget(self.keys.outbox, missing) if missing else []
             resent = []
             for task_id, raw in zip(missing, kept, strict=True):
-                if raw is not None:
-                    send(task_id, Message.decode(raw))
-                    resent.append(task_id)
+                if raw is None:
+                    continue
+                try:
+                    message = Message.decode(raw)
+                except ValidationError as exc:  # it can never be sent: drop it, say so
+                    log.error("dropped the outbox entry of task %s: %s", task_id, exc)
+                    self.redis.hdel(self.keys.outbox, task_id)
+                    continue
+                send(task_id, message)
+                resent.append(task_id)
             if resent:
                 log.warning("%s: %d message(s) were lost; sent them again: %s", reason,
                             len(resent), ", ".join(resent[:20]))

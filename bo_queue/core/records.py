@@ -100,7 +100,7 @@ class RecordStore:
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_max_len = events_max_len
-        self.on_settled = on_settled  # the facade sends released tasks, wakes cancelled ones
+        self.on_settled = on_settled  # Core.settle: sends released tasks, wakes cancelled ones
         self._wait = scripts.register(client, "dependencies_wait.lua", MAX_EVENTS=events_max_len)
         self._start = scripts.register(client, "record_start.lua", MAX_EVENTS=events_max_len)
         self._cancel = scripts.register(client, "record_cancel.lua", MAX_EVENTS=events_max_len)

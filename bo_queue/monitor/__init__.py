@@ -1,6 +1,13 @@
 """Watching bo_queue: queues, workers, metrics and events (manager), health checks,
 Prometheus metrics, structured logs and the terminal status page."""
 
-from bo_queue.monitor.manager import Monitor
+from bo_queue.monitor.manager import (
+    Event,
+    Metrics,
+    Monitor,
+    QueueStats,
+    WebhookSink,
+    WorkerStatus,
+)
 
-__all__ = ["Monitor"]
+__all__ = ["Event", "Metrics", "Monitor", "QueueStats", "WebhookSink", "WorkerStatus"]

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
 from celery._state import get_current_task
 from celery.utils.log import get_multiprocessing_logger
+
+from bo_queue.validation import utc
 
 # What Celery's TaskFormatter puts on a record logged outside a task.
 _UNKNOWN = "???"
@@ -73,7 +74,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
+            "time": utc(record.created)
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname,

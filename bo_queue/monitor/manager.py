@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -30,6 +30,7 @@ from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.states import Priority, TaskState
 from bo_queue.studies import scoring
+from bo_queue.validation import utc
 
 if TYPE_CHECKING:
     from bo_queue.core.handle import TaskHandle
@@ -185,15 +186,15 @@ class Monitor:
         out, dead = [], []
         for hostname, card in sorted(cards.items()):
             if card is None or not bq.heartbeats.alive(card, now):
-                if card is None or now - card["at"] > max(60.0, 10 * bq.heartbeats.timeout_s):
+                if bq.heartbeats.gone(card, now):
                     dead.append(hostname)  # long gone (killed): forget it
                 continue
             started = card.get("started_at")
             out.append(WorkerStatus(
                 hostname=hostname, queues=card.get("queues", []),
                 concurrency=card.get("concurrency"), active=card.get("active", 0),
-                pid=card.get("pid"), last_heartbeat=datetime.fromtimestamp(card["at"], UTC),
-                started_at=datetime.fromtimestamp(started, UTC) if started else None,
+                pid=card.get("pid"), last_heartbeat=utc(card["at"]),
+                started_at=utc(started) if started else None,
                 seconds_since_heartbeat=now - card["at"],
                 capabilities=card.get("capabilities", []), offers=card.get("offers", {}),
                 versions=card.get("versions", {}),
@@ -354,7 +355,7 @@ class Monitor:
         workers = self.workers()
         by_status, studies = self._studies(now, window_s)
         return Metrics(
-            window_s=window_s, complete=complete, at=datetime.fromtimestamp(now, UTC),
+            window_s=window_s, complete=complete, at=utc(now),
             handlers=handlers,
             total=total, running=running, concurrent=sum(w.active for w in workers),
             workers=len(workers), studies_by_status=by_status, studies=studies,

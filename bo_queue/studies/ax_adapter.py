@@ -1,7 +1,7 @@
 """The one place that touches Ax's private API: the Client's JSON snapshot (how a study's
-model is saved between steps), its seed and its experiment. tests/unit/test_adapters.py
-checks these names against the pinned Ax, so an upgrade that moves them fails there
-first, not in a running study.
+model is saved between steps), its seed, its experiment and its generation strategy.
+tests/unit/test_adapters.py checks these names against the pinned Ax, so an upgrade that
+moves them fails there first, not in a running study.
 """
 
 from __future__ import annotations
@@ -23,6 +23,12 @@ def restore(state: dict[str, Any], seed: int | None) -> Client:
     client = Client._from_json_snapshot(state)  # noqa: SLF001
     client._random_seed = seed  # noqa: SLF001
     return client
+
+
+def generation_node(client: Client) -> str:
+    """The name of the generation node Ax is at (Sobol, BoTorch, ...), or "" if unknown."""
+    strategy = client._maybe_generation_strategy  # noqa: SLF001  (None before one is set)
+    return str(getattr(strategy, "current_node_name", "") or "")
 
 
 def experiment(client: Client) -> Experiment:

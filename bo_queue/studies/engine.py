@@ -115,9 +115,7 @@ class Engine:
         return applied
 
     def _node_name(self) -> str:
-        strategy = getattr(self.client, "_generation_strategy", None)
-        node = getattr(strategy, "current_node_name", "") if strategy is not None else ""
-        return str(node or "ax")
+        return ax_adapter.generation_node(self.client) or "ax"
 
 
 def _parameter(p: Range | Choice) -> RangeParameterConfig | ChoiceParameterConfig:

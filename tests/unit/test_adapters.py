@@ -1,6 +1,7 @@
 """The third-party private names bo_queue relies on, checked against the pinned versions:
-kombu's Redis QoS index helper (bo_queue.core.transport) and Ax's Client snapshot, seed
-and experiment (bo_queue.studies.ax_adapter). An upgrade that moves one fails here."""
+kombu's Redis QoS and Channel internals (bo_queue.core.transport, workers.security) and
+Ax's Client snapshot, seed, experiment and generation strategy (bo_queue.studies.ax_adapter).
+An upgrade that moves one fails here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import subprocess
 import sys
 
 import fakeredis
+import pytest
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 
 def test_kombu_qos_removes_a_tag_from_its_indices_through_a_given_pipeline() -> None:
@@ -27,6 +30,30 @@ def test_kombu_qos_removes_a_tag_from_its_indices_through_a_given_pipeline() -> 
     helper(Holder(), "tag-1", client.pipeline()).execute()  # type: ignore[arg-type]
     assert client.hlen("unacked") == 0
     assert client.zcard("unacked_index") == 0
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "parameters"),
+    [
+        # core/transport.py: the connection parameters it keeps for acks after a close
+        (kombu_redis.Channel, "_connparams", ["self", "asynchronous"]),
+        # workers/security.py: the reads it guards against messages that are not envelopes
+        (kombu_redis.Channel, "_brpop_read", ["self", "options"]),
+        (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
+    ],
+)
+def test_kombu_methods_bo_queue_overrides_or_calls(
+    owner: type, name: str, parameters: list[str]
+) -> None:
+    assert list(inspect.signature(getattr(owner, name)).parameters) == parameters
+
+
+def test_kombu_qos_keeps_its_delivered_messages_where_the_transport_reads_them() -> None:
+    class Channel:  # what QoS reads of its channel when it is made
+        do_restore = False
+
+    qos = virtual.QoS(Channel())  # type: ignore[arg-type]
+    assert isinstance(qos._delivered, dict)  # core/transport.py: the messages held unacked
 
 
 # In a process of its own: Ax and torch must not load into the test process (the
@@ -46,7 +73,8 @@ client.complete_trial(index, raw_data={"y": 0.5})
 restored = ax_adapter.restore(json.loads(json.dumps(ax_adapter.snapshot(client))), seed=7)
 experiment = ax_adapter.experiment(restored)
 print(json.dumps({
-    "seed": restored._random_seed, "trials": list(experiment.trials), "index": index,
+    "node": ax_adapter.generation_node(restored), "seed": restored._random_seed,
+    "trials": list(experiment.trials), "index": index,
     "completed": experiment.trials[index].status.is_completed,
     "same_params": experiment.trials[index].arms[0].parameters == params,
 }))
@@ -60,5 +88,6 @@ def test_ax_client_snapshot_round_trip_keeps_trials_and_seed() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report.pop("node")  # Sobol's node, by whatever name this Ax gives it
     assert report == {"seed": 7, "trials": [report["index"]], "index": report["index"],
                       "completed": True, "same_params": True}

@@ -109,6 +109,20 @@ def test_a_held_retry_keeps_the_marker(bq: BOQueue, fake: fakeredis.FakeRedis, s
     assert call["retries"] == 1
 
 
+def test_a_held_retry_drops_headers_it_cannot_read(
+    bq: BOQueue, fake: fakeredis.FakeRedis, sent: Sent
+) -> None:
+    request = SimpleNamespace(
+        id="eval-5", delivery_info={"routing_key": "evaluate", "priority": 3}, expires=None,
+        retries=0, parent_id=None, bo_resources={"cpu": "lots"}, bo_study="s1:5",
+    )
+    task = SimpleNamespace(bq=bq, spec=SimpleNamespace(name=EVALUATOR, queue="evaluate"),
+                           request=request)
+    runner._hold(task, {"x": 1}, 0.0, retries=1)  # type: ignore[arg-type]
+    held = json.loads(fake.hget(bq.delays.specs, "eval-5"))
+    assert (held["resources"], held["study"], held["retries"]) == (None, None, 1)
+
+
 def test_an_ordinary_task_is_not_marked_whatever_its_payload(
     bq: BOQueue, fake: fakeredis.FakeRedis, sent: Sent
 ) -> None:

@@ -24,7 +24,7 @@ KEYS = Keys("t")
 SUBMITTED = {
     "handler": "reports.build", "payload": {"x": 1}, "queue": "default", "priority": 3,
     "due_at": None, "expires_at": 1900000000.5, "retries": 0, "parent_id": "p1",
-    "resources": {"cpu": 2.0, "memory_mb": 512.0, "gpu": 0.0},
+    "resources": {"cpu": 2.0, "memory_mb": 512.0, "gpu": 0},
 }
 HELD_RETRY = {
     "handler": "reports.build", "payload": {"x": 1}, "queue": "default.gpu", "priority": None,
@@ -41,6 +41,18 @@ def test_todays_shapes_decode(shape: dict[str, Any]) -> None:
     for field, value in shape.items():
         assert getattr(message, field) == value
     assert message.study is None
+    assert Message.decode(message.encode()) == message
+
+
+def test_encoded_as_before_plus_the_study_marker() -> None:
+    # json.dumps of the old dict, as 085edd6 wrote it: same text, ints stay ints
+    assert Message.decode(json.dumps(SUBMITTED)).encode() == json.dumps({**SUBMITTED,
+                                                                         "study": None})
+
+
+def test_a_payload_check_json_accepts_is_stored_as_it_was() -> None:
+    # a lone surrogate passes the payload check (json.dumps escapes it): keep storing it
+    message = Message(handler="h", payload={"s": "\ud800"}, queue="default")
     assert Message.decode(message.encode()) == message
 
 
@@ -77,6 +89,11 @@ def test_held_sends_and_outbox_entries_already_in_redis_are_read_back() -> None:
     fake.zadd(KEYS.delayed, {"held": time.time() - 1})
     fake.hset(KEYS.outbox, "lost", json.dumps(SUBMITTED))
     fake.hset(KEYS.task("lost"), "state", "QUEUED")
+    # and what cannot be a message is dropped, without holding up the others
+    fake.hset(KEYS.delayed_specs, "broken", json.dumps({**OLDER, "payload": [1]}))
+    fake.zadd(KEYS.delayed, {"broken": time.time() - 2})
+    fake.hset(KEYS.outbox, "garbled", "not json")
+    fake.hset(KEYS.task("garbled"), "state", "QUEUED")
     outbox.suspect("a test")
 
     sent: list[tuple[str, Message]] = []
@@ -84,6 +101,9 @@ def test_held_sends_and_outbox_entries_already_in_redis_are_read_back() -> None:
     assert outbox.reconcile(lambda task_id, m: sent.append((task_id, m)),
                             lambda: ["default"], settle_s=0) == ["lost"]
     assert sent == [("held", Message(**HELD_RETRY)), ("lost", Message(**SUBMITTED))]
+    assert not fake.hexists(KEYS.delayed_specs, "broken") and delays.pending() == 0
+    assert not fake.hexists(KEYS.outbox, "garbled")
+    assert not fake.exists(outbox.suspicion_key)  # the look finished
 
 
 def test_envelope_task_id_reads_queue_entries_and_unacked_ones() -> None:
