@@ -3,6 +3,7 @@ each built on first use so that a producer that only submits tasks loads none of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bo_queue import registry
@@ -15,7 +16,7 @@ from bo_queue.states import TaskState
 
 if TYPE_CHECKING:
     from bo_queue.agents import AgentManager
-    from bo_queue.monitor.manager import Monitor
+    from bo_queue.monitor.manager import Monitor, Summary
     from bo_queue.schedules import ScheduleManager
     from bo_queue.studies.manager import StudyManager
     from bo_queue.workflows.manager import WorkflowManager
@@ -112,3 +113,15 @@ class BOQueue(Core):
     def retry(self, task_id: str) -> TaskHandle:
         """Run a FAILED task again as a new task (see Monitor.retry)."""
         return self.monitor.retry(task_id)
+
+    def summary(self) -> Summary:
+        """The tasks now: total, by state and by handler (see Monitor.summary)."""
+        return self.monitor.summary()
+
+    def metadata(self) -> dict[str, Any]:
+        """The namespace's metadata (see Monitor.metadata)."""
+        return self.monitor.metadata()
+
+    def update_metadata(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge `values` into the namespace's metadata (see Monitor.update_metadata)."""
+        return self.monitor.update_metadata(values)

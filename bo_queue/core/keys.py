@@ -64,6 +64,12 @@ class Keys:
         return f"{self.namespace}:state:{state}"
 
     @property
+    def metadata(self) -> str:
+        """Hash: the namespace's metadata, `m:<key>` -> JSON value, and `initialized_at`
+        and `last_updated` (ISO 8601 UTC; bo_queue.monitor.metadata)."""
+        return f"{self.namespace}:metadata"
+
+    @property
     def failed(self) -> str:
         """Sorted set: the failed-task registry (tasks that FAILED, until retried)."""
         return f"{self.namespace}:failed"

@@ -6,8 +6,9 @@ from bo_queue.monitor.manager import (
     Metrics,
     Monitor,
     QueueStats,
+    Summary,
     WebhookSink,
     WorkerStatus,
 )
 
-__all__ = ["Event", "Metrics", "Monitor", "QueueStats", "WebhookSink", "WorkerStatus"]
+__all__ = ["Event", "Metrics", "Monitor", "QueueStats", "Summary", "WebhookSink", "WorkerStatus"]

@@ -18,16 +18,17 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from bo_queue.core.message import envelope_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
+from bo_queue.monitor.metadata import NamespaceMetadata
 from bo_queue.states import Priority, TaskState
 from bo_queue.studies import scoring
 from bo_queue.validation import utc
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from bo_queue.studies.manager import StudyManager
 
 log = logging.getLogger(__name__)
+
+SUMMARY_PAGE = 500  # task ids read from a state index at a time (Monitor.summary)
 
 
 class QueueStats(BaseModel):
@@ -115,6 +118,17 @@ class Metrics(BaseModel):
     studies: list[StudyMetrics]
 
 
+class Summary(BaseModel):
+    """The tasks now, by state and by handler (`Monitor.summary`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    total: int  # tasks in the per-state indexes
+    by_state: dict[str, int]  # every TaskState, zeros included
+    by_handler: dict[str, dict[str, int]]  # handler -> state -> live records (no zeros)
+
+
 def _event(stream_id: str, fields: dict[str, str]) -> Event:
     data: dict[str, Any] = {"stream_id": stream_id, **fields}
     return Event.model_validate({k: (v if v != "" else None) for k, v in data.items()})
@@ -132,6 +146,7 @@ class Monitor:
     def __init__(self, bq: Core, studies: Callable[[], StudyManager]) -> None:
         self.bq = bq
         self.studies = studies  # built on first use: listing studies needs it
+        self._meta: NamespaceMetadata | None = None
 
     # -- queues and workers -------------------------------------------------------------
 
@@ -330,6 +345,70 @@ class Monitor:
         return Subscription(self.bq, callback, set(events),
                             None if states is None else set(states),
                             None if ids is None else set(ids), since)
+
+    # -- the tasks now ------------------------------------------------------------------
+
+    def summary(self) -> Summary:
+        """How many tasks are in each state now, and per handler.
+
+        `total` and `by_state` are the sizes of the per-state indexes (one ZCARD each, in
+        one pipelined round trip): cheap whatever the number of tasks. `by_handler` reads
+        the `handler` field of every indexed task, paging each index 500 ids at a time and
+        reading each page's records in one pipelined round trip, so its memory stays
+        bounded but its cost is O(tasks in the indexes): about two round trips per 500
+        tasks. A record that expired (its TTL ran out) but whose id is still in an index is
+        counted in `by_state` and `total`, not in `by_handler`. The indexes are read one
+        after another, not at one instant: a task that changes state meanwhile may be
+        counted in both states or in neither."""
+        bq = self.bq
+        states = list(TaskState)
+        with bq.broker_errors():
+            with bq.redis.pipeline(transaction=False) as pipe:
+                for state in states:
+                    pipe.zcard(bq.keys.state_index(state))
+                sizes = [int(n) for n in pipe.execute()]
+            by_handler: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            for state in states:
+                for handler in self._handlers_in(bq.keys.state_index(state)):
+                    if handler is not None:
+                        by_handler[handler][state.value] += 1
+        return Summary(
+            at=utc(time.time()), total=sum(sizes),
+            by_state={state.value: n for state, n in zip(states, sizes, strict=True)},
+            by_handler={h: dict(sorted(c.items())) for h, c in sorted(by_handler.items())},
+        )
+
+    def _handlers_in(self, key: str) -> Iterator[str | None]:
+        """The `handler` field of each task in a state index (None: the record is gone),
+        500 at a time."""
+        redis_ = self.bq.redis
+        offset = 0
+        while True:
+            ids: Any = redis_.zrange(key, offset, offset + SUMMARY_PAGE - 1)
+            if ids:
+                with redis_.pipeline(transaction=False) as pipe:
+                    for task_id in ids:
+                        pipe.hget(self.bq.keys.task(task_id), "handler")
+                    yield from pipe.execute()
+            if len(ids) < SUMMARY_PAGE:
+                return
+            offset += SUMMARY_PAGE
+
+    # -- namespace metadata --------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        """The namespace's metadata (bo_queue.monitor.metadata)."""
+        return self._metadata().get()
+
+    def update_metadata(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge `values` into the namespace's metadata; the whole, merged (see
+        NamespaceMetadata.update: ValidationError on bad input, and nothing written)."""
+        return self._metadata().update(values)
+
+    def _metadata(self) -> NamespaceMetadata:
+        if self._meta is None:
+            self._meta = NamespaceMetadata(self.bq)
+        return self._meta
 
     # -- metrics ------------------------------------------------------------------------
 
