@@ -64,7 +64,7 @@ class NamespaceMetadata:
         now = utc(time.time()).isoformat()
         with bq.broker_errors():
             reply: Any = self._update(
-                args=[bq.keys.namespace, now, METADATA_LIMIT_BYTES, *pairs])
+                args=[bq.keys.namespace, now, METADATA_LIMIT_BYTES, _PREFIX, *pairs])
         if int(reply[0]) != 1:
             raise ValidationError(f"metadata would be {int(reply[1])} bytes; the limit is "
                                   f"{METADATA_LIMIT_BYTES}")
