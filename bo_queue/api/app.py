@@ -214,6 +214,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(Exception, _unexpected)
     for router in (tasks.router, studies.router, agents.router, ops.schedules, ops.monitor,
-                   ops.health, dashboard.router):
+                   ops.namespace, ops.health, dashboard.router):
         app.include_router(router)
     return app

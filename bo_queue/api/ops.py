@@ -1,24 +1,26 @@
-"""Schedules, monitoring (queues, workers, metrics) and the health check."""
+"""Schedules, monitoring (queues, workers, metrics, the tasks now), the namespace's metadata
+and the health check."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from bo_queue.api.deps import api_key
 from bo_queue.api.models import ScheduleRequest
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.monitor.health import HealthReport, check_health
-from bo_queue.monitor.manager import Metrics, QueueStats, WorkerStatus
+from bo_queue.monitor.manager import Metrics, QueueStats, Summary, WorkerStatus
 from bo_queue.schedules import ScheduleInfo
 
 schedules = APIRouter(prefix="/schedules", tags=["schedules"],
                       responses={**COMMON, **responses(413)})
 monitor = APIRouter(prefix="/monitor", tags=["monitor"], responses=COMMON)
+namespace = APIRouter(tags=["monitor"], responses=COMMON)
 health = APIRouter(tags=["health"])
 
 Name = Annotated[str, Path(description="a schedule's name", max_length=200)]
@@ -104,6 +106,31 @@ def metrics(
     """Per handler over the window: counts, throughput, mean/p95 duration, failure and
     retry rates; tasks running now; study metrics."""
     return bq.monitor.metrics(window_s=window_s)
+
+
+@namespace.get("/summary", response_model=Summary, summary="The tasks now, by state and handler")
+def summary(bq: Caller) -> Summary:
+    """How many tasks are in each state now (every state, zeros included), and per handler
+    (live records only). by_handler reads every indexed task's record: O(tasks)."""
+    return bq.summary()
+
+
+@namespace.get("/metadata", response_model=dict[str, Any], summary="The namespace's metadata")
+def metadata(bq: Caller) -> dict[str, Any]:
+    """Its keys and JSON values, with initialized_at and last_updated (ISO 8601, UTC)."""
+    return bq.metadata()
+
+
+@namespace.patch("/metadata", response_model=dict[str, Any], responses=responses(413),
+                 summary="Merge keys into the namespace's metadata")
+def update_metadata(
+    bq: Caller,
+    body: Annotated[dict[str, Any], Body(description="keys to set, with JSON values")],
+) -> dict[str, Any]:
+    """A shallow merge: the keys given replace their values, the others stay. A body that
+    is not a JSON object, an empty or reserved key (initialized_at, last_updated), or
+    metadata over 64 KiB once merged is 422, and nothing is written."""
+    return bq.update_metadata(body)
 
 
 @health.get(

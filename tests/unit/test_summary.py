@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import time
+import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue.api import app as app_module
+from bo_queue.api import ops
+from bo_queue.api.routing import caller
+from bo_queue.errors import BOQueueError
 from bo_queue.monitor import manager
 from bo_queue.monitor.metadata import METADATA_LIMIT_BYTES
+
+with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2 over httpx; either works
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
+    from fastapi.testclient import TestClient
 
 
 def create(bq: BOQueue, task_id: str, handler: str = "unit.h",
@@ -99,3 +111,42 @@ def test_metadata_over_the_limit_once_merged_writes_nothing(bq: BOQueue) -> None
     assert bq.metadata() == before
     bq.update_metadata({"a": "small", "b": half})  # replacing "a" makes room
     assert bq.metadata()["b"] == half
+
+
+# -- over HTTP (the ops routes, through TestClient) ------------------------------------------
+
+
+@pytest.fixture
+def client(bq: BOQueue) -> Iterator[TestClient]:
+    app = FastAPI()
+    app.add_exception_handler(BOQueueError, app_module._bo_queue_error)
+    app.add_exception_handler(RequestValidationError,
+                              app_module._request_invalid)
+    app.include_router(ops.namespace)
+    app.dependency_overrides[caller] = lambda: bq
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_summary_over_http(bq: BOQueue, client: TestClient) -> None:
+    create(bq, "a0", "unit.a")
+    body = client.get("/summary").json()
+    assert body["total"] == 1 and body["by_state"]["QUEUED"] == 1
+    assert body["by_handler"] == {"unit.a": {"QUEUED": 1}}
+    assert set(body["by_state"]) == {s.value for s in TaskState}
+
+
+def test_metadata_over_http(client: TestClient) -> None:
+    assert client.get("/metadata").json() == {}
+    merged = client.patch("/metadata", json={"owner": "lab", "n": [1, 2]}).json()
+    assert merged["owner"] == "lab" and merged["n"] == [1, 2] and "initialized_at" in merged
+    assert client.get("/metadata").json() == merged
+    for bad in ([1, 2], "text", {"": 1}, {"last_updated": "x"},
+                {"big": "x" * METADATA_LIMIT_BYTES}):
+        response = client.patch("/metadata", json=bad)
+        assert response.status_code == 422, response.text
+        assert set(response.json()) == {"error", "detail"}
+    not_json = client.patch("/metadata", content=b"{not json",
+                            headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 422
+    assert client.get("/metadata").json() == merged
