@@ -1,6 +1,7 @@
 """A terminal status page, as plain text: `render_status(bq.monitor)` returns it, the CLI prints
 it (and reprints it with --watch). Queues, live workers, running studies with a progress
-bar, and totals over the last five minutes; no curses, no colours."""
+bar, the tasks now (how many in each state), and totals over the last five minutes; no
+curses, no colours."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from bo_queue.errors import BOQueueError
-from bo_queue.monitor.manager import Metrics, QueueStats, WorkerStatus
+from bo_queue.monitor.manager import Metrics, QueueStats, Summary, WorkerStatus
 from bo_queue.studies.models import Study, StudyStatus
 
 if TYPE_CHECKING:
@@ -38,10 +39,16 @@ def render_status(monitor: Monitor, width: int = 100) -> str:
         metrics = monitor.metrics(WINDOW_S)
     except (BOQueueError, redis.RedisError) as exc:  # the page without its totals
         problem = f"metrics unavailable: {exc}"
+    summary: Summary | str
+    try:
+        summary = monitor.summary()
+    except (BOQueueError, redis.RedisError) as exc:
+        summary = f"summary unavailable: {exc}"
     lines = [head, ""]
     lines += _queues_section(bq.settings.queues, queues)
     lines += ["", *_workers_section(workers)]
     lines += ["", *_studies_section(studies, metrics, width)]
+    lines += ["", *_now_section(summary, width)]
     lines += ["", *(_totals_section(metrics) if metrics is not None else ["TOTALS", problem])]
     return _fit(lines, width)
 
@@ -98,6 +105,21 @@ def _studies_section(studies: list[Study], metrics: Metrics | None, width: int) 
                      progress_bar(study.completed_trials, total, bar_width), rate, best])
     return [f"STUDIES  {len(studies)} running",
             *_table(["id", "name", "status", "progress", "rate", "best"], rows)]
+
+
+def _now_section(summary: Summary | str, width: int) -> list[str]:
+    """TASKS NOW: the total, then `STATE count` pairs, wrapped to `width`."""
+    if isinstance(summary, str):
+        return ["TASKS NOW", f"  {summary}"]
+    lines = [f"TASKS NOW  {summary.total} in all"]
+    line = ""
+    for state, count in summary.by_state.items():
+        cell = f"  {state.lower()} {count}"
+        if line and len(line) + len(cell) > width:
+            lines.append(line)
+            line = ""
+        line += cell
+    return [*lines, line]
 
 
 def _totals_section(metrics: Metrics) -> list[str]:

@@ -168,3 +168,31 @@ def test_metrics_failing_keeps_the_rest(busy: BOQueue, monkeypatch: pytest.Monke
 ])
 def test_progress_bar(done: int, total: int, width: int, bar: str) -> None:
     assert progress_bar(done, total, width) == bar
+
+
+def test_tasks_now_counts_every_state_within_the_width(busy: BOQueue) -> None:
+    with busy.redis.pipeline(transaction=False) as pipe:
+        for i in range(3):
+            busy.records.create(pipe, {
+                "id": f"now{i}", "handler": "unit.h", "queue": "default", "priority": 5,
+                "tags": (), "parent_id": None, "state": "QUEUED", "created_at": time.time()})
+        pipe.execute()
+    page = render_status(busy.monitor)
+    summary = busy.monitor.summary()
+    assert summary.by_state["QUEUED"] >= 3
+    assert f"TASKS NOW  {summary.total} in all" in page
+    section = page.split("TASKS NOW", 1)[1].split("\n\n", 1)[0]
+    for state, count in summary.by_state.items():
+        assert f"{state.lower()} {count}" in section
+    narrow = render_status(busy.monitor, width=40)
+    assert all(len(line) <= 40 for line in narrow.splitlines() if "~" not in line)
+    assert "expired" in narrow.split("TASKS NOW", 1)[1]  # wrapped, not cut
+
+
+def test_summary_failing_keeps_the_rest(busy: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailableError("gone mid-page")
+
+    monkeypatch.setattr(busy.monitor, "summary", broken)
+    page = render_status(busy.monitor)
+    assert "summary unavailable: gone mid-page" in page and "alpha@node1" in page
