@@ -352,18 +352,21 @@ class Monitor:
         """How many tasks are in each state now, and per handler.
 
         `total` and `by_state` are the sizes of the per-state indexes (one ZCARD each, in
-        one pipelined round trip): cheap whatever the number of tasks. `by_handler` reads
-        the `handler` field of every indexed task, paging each index 500 ids at a time and
-        reading each page's records in one pipelined round trip, so its memory stays
-        bounded but its cost is O(tasks in the indexes): about two round trips per 500
-        tasks. A record that expired (its TTL ran out) but whose id is still in an index is
-        counted in `by_state` and `total`, not in `by_handler`. The indexes are read one
-        after another, not at one instant: a task that changes state meanwhile may be
-        counted in both states or in neither."""
+        one MULTI round trip, so they are of one instant): cheap whatever the number of
+        tasks. `by_handler` reads the `handler` field of every indexed task, paging each
+        index 500 ids at a time and reading each page's records in one pipelined round
+        trip, so its memory stays bounded but its cost is O(tasks in the indexes): about
+        two round trips per 500 tasks. A record that expired (its TTL ran out) but whose id
+        is still in an index is counted in `by_state` and `total`, not in `by_handler`. A
+        task counts in the state whose index holds it: one whose `expires` passed while it
+        waited stays PENDING or QUEUED here until a worker picks its message up and ends
+        it (`tasks("EXPIRED")` finds it sooner). `by_handler` reads the indexes after
+        `by_state`, one after another: a task that changes state meanwhile may be counted
+        there in both states or in neither."""
         bq = self.bq
         states = list(TaskState)
         with bq.broker_errors():
-            with bq.redis.pipeline(transaction=False) as pipe:
+            with bq.redis.pipeline(transaction=True) as pipe:
                 for state in states:
                     pipe.zcard(bq.keys.state_index(state))
                 sizes = [int(n) for n in pipe.execute()]
