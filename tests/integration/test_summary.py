@@ -3,6 +3,7 @@ HTTP through a real `bo-queue api` process."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -59,6 +60,22 @@ def test_metadata_on_a_real_redis(bq: BOQueue) -> None:
     with pytest.raises(ValidationError):
         bq.update_metadata({"big": "x" * METADATA_LIMIT_BYTES})
     assert bq.metadata() == again
+
+
+def test_concurrent_metadata_updates_all_land(bq: BOQueue) -> None:
+    def update(i: int) -> None:
+        with BOQueue(redis_url=bq.settings.redis_url,
+                     namespace=bq.settings.namespace) as other:  # a client of its own
+            other.update_metadata({f"writer{i}": i, "last_writer": i})
+
+    threads = [threading.Thread(target=update, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    merged = bq.metadata()
+    assert all(merged[f"writer{i}"] == i for i in range(8))
+    assert merged["last_writer"] in range(8)
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,12 @@ def test_metadata_over_the_limit_once_merged_writes_nothing(bq: BOQueue) -> None
     assert bq.metadata()["b"] == half
 
 
+def test_metadata_takes_thousands_of_keys_at_once(bq: BOQueue) -> None:
+    many = {f"k{i}": i for i in range(5000)}  # more than Lua's unpack() could pass
+    merged = bq.update_metadata(many)
+    assert len(merged) == 5000 + 2 and merged["k4999"] == 4999
+
+
 # -- over HTTP (the ops routes, through TestClient) ------------------------------------------
 
 

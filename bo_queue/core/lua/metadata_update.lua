@@ -21,5 +21,7 @@ end
 for field, value in pairs(new) do size = size + #field - #prefix + #value end
 if size > limit then return {0, size} end
 redis.call('HSETNX', key, 'initialized_at', now)
-redis.call('HSET', key, 'last_updated', now, unpack(ARGV, 5))
+redis.call('HSET', key, 'last_updated', now)
+-- one pair at a time: unpack() of thousands of keys would pass Lua's stack limit
+for field, value in pairs(new) do redis.call('HSET', key, field, value) end
 return {1}
