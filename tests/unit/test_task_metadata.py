@@ -4,14 +4,22 @@ read back by info() (records written before them too), and filtered by bq.tasks(
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 
 import bo_queue
 from bo_queue import BOQueue, Priority, TaskRequest, TaskState, ValidationError
+from bo_queue.api.keys import ApiKeys, digest
+from bo_queue.api.tasks import router as tasks_router
+
+with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2 over httpx; either works
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
+    from fastapi.testclient import TestClient
 
 
 @bo_queue.handler("unit.meta.echo")
@@ -174,3 +182,35 @@ def test_a_retry_keeps_them(
     again = bq.records.get(bq.retry(failed.id).id)
     assert again is not None
     assert (again.name, again.description, again.metadata) == ("n", "d", {"k": "v"})
+
+
+class _Namespaces:
+    """What current_bq reads from the app: the key store and a BOQueue per namespace."""
+
+    def __init__(self, bq: BOQueue, keys: ApiKeys) -> None:
+        self.bq, self.keys = bq, keys
+
+    def get(self, namespace: str) -> BOQueue:
+        assert namespace == "unit"
+        return self.bq
+
+
+def test_the_api_records_its_keys_name_as_created_by(bq: BOQueue, sent: list[str]) -> None:
+    keys = ApiKeys(bq.redis)
+    named, unnamed = keys.create("unit", name="lab-7"), keys.create("unit")
+    entry = keys.entry(unnamed)
+    assert entry is not None and entry["id"] == digest(unnamed)[:12]
+    assert keys.entry("boq_nope") is None and keys.namespace_of(named) == "unit"
+    app = FastAPI()
+    app.include_router(tasks_router)
+    app.state.namespaces = _Namespaces(bq, keys)
+    with TestClient(app) as client:
+        made = client.post("/tasks", headers={"X-API-Key": named}, json={
+            "handler": "unit.meta.echo", "name": "n", "metadata": {"k": [1]}})
+        assert made.status_code == 201, made.text
+        assert (made.json()["created_by"], made.json()["metadata"]) == ("lab-7", {"k": [1]})
+        batch = client.post("/tasks/batch", headers={"Authorization": f"Bearer {unnamed}"},
+                            json=[{"handler": "unit.meta.echo"}])
+        assert batch.json()[0]["created_by"] == entry["id"]
+        assert client.post("/tasks", json={"handler": "unit.meta.echo"}).status_code == 401
+    assert bq.info(made.json()["id"]).created_by == "lab-7"
