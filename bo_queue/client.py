@@ -103,7 +103,8 @@ class BOQueue(Core):
         return self._agents
 
     def tasks(self, state: TaskState | str | None = None, **filters: Any) -> list[TaskInfo]:
-        """Tasks by state, tag, queue, handler, since, limit (see Monitor.tasks)."""
+        """Tasks by state, tag, queue, handler, name, metadata, since, limit (see
+        Monitor.tasks)."""
         return self.monitor.tasks(state, **filters)
 
     def failed(self, limit: int = 100) -> list[TaskInfo]:

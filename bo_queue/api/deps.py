@@ -50,11 +50,19 @@ def api_key(request: Request) -> str | None:
 
 
 def current_bq(request: Request) -> BOQueue:
-    """The caller's BOQueue; 401 without a valid key."""
+    """The caller's BOQueue; 401 without a valid key. The key's name (its id if it has
+    none) is left on `request.state.key_name`, for records to say who submitted a task."""
     key = api_key(request)
     namespaces: Namespaces = request.app.state.namespaces
-    namespace = namespaces.keys.namespace_of(key) if key else None
-    if namespace is None:
+    entry = namespaces.keys.entry(key) if key else None
+    if entry is None:
         raise HTTPException(status_code=401, detail="a valid API key is required",
                             headers={"WWW-Authenticate": "Bearer"})
-    return namespaces.get(namespace)
+    request.state.key_name = str(entry.get("name") or entry["id"])
+    return namespaces.get(str(entry["namespace"]))
+
+
+def key_name(request: Request) -> str | None:
+    """The name `current_bq` found for the caller's key (None before it ran)."""
+    name = getattr(request.state, "key_name", None)
+    return name if isinstance(name, str) else None

@@ -40,8 +40,15 @@ class ApiKeys:
         return key
 
     def namespace_of(self, key: str) -> str | None:
-        raw = self.redis.hget(KEYS_HASH, digest(key))
-        return None if raw is None else str(json.loads(raw)["namespace"])
+        entry = self.entry(key)
+        return None if entry is None else str(entry["namespace"])
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        """A key's id (as `list()` shows it), namespace, name and creation time; None if
+        it is not a key."""
+        hashed = digest(key)
+        raw = self.redis.hget(KEYS_HASH, hashed)
+        return None if raw is None else {"id": hashed[:12], **json.loads(raw)}
 
     def list(self) -> list[dict[str, Any]]:
         """Every key's digest prefix, namespace, name and creation time (never the key)."""

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from bo_queue.api.deps import current_bq
+from bo_queue.api.deps import current_bq, key_name
 from bo_queue.api.models import ErrorBody
 from bo_queue.client import BOQueue
 
@@ -47,6 +47,15 @@ def caller(request: Request, _key: Annotated[str | None, Security(_key_header)])
 
 
 Caller = Annotated[BOQueue, Depends(caller)]
+
+
+def creator(request: Request, _bq: Caller) -> str | None:
+    """The name of the caller's API key, recorded as a task's `created_by`. It depends on
+    `caller` (run once per request), whose key lookup found the name."""
+    return key_name(request)
+
+
+Creator = Annotated[str | None, Depends(creator)]
 
 # Every router that needs a key: 400/401/422/503 can come from any of its operations.
 COMMON = responses(400, 401, 422, 503)

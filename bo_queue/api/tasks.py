@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from bo_queue.api.models import CancelledTasks, TaskResult
-from bo_queue.api.routing import COMMON, Caller, responses
+from bo_queue.api.routing import COMMON, Caller, Creator, responses
 from bo_queue.client import TaskRequest
 from bo_queue.core.records import TaskInfo
+from bo_queue.core.requests import MAX_METADATA_BYTES
 from bo_queue.errors import TaskTimeoutError, ValidationError
 from bo_queue.states import TaskState
 
@@ -25,12 +27,13 @@ Terminate = Annotated[bool, Query(description="kill a RUNNING task (SIGTERM) ins
 
 @router.post("/tasks", status_code=201, response_model=TaskInfo,
              responses=responses(409), summary="Submit a task")
-def submit(bq: Caller, request: TaskRequest) -> TaskInfo:
+def submit(bq: Caller, request: TaskRequest, created_by: Creator) -> TaskInfo:
     """Queue one task. An unknown handler or queue, a bad priority, a payload over the
     limit, an eta in the past, ... are 422 and nothing is queued; an unknown dependency
-    is 409 (DependencyError)."""
+    is 409 (DependencyError). The record keeps `name`, `description` and `metadata`, and
+    the API key's name as `created_by`."""
     try:
-        handle = bq.submit_many([request])[0]
+        handle = bq.submit_many([request], created_by=created_by)[0]
     except ValidationError as exc:  # submit_many names the request's index; there is one
         exc.args = (str(exc).removeprefix("request 0: "),)
         raise
@@ -40,12 +43,13 @@ def submit(bq: Caller, request: TaskRequest) -> TaskInfo:
 @router.post("/tasks/batch", status_code=201, response_model=list[TaskInfo],
              responses=responses(409), summary="Submit many tasks (all or none)")
 def submit_batch(
-    bq: Caller, requests: Annotated[list[TaskRequest], Body(max_length=10_000)]
+    bq: Caller, requests: Annotated[list[TaskRequest], Body(max_length=10_000)],
+    created_by: Creator,
 ) -> list[TaskInfo]:
     """Queue many tasks in one call: all are validated first, and one bad request rejects
     the batch (422, naming its index). Requests may name their `id` and depend on each
     other: a whole DAG in one call."""
-    handles = bq.submit_many(requests)
+    handles = bq.submit_many(requests, created_by=created_by)
     return [bq.info(h.id) for h in handles]
 
 
@@ -59,9 +63,26 @@ def list_tasks(
     since: Annotated[datetime | None, Query(description="reached its state at or after")
                      ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    metadata: Annotated[str | None, Query(
+        max_length=MAX_METADATA_BYTES,
+        description='a JSON object; a task matches if every key has that value, '
+                    'e.g. {"experiment": "e7"}')] = None,
 ) -> list[TaskInfo]:
-    """Tasks, newest state change first, filtered by state, tag, queue, handler, since."""
-    return bq.tasks(state, tag=tag, queue=queue, handler=handler, since=since, limit=limit)
+    """Tasks, newest state change first, filtered by state, tag, queue, handler, since,
+    name and metadata."""
+    return bq.tasks(state, tag=tag, queue=queue, handler=handler, since=since, limit=limit,
+                    name=name, metadata=None if metadata is None else _json_object(metadata))
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise ValidationError("metadata: give a JSON object")
+    return value
 
 
 @router.get("/failed", response_model=list[TaskInfo], summary="The failed-task registry")

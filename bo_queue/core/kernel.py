@@ -204,6 +204,9 @@ class Core:
         on_dependency_failure: OnDependencyFailure = "cancel",
         resources: Resources | Mapping[str, float] | None = None,
         version: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> TaskHandle:
         """Queue one task for the handler `handler`. Raises ValidationError (or
         UnknownHandlerError) for bad input, DependencyError for an unknown dependency,
@@ -214,18 +217,22 @@ class Core:
         the reason, unless on_dependency_failure="run" (it then runs once all have ended).
         `resources` (cpu, memory_mb, gpu) replaces the handler's; `version` sends it to a
         worker serving that version of the handler (an error if no live worker does).
+        `name`, `description` and `metadata` (a JSON object) are kept on the record, for
+        `info()` and the filters of `tasks(name=, metadata=)`; the handler does not see them.
         """
         request = task_request(
             handler=handler, payload=payload if payload is not None else {},
             priority=priority, queue=queue, countdown=countdown, eta=eta,
             expires=expires, tags=tags, parent_id=parent_id,
             depends_on=depends_on, on_dependency_failure=on_dependency_failure,
-            resources=resources, version=version,
+            resources=resources, version=version, name=name, description=description,
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
         )
         return self.submit_plans([self.check(request)])[0]
 
     def submit_many(
-        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False,
+        created_by: str | None = None,
     ) -> list[TaskHandle]:
         """Queue many tasks in two pipelined round trips (records, then broker).
         All are validated first: one bad request rejects the batch, nothing is queued.
@@ -235,7 +242,9 @@ class Core:
 
         durable=True writes each message to Redis with its record and sends it from
         there under a lease, so a producer that dies between the two loses none (workers
-        send what it left); it costs two more round trips."""
+        send what it left); it costs two more round trips.
+
+        `created_by` is recorded on each task (the HTTP API passes its API key's name)."""
         if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
             raise ValidationError(
                 f"submit_many takes an iterable of requests, not {type(requests).__name__}"
@@ -250,7 +259,7 @@ class Core:
                 raise
             except TypeError as exc:
                 raise ValidationError(f"request {index}: {exc}") from None
-        return self.submit_plans(plans, durable)
+        return self.submit_plans(plans, durable, created_by)
 
     def check(
         self, request: TaskRequest, task_id: str | None = None,
@@ -301,8 +310,10 @@ class Core:
         held = due_at is not None and due_at - now > self.settings.hold_delays_over_s
         return Plan(request, queue, due_at, expires_at, held, task_id or request.id, study)
 
-    def submit_plans(self, plans: list[Plan], durable: bool = False) -> list[TaskHandle]:
-        """Write and send checked plans (see submit_many for `durable`)."""
+    def submit_plans(
+        self, plans: list[Plan], durable: bool = False, created_by: str | None = None
+    ) -> list[TaskHandle]:
+        """Write and send checked plans (see submit_many for `durable` and `created_by`)."""
         now = time.time()
         with self.broker_errors():
             ordered = self._check_dependencies(plans)
@@ -322,6 +333,8 @@ class Core:
                     "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
                     "depends_on": req.depends_on or None,
                     "on_dependency_failure": req.on_dependency_failure if waiting else None,
+                    "name": req.name, "description": req.description,
+                    "metadata": req.metadata, "created_by": created_by,
                 })
                 if waiting:
                     waits.append((len(pipe), plan.id))

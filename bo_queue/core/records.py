@@ -58,6 +58,12 @@ class TaskInfo(BaseModel):
     usage: dict[str, float] | None = None
     log: tuple[str, ...] = ()
     version: str | None = None
+    # what the producer said about the task (submit's name=, description=, metadata=), and
+    # the name of the API key that submitted it over HTTP (None for a submit in Python)
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_by: str | None = None
 
 
 class TaskTree(BaseModel):
@@ -80,6 +86,8 @@ def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
             continue
         if isinstance(value, tuple | list):
             out[key] = json.dumps(list(value))
+        elif isinstance(value, Mapping):
+            out[key] = json.dumps(value, separators=(",", ":"))
         elif isinstance(value, Priority):
             out[key] = str(int(value))
         else:
@@ -270,8 +278,9 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
     data["depends_on"] = tuple(json.loads(data.get("depends_on", "[]")))
     data["log"] = tuple(json.loads(data.get("log", "[]")))
-    if "usage" in data:
-        data["usage"] = json.loads(data["usage"])
+    for field in ("usage", "metadata"):  # absent from records written before it existed
+        if field in data:
+            data[field] = json.loads(data[field])
     data["children"] = tuple(sorted(children or ()))
     data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
     return TaskInfo.model_validate(data)

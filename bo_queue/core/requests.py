@@ -16,7 +16,9 @@ from bo_queue.core.handle import TaskHandle
 from bo_queue.errors import ValidationError, shown
 from bo_queue.registry import VERSION, Resources
 from bo_queue.states import Priority, PriorityInput
-from bo_queue.validation import TASK_ID, TASK_ID_PATTERN, encodable, problems
+from bo_queue.validation import TASK_ID, TASK_ID_PATTERN, check_json, encodable, problems
+
+MAX_METADATA_BYTES = 64 * 1024  # a task's metadata as compact JSON
 
 
 class TaskRequest(BaseModel):
@@ -38,6 +40,10 @@ class TaskRequest(BaseModel):
     on_dependency_failure: OnDependencyFailure = "cancel"
     resources: Resources | None = None  # what a run needs; default: the handler's
     version: str | None = Field(default=None, pattern=VERSION.pattern)  # a handler version
+    # kept on the record for people and filters (bq.tasks(name=, metadata=)), never sent
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)
+    metadata: dict[str, Any] | None = None
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -84,6 +90,20 @@ class TaskRequest(BaseModel):
         if bad:
             raise ValueError(f"not task ids: {', '.join(map(shown, bad[:5]))}")
         return ids
+
+    @field_validator("name", "description")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        if value is not None and not encodable(value):
+            raise ValueError("must be a UTF-8 string (no lone surrogates)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_json(value, "metadata", MAX_METADATA_BYTES)  # a ValueError pydantic reports
+        return value
 
     @field_validator("expires")
     @classmethod

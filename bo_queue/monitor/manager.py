@@ -134,6 +134,31 @@ def _event(stream_id: str, fields: dict[str, str]) -> Event:
     return Event.model_validate({k: (v if v != "" else None) for k, v in data.items()})
 
 
+def _task_filter(
+    queue: str | None, handler: str | None, name: str | None,
+    metadata: Mapping[str, Any] | None,
+) -> Callable[[TaskInfo], bool]:
+    """The test a listed record passes: each filter given is equal (None: not filtered)."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise ValidationError(f"metadata filters by a mapping, not {type(metadata).__name__}")
+    wanted = dict(metadata or {})
+
+    def fits(info: TaskInfo) -> bool:
+        found = info.metadata or {}
+        return ((queue is None or info.queue == queue)
+                and (handler is None or info.handler == handler)
+                and (name is None or info.name == name)
+                and all(key in found and _equal(found[key], value)
+                        for key, value in wanted.items()))
+
+    return fits
+
+
+def _equal(found: Any, wanted: Any) -> bool:
+    """As JSON compares them: true is not 1 (Python says it is)."""
+    return found == wanted and isinstance(found, bool) == isinstance(wanted, bool)
+
+
 def _percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))]
@@ -240,10 +265,12 @@ class Monitor:
         self, state: TaskState | str | None = None, *, tag: str | None = None,
         queue: str | None = None, handler: str | None = None,
         since: datetime | float | None = None, limit: int = 100,
+        name: str | None = None, metadata: Mapping[str, Any] | None = None,
     ) -> list[TaskInfo]:
-        """Tasks, newest state change first, filtered by state, tag, queue, handler and
-        `since` (when they reached their state). Reads the per-state indexes a page at a
-        time, newest first, and stops once it has `limit`."""
+        """Tasks, newest state change first, filtered by state, tag, queue, handler,
+        `since` (when they reached their state), `name` (equal to the one submitted) and
+        `metadata` (every key given has the value given). Reads the per-state indexes a
+        page at a time, newest first, and stops once it has `limit`."""
         wanted = {TaskState(state)} if state is not None else set(TaskState)
         read = set(wanted)
         if TaskState.EXPIRED in wanted:  # a task whose `expires` passed unstarted still
@@ -252,6 +279,7 @@ class Monitor:
             since.timestamp() if isinstance(since, datetime) else float(since))
         bq = self.bq
         tagged = None if tag is None else bq.records.tagged(tag)
+        fits = _task_filter(queue, handler, name, metadata)
         pages = [self._index_pages(bq.keys.state_index(s), low) for s in sorted(read)]
         out: list[TaskInfo] = []
         with bq.broker_errors():
@@ -260,11 +288,11 @@ class Monitor:
                 if tagged is None or task_id in tagged:
                     batch.append(task_id)
                 if len(batch) >= 200:
-                    out += self._matching(batch, wanted, queue, handler)
+                    out += self._matching(batch, wanted, fits)
                     batch = []
                     if len(out) >= limit:
                         return out[:limit]
-            out += self._matching(batch, wanted, queue, handler)
+            out += self._matching(batch, wanted, fits)
         return out[:limit]
 
     def _index_pages(self, key: str, low: str | float) -> Iterator[tuple[float, str]]:
@@ -278,13 +306,12 @@ class Monitor:
                 return
             offset += 500
 
-    def _matching(self, ids: list[str], wanted: set[TaskState], queue: str | None,
-                  handler: str | None) -> list[TaskInfo]:
+    def _matching(self, ids: list[str], wanted: set[TaskState],
+                  fits: Callable[[TaskInfo], bool]) -> list[TaskInfo]:
         return [
             info for info in self.bq.records.get_many(ids)
             if info is not None and info.state in wanted  # gone, or moved on meanwhile
-            and (queue is None or info.queue == queue)
-            and (handler is None or info.handler == handler)
+            and fits(info)
         ]
 
     def failed(self, limit: int = 100) -> list[TaskInfo]:
@@ -297,8 +324,8 @@ class Monitor:
 
     def retry(self, task_id: str) -> TaskHandle:
         """Run a FAILED task again: a new task with the same handler, payload, queue,
-        priority, tags and parent. The failed one leaves the registry, and its record
-        names the new one (`retried_as`)."""
+        priority, tags, parent, name, description and metadata. The failed one leaves the
+        registry, and its record names the new one (`retried_as`)."""
         bq = self.bq
         with bq.broker_errors():
             info = bq.records.get(task_id)
@@ -317,7 +344,8 @@ class Monitor:
             try:
                 handle = bq.submit(info.handler, args[0], queue=queue,
                                    priority=info.priority, tags=info.tags,
-                                   parent_id=info.parent_id)
+                                   parent_id=info.parent_id, name=info.name,
+                                   description=info.description, metadata=info.metadata)
             except BaseException:
                 bq.redis.zadd(bq.keys.failed, {task_id: time.time()})  # not retried after all
                 raise

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from bo_queue.api.keys import ApiKeys
+from bo_queue.api.keys import ApiKeys, digest
 from bo_queue.studies.models import Objective, Range, Strategy, StudySpec
 from bo_queue.testing import wait_until
 from tests.conftest import ROOT, Cluster, make_cluster, new_namespace
@@ -195,6 +195,47 @@ def test_task_submit_get_result_and_list(client_a: httpx.Client, evidence: redis
     assert [t["id"] for t in listed] == [info["id"]]
     by_handler = client_a.get("/tasks", params={"handler": "t.gate", "limit": 5}).json()
     assert held["id"] in [t["id"] for t in by_handler]
+
+
+def test_name_description_metadata_and_created_by_over_http(
+    api: ApiServer, cluster: Cluster, keys: ApiKeys, client_a: httpx.Client
+) -> None:
+    experiment = f"api-meta-{uuid.uuid4().hex[:8]}"
+    metadata = {"experiment": experiment, "lr": 0.5, "tags": ["x"]}
+    created = client_a.post("/tasks", json={
+        "handler": "t.echo", "payload": {"n": 2}, "name": "sweep · 1",
+        "description": "over HTTP", "metadata": metadata,
+    })
+    assert created.status_code == 201, created.text
+    info = created.json()
+    assert (info["name"], info["description"], info["metadata"], info["created_by"]) == (
+        "sweep · 1", "over HTTP", metadata, "producer-a")  # the API key's name
+    assert wait_result(client_a, info["id"]).json()["result"] == {"n": 2}
+    record = client_a.get(f"/tasks/{info['id']}").json()
+    assert record["state"] == "SUCCEEDED" and record["metadata"] == metadata
+    assert record["created_by"] == "producer-a"
+
+    unnamed = keys.create(cluster.namespace)  # a key without a name: its id says who
+    batch = httpx.post(api.url + "/tasks/batch", headers={"X-API-Key": unnamed},
+                       json=[{"handler": "t.echo", "name": experiment}], timeout=30)
+    assert batch.status_code == 201, batch.text
+    assert batch.json()[0]["created_by"] == digest(unnamed)[:12]
+    keys.revoke(unnamed)
+
+    listed = client_a.get("/tasks", params={"metadata": json.dumps({"experiment": experiment})})
+    assert [t["id"] for t in listed.json()] == [info["id"]]
+    named = client_a.get("/tasks", params={"name": "sweep · 1", "limit": 1000}).json()
+    assert info["id"] in [t["id"] for t in named]
+    assert [t["id"] for t in client_a.get("/tasks", params={"name": experiment}).json()] == [
+        batch.json()[0]["id"]]
+    assert "metadata" in problem(client_a.get("/tasks", params={"metadata": "[1]"}), 422)
+    assert "metadata" in problem(client_a.get("/tasks", params={"metadata": "{"}), 422)
+    assert "body.name" in problem(client_a.post("/tasks", json={"handler": "t.echo",
+                                                                "name": ""}), 422)
+    assert "body.metadata" in problem(client_a.post(
+        "/tasks", json={"handler": "t.echo", "metadata": {"big": "x" * 70_000}}), 422)
+    assert "body.metadata" in problem(client_a.post(
+        "/tasks", json={"handler": "t.echo", "metadata": [1, 2]}), 422)
 
 
 def test_cancel_cancel_tag_and_failed_tasks(client_a: httpx.Client) -> None:

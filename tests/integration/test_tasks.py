@@ -36,6 +36,25 @@ def test_result_and_record(bq: BOQueue) -> None:
     assert info.created_at <= info.started_at <= info.finished_at
 
 
+def test_name_description_metadata_on_a_run_task(bq: BOQueue) -> None:
+    experiment = f"e-{time.time_ns()}"
+    meta = {"experiment": experiment, "seed": 3, "grid": {"lr": [0.1, 0.01]}}
+    h = bq.submit("t.echo", {"x": 2}, name="sweep", description="a run to read back",
+                  metadata=meta)
+    other = bq.submit_many([{"handler": "t.echo", "name": "sweep",
+                             "metadata": {"experiment": experiment, "seed": 4}}])[0]
+    assert h.get(timeout=20) == {"x": 2} and other.get(timeout=20) == {}
+    info = bq.info(h.id)
+    assert info.state is TaskState.SUCCEEDED and info.attempts == 1
+    assert (info.name, info.description, info.metadata, info.created_by) == (
+        "sweep", "a run to read back", meta, None)
+    found = bq.tasks(name="sweep", metadata={"experiment": experiment, "seed": 3})
+    assert [t.id for t in found] == [h.id]
+    both = bq.tasks(TaskState.SUCCEEDED, metadata={"experiment": experiment})
+    assert {t.id for t in both} == {h.id, other.id}
+    assert bq.tasks(name="not it", metadata={"experiment": experiment}) == []
+
+
 def test_submit_many_runs_every_task(bq: BOQueue) -> None:
     handles = bq.submit_many({"handler": "t.echo", "payload": {"i": i}} for i in range(50))
     assert len({h.id for h in handles}) == 50

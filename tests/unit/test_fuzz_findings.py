@@ -67,7 +67,9 @@ def no_send(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Submissions that pass validation stop before anything is written or sent."""
     seen: list[str] = []
 
-    def record(plans: list[Any], durable: bool = False) -> list[TaskHandle]:
+    def record(
+        plans: list[Any], durable: bool = False, created_by: str | None = None
+    ) -> list[TaskHandle]:
         seen.extend(plan.id for plan in plans)
         return [TaskHandle(bq, plan.id) for plan in plans]
 

@@ -42,7 +42,9 @@ def plans(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> list[Plan]:
     """Stand in for Core.submit_plans: validation must be over before it is called."""
     seen: list[Plan] = []
 
-    def record(batch: list[Plan], durable: bool = False) -> list[TaskHandle]:
+    def record(
+        batch: list[Plan], durable: bool = False, created_by: str | None = None
+    ) -> list[TaskHandle]:
         seen.extend(batch)
         return [TaskHandle(bq, plan.id) for plan in batch]
 
