@@ -37,6 +37,7 @@ from bo_queue.errors import (
     WorkflowNotFoundError,
     WorkflowTimeoutError,
 )
+from bo_queue.handlers import Handler, register
 from bo_queue.registry import handler
 from bo_queue.retry import RetryPolicy
 from bo_queue.states import TERMINAL_STATES, Priority, TaskState
@@ -63,6 +64,8 @@ __all__ = [
     "BOQueue",
     "Settings",
     "handler",
+    "Handler",
+    "register",
     "TaskContext",
     "RetryPolicy",
     # tasks

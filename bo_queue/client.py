@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bo_queue import registry
+from bo_queue import handlers, registry
 from bo_queue.config import Settings
 from bo_queue.core.handle import TaskHandle
 from bo_queue.core.kernel import Core
@@ -34,6 +34,7 @@ class BOQueue(Core):
     """
 
     handler = staticmethod(registry.handler)
+    register = staticmethod(handlers.register)  # a bo_queue.Handler subclass
 
     def __init__(
         self,

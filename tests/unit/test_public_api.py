@@ -21,6 +21,7 @@ EXPECTED_ALL = [
     "ConfigurationError",
     "DependencyError",
     "FileStorage",
+    "Handler",
     "InvalidResultError",
     "InvalidTransitionError",
     "LinearConstraint",
@@ -69,6 +70,7 @@ EXPECTED_ALL = [
     "condition",
     "handler",
     "ref",
+    "register",
 ]
 
 
