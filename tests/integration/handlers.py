@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from bo_queue import RetryPolicy, TaskContext, handler
+from bo_queue import Handler, RetryPolicy, TaskContext, handler, register
 
 
 class TransientError(Exception):
@@ -64,6 +64,40 @@ def flaky(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     if payload.get("fatal"):
         raise ValueError("not retryable")
     return {"attempt": ctx.attempt}
+
+
+@register
+class ClassEcho(Handler):
+    """A class-based handler: retried as t.flaky is; its hooks run on the instance that ran
+    the task, and say so in `evidence:hooks:<task id>`."""
+
+    name = "t.class_echo"
+    retry = RetryPolicy(max_retries=2, backoff=0.2, jitter=False, on=(TransientError,))
+
+    def __init__(self) -> None:
+        self.runs = 0  # this process's instance: counts every run it served
+        self.last_task: str | None = None
+
+    def run(self, payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        _mark_run(ctx)
+        self.runs += 1
+        self.last_task = ctx.task_id
+        if ctx.attempt <= payload.get("fail_times", 0):
+            raise TransientError(f"attempt {ctx.attempt} failed")
+        return {"echo": payload.get("echo"), "attempt": ctx.attempt}
+
+    def _log(self, ctx: TaskContext, kind: str) -> None:
+        same = "same" if self.last_task == ctx.task_id else "other"
+        evidence().rpush(f"evidence:hooks:{ctx.task_id}", f"{kind}:{same}")
+
+    def on_success(self, ctx: TaskContext, result: Any) -> None:
+        self._log(ctx, "success")
+
+    def on_failure(self, ctx: TaskContext, error: BaseException) -> None:
+        self._log(ctx, "failure")
+
+    def on_retry(self, ctx: TaskContext, error: BaseException, delay_s: float) -> None:
+        self._log(ctx, f"retry {delay_s:g}")
 
 
 @handler("t.long_backoff", retry=RetryPolicy(max_retries=1, backoff=2.5, jitter=False))

@@ -254,6 +254,44 @@ def test_lifecycle_hooks_run_on_the_worker(bq: BOQueue, evidence: redis.Redis) -
         assert evidence.lrange(key, 0, -1) == hooks
 
 
+def _hooks(evidence: redis.Redis, task_id: str, count: int) -> list[str]:
+    key = f"evidence:hooks:{task_id}"
+    # get() returns once the result is stored; the end hook runs just after it
+    wait_until(lambda: evidence.llen(key) >= count, 10, what="the end hook")
+    return list(evidence.lrange(key, 0, -1))
+
+
+def test_a_class_handler_runs_and_its_hook_runs_on_the_same_instance(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    h = bq.submit("t.class_echo", {"echo": "hi"})
+    assert h.get(timeout=20) == {"echo": "hi", "attempt": 1}
+    assert _hooks(evidence, h.id, 1) == ["success:same"]
+    assert bq.info(h.id).state is TaskState.SUCCEEDED
+    entry = bq.refresh_handlers()["t.class_echo"]
+    assert entry["module"] == "tests.integration.handlers"
+    assert entry["retry"]["max_retries"] == 2
+
+
+def test_a_class_handler_fails_then_retries_with_its_policy(
+    bq: BOQueue, evidence: redis.Redis
+) -> None:
+    h = bq.submit("t.class_echo", {"echo": 7, "fail_times": 2})
+    assert h.get(timeout=30) == {"echo": 7, "attempt": 3}
+    assert int(evidence.hget("evidence:runs", h.id) or 0) == 3
+    # backoff 0.2 s then 0.4 s (no jitter); the hooks are the instance's methods
+    assert _hooks(evidence, h.id, 3) == ["retry 0.2:same", "retry 0.4:same", "success:same"]
+    info = bq.info(h.id)
+    assert info.state is TaskState.SUCCEEDED and info.attempts == 3 and info.retries == 2
+
+    spent = bq.submit("t.class_echo", {"fail_times": 99})
+    with pytest.raises(TaskFailedError) as caught:
+        spent.get(timeout=30)
+    assert caught.value.remote_type.endswith("TransientError")
+    assert caught.value.remote_message == "attempt 3 failed"  # max_retries=2: 3 attempts
+    assert _hooks(evidence, spent.id, 3) == ["retry 0.2:same", "retry 0.4:same", "failure:same"]
+
+
 def test_unknown_task_ids_are_errors(bq: BOQueue) -> None:
     for call in (bq.info, bq.handle, bq.cancel):
         with pytest.raises(UnknownTaskError):
