@@ -3,6 +3,9 @@ not ended is refused, an unknown id is UnknownTaskError. Also bq.agents.cancel."
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+
 import pytest
 
 from bo_queue import (
@@ -14,6 +17,15 @@ from bo_queue import (
     ValidationError,
 )
 from bo_queue.agents import AgentManager
+from bo_queue.api.app import create_app
+from bo_queue.api.routing import caller
+from bo_queue.config import Settings
+
+from .fakes import UNREACHABLE_URL
+
+with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2 over httpx; either works
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
+    from fastapi.testclient import TestClient
 
 TYPE = "lab.measure"
 
@@ -128,3 +140,53 @@ def test_only_the_holder_may_cancel(bq: BOQueue, agents: AgentManager) -> None:
     with pytest.raises(NotHeldError, match="ended"):
         agents.cancel(task, "robot-1")
     assert bq.info(task).state is TaskState.SUCCEEDED
+
+
+# -- over HTTP (the app's error handlers, in process) --------------------------------
+
+
+@pytest.fixture
+def http(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    # Celery keeps one result backend per thread; the routes run in a thread pool, where
+    # a new one would connect to the URL. They get this thread's (on fakeredis).
+    backend = bq.app.backend
+    monkeypatch.setattr(type(bq.app), "backend", property(lambda _app: backend))
+    app = create_app(Settings.load(redis_url=UNREACHABLE_URL, namespace="unit"))
+    app.dependency_overrides[caller] = lambda: bq
+    with TestClient(app) as client:
+        yield client
+
+
+def test_delete_over_http(bq: BOQueue, agents: AgentManager, http: TestClient) -> None:
+    task = bq.submit(TYPE, {}).id
+    refused = http.delete(f"/tasks/{task}")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "ValidationError"
+    assert "has not ended" in refused.json()["detail"]
+    run(agents, task)
+    agents.complete(task, "robot-1", {"ok": 1})
+    done = http.delete(f"/tasks/{task}")
+    assert done.status_code == 204 and done.content == b""
+    assert http.get(f"/tasks/{task}").status_code == 404
+    gone = http.delete(f"/tasks/{task}")
+    assert gone.status_code == 404 and gone.json()["error"] == "UnknownTaskError"
+
+
+def test_agent_cancel_over_http(bq: BOQueue, agents: AgentManager, http: TestClient) -> None:
+    task = bq.submit(TYPE, {}).id
+    dependent = bq.submit(TYPE, {}, depends_on=[task]).id
+    run(agents, task)
+    wrong = http.post(f"/tasks/{task}/agent-cancel", json={"agent_id": "robot-2"})
+    assert wrong.status_code == 409 and wrong.json()["error"] == "NotHeldError"
+    body = {"agent_id": "robot-1", "reason": "sample contaminated"}
+    done = http.post(f"/tasks/{task}/agent-cancel", json=body)
+    assert done.status_code == 200
+    assert done.json()["state"] == "CANCELLED" and done.json()["error"] == "sample contaminated"
+    result = http.get(f"/tasks/{task}/result")
+    assert result.status_code == 410 and "sample contaminated" in result.json()["detail"]
+    assert http.get(f"/tasks/{dependent}").json()["state"] == "CANCELLED"
+    again = http.post(f"/tasks/{task}/agent-cancel", json=body)
+    assert again.status_code == 410  # TaskCancelledError: it has ended CANCELLED
+    assert http.post("/tasks/nope/agent-cancel", json=body).status_code == 404
+    assert http.post(f"/tasks/{task}/agent-cancel",
+                     json={"agent_id": "robot-1", "reason": ""}).status_code == 422
