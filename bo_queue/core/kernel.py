@@ -586,7 +586,9 @@ class Core:
         Afterwards `info()` raises UnknownTaskError and `tasks()` no longer lists it.
 
         UnknownTaskError for an unknown id; ValidationError for a task that has not ended
-        (cancel it first): the call is refused and nothing is deleted."""
+        (cancel it first): the call is refused and nothing is deleted. The record decides:
+        for the moment between a worker storing a result and ending the record, the task
+        has not ended yet."""
         known_id(task_id)
         same_server = self.settings.results_url == self.settings.redis_url
         result_key = self.results.key(task_id)
