@@ -95,9 +95,14 @@ def test_an_unknown_or_malformed_id(bq: BOQueue) -> None:
 
 def test_a_cancelled_task_can_be_deleted(bq: BOQueue, agents: AgentManager) -> None:
     task = bq.submit(TYPE, {}).id
-    bq.cancel(task)
+    bq.cancel(task)  # while it waits for an agent: still in its type's queue
+    assert bq.redis.zscore(bq.keys.pull_ready(TYPE), task) is not None
     bq.delete(task)
     assert not bq.redis.exists(bq.keys.cancelled(task))
+    assert bq.redis.zscore(bq.keys.pull_ready(TYPE), task) is None
+    assert bq.redis.hget(bq.keys.pull_tasks, task) is None
+    assert bq.redis.hget(bq.keys.pull_messages, task) is None
+    assert agents.claim("robot-1") is None
     assert not bq.results.redis.exists(bq.results.key(task))
     with pytest.raises(UnknownTaskError):
         bq.info(task)

@@ -25,6 +25,19 @@ redis.call('HDEL', K.outbox(ns), id)
 redis.call('HDEL', K.parked(ns), id)
 redis.call('ZREM', K.delayed(ns), id)
 redis.call('HDEL', K.delayed_specs(ns), id)
+-- a pull task cancelled while it waited is still in its type's queue until a claim or a
+-- sweep drops it (bo_queue.agents)
+local pulled = redis.call('HGET', K.pull_tasks(ns), id)
+if pulled then
+  local ok3, meta = pcall(cjson.decode, pulled)
+  if ok3 and type(meta) == 'table' and meta.type then
+    redis.call('ZREM', K.pull_ready(ns, meta.type), id)
+  end
+  redis.call('HDEL', K.pull_tasks(ns), id)
+end
+redis.call('HDEL', K.pull_messages(ns), id)
+redis.call('ZREM', K.pull_leases(ns), id)
+redis.call('ZREM', K.pull_later(ns), id)
 redis.call('DEL', record, K.children(ns, id), K.dependents(ns, id), K.waiting(ns, id),
            K.checkpoint(ns, id), K.cancelled(ns, id))
 if KEYS[2] then redis.call('DEL', KEYS[2]) end
