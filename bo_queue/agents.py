@@ -9,7 +9,7 @@ first (the broker priority, then submit order), until an agent claims one:
     bq.agents.register("robot-1", kind="robot", capabilities=["pipette"])
     task = bq.agents.claim("robot-1")            # a ClaimedTask, or None
     bq.agents.heartbeat("robot-1")               # keeps its leases; says what was cancelled
-    bq.agents.complete(task.id, "robot-1", {"yield": 0.82})   # or fail(...), release(...)
+    bq.agents.complete(task.id, "robot-1", {"yield": 0.82})   # or fail, cancel, release
 
 A claim is one Lua script, so two agents never get the same task. It holds the task
 under a lease (default 24 h; per type or per claim shorter or longer); an agent's
@@ -206,6 +206,7 @@ class AgentManager:
         self._begin = script("agents_begin.lua")
         self._finish = script("agents_finish.lua")
         self._release = script("agents_release.lua")
+        self._cancel = script("agents_cancel.lua")
         self._unregister = script("agents_unregister.lua")
         self._sweep = script("agents_sweep.lua")
         self._tidy = script("agents_tidy.lua")
@@ -465,6 +466,22 @@ class AgentManager:
             )
         self._end(task_id, agent, TaskState.FAILED, finished_at=self.clock(),
                   error=f"{error_type}: {error}")
+
+    def cancel(self, task_id: str, agent_id: str, reason: str = "cancelled by agent") -> None:
+        """The agent gives up the task it holds for good (not for another agent: that is
+        `release`): it ends CANCELLED with `reason`, `get()` raises TaskCancelledError
+        with it, and its dependents are settled as for any cancellation (cancelled, or
+        run if they said on_dependency_failure="run"). A task cancelled by a producer
+        meanwhile ends with that cancel's reason. NotHeldError if the agent does not
+        hold the task."""
+        known_id(task_id)
+        agent = agent_id_of(agent_id)
+        if (not isinstance(reason, str) or not reason or len(reason) > MAX_ERROR
+                or not encodable(reason)):
+            raise ValidationError(f"reason is a non-empty string of at most {MAX_ERROR} "
+                                  f"characters, not {shown(reason)}")
+        reply, _ = self._call(self._cancel, task_id, agent, reason)
+        self._check_held(task_id, agent, reply)
 
     def release(self, task_id: str, agent_id: str) -> TaskState:
         """Give a held task back to the queue for another agent (its place kept).

@@ -2,7 +2,7 @@
 
 An external agent registers with its capabilities, claims the next task (200, or 204 when
 there is none for it), heartbeats while it works (its leases are extended; the reply
-names tasks cancelled meanwhile), and completes, fails or releases the task. The task's
+names tasks cancelled meanwhile), and completes, fails, cancels or releases the task. The task's
 producer reads the result as for any task (`GET /tasks/{id}/result`).
 """
 
@@ -88,6 +88,11 @@ class FailBody(AgentBody):
     traceback: str | None = Field(default=None, max_length=MAX_ERROR)
 
 
+class CancelBody(AgentBody):
+    reason: str = Field(default="cancelled by agent", min_length=1, max_length=MAX_ERROR,
+                        examples=["sample contaminated"])
+
+
 HELD = responses(404, 409, 410)
 
 
@@ -163,6 +168,16 @@ def fail(bq: Caller, task_id: TaskId, body: FailBody) -> TaskInfo:
     `error_type: error`); it enters the failed registry."""
     bq.agents.fail(task_id, body.agent_id, body.error, error_type=body.error_type,
                    traceback=body.traceback)
+    return bq.info(task_id)
+
+
+@router.post("/tasks/{task_id}/agent-cancel", response_model=TaskInfo, responses=HELD,
+             summary="An agent cancels a task it holds")
+def agent_cancel(bq: Caller, task_id: TaskId, body: CancelBody) -> TaskInfo:
+    """Ends the task CANCELLED with `reason` (`GET /tasks/{id}/result` then answers 410);
+    its dependents are cancelled, or run if they said on_dependency_failure="run". 409
+    (NotHeldError) if the agent does not hold it."""
+    bq.agents.cancel(task_id, body.agent_id, body.reason)
     return bq.info(task_id)
 
 

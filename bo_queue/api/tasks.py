@@ -1,4 +1,4 @@
-"""Tasks: submit, look up, wait for results, cancel, list, and the failed registry."""
+"""Tasks: submit, look up, wait for results, cancel, delete, list, and the failed registry."""
 
 from __future__ import annotations
 
@@ -139,6 +139,20 @@ def cancel(bq: Caller, task_id: TaskId, terminate: Terminate = False) -> TaskInf
     Cancelling a task that has ended changes nothing. Returns the record after the call."""
     bq.cancel(task_id, terminate=terminate)
     return bq.info(task_id)
+
+
+@router.delete("/tasks/{task_id}", status_code=204, response_class=Response,
+               responses=responses(404, 409), summary="Delete an ended task")
+def delete(bq: Caller, task_id: TaskId) -> Response:
+    """Delete a task that has ended (SUCCEEDED, FAILED, CANCELLED or EXPIRED): its record,
+    result, index entries, failed-registry entry, links and checkpoint (204). A task
+    that has not ended is 409 (`ValidationError`: cancel it first); an unknown one 404."""
+    try:
+        bq.delete(task_id)
+    except ValidationError as exc:  # not ended: a conflict with its state, not bad input
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)},
+                            status_code=409)
+    return Response(status_code=204)
 
 
 @router.post("/tasks/{task_id}/retry", status_code=201, response_model=TaskInfo,

@@ -578,6 +578,32 @@ class Core:
         self.app.backend.mark_as_revoked(task_id, reason)  # wakes get() and then()
         return prior, TaskState.CANCELLED
 
+    def delete(self, task_id: str) -> None:
+        """Delete an ended task (SUCCEEDED, FAILED, CANCELLED or EXPIRED): its record, its
+        result, its entries in the state indexes and the failed registry, its tag, parent
+        and dependency links, its checkpoint. bo_queue's keys go in one Lua script, with
+        Celery's result key when results live on the same Redis (else right after).
+        Afterwards `info()` raises UnknownTaskError and `tasks()` no longer lists it.
+
+        UnknownTaskError for an unknown id; ValidationError for a task that has not ended
+        (cancel it first): the call is refused and nothing is deleted. The record decides:
+        for the moment between a worker storing a result and ending the record, the task
+        has not ended yet."""
+        known_id(task_id)
+        same_server = self.settings.results_url == self.settings.redis_url
+        result_key = self.results.key(task_id)
+        with self.broker_errors():
+            outcome = self.records.delete(task_id, result_key if same_server else None)
+            if outcome is False:
+                raise UnknownTaskError(task_id)
+            if outcome is not True:
+                raise ValidationError(
+                    f"task {task_id} has not ended ({outcome}); only an ended task can be "
+                    "deleted (cancel it first)"
+                )
+            if not same_server:
+                self.results.redis.delete(result_key)
+
     def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
         """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
         if not isinstance(tag, str) or not tag or not encodable(tag):

@@ -116,6 +116,7 @@ class RecordStore:
             client, "record_transition.lua", MAX_EVENTS=events_max_len
         )
         self._progress = scripts.register(client, "record_progress.lua")
+        self._delete = scripts.register(client, "record_delete.lua")
         self._extend = scripts.text("record_extend.lua")
 
     def ttl_for(self, due_at: float | None) -> int:
@@ -193,6 +194,18 @@ class RecordStore:
         args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
         prior = self._settled(self._cancel(keys=keys, args=args)).value
         return None if prior is None else TaskState(prior)
+
+    def delete(self, task_id: str, result_key: str | None) -> TaskState | bool:
+        """Delete an ended task's record and everything kept with it: its state-index and
+        failed-registry entries, tag, parent and dependency links, its own children,
+        dependents and waiting sets, checkpoint and cancel flag (lua/record_delete.lua),
+        and `result_key` (Celery's result, when it is on this server) in the same script.
+        True: deleted; False: no such task; a state: it has not ended (nothing deleted)."""
+        keys = [self.keys.task(task_id)] + ([result_key] if result_key else [])
+        reply = self._delete(keys=keys, args=[self.keys.namespace, task_id])
+        if reply is None or reply is False:
+            return False
+        return True if reply == "deleted" else TaskState(str(reply))
 
     def _settled(self, raw: list[Any]) -> SettledReply:
         """Read a script's reply; hand what settling dependents did to `on_settled`."""

@@ -181,6 +181,30 @@ def test_a_pull_task_depending_on_a_worker_task_waits_for_it(
     assert after.get(timeout=20) == {"after": "pulled"}
 
 
+def test_an_agent_cancels_a_task_and_its_dependents_are_settled(cluster: Cluster) -> None:
+    bq = cluster.producer()
+    kind = new_type(bq)
+    first = bq.submit(kind, {})
+    cancelled = bq.submit("t.echo", {"never": True}, depends_on=[first])
+    runs = bq.submit("t.echo", {"ran": True}, depends_on=[first],
+                     on_dependency_failure="run")
+    agent = agent_facade(cluster)
+    try:
+        task = agent.agents.claim("a-cancel", [kind])
+        assert task is not None and task.id == first.id
+        with pytest.raises(NotHeldError):
+            agent.agents.cancel(first.id, "someone-else")
+        agent.agents.cancel(first.id, "a-cancel", reason="reagent ran out")
+    finally:
+        agent.close()
+    with pytest.raises(TaskCancelledError, match="reagent ran out"):
+        first.get(timeout=5)
+    assert bq.info(first.id).error == "reagent ran out"
+    with pytest.raises(TaskCancelledError, match=f"dependency {first.id} CANCELLED"):
+        cancelled.get(timeout=5)
+    assert runs.get(timeout=20) == {"ran": True}
+
+
 @pytest.fixture(scope="module")
 def http(redis_url: str, cluster: Cluster) -> Iterator[httpx.Client]:
     server = ApiServer(redis_url, cluster.namespace)
@@ -233,6 +257,19 @@ def test_the_cycle_over_http(http: httpx.Client) -> None:
     outcome = http.get(f"/tasks/{ids[0]}/result")
     assert outcome.status_code == 409
     assert outcome.json()["detail"] == "lab.ArmJammed: the arm jammed"
+    # an ended task can be deleted; one that has not ended cannot
+    assert http.delete(f"/tasks/{ids[0]}").status_code == 204
+    assert http.get(f"/tasks/{ids[0]}").status_code == 404
+    assert http.delete(f"/tasks/{ids[0]}").status_code == 404
+    third = http.post("/tasks", json={"handler": kind, "payload": {}}).json()["id"]
+    refused_delete = http.delete(f"/tasks/{third}")
+    assert refused_delete.status_code == 409, refused_delete.text
+    assert http.post("/agents/bot-1/claim").json()["id"] == third
+    given_up = http.post(f"/tasks/{third}/agent-cancel",
+                         json={"agent_id": "bot-1", "reason": "no sample"})
+    assert given_up.status_code == 200 and given_up.json()["state"] == "CANCELLED"
+    gone = http.get(f"/tasks/{third}/result")
+    assert gone.status_code == 410 and "no sample" in gone.json()["detail"]
     agents = {a["id"]: a for a in http.get("/agents").json()}
     assert agents["bot-1"]["kind"] == "robot" and agents["bot-1"]["alive"] is True
     no_cap = http.post("/agents", json={"id": "bot-2", "capabilities": []})

@@ -21,6 +21,7 @@ from bo_queue import (
     TaskTimeoutError,
     UnknownHandlerError,
     UnknownTaskError,
+    ValidationError,
 )
 from bo_queue.testing import wait_until
 
@@ -297,3 +298,28 @@ def test_unknown_task_ids_are_errors(bq: BOQueue) -> None:
         with pytest.raises(UnknownTaskError):
             call("no-such-task")
 
+
+
+def test_delete_an_ended_task(bq: BOQueue) -> None:
+    h = bq.submit("t.checkpointed", {}, tags=("to-delete",))
+    assert h.get(timeout=20) == {"resumed_from": 3, "attempt": 2}
+    wait_until(lambda: bq.records.state(h.id) is TaskState.SUCCEEDED, timeout=20)
+    assert bq.redis.exists(bq.keys.checkpoint(h.id))
+    running = bq.submit("t.sleep", {"seconds": 3})
+    wait_until(lambda: bq.info(running.id).state is TaskState.RUNNING, timeout=20)
+    with pytest.raises(ValidationError, match="has not ended"):
+        bq.delete(running.id)
+    assert running.get(timeout=20) == "slept"
+    # the result is stored a moment before the worker ends the record
+    wait_until(lambda: bq.records.state(running.id) is TaskState.SUCCEEDED, timeout=20)
+    bq.delete(running.id)
+
+    bq.delete(h.id)
+    with pytest.raises(UnknownTaskError):
+        bq.info(h.id)
+    assert bq.results.fetch(h.id) is None
+    assert not bq.redis.exists(bq.keys.checkpoint(h.id))
+    assert h.id not in bq.records.tagged("to-delete")
+    assert h.id not in {t.id for t in bq.tasks(TaskState.SUCCEEDED, limit=1000)}
+    with pytest.raises(UnknownTaskError):
+        bq.delete(h.id)
