@@ -4,14 +4,8 @@
 -- complete/fail, before the result is stored: the agent holds the task, nobody else is
 -- finishing it, and it was not cancelled; marks it as being finished for `grace` s.
 local id, agent = ARGV[4], ARGV[5]
-touch(agent)
-maintain(__BATCH__)
-local meta, state, holder = held_by(id, agent)
-if not meta then return refusal(id, state, holder) end
-if meta.finishing and meta.finishing > now then
-  out.verdict = 'finishing'
-  return reply(cjson.encode(out))
-end
+local meta, refused = holding(id, agent, __BATCH__)
+if not meta then return refused end
 local reason = cancel_reason(id)
 if reason then
   revoke(id, meta, 'CANCELLED', reason)

@@ -4,14 +4,8 @@
 -- cancel: the agent ends the task it holds CANCELLED with `reason` (or the reason of a
 -- cancel that came first); its dependents are settled as for any cancellation.
 local id, agent = ARGV[4], ARGV[5]
-touch(agent)
-maintain(__BATCH__)
-local meta, state, holder = held_by(id, agent)
-if not meta then return refusal(id, state, holder) end
-if meta.finishing and meta.finishing > now then
-  out.verdict = 'finishing'
-  return reply(cjson.encode(out))
-end
+local meta, refused = holding(id, agent, __BATCH__)
+if not meta then return refused end
 local reason = cancel_reason(id) or ARGV[6]
 redis.call('SET', K.cancelled(ns, id), reason, 'EX', ttl)
 revoke(id, meta, 'CANCELLED', reason)

@@ -99,3 +99,17 @@ local function refusal(id, state, holder)
   if state then out.error = redis.call('HGET', K.task(ns, id), 'error') or false end
   return reply(cjson.encode(out))
 end
+-- What release, cancel and complete/fail check first (after the leases that ran out, up
+-- to `batch`): `agent` holds `id` and nobody is finishing it. Its meta if so, else
+-- (nil, the reply that refuses).
+local function holding(id, agent, batch)
+  touch(agent)
+  maintain(batch)
+  local meta, state, holder = held_by(id, agent)
+  if not meta then return nil, refusal(id, state, holder) end
+  if meta.finishing and meta.finishing > now then
+    out.verdict = 'finishing'
+    return nil, reply(cjson.encode(out))
+  end
+  return meta
+end
