@@ -45,6 +45,11 @@ def test_name_description_metadata_on_a_run_task(bq: BOQueue) -> None:
     other = bq.submit_many([{"handler": "t.echo", "name": "sweep",
                              "metadata": {"experiment": experiment, "seed": 4}}])[0]
     assert h.get(timeout=20) == {"x": 2} and other.get(timeout=20) == {}
+    # the worker writes the record (and its state index, which tasks() reads) just after
+    # the result that get() returned
+    for handle in (h, other):
+        wait_until(lambda handle=handle: bq.records.state(handle.id) is TaskState.SUCCEEDED,
+                   10, what=f"the record of {handle.id}")
     info = bq.info(h.id)
     assert info.state is TaskState.SUCCEEDED and info.attempts == 1
     assert (info.name, info.description, info.metadata, info.created_by) == (
