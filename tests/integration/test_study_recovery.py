@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from bo_queue import FileStorage, Objective, Range, Strategy, StudyStatus, TrialStatus
+from bo_queue import BOQueue, FileStorage, Objective, Range, Strategy, StudyStatus, TrialStatus
+from bo_queue.core.message import envelope_task_id
+from bo_queue.errors import StudyTimeoutError
 from bo_queue.testing import wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 
@@ -113,5 +115,40 @@ def test_a_study_resumes_after_every_worker_restarts(fragile: Cluster) -> None:
     assert not bq.studies.get(study.id).status.terminal
     fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new1")
     fragile.add_worker(concurrency=1, name=f"{fragile.namespace}-new2")
-    done = bq.studies.wait(study.id, timeout=240)
+    try:
+        done = bq.studies.wait(study.id, timeout=240)
+    except StudyTimeoutError as exc:  # rare (1 fresh clone in ~40 runs): say where it stalled
+        raise AssertionError(f"{exc}\n{study_whereabouts(bq, study.id)}") from None
     assert done.status is StudyStatus.COMPLETED and done.completed_trials == 7
+
+
+def study_whereabouts(bq: BOQueue, study_id: str) -> str:
+    """For a failure message: each trial with its evaluation's record and message, the
+    study's lock, pending flag and inbox, its last steps, and every step task's state."""
+    store = bq.studies.store
+    prefix = bq.keys.broker_prefix
+    lists = [prefix + q + (f":{p}" if p else "") for q in ("bo", "evaluate") for p in range(10)]
+    found: dict[str, str] = {}
+    for key in lists:
+        for raw in bq.redis.lrange(key, 0, -1):
+            found[str(envelope_task_id(str(raw)))] = key
+    for raw in bq.redis.hvals(prefix + "unacked"):
+        found[str(envelope_task_id(str(raw)))] = "unacked"
+    held, outbox = set(bq.redis.hkeys(bq.keys.delayed_specs)), set(bq.redis.hkeys(bq.keys.outbox))
+
+    def where(task_id: str | None) -> str:
+        if task_id is None:
+            return "-"
+        places = [found.get(task_id, ""), "held" if task_id in held else "",
+                  "outbox" if task_id in outbox else ""]
+        return f"{bq.records.state(task_id)} @ {'+'.join(p for p in places if p) or 'nowhere'}"
+
+    lines = [f"trial {t.index}: {t.status} task {t.task_id} {where(t.task_id)}"
+             for t in bq.studies.trials(study_id)]
+    lock = store.lock_key(study_id)
+    lines.append(f"lock held: {bool(bq.redis.exists(lock))}, pending: "
+                 f"{bq.redis.get(lock + ':pending')!r}, inbox: {store.inbox_size(study_id)}")
+    lines += [f"step: {s}" for s in store.steps(study_id)[-8:]]
+    lines += [f"step task {t.id}: {where(t.id)}"
+              for t in bq.tasks(handler="bo_queue.study.step", limit=50)]
+    return "\n".join(lines)
