@@ -31,13 +31,12 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import httpx
 import pydantic
 import redis
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter
@@ -152,20 +151,18 @@ class Outcome:
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Outcome:
     """POST `body`: a 2xx is delivered; a 4xx other than 408 and 429 is a refusal that
-    asking again will not change; anything else (5xx, unreachable, timed out) may pass
-    on another try."""
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    asking again will not change; anything else (a redirect, 5xx, unreachable, timed
+    out) may pass on another try."""
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
-            if 200 <= reply.status < 300:
-                return Outcome(True)
-            return Outcome(False, error=f"HTTP {reply.status}")
-    except urllib.error.HTTPError as exc:
-        return Outcome(False, retry=not (400 <= exc.code < 500 and exc.code not in (408, 429)),
-                       error=f"HTTP {exc.code}")
+        reply = httpx.post(url, content=body, timeout=timeout_s,
+                           headers={"Content-Type": "application/json", **headers})
     except Exception as exc:  # unreachable, timed out, a broken reply
         return Outcome(False, error=f"{type(exc).__name__}: {exc}")
+    code = reply.status_code
+    if 200 <= code < 300:
+        return Outcome(True)
+    return Outcome(False, retry=not (400 <= code < 500 and code not in (408, 429)),
+                   error=f"HTTP {code}")
 
 
 def signature(secret: str, body: bytes) -> str:
