@@ -261,9 +261,12 @@ class Webhooks:
         """Every webhook's spec, secret included (for the deliverers)."""
         out = {}
         for webhook_id, raw in self._stored().items():
-            data = json.loads(raw)
-            data.pop("created_at", None)
-            out[webhook_id] = WebhookSpec.model_validate(data)
+            try:
+                data = json.loads(raw)
+                data.pop("created_at", None)
+                out[webhook_id] = WebhookSpec.model_validate(data)
+            except (ValueError, AttributeError):  # not written by add: skip it, not all
+                log.error("webhook %s: unreadable spec %.200r", webhook_id, raw)
         return out
 
     def _stored(self) -> dict[str, str]:
@@ -321,9 +324,10 @@ class Deliverer:
         while not self._stop.is_set():
             try:
                 busy = self.round()
-            except Exception:  # Redis away: the next round tries again
+            except Exception:  # Redis away: a round a second until it is back
                 log.exception("webhook delivery round failed")
-                busy = False
+                self._stop.wait(1.0)
+                continue
             if not busy:
                 self._stop.wait(POLL_S)
 
