@@ -42,7 +42,7 @@ import redis
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, TypeAdapter
 
 from bo_queue.core.events import Event, parse_event, stream_entries
-from bo_queue.errors import ValidationError, WebhookNotFoundError
+from bo_queue.errors import ValidationError, WebhookNotFoundError, shown
 from bo_queue.retry import RetryPolicy
 from bo_queue.states import TaskState
 from bo_queue.studies.models import StudyStatus
@@ -250,11 +250,13 @@ class Webhooks:
     def dead_letters(self, webhook_id: str, limit: int = 100) -> list[DeadLetter]:
         """The events the webhook gave up on, newest first (the latest DEAD_LETTERS_MAX
         are kept)."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a positive integer, not {shown(limit)}")
         bq = self.bq
         with bq.broker_errors():
             if not bq.redis.hexists(bq.keys.webhooks, webhook_id):
                 raise WebhookNotFoundError(webhook_id)
-            raw: Any = bq.redis.lrange(bq.keys.webhook_dead(webhook_id), 0, max(limit, 1) - 1)
+            raw: Any = bq.redis.lrange(bq.keys.webhook_dead(webhook_id), 0, limit - 1)
         return [DeadLetter.model_validate_json(item) for item in raw]
 
     def specs(self) -> dict[str, WebhookSpec]:
@@ -306,7 +308,7 @@ class Deliverer:
 
     def __init__(self, webhooks: Webhooks, consumer: str) -> None:
         self.webhooks = webhooks
-        self.consumer = consumer  # the worker's hostname: its own pending events are its
+        self.consumer = consumer  # the worker's hostname, the same across its restarts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bo_queue-webhooks", daemon=True)
 

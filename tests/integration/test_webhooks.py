@@ -218,6 +218,8 @@ def test_after_the_last_retry_an_event_is_a_dead_letter_and_a_refusal_at_once(
     assert len(receiver.at("/refuse", handle.id)) == 1
     listed = {w.id: w for w in hooks.list()}
     assert (listed[down.id].dead_letters, listed[down.id].pending) == (1, 0)
+    with pytest.raises(ValidationError, match="limit must be a positive integer"):
+        hooks.dead_letters(down.id, limit=0)
     for hook in (down, refuse):
         hooks.remove(hook.id)
         assert not bq.redis.exists(bq.keys.webhook_dead(hook.id))
