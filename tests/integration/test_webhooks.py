@@ -227,6 +227,21 @@ def test_after_the_last_retry_an_event_is_a_dead_letter_and_a_refusal_at_once(
             hooks.dead_letters(hook.id)
 
 
+def test_study_events_reach_a_webhook_of_study_states(bq: BOQueue, receiver: Receiver) -> None:
+    from bo_queue import Objective, Range
+
+    hook = bq.monitor.webhooks.add(receiver.url("/ok"), events=["study"],
+                                   states=["CREATED", "FAILED"])
+    study = bq.studies.create(name="hooked", parameters=[Range("x", 0.0, 1.0)],
+                              objectives=[Objective("loss")])
+    bq.studies.fail(study.id, "stopped by the test")
+    wait_until(lambda: len(receiver.at("/ok", study.id)) == 2, 15, what="two study events")
+    hits = receiver.at("/ok", study.id)
+    assert sorted((h.event["kind"], h.event["state"]) for h in hits) == [
+        ("study", "CREATED"), ("study", "FAILED")]
+    bq.monitor.webhooks.remove(hook.id)
+
+
 def test_events_while_the_only_worker_is_down_are_delivered_after_its_restart(
     redis_url: str, receiver: Receiver
 ) -> None:
