@@ -150,7 +150,7 @@ def test_a_bad_webhook_is_refused_and_nothing_is_written(
 
 
 def test_each_event_is_delivered_once_signed_by_one_of_two_workers(
-    bq: BOQueue, hooked: Cluster, receiver: Receiver
+    bq: BOQueue, receiver: Receiver
 ) -> None:
     hook = bq.monitor.webhooks.add(receiver.url("/ok"), events=["task"], states=["SUCCEEDED"],
                                    secret="s3cret-key")
@@ -161,11 +161,7 @@ def test_each_event_is_delivered_once_signed_by_one_of_two_workers(
     wait_until(lambda: ids <= {h.event["id"] for h in receiver.at("/ok")}, 60,
                what="every task's SUCCEEDED event")
     wait_until(lambda: _pending(bq, hook.id) == 0, 15, what="every delivery acknowledged")
-    # both workers read the webhook's group every round: they compete for its events
-    # (which of them took how many depends on timing: one may take all 20 in one read)
-    hosts = {w.hostname for w in hooked.workers}
-    wait_until(lambda: {c["name"] for c in bq.redis.xinfo_consumers(
-        bq.keys.events, f"webhook:{hook.id}")} == hosts, 10, what="both workers to read")
+    # (which worker took how many depends on timing: one may take all 20 in one read)
     mine = [h for h in receiver.at("/ok") if h.event["id"] in ids]
     assert Counter(h.event["id"] for h in mine) == dict.fromkeys(ids, 1)
     for hit in mine:
