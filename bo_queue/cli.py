@@ -308,6 +308,33 @@ def _api_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    """bo-queue webhook add|list|remove|dead: durable webhooks (bq.monitor.webhooks)."""
+    from bo_queue.client import BOQueue
+
+    with BOQueue.from_env() as bq:
+        hooks = bq.monitor.webhooks
+        if args.action == "add":
+            secret = None
+            if args.secret_env:  # from the environment: not in `ps` or the shell history
+                secret = os.environ.get(args.secret_env)
+                if not secret:
+                    raise BOQueueError(f"--secret-env: {args.secret_env} is not set")
+            info = hooks.add(args.url, events=args.event or ("task", "study"),
+                             states=args.state or None, secret=secret, retries=args.retries,
+                             backoff_s=args.backoff, timeout_s=args.timeout)
+            print(info.id)
+        elif args.action == "list":
+            for info in hooks.list():
+                print(info.model_dump_json())
+        elif args.action == "remove":
+            hooks.remove(args.webhook_id)
+        else:
+            for letter in hooks.dead_letters(args.webhook_id, limit=args.limit):
+                print(letter.model_dump_json())
+    return 0
+
+
 def _when(timestamp: float) -> str:
 
     return utc(timestamp).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -431,6 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     key_verbs.add_parser("revoke", help="revoke a key, by the key or its id").add_argument(
         "key", metavar="ID_OR_KEY")
     api_key.set_defaults(func=_api_key)
+    webhook = sub.add_parser("webhook", help="add, list and remove webhooks; dead letters")
+    hook_verbs = webhook.add_subparsers(dest="action", required=True)
+    add_hook = hook_verbs.add_parser("add", help="a webhook the workers deliver; prints its id")
+    add_hook.add_argument("url")
+    add_hook.add_argument("--event", action="append", choices=("task", "study"),
+                          help="event kind (repeatable; default: both)")
+    add_hook.add_argument("--state", action="append", help="only these states (repeatable)")
+    add_hook.add_argument("--secret-env", metavar="VAR",
+                          help="sign with the secret in this environment variable")
+    add_hook.add_argument("--retries", type=int, default=5)
+    add_hook.add_argument("--backoff", type=float, default=1.0, help="seconds, doubling")
+    add_hook.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt")
+    hook_verbs.add_parser("list", help="every webhook, as JSON (secrets masked)")
+    hook_verbs.add_parser("remove", help="remove a webhook").add_argument("webhook_id")
+    dead = hook_verbs.add_parser("dead", help="the events a webhook gave up on, newest first")
+    dead.add_argument("webhook_id")
+    dead.add_argument("--limit", type=int, default=100)
+    webhook.set_defaults(func=_webhook)
     demo = sub.add_parser("demo", help="start Redis and two workers locally, and run a batch")
     demo.set_defaults(func=_demo)
     return parser

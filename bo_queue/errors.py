@@ -21,6 +21,7 @@
     │   ├── InvalidTransitionError  a lifecycle change the study's status does not allow
     │   ├── ReportConflictError     a second, different result for a trial that has one
     │   └── StudyTimeoutError       studies.wait(timeout=...) gave up (also a TimeoutError)
+    ├── WebhookNotFoundError        no webhook with that id (also a LookupError)
     ├── AgentError                  pull mode: an agent lacks a type's capabilities, ...
     │   └── NotHeldError            complete/fail/release by an agent that does not hold
     │                               the task (another does, its lease ran out, it ended)
@@ -142,6 +143,14 @@ class ReportConflictError(StudyError):
 
 class StudyTimeoutError(StudyError, TimeoutError):
     """`studies.wait(timeout=...)` gave up before the study ended; the study goes on."""
+
+
+class WebhookNotFoundError(BOQueueError, LookupError):
+    """No webhook with that id in the namespace (bq.monitor.webhooks)."""
+
+    def __init__(self, webhook_id: str) -> None:
+        super().__init__(f"no webhook with id {webhook_id!r}")
+        self.webhook_id = webhook_id
 
 
 class AgentError(BOQueueError):

@@ -3,6 +3,7 @@
 - publishes its handlers to the directory producers read (so they can submit by name),
 - writes a heartbeat (its queues, concurrency and running tasks, once a second),
 - moves held submissions that are due to their queues (bo_queue.core.delays),
+- delivers webhooks, on a thread of its own (bo_queue.monitor.webhooks.Deliverer),
 - keeps task records right where Celery ends a task outside the handler: revoked or
   expired; and writes every failure ending (the `task_failure` signal: a handler's
   failure, a lost run, the hard time limit, a pool error, a rejected message).
@@ -24,6 +25,7 @@ from redis.typing import EncodableT, FieldT
 from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.core import placement
+from bo_queue.monitor.webhooks import Deliverer
 from bo_queue.states import TaskState
 from workers.runner import HandlerTask, record_failure
 
@@ -44,6 +46,7 @@ def install(app: Celery, bq: BOQueue) -> None:
             self.hostname = ""
             self.card: dict[str, Any] = {}
             self.ticks = 0
+            self.deliverer: Deliverer | None = None
 
         def start(self, worker: Any) -> None:
             self.hostname = worker.hostname
@@ -61,10 +64,14 @@ def install(app: Celery, bq: BOQueue) -> None:
                 bq.outbox.suspect(f"worker {self.hostname} came back after dying")
             self.tick()
             self.tref = worker.timer.call_repeatedly(TICK_S, self.tick)
+            # a thread, not the timer: a slow receiver must not hold up the heartbeat
+            self.deliverer = Deliverer(bq.monitor.webhooks, self.hostname).start()
 
         def stop(self, worker: Any) -> None:
             if self.tref is not None:
                 self.tref.cancel()
+            if self.deliverer is not None:
+                self.deliverer.stop()
             try:
                 bq.heartbeats.remove(self.hostname)
             except Exception:

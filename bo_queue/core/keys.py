@@ -80,6 +80,16 @@ class Keys:
         return f"{self.namespace}:events"
 
     @property
+    def webhooks(self) -> str:
+        """Hash: webhook id -> JSON spec (bo_queue.monitor.webhooks); each has a consumer
+        group `webhook:<id>` on `events`."""
+        return f"{self.namespace}:webhooks"
+
+    def webhook_dead(self, webhook_id: str) -> str:
+        """List: the events a webhook gave up on (JSON dead letters), newest first."""
+        return f"{self.namespace}:webhook:{webhook_id}:dead"
+
+    @property
     def handlers(self) -> str:
         """Hash: handler name -> JSON spec, written by every worker at start."""
         return f"{self.namespace}:handlers"

@@ -15,8 +15,6 @@ import math
 import statistics
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -25,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from bo_queue.core.events import Event, parse_event, stream_entries
 from bo_queue.core.message import envelope_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.monitor.metadata import NamespaceMetadata
+from bo_queue.monitor.webhooks import Webhooks
+from bo_queue.monitor.webhooks import WebhookSink as WebhookSink  # where it used to be
 from bo_queue.states import Priority, TaskState
 from bo_queue.studies import scoring
 from bo_queue.validation import utc
@@ -63,22 +64,6 @@ class WorkerStatus(BaseModel):
     capabilities: list[str] = []
     offers: dict[str, float] = {}  # what it offers to tasks that state resources
     versions: dict[str, str] = {}  # handler -> version, for versioned handlers
-
-
-class Event(BaseModel):
-    """A task or study state change, as the stream has it."""
-
-    stream_id: str
-    kind: str  # "task" | "study"
-    id: str
-    state: str
-    at: float
-    handler: str | None = None
-    queue: str | None = None
-    attempt: int | None = None
-    duration: float | None = None
-    error: str | None = None
-    message: str | None = None
 
 
 class HandlerMetrics(BaseModel):
@@ -129,11 +114,6 @@ class Summary(BaseModel):
     by_handler: dict[str, dict[str, int]]  # handler -> state -> live records (no zeros)
 
 
-def _event(stream_id: str, fields: dict[str, str]) -> Event:
-    data: dict[str, Any] = {"stream_id": stream_id, **fields}
-    return Event.model_validate({k: (v if v != "" else None) for k, v in data.items()})
-
-
 def _task_filter(
     queue: str | None, handler: str | None, name: str | None,
     metadata: Mapping[str, Any] | None,
@@ -172,6 +152,7 @@ class Monitor:
         self.bq = bq
         self.studies = studies  # built on first use: listing studies needs it
         self._meta: NamespaceMetadata | None = None
+        self._webhooks: Webhooks | None = None
 
     # -- queues and workers -------------------------------------------------------------
 
@@ -360,7 +341,7 @@ class Monitor:
         with self.bq.broker_errors():
             found = self.bq.redis.xrange(self.bq.keys.events, f"({since}" if since != "0"
                                          else "-", "+", count=count)
-        return [_event(i, fields) for i, fields in _entries(found)]
+        return [parse_event(i, fields) for i, fields in stream_entries(found)]
 
     def subscribe(
         self, callback: Callable[[Event], None], *, events: Iterable[str] = ("task", "study"),
@@ -369,10 +350,19 @@ class Monitor:
     ) -> Subscription:
         """Call `callback(event)` on a bo_queue thread for every state change from now on
         (or after stream id `since`), in order. Filter by kind, state and task/study id.
-        `WebhookSink(url)` is a callback that POSTs each event as JSON, with retries."""
+        `WebhookSink(url)` is a callback that POSTs each event as JSON, with retries, from
+        this process; `webhooks.add(url)` is one the workers deliver."""
         return Subscription(self.bq, callback, set(events),
                             None if states is None else set(states),
                             None if ids is None else set(ids), since)
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """Durable webhooks: kept in Redis, delivered by the workers, with retries, an
+        HMAC signature and dead letters (bo_queue.monitor.webhooks)."""
+        if self._webhooks is None:
+            self._webhooks = Webhooks(self.bq)
+        return self._webhooks
 
     # -- the tasks now ------------------------------------------------------------------
 
@@ -452,13 +442,13 @@ class Monitor:
         with bq.broker_errors():
             raw = bq.redis.xrange(bq.keys.events, f"{start}-0", "+")
             running = int(bq.redis.zcard(bq.keys.state_index(TaskState.RUNNING)))
-            first = _entries(bq.redis.xrange(bq.keys.events, "-", "+", count=1))
+            first = stream_entries(bq.redis.xrange(bq.keys.events, "-", "+", count=1))
         # The stream is capped (events_max_len): say when it no longer reaches back as far.
         complete = not first or int(first[0][0].split("-")[0]) <= start
         per: dict[str, list[Event]] = defaultdict(list)
-        for stream_id, fields in _entries(raw):
+        for stream_id, fields in stream_entries(raw):
             if fields.get("kind") == "task":
-                event = _event(stream_id, fields)
+                event = parse_event(stream_id, fields)
                 per[event.handler or "?"].append(event)
         handlers = {name: _summarise(name, evs, window_s) for name, evs in sorted(per.items())}
         total = _summarise("*", [e for evs in per.values() for e in evs], window_s)
@@ -514,11 +504,6 @@ def _summarise(name: str, events: list[Event], window_s: float) -> HandlerMetric
     )
 
 
-def _entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
-    """Stream entries as redis-py returns them (decoded): [(id, fields), ...]."""
-    return [(str(i), dict(fields)) for i, fields in reply or []]
-
-
 class Subscription:
     """A thread reading the event stream; `close()` stops it."""
 
@@ -531,7 +516,7 @@ class Subscription:
         self._filter = (kinds, states, ids)
         if since == "$":  # pin "now" before returning, so no event after this call is missed
             with bq.broker_errors():
-                last = _entries(self._client.xrevrange(self._stream, count=1))
+                last = stream_entries(self._client.xrevrange(self._stream, count=1))
             since = last[0][0] if last else "0"
         self._last = since
         self._stop = threading.Event()
@@ -561,11 +546,11 @@ class Subscription:
                 self._stop.wait(1.0)
                 continue
             for _, entries in found or []:
-                for stream_id, fields in _entries(entries):
+                for stream_id, fields in stream_entries(entries):
                     if self._stop.is_set():
                         return
                     self._last = stream_id
-                    event = _event(stream_id, fields)
+                    event = parse_event(stream_id, fields)
                     if event.kind not in kinds or (states and event.state not in states):
                         continue
                     if ids is not None and event.id not in ids:
@@ -574,36 +559,3 @@ class Subscription:
                         self._callback(event)
                     except Exception:
                         log.exception("event callback %s failed", self._callback)
-
-
-class WebhookSink:
-    """A subscriber callback that POSTs each event as JSON to `url`, retrying with
-    exponential backoff; an event still undelivered after `retries` is logged and dropped."""
-
-    def __init__(self, url: str, *, retries: int = 3, backoff_s: float = 0.5,
-                 timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> None:
-        self.url = url
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.timeout_s = timeout_s
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.failed = 0  # events given up on
-
-    def __call__(self, event: Event) -> None:
-        body = event.model_dump_json().encode()
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=body, headers=self.headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
-                    if 200 <= reply.status < 300:
-                        return
-            except urllib.error.HTTPError as exc:
-                log.info("webhook %s attempt %d: %s", self.url, attempt + 1, exc)
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    break  # the receiver refuses this event: asking again will not help
-            except Exception as exc:  # unreachable, timed out, a broken reply
-                log.info("webhook %s attempt %d: %s", self.url, attempt + 1, exc)
-            if attempt < self.retries:
-                time.sleep(self.backoff_s * 2**attempt)
-        self.failed += 1
-        log.warning("webhook %s: gave up on event %s", self.url, event.stream_id)

@@ -60,6 +60,7 @@ EXPECTED_ALL = [
     "UnknownHandlerError",
     "UnknownTaskError",
     "ValidationError",
+    "WebhookNotFoundError",
     "Workflow",
     "WorkflowError",
     "WorkflowNotFoundError",
