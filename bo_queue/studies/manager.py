@@ -26,7 +26,6 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.validation import check_json, encodable
 from bo_queue.studies import scoring, tables
 from bo_queue.studies.models import (
     TRANSITIONS,
@@ -50,6 +49,7 @@ from bo_queue.studies.storage import (
     canonical,
     valid_id,
 )
+from bo_queue.validation import check_json, encodable
 
 if TYPE_CHECKING:
     import pandas

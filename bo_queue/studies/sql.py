@@ -21,11 +21,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
+try:
+    import sqlalchemy as sa
+except ImportError as missing:  # an optional extra
+    raise ImportError("SQLStorage needs the sql extra: pip install 'bo-queue[sql]'") from missing
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Dialect
 
-from bo_queue.errors import ConfigurationError, StorageError, StudyNotFoundError, ValidationError, shown
+from bo_queue.errors import (
+    ConfigurationError,
+    StorageError,
+    StudyNotFoundError,
+    ValidationError,
+    shown,
+)
 from bo_queue.studies.models import Study, StudySpec, Trial
 from bo_queue.studies.storage import StorageBackend, StudyState, valid_id
 
@@ -86,9 +95,11 @@ trials = sa.Table(
     sa.Column("error", sa.Text),
 )
 
-_TRIAL_KEY = sa.ForeignKeyConstraint(
-    ["study_id", "trial_index"], ["trials.study_id", "trials.trial_index"], ondelete="CASCADE"
-)
+def _trial_key() -> sa.ForeignKeyConstraint:
+    return sa.ForeignKeyConstraint(
+        ["study_id", "trial_index"], ["trials.study_id", "trials.trial_index"],
+        ondelete="CASCADE",
+    )
 
 trial_values = sa.Table(
     "trial_values", metadata,
@@ -97,7 +108,7 @@ trial_values = sa.Table(
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("mean", sa.Float, nullable=False),
     sa.Column("sem", sa.Float),
-    _TRIAL_KEY,
+    _trial_key(),
 )
 
 intermediate_values = sa.Table(
@@ -107,7 +118,7 @@ intermediate_values = sa.Table(
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("step", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("value", sa.Float, nullable=False),
-    _TRIAL_KEY.copy(),
+    _trial_key(),
 )
 
 snapshots = sa.Table(
@@ -208,8 +219,8 @@ class SQLStorage(StorageBackend):
 
     def list(self) -> builtins.list[str]:
         with self.transaction() as conn:
-            rows = conn.execute(sa.select(studies.c.id).order_by(studies.c.created_at, studies.c.id))
-            return [str(i) for i in rows.scalars()]
+            ids = sa.select(studies.c.id).order_by(studies.c.created_at, studies.c.id)
+            return [str(i) for i in conn.execute(ids).scalars()]
 
     def delete(self, study_id: str) -> bool:
         if not valid_id(study_id):
