@@ -153,7 +153,7 @@ def test_a_url_that_does_not_parse_is_a_configuration_error(url: str) -> None:
 
 def test_a_database_that_is_down_is_a_storage_error(tmp_path: Path) -> None:
     down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/studies"
-    with SQLStorage(down) as backend, pytest.raises(StorageError, match="127.0.0.1"):
+    with SQLStorage(down) as backend, pytest.raises(StorageError, match=r"127\.0\.0\.1"):
         backend.list()
     missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'folder.db'}"
     with SQLStorage(missing) as backend, pytest.raises(StorageError, match="OperationalError"):
