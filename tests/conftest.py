@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -21,6 +21,9 @@ import redis
 from bo_queue import BOQueue
 from bo_queue.testing import RedisServer, WorkerProcess
 from tests.reliability import report
+
+if TYPE_CHECKING:
+    from tests.integration.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.integration.handlers"
@@ -76,7 +79,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[Any]:
+def postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the session's own (tests/integration/postgres.py), never the
     machine's; `postgres.new_database()` gives each test an empty database."""
     from tests.integration.postgres import PostgresServer

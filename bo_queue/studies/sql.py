@@ -168,7 +168,7 @@ class SQLStorage(StorageBackend):
         if not valid_id(study.id):
             raise ValidationError(f"cannot store a study with the id {shown(study.id)}")
         now = datetime.now(UTC)
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             row = _study_row(study, now)
             if not conn.execute(studies.update().where(studies.c.id == study.id), row).rowcount:
                 conn.execute(studies.insert(), row)
@@ -190,7 +190,7 @@ class SQLStorage(StorageBackend):
     def load(self, study_id: str) -> StudyState:
         if not valid_id(study_id):
             raise StudyNotFoundError(study_id if isinstance(study_id, str) else shown(study_id))
-        with self.transaction() as conn:  # one read: a save in between is all or nothing
+        with self._transaction() as conn:  # one read: a save in between is all or nothing
             row = conn.execute(
                 sa.select(studies).where(studies.c.id == study_id)
             ).mappings().first()
@@ -218,20 +218,20 @@ class SQLStorage(StorageBackend):
         return StudyState(study, found, None if model is None else bytes(model))
 
     def list(self) -> builtins.list[str]:
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             ids = sa.select(studies.c.id).order_by(studies.c.created_at, studies.c.id)
             return [str(i) for i in conn.execute(ids).scalars()]
 
     def delete(self, study_id: str) -> bool:
         if not valid_id(study_id):
             return False  # no study can have it
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             _remove_trials(conn, study_id)
             conn.execute(snapshots.delete().where(snapshots.c.study_id == study_id))
             return bool(conn.execute(studies.delete().where(studies.c.id == study_id)).rowcount)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def _transaction(self) -> Iterator[Connection]:
         """A connection in one transaction, the schema migrated first: committed at the end,
         rolled back on any error; the database's errors as StorageError."""
         self._migrate()
