@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +40,9 @@ from bo_queue.studies.models import Study, StudySpec, Trial
 from bo_queue.studies.storage import StorageBackend, StudyState, valid_id
 
 MIGRATIONS = Path(__file__).with_name("sql_migrations")
+MIGRATION_LOCK = 0x62715F7371  # PostgreSQL advisory lock held while migrating ("bq_sq")
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: a server that does not answer is an error, not a hang
+_MIGRATING = threading.Lock()  # Alembic's context is one global: one upgrade at a time
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -248,7 +251,10 @@ class SQLStorage(StorageBackend):
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self._errors(), self.engine.begin() as conn:
+            with _MIGRATING, self._errors(), self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":  # first users in other processes
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": MIGRATION_LOCK})
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except CommandError as exc:  # a schema this bo_queue does not know (a newer one)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -129,6 +130,18 @@ def test_a_study_persisted_to_sqlite_and_postgres_continues_elsewhere(
     assert {r["status"] for r in exported} == {TrialStatus.COMPLETED.value}
     assert [float(r["values_loss"]) for r in exported] == [loss(t.params) for t in finished]
     assert [float(r["params_x"]) for r in exported] == [t.params["x"] for t in finished]
+
+
+@pytest.mark.timeout(120)
+def test_first_users_of_a_new_postgres_database_migrate_it_once(postgres: PostgresServer) -> None:
+    url = postgres.new_database()
+
+    def first_use(_: int) -> list[str]:
+        with SQLStorage(url) as backend:  # each its own engine and connections
+            return backend.list()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(first_use, range(4))) == [[]] * 4
 
 
 @pytest.mark.timeout(120)

@@ -8,6 +8,7 @@ import csv
 import io
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,15 @@ def test_the_schema_is_migrated_and_matches_the_tables(storage: SQLStorage) -> N
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
         drift = compare_metadata(MigrationContext.configure(conn), sql.metadata)
     assert drift == []  # the migrations build exactly the tables sql.py declares
+
+
+def test_threads_that_first_use_a_new_database_migrate_it_once(url: str) -> None:
+    def first_use(_: int) -> list[str]:
+        with SQLStorage(url) as backend:
+            return backend.list()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(first_use, range(4))) == [[]] * 4
 
 
 def test_a_newer_schema_is_refused(url: str) -> None:
