@@ -2,11 +2,14 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,bo
+EXTRAS ?= dev,bo,sql
 # The dashboard's browser test drives headless Chromium: Debian's package, installed by the
 # rule below only when there is no `chromium` on PATH (then the target is a missing file).
 CHROMIUM := $(shell command -v chromium || echo /usr/bin/chromium)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# SQLStorage's tests start their own PostgreSQL server (initdb, pg_ctl: Debian's package),
+# installed by the rule below when no /usr/lib/postgresql/*/bin/initdb is there.
+INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/bin/initdb)
 
 .PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo clean
 
@@ -21,6 +24,10 @@ $(CHROMIUM):
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
+$(INITDB):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+
 demo: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m bo_queue.demo
 
@@ -30,7 +37,7 @@ lint: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/lint-imports
 	$(BIN)/mkdocs build --strict --site-dir site
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(INITDB)
 	$(BIN)/python -m pytest
 
 # Every reliability scenario at full size (20,000 tasks, 50 studies, the 10-minute soak),
@@ -43,7 +50,7 @@ test-reliability: $(BIN)/.installed-$(EXTRAS)
 unit: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python -m pytest tests/unit
 
-integration: $(BIN)/.installed-$(EXTRAS) $(CHROMIUM)
+integration: $(BIN)/.installed-$(EXTRAS) $(CHROMIUM) $(INITDB)
 	$(BIN)/python -m pytest tests/integration
 
 benchmark: $(BIN)/.installed-$(EXTRAS)

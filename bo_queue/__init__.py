@@ -1,7 +1,10 @@
 """bo_queue: a distributed task queue for optimization work, on Celery and Redis.
 
-Importing this package is light: it never imports torch or Ax.
+Importing this package is light: it never imports torch, Ax or SQLAlchemy (SQLStorage is
+imported when first named).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
@@ -20,6 +23,7 @@ from bo_queue.errors import (
     MissingFieldError,
     NotHeldError,
     ReportConflictError,
+    StorageError,
     StudyError,
     StudyNotFoundError,
     StudyTimeoutError,
@@ -57,6 +61,18 @@ from bo_queue.studies import (
 )
 from bo_queue.workflows import Step, Workflow, WorkflowRun, WorkflowStatus, condition, ref
 
+if TYPE_CHECKING:
+    from bo_queue.studies.sql import SQLStorage
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SQLStorage":
+        from bo_queue.studies.sql import SQLStorage
+
+        return SQLStorage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 # Grouped by concept; tests/unit/test_public_api.py pins the set.
@@ -89,6 +105,7 @@ __all__ = [
     "Trial",
     "TrialStatus",
     "FileStorage",
+    "SQLStorage",
     # workflows
     "Workflow",
     "Step",
@@ -117,6 +134,7 @@ __all__ = [
     "ReportConflictError",
     "StudyTimeoutError",
     "WebhookNotFoundError",
+    "StorageError",
     "AgentError",
     "NotHeldError",
     "TaskError",

@@ -88,12 +88,14 @@ def _study(args: argparse.Namespace) -> int:
             best = studies.best(args.study_id)
             print(json.dumps(None if best is None else best.model_dump(mode="json"), indent=2))
             return 0 if best is not None else 1
-        data = studies.export(args.study_id, include_model=args.model)
-        text = json.dumps(data, indent=2)
+        if args.format == "csv":
+            text = studies.export(args.study_id, format="csv")
+        else:
+            text = json.dumps(studies.export(args.study_id, include_model=args.model), indent=2)
         if args.out:
             Path(args.out).write_text(text)
         else:
-            print(text)
+            print(text, end="" if text.endswith("\n") else "\n")
         return 0
 
 
@@ -375,8 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=3600)
     for name, text in (("status", "status and trials"), ("best", "the best trial, as JSON")):
         actions.add_parser(name, help=text).add_argument("study_id")
-    export = actions.add_parser("export", help="everything about a study, as JSON")
+    export = actions.add_parser(
+        "export", help="everything about a study, as JSON; or its trials as CSV"
+    )
     export.add_argument("study_id")
+    export.add_argument("--format", choices=["json", "csv"], default="json",
+                        help="csv: one row per trial (params_*, values_*, sem_*)")
     export.add_argument("--out", help="write to this file instead of stdout")
     export.add_argument("--model", action="store_true", help="include the Ax snapshot")
     study.set_defaults(func=_study)

@@ -128,8 +128,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=1)
     # static schedules for beat: a TOML file of [schedules.NAME] tables (see docs/schedules.md)
     schedule_file: str | None = None
-    # beat's maintenance: finished studies older than this move to FileStorage(archive_dir)
+    # beat's maintenance: finished studies older than this move to FileStorage(archive_dir),
+    # or to SQLStorage(archive_url), a SQLAlchemy URL (one of the two)
     archive_dir: str | None = None
+    archive_url: str | None = None
     archive_after_days: float = Field(default=30.0, gt=0)
     # monitoring: state-change events kept in the {ns}:events stream (about this many), and
     # how long a worker may miss heartbeats (one a second) before it counts as gone
@@ -191,6 +193,10 @@ class Settings(BaseSettings):
         limit = self.default_time_limit_s
         if limit is not None and limit >= self.visibility_timeout_s:
             raise ValueError("default_time_limit_s must be below visibility_timeout_s")
+        if self.archive_dir and self.archive_url:
+            raise ValueError(
+                f"set {ENV_PREFIX}ARCHIVE_DIR or {ENV_PREFIX}ARCHIVE_URL, not both"
+            )
         self._flower_auth()
         return self
 
@@ -213,7 +219,7 @@ class Settings(BaseSettings):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # the URLs may carry the Redis password: a repr (a log line, a traceback) hides it
         for name, value in super().__repr_args__():
-            if name in ("redis_url", "result_url") and isinstance(value, str):
+            if name in ("redis_url", "result_url", "archive_url") and isinstance(value, str):
                 value = redact(value)
             yield name, value
 

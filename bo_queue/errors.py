@@ -8,6 +8,7 @@
     │                               cannot be stored (not JSON, wrong keys, NaN, ...)
     ├── UnknownTaskError            no record for that task id (also a LookupError)
     ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
+    ├── StorageError                a study database (SQLStorage) is down or refused a write
     ├── TaskLostError               (in a worker) the task's runs died with their worker
     │                               process more often than its budget allows: a poison task
     ├── DependencyError             a dependency cycle, or an unknown or failed dependency
@@ -92,6 +93,11 @@ class UnknownTaskError(BOQueueError, LookupError):
 
 class BrokerUnavailableError(BOQueueError, ConnectionError):
     """Redis could not be reached in time; nothing was submitted."""
+
+
+class StorageError(BOQueueError):
+    """A study database (SQLStorage) cannot be reached, or refused a write: nothing of the
+    write is kept (it ran in one transaction)."""
 
 
 class DependencyError(BOQueueError):

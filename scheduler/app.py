@@ -22,7 +22,7 @@ MAINTENANCE = {
     "bo_queue.maintenance.sweep_studies": timedelta(minutes=1),
     # Index entries (tags, children, held sends) whose records have expired.
     "bo_queue.maintenance.purge_indexes": timedelta(hours=1),
-    # Finished studies to the File backend (only when BO_QUEUE_ARCHIVE_DIR is set).
+    # Finished studies to the File backend or a database (BO_QUEUE_ARCHIVE_DIR or _URL).
     "bo_queue.maintenance.archive_studies": timedelta(hours=6),
 }
 

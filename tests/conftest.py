@@ -1,6 +1,6 @@
 """Test harness: a real redis-server on a free port for the session, and real worker
-processes (`bo-queue worker`) that the tests start themselves. Nothing here touches a
-Redis the machine may already run."""
+processes (`bo-queue worker`) that the tests start themselves, and a PostgreSQL server
+for SQLStorage. Nothing here touches a Redis or PostgreSQL the machine may already run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -21,6 +21,9 @@ import redis
 from bo_queue import BOQueue
 from bo_queue.testing import RedisServer, WorkerProcess
 from tests.reliability import report
+
+if TYPE_CHECKING:
+    from tests.integration.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.integration.handlers"
@@ -73,6 +76,16 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the session's own (tests/integration/postgres.py), never the
+    machine's; `postgres.new_database()` gives each test an empty database."""
+    from tests.integration.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 from bo_queue.context import TaskContext
 from bo_queue.registry import handler
 from bo_queue.states import TaskState
-from bo_queue.studies import FileStorage, StudyStatus, TrialStatus
+from bo_queue.studies import FileStorage, StorageBackend, StudyStatus, TrialStatus
 from bo_queue.studies.manager import STEP
 
 
@@ -37,18 +37,28 @@ def sweep_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
 @handler("bo_queue.maintenance.archive_studies")
 def archive_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
     """Move COMPLETED and FAILED studies untouched for `archive_after_days` to the File
-    backend under `archive_dir` (persist, then delete from Redis). Returns their ids."""
+    backend under `archive_dir`, or to the database at `archive_url` (persist, then delete
+    from Redis). Returns their ids."""
     settings = ctx.bq.settings
+    url = payload.get("url") or settings.archive_url
     root = payload.get("root") or settings.archive_dir
-    if not root:
+    if not (url or root):
         return []
     days = float(payload.get("older_than_days", settings.archive_after_days))
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    backend = FileStorage(root)
+    if url:
+        from bo_queue.studies.sql import SQLStorage  # SQLAlchemy only where it archives
+
+        with SQLStorage(url) as database:
+            return _archive(ctx, database, cutoff)
+    return _archive(ctx, FileStorage(str(root)), cutoff)
+
+
+def _archive(ctx: TaskContext, backend: StorageBackend, cutoff: datetime) -> list[str]:
     archived = []
     for study in ctx.bq.studies.list():
         if study.status.terminal and study.updated_at < cutoff:
-            ctx.bq.studies.persist(study.id, backend)
+            ctx.bq.studies.persist(study.id, backend)  # a failed save raises: kept in Redis
             ctx.bq.studies.delete(study.id)
             archived.append(study.id)
     return archived

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from bo_queue.core.keys import PULL_QUEUE
 from bo_queue.errors import (
@@ -26,7 +26,7 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.studies import scoring
+from bo_queue.studies import scoring, tables
 from bo_queue.studies.models import (
     TRANSITIONS,
     Choice,
@@ -40,6 +40,7 @@ from bo_queue.studies.models import (
     StudyStatus,
     Trial,
     TrialStatus,
+    all_text_encodable,
 )
 from bo_queue.studies.storage import (
     RedisStorage,
@@ -48,13 +49,18 @@ from bo_queue.studies.storage import (
     canonical,
     valid_id,
 )
+from bo_queue.validation import check_json, encodable
 
 if TYPE_CHECKING:
+    import pandas
+
     from bo_queue.core.kernel import Core
 
 STEP = "bo_queue.study.step"
 STUDY_TAG = "study:{}"
 MAX_REASON = 2000  # characters of a report_failure reason (as the HTTP API allows)
+MAX_DESCRIPTION = 10_000  # characters
+MAX_METADATA = 65_536  # bytes of a study's metadata as JSON
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,9 +100,12 @@ class StudyManager:
         parameter_constraints: Sequence[LinearConstraint] = (),
         outcome_constraints: Sequence[OutcomeConstraint] = (),
         evaluator_options: Mapping[str, Any] | None = None,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
     ) -> Study:
         """Validate and store a new study (status CREATED). A strategy without a seed gets
-        a random one, stored with the study, so a study resumes reproducibly."""
+        a random one, stored with the study, so a study resumes reproducibly. `description`
+        and `metadata` (JSON) are the owner's, kept with the study wherever it goes."""
         spec = StudySpec(
             name=name,
             parameters=_listed(parameters),
@@ -110,11 +119,15 @@ class StudyManager:
                 else {} if evaluator_options is None else evaluator_options
             ),
         )
-        return self.create_from_spec(spec)
+        return self.create_from_spec(spec, description=description, metadata=metadata)
 
     @_redis_errors
-    def create_from_spec(self, spec: StudySpec | Mapping[str, Any]) -> Study:
+    def create_from_spec(
+        self, spec: StudySpec | Mapping[str, Any], *, description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Study:
         """A study from a StudySpec, or from its fields as a JSON client sends them."""
+        description, metadata = _described(description, metadata)
         spec = parse_spec(spec)
         if spec.strategy.seed is None:
             spec = StudySpec(**{**spec.model_dump(), "strategy": _seeded(spec.strategy)})
@@ -122,7 +135,8 @@ class StudyManager:
         if spec.evaluator is not None:
             self.check_evaluator(spec.evaluator)
         now = datetime.now(UTC)
-        study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now)
+        study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now,
+                      description=description, metadata=metadata)
         self.store.create(study)
         return study
 
@@ -214,9 +228,28 @@ class StudyManager:
         self.get(study_id)
         return self.store.steps(study_id)
 
+    @overload
+    def export(
+        self, study_id: str, include_model: bool = False, format: Literal["json"] = "json"
+    ) -> dict[str, Any]: ...
+
+    @overload
+    def export(
+        self, study_id: str, include_model: bool = False, *, format: Literal["csv"]
+    ) -> str: ...
+
     @_redis_errors
-    def export(self, study_id: str, include_model: bool = False) -> dict[str, Any]:
-        """Everything about a study as JSON-ready data: spec, status, trials, results."""
+    def export(
+        self, study_id: str, include_model: bool = False, format: str = "json"
+    ) -> dict[str, Any] | str:
+        """Everything about a study as JSON-ready data: spec, status, trials, results; or
+        with format="csv", its trials as CSV text, one row per trial (as dataframe())."""
+        if format == "csv":
+            study = self.get(study_id)
+            rows = tables.trial_rows(study.spec, self.store.trials(study_id))
+            return tables.csv_text(study.spec, rows)
+        if format != "json":
+            raise ValidationError(f"format must be 'json' or 'csv', not {shown(format)}")
         state = self.store.load(study_id)
         data: dict[str, Any] = {
             "study": state.study.model_dump(mode="json"),
@@ -225,6 +258,17 @@ class StudyManager:
         if include_model:
             data["model"] = state.model_json()
         return data
+
+    @_redis_errors
+    def dataframe(self, study_id: str) -> pandas.DataFrame:
+        """The trials as a pandas DataFrame, one row per trial: trial, status, batch,
+        generator, worker, times, error, then params_<name>, values_<metric> and, for
+        metrics reported with one, sem_<metric>. pandas is imported only here."""
+        import pandas
+
+        study = self.get(study_id)
+        rows = tables.trial_rows(study.spec, self.store.trials(study_id))
+        return pandas.DataFrame(rows, columns=tables.columns(study.spec, rows))
 
     # -- ask / tell ---------------------------------------------------------------------
 
@@ -411,6 +455,21 @@ def parse_spec(spec: Any) -> StudySpec:
     if isinstance(spec, StudySpec):
         return spec
     return StudySpec(**_fields(spec, "a study spec"))
+
+
+def _described(description: Any, metadata: Any) -> tuple[str, dict[str, Any]]:
+    """A study's description and metadata, checked: text, and a JSON object."""
+    if (not isinstance(description, str) or len(description) > MAX_DESCRIPTION
+            or not encodable(description)):
+        raise ValidationError(
+            f"description must be text of at most {MAX_DESCRIPTION} characters, "
+            f"not {shown(description)}"
+        )
+    fields = {} if metadata is None else _fields(metadata, "metadata")
+    check_json(fields, "metadata", limit=MAX_METADATA)
+    if not all_text_encodable(fields):
+        raise ValidationError("metadata has text that is not UTF-8 (a lone surrogate)")
+    return description, fields
 
 
 def _fields(data: Any, what: str) -> dict[str, Any]:

@@ -348,7 +348,7 @@ class StudySpec(_Frozen):
         if problems:
             raise ValidationError(f"invalid StudySpec: {'; '.join(problems)}")
         check_json(self.evaluator_options, "evaluator_options", limit=1 << 20)
-        if not _all_text_encodable(self.evaluator_options):
+        if not all_text_encodable(self.evaluator_options):
             # pydantic's JSON turns a lone surrogate in a key into U+FFFD without a word
             raise ValidationError("invalid StudySpec: evaluator_options has text that is not "
                                   "UTF-8 (a lone surrogate)")
@@ -417,7 +417,7 @@ def _finite(name: str, value: Any) -> float:
     return float(value)
 
 
-def _all_text_encodable(value: Any) -> bool:
+def all_text_encodable(value: Any) -> bool:
 
     stack = [value]
     while stack:  # iteratively: no depth is too deep
@@ -467,6 +467,8 @@ class Study(BaseModel):
     running_trials: int = 0
     iteration: int = 0  # steps that changed the model
     mode: Literal["ask_tell", "closed_loop"] = "ask_tell"  # closed_loop once run() is called
+    description: str = ""  # what the study is for, in the owner's words
+    metadata: dict[str, Any] = Field(default_factory=dict)  # the owner's JSON (tags, links)
 
     @property
     def name(self) -> str:

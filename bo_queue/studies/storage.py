@@ -325,12 +325,16 @@ def _meta_fields(study: Study) -> dict[FieldT, EncodableT]:
         "running_trials": study.running_trials,
         "iteration": study.iteration,
         "mode": study.mode,
+        "description": study.description,
+        "metadata": canonical(study.metadata),
     }
 
 
 def _study(meta: dict[Any, Any]) -> Study:
     data: dict[str, Any] = {_text(k): _text(v) for k, v in meta.items()}
     data["spec"] = StudySpec.model_validate_json(data["spec"])
+    if "metadata" in data:  # a study stored before there was metadata has none
+        data["metadata"] = json.loads(data["metadata"])
     return Study.model_validate(data)
 
 

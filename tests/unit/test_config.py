@@ -199,3 +199,12 @@ def test_errors_do_not_print_the_flower_password(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ConfigurationError) as err:
         Settings.load(flower_password="se,cret")
     assert "se,cret" not in str(err.value)
+
+
+def test_the_archive_goes_to_files_or_a_database_not_both() -> None:
+    url = "postgresql+psycopg://ops:hunter2@db/studies"
+    assert Settings.load(archive_url=url).archive_url == url
+    with pytest.raises(ConfigurationError, match="ARCHIVE_DIR or BO_QUEUE_ARCHIVE_URL") as err:
+        Settings.load(archive_dir="/srv/archive", archive_url=url)
+    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in repr(Settings.load(archive_url=url))

@@ -1,4 +1,5 @@
-"""Producers stay light: importing bo_queue and building a BOQueue pulls in no torch or Ax."""
+"""Producers stay light: importing bo_queue and building a BOQueue pulls in no torch or Ax,
+nor SQLAlchemy or pandas (SQLStorage and dataframe() import them when used)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import subprocess
 import sys
 
-HEAVY = ("torch", "ax", "botorch")
+HEAVY = ("torch", "ax", "botorch", "sqlalchemy", "alembic", "pandas")
 
 PROGRAM = f"""
 import json, sys

@@ -1,0 +1,1 @@
+"""SQLStorage's schema migrations (Alembic): SQLStorage runs them on first use."""
