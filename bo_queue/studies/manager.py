@@ -254,6 +254,8 @@ class StudyManager:
         """Trials at points you choose (validated against the space), to report like any."""
         _check_timeout(timeout)
         study = self.get(study_id)
+        if study.status.terminal:  # as suggest: a conflict, not a step that fails
+            raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
         checked = [study.spec.check_params(p) for p in _listed(points, "points")]
         indices = self._ask(study_id, {"attach": checked}, timeout)
         return [self.store.trial(study_id, i) for i in indices]
