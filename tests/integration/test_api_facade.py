@@ -1,8 +1,8 @@
 """The rest of the facade over HTTP, through a real `bo-queue api` process and real
 workers: workflow runs (start, status, definition, list, pause, resume, vars, cancel,
-wait), lineage and dependencies (children, tree, graph, plan), and a study's
-configuration, design points, batched results and fail. Bad input is a 4xx with the
-API's error body, and nothing is written."""
+wait), lineage and dependencies (children, tree, graph, plan), a study's configuration,
+design points, batched results and fail, and the study dashboard's task and namespace
+fields. Bad input is a 4xx with the API's error body, and nothing is written."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.integration.test_api import problem, wait_result
 
 @pytest.fixture(scope="module")
 def cluster(redis_url: str) -> Iterator[Cluster]:
-    c = make_cluster(redis_url, workers=1, concurrency=2, queues=("default", "bo"))
+    c = make_cluster(redis_url, workers=1, concurrency=2, queues=("default", "bo", "evaluate"))
     yield c
     c.close()
 
@@ -368,3 +368,46 @@ def test_study_space_strategy_design_points_results_and_fail(client: httpx.Clien
     problem(client.post("/studies/no-such-study/fail", json={"reason": "x"}), 404,
             "StudyNotFoundError")
     problem(client.put("/studies/no-such-study/strategy", json=strategy), 404)
+
+
+@pytest.mark.timeout(180)
+def test_dashboard_shows_evaluation_tasks_and_namespace_metadata(client: httpx.Client
+                                                                 ) -> None:
+    assert client.patch("/metadata", json={"project": "wings", "rev": 3}).status_code == 200
+    spec = SPEC.model_copy(update={
+        "name": "http-dashboard", "evaluator": "t.bowl",
+        "strategy": Strategy(initial_trials=2, max_trials=2, parallelism=2, seed=1)})
+    study_id = client.post("/studies", json=spec.model_dump(mode="json")).json()["id"]
+    assert client.post(f"/studies/{study_id}/run").status_code == 200
+    wait_until(lambda: client.get(f"/studies/{study_id}").json()["status"] == "COMPLETED",
+               120, 0.2, what="the closed loop to complete")
+
+    data = client.get(f"/studies/{study_id}/dashboard/data").json()
+    assert data["namespace"]["metadata"]["project"] == "wings"
+    assert data["namespace"]["metadata"]["rev"] == 3
+    tasks = {t["index"]: t["task"] for t in data["trials"]}
+    assert sorted(tasks) == [0, 1]
+    for index, task in tasks.items():
+        assert task["name"] == f"trial {index}" and task["state"] == "SUCCEEDED"
+        assert task["description"] == "study http-dashboard"
+        assert task["metadata"] == {"study_id": study_id, "trial_index": index}
+        assert task["created_by"] is None  # submitted by the study's step, on a worker
+        record = client.get(f"/tasks/{task['id']}").json()
+        assert (record["name"], record["metadata"]) == (task["name"], task["metadata"])
+    listed = client.get("/tasks", params={"metadata": f'{{"study_id": "{study_id}"}}'})
+    assert sorted(t["id"] for t in listed.json()) == sorted(t["id"] for t in tasks.values())
+
+    page = client.get(f"/studies/{study_id}/dashboard").text
+    assert '<div id="namespace"' in page
+    assert '<span data-key="project">project=wings</span>' in page
+    assert '<span data-key="rev">rev=3</span>' in page
+    for index, task in tasks.items():
+        assert (f'data-task-id="{task["id"]}" data-state="SUCCEEDED">trial {index}</td>'
+                f'<td class="text">study http-dashboard</td>'
+                f'<td class="text">study_id={study_id}, trial_index={index}</td>') in page
+    fragment = client.get(f"/studies/{study_id}/dashboard/fragment").text
+    assert "trial 0</td>" in fragment and 'id="namespace"' not in fragment  # polled: lean
+    # an ask/tell study's trials have no task: its table has no task columns
+    asked = client.post("/studies", json=SPEC.model_dump(mode="json")).json()["id"]
+    assert '<th class="text">task</th>' not in client.get(
+        f"/studies/{asked}/dashboard").text
