@@ -118,6 +118,8 @@ def test_flower_sees_workers_and_tasks_by_handler_name(one_worker: Cluster) -> N
             handler="t.echo", payload={"n": 9}, name="sweep · 1", description="lr sweep",
             metadata={"experiment": "e7"})], created_by="lab-7")
         assert named.get(timeout=30) == {"n": 9}
+        retried = bq.submit("t.flaky", {"fail_times": 1}, name="second try")  # Celery's retry
+        assert retried.get(timeout=30) == {"attempt": 2}
 
         ids = {h.id for h in handles} | {named.id}
 
@@ -139,6 +141,10 @@ def test_flower_sees_workers_and_tasks_by_handler_name(one_worker: Cluster) -> N
         assert shown["kwargs"] == ("{'name': 'sweep · 1', 'description': 'lr sweep', "
                                    "'metadata': {'experiment': 'e7'}, 'created_by': 'lab-7'}")
         assert flower.api("/api/tasks?taskname=t.echo")[named.id]["kwargs"] == shown["kwargs"]
+        wait_until(lambda: flower.api(f"/api/task/info/{retried.id}")["state"] == "SUCCESS",
+                   30, 0.3, what="flower to show the retried task succeeded")
+        again = flower.api(f"/api/task/info/{retried.id}")
+        assert again["kwargs"] == "{'name': 'second try'}" and again["retries"] == 1
     finally:
         flower.stop()
 
