@@ -235,8 +235,12 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
     )
     _hook(spec.on_retry, req, exc, delay)
     if delay <= bq.settings.hold_delays_over_s:
-        return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries,
-                          throw=False, kwargsrepr=getattr(req, "kwargsrepr", None))
+        # kwargsrepr: what Flower shows of the task's name (celery-types' stub lacks this
+        # option, which retry passes on to apply_async like the others)
+        return task.retry(  # type: ignore[call-arg]
+            exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False,
+            kwargsrepr=getattr(req, "kwargsrepr", None),
+        )
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.core.delays).
     _hold(task, payload, due_at, retries=req.retries + 1)
     return Retry(exc=exc, when=utc(due_at))
