@@ -235,7 +235,12 @@ def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Ex
     )
     _hook(spec.on_retry, req, exc, delay)
     if delay <= bq.settings.hold_delays_over_s:
-        return task.retry(exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False)
+        # kwargsrepr: what Flower shows of the task's name (celery-types' stub lacks this
+        # option, which retry passes on to apply_async like the others)
+        return task.retry(  # type: ignore[call-arg]
+            exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False,
+            kwargsrepr=getattr(req, "kwargsrepr", None),
+        )
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.core.delays).
     _hold(task, payload, due_at, retries=req.retries + 1)
     return Retry(exc=exc, when=utc(due_at))
@@ -257,6 +262,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         retries=req.retries if retries is None else retries, parent_id=req.parent_id,
         resources=sent,
         study=marker if evaluation_of(marker) else None,
+        kwargsrepr=getattr(req, "kwargsrepr", None),  # what Flower shows of its name
     )
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)

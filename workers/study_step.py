@@ -280,6 +280,9 @@ class Stepper:
                 TaskRequest(
                     handler=evaluator,
                     tags=(STUDY_TAG.format(study.id),),
+                    # what the dashboard, Flower and tasks(metadata=) show of it
+                    name=f"trial {t.index}", description=f"study {study.name}",
+                    metadata={"study_id": study.id, "trial_index": t.index},
                     payload={
                         "study_id": study.id,
                         "trial_index": t.index,

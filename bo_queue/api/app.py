@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bo_queue.api import agents, dashboard, ops, studies, tasks, webhooks
+from bo_queue.api import agents, dashboard, graphs, ops, studies, tasks, webhooks, workflows
 from bo_queue.api.deps import Namespaces
 from bo_queue.config import Settings
 from bo_queue.errors import (
@@ -41,7 +41,9 @@ from bo_queue.errors import (
     UnknownTaskError,
     ValidationError,
     WebhookNotFoundError,
+    WorkflowError,
     WorkflowNotFoundError,
+    WorkflowTimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (TrialNotFoundError, 404),
     (WorkflowNotFoundError, 404),
     (WebhookNotFoundError, 404),
+    (WorkflowTimeoutError, 504),
+    (WorkflowError, 409),  # a run's status does not allow it (pause an ended run)
     (InvalidTransitionError, 409),
     (ReportConflictError, 409),
     (DependencyError, 409),
@@ -216,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _request_invalid)
     app.add_exception_handler(Exception, _unexpected)
     for router in (tasks.router, studies.router, agents.router, ops.schedules, ops.monitor,
-                   ops.namespace, ops.health, dashboard.router, webhooks.router):
+                   ops.namespace, ops.health, dashboard.router, webhooks.router,
+                   workflows.router, graphs.router):
         app.include_router(router)
     return app

@@ -14,7 +14,10 @@ JavaScript for the polling. Elements tests and scripts can rely on: `#summary` (
 `data-status`, `data-completed`, `data-failed`, `data-running`, `data-total`, `data-max`,
 `data-terminal`), `#trials` (one `tbody tr` per trial, `data-index`, `data-status`),
 `#convergence` (per objective an SVG whose `path.series[data-series="best so far"]` has one
-point per feasible completed trial) and `#parameters`.
+point per feasible completed trial) and `#parameters`. A closed loop's trials show their
+evaluation task (`td.task[data-task-id]`: its name, description, metadata, created_by);
+the page's `#namespace` (`data-namespace`, a `span[data-key]` per key) shows the
+namespace's metadata, and /data has both.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from bo_queue.api import svg
 from bo_queue.api.deps import api_key, current_bq
 from bo_queue.client import BOQueue
+from bo_queue.core.records import TaskInfo
 from bo_queue.errors import BrokerUnavailableError, StudyNotFoundError
 from bo_queue.studies import scoring
 from bo_queue.studies.models import (
@@ -74,6 +78,8 @@ class Snapshot:
     counts: Counter[str] = field(default_factory=Counter)
     best_so_far: dict[str, list[BestPoint]] = field(default_factory=dict)
     best: Trial | None = None  # single objective only
+    tasks: dict[str, TaskInfo] = field(default_factory=dict)  # trials' evaluation tasks
+    namespace: dict[str, Any] | None = None  # its name and metadata (page and data only)
 
     @property
     def completed(self) -> int:
@@ -84,17 +90,24 @@ class Snapshot:
         return self.study.status.terminal
 
 
-def snapshot(bq: BOQueue, study_id: str) -> Snapshot:
-    """Everything the dashboard shows, or 404 / 503."""
+def snapshot(bq: BOQueue, study_id: str, namespace: bool = False) -> Snapshot:
+    """Everything the dashboard shows, or 404 / 503; with `namespace`, the namespace's
+    metadata too (the page's header, not the fragment it polls)."""
     try:
         study = bq.studies.get(study_id)
         trials = bq.studies.store.trials(study_id)
+        ids = [t.task_id for t in trials if t.task_id]  # one pipelined read for them all
+        tasks = {i: info for i, info in zip(ids, bq.records.get_many(ids), strict=True)
+                 if info is not None}
+        metadata = bq.metadata() if namespace else None
     except StudyNotFoundError:
         raise HTTPException(status_code=404, detail=f"no study with id {study_id!r}") from None
     except BrokerUnavailableError:
         unavailable = "Redis is unavailable; try again shortly"
         raise HTTPException(status_code=503, detail=unavailable) from None
-    snap = Snapshot(study, trials, Counter(t.status.value for t in trials))
+    snap = Snapshot(study, trials, Counter(t.status.value for t in trials), tasks=tasks)
+    if metadata is not None:
+        snap.namespace = {"name": bq.settings.namespace, "metadata": metadata}
     spec = study.spec
     feasible = scoring.feasible_trials(spec, trials)
     for objective in spec.objectives:
@@ -137,13 +150,24 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             "total": len(snap.trials),
             **{s.value: snap.counts[s.value] for s in TrialStatus},
         },
-        "trials": [t.model_dump(mode="json") for t in snap.trials],
+        "trials": [{**t.model_dump(mode="json"), "task": _task_json(snap, t)}
+                   for t in snap.trials],
         "best_so_far": {
             name: [{"index": p.index, "value": p.value, "best": p.best} for p in points]
             for name, points in snap.best_so_far.items()
         },
         "best": None if snap.best is None else snap.best.model_dump(mode="json"),
+        "namespace": snap.namespace,
     }
+
+
+def _task_json(snap: Snapshot, trial: Trial) -> dict[str, Any] | None:
+    """A trial's evaluation task: its id, state, name, description, metadata, created_by."""
+    info = snap.tasks.get(trial.task_id or "")
+    if info is None:
+        return None
+    return info.model_dump(mode="json", include={
+        "id", "state", "name", "description", "metadata", "created_by"})
 
 
 # -- the routes ---------------------------------------------------------------------------
@@ -152,7 +176,7 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
 @router.get("/studies/{study_id}/dashboard", response_class=HTMLResponse)
 def dashboard_page(study_id: str, request: Request, bq: Queue) -> HTMLResponse:
     """The dashboard page; it keeps itself up to date while the study runs."""
-    snap = snapshot(bq, study_id)
+    snap = snapshot(bq, study_id, namespace=True)
     return HTMLResponse(render_page(snap, _key_query(request)), headers=NO_STORE)
 
 
@@ -165,7 +189,7 @@ def dashboard_fragment(study_id: str, bq: Queue) -> HTMLResponse:
 @router.get("/studies/{study_id}/dashboard/data")
 def dashboard_data(study_id: str, bq: Queue) -> JSONResponse:
     """Status, counts, trials and each objective's best-so-far series, as JSON."""
-    return JSONResponse(as_json(snapshot(bq, study_id)), headers=NO_STORE)
+    return JSONResponse(as_json(snapshot(bq, study_id, namespace=True)), headers=NO_STORE)
 
 
 def _key_query(request: Request) -> str:
@@ -259,10 +283,24 @@ def render_page(snap: Snapshot, key_query: str = "") -> str:
         f"<style>{_STYLE}</style></head><body>"
         f'<h1 id="study-name">{escape(study.name)}</h1>'
         f'<div class="meta">{" · ".join(meta)}</div>'
+        f"{_namespace(snap)}"
         f'<div id="live">{render_fragment(snap)}</div>'
         f"<script>{script}</script>"
         "</body></html>\n"
     )
+
+
+def _namespace(snap: Snapshot) -> str:
+    """The namespace's name and metadata (its own keys; not the two timestamps)."""
+    if snap.namespace is None:
+        return ""
+    metadata = {k: v for k, v in snap.namespace["metadata"].items()
+                if k not in ("initialized_at", "last_updated")}
+    items = "".join(f'<span data-key="{escape(k)}">{escape(k)}={escape(_fmt_json(v))}</span> '
+                    for k, v in sorted(metadata.items()))
+    return (f'<div id="namespace" class="meta" data-namespace="{escape(snap.namespace["name"])}">'
+            f'namespace <code>{escape(snap.namespace["name"])}</code>'
+            f'{" · " + items if items else ""}</div>')
 
 
 def render_fragment(snap: Snapshot) -> str:
@@ -408,8 +446,13 @@ def _table(snap: Snapshot) -> str:
     spec = snap.study.spec
     params = [p.name for p in spec.parameters]
     metrics = spec.metric_names
+    # the evaluation task's columns, for a study whose trials have tasks (a closed loop)
+    task_head = ['<th class="text">task</th><th class="text">description</th>'
+                 '<th class="text">metadata</th><th class="text">created by</th>'
+                 ] if snap.tasks else []
     head = "".join(
         ['<th>#</th><th class="text">status</th><th class="text">generator</th>']
+        + task_head
         + [f"<th>{escape(n)}</th>" for n in params]
         + [f"<th>{escape(n)}</th>" for n in metrics]
         + ['<th>finished</th><th class="text">note</th>']
@@ -423,6 +466,7 @@ def _table(snap: Snapshot) -> str:
             f"<td>{trial.index}</td>",
             f'<td class="text">{escape(trial.status.value)}</td>',
             f'<td class="text">{escape(trial.generator)}</td>',
+            *(_task_cells(snap.tasks.get(trial.task_id or "")) if snap.tasks else ()),
             *(f"<td>{escape(_fmt_value(trial.params.get(n)))}</td>" for n in params),
             *(f"<td>{escape(_fmt_outcome(values[n]) if n in values else '')}</td>"
               for n in metrics),
@@ -438,6 +482,23 @@ def _table(snap: Snapshot) -> str:
         "no trials yet</td></tr>"
     )
     return f'<table id="trials"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _task_cells(info: TaskInfo | None) -> list[str]:
+    if info is None:
+        return ['<td class="text"></td>'] * 4
+    metadata = ", ".join(f"{k}={_fmt_json(v)}" for k, v in sorted((info.metadata or {}).items()))
+    return [
+        f'<td class="text task" data-task-id="{escape(info.id)}" '
+        f'data-state="{info.state.value}">{escape(info.name or info.id)}</td>',
+        f'<td class="text">{escape(info.description or "")}</td>',
+        f'<td class="text">{escape(metadata)}</td>',
+        f'<td class="text">{escape(info.created_by or "")}</td>',
+    ]
+
+
+def _fmt_json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def _fmt_value(value: Value | None) -> str:

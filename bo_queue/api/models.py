@@ -1,8 +1,9 @@
 """The few request and response bodies the facade has no type for.
 
 Everything else the API takes and returns is the facade's own model (TaskRequest,
-TaskInfo, StudySpec, Study, Trial, ScheduleInfo, QueueStats, WorkerStatus, Metrics,
-HealthReport): one set of types, validated the same way in Python and over HTTP.
+TaskInfo, StudySpec, Study, Trial, Strategy, WorkflowSpec, WorkflowRun, TaskTree,
+ScheduleInfo, QueueStats, WorkerStatus, Metrics, HealthReport): one set of types,
+validated the same way in Python and over HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bo_queue.states import Priority, PriorityInput, TaskState
-from bo_queue.studies.models import Outcome
+from bo_queue.studies.models import LinearConstraint, Outcome, Parameter, Value
+from bo_queue.workflows.models import WorkflowSpec
 
 # Longest interval a schedule may have (ten years): keeps timedelta arithmetic in range.
 MAX_EVERY_S = 10 * 366 * 86400.0
@@ -63,6 +65,80 @@ class ReportOutcome(BaseModel):
     study_id: str
     index: int
     recorded: bool
+
+
+class GraphNode(BaseModel):
+    id: str
+    handler: str
+    state: TaskState
+
+
+class TaskGraph(BaseModel):
+    """GET /graph: the tasks around those asked for, their `depends_on` edges
+    ([dependency, dependent]: the dependency runs first), topological layers, and the
+    same as Graphviz DOT text."""
+
+    nodes: list[GraphNode]
+    edges: list[tuple[str, str]]
+    layers: list[list[str]]
+    dot: str
+
+
+class WorkflowRunRequest(BaseModel):
+    """POST /workflows: a definition (the JSON form of a WorkflowSpec, as `Workflow(...)
+    .spec()` dumps it), the inputs its `input.<key>` fields read, and an optional run id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definition: WorkflowSpec
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._@-]{1,100}$")
+
+
+class DesignPointsBody(BaseModel):
+    """Trials at points the caller chooses: each a value for every parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points: list[dict[str, Value]] = Field(min_length=1, max_length=1000,
+                                           examples=[[{"x": 0.5, "y": 0.1}]])
+
+
+class ResultEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, le=10**9)
+    values: dict[str, Outcome] = Field(examples=[{"loss": 0.31}])
+
+
+class ResultsBody(BaseModel):
+    """Results of many trials at once (add_results): all checked before any is told."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    results: list[ResultEntry] = Field(min_length=1, max_length=1000)
+
+
+class ResultsOutcome(BaseModel):
+    """How many of the results were new (a repeat of a recorded result is not)."""
+
+    study_id: str
+    recorded: int
+
+
+class ParameterSpaceBody(BaseModel):
+    """A study's new search space, while it is CREATED."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: list[Parameter] = Field(min_length=1)
+    parameter_constraints: list[LinearConstraint] = Field(default_factory=list)
+
+
+class FailBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class ScheduleRequest(BaseModel):

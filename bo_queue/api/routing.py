@@ -15,9 +15,9 @@ from bo_queue.client import BOQueue
 _TEXTS = {
     400: "a request the facade refuses (BOQueueError)",
     401: "no API key, or one that is not valid",
-    404: "no such task, study, trial or schedule in the caller's namespace",
-    409: "a conflict: a study's status, a different result, a dependency, an agent "
-         "that does not hold the task",
+    404: "no such task, study, trial, schedule or workflow run in the caller's namespace",
+    409: "a conflict: a study's or workflow run's status, a different result, a "
+         "dependency, an agent that does not hold the task",
     410: "the task was cancelled or expired: it has no result",
     413: "the request body is over the limit",
     422: "invalid input (ValidationError, UnknownHandlerError, request validation)",

@@ -1,4 +1,5 @@
-"""Studies: create, read, ask/tell (suggest, report), the closed loop and its lifecycle."""
+"""Studies: create and configure, read, ask/tell (suggest, design points, report), the
+closed loop and its lifecycle."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from bo_queue.api.models import ReportBody, ReportFailureBody, ReportOutcome
+from bo_queue.api.models import (
+    DesignPointsBody,
+    FailBody,
+    ParameterSpaceBody,
+    ReportBody,
+    ReportFailureBody,
+    ReportOutcome,
+    ResultsBody,
+    ResultsOutcome,
+)
 from bo_queue.api.routing import COMMON, Caller, responses
-from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
+from bo_queue.studies.models import (
+    Strategy,
+    Study,
+    StudySpec,
+    StudyStatus,
+    Trial,
+    TrialStatus,
+)
 
 router = APIRouter(prefix="/studies", tags=["studies"],
                    responses={**COMMON, **responses(413)})
@@ -25,6 +42,22 @@ def create(bq: Caller, spec: StudySpec) -> Study:
     """Validate and store a new study (status CREATED). A strategy without a seed gets a
     random one, stored with the study. An `evaluator` no worker declared is 422."""
     return bq.studies.create_from_spec(spec)
+
+
+@router.put("/{study_id}/parameter-space", response_model=Study, responses=LIFECYCLE,
+            summary="Replace a study's search space")
+def set_parameter_space(bq: Caller, study_id: StudyId, body: ParameterSpaceBody) -> Study:
+    """Only while the study is CREATED (else 409). A space the rest of the study does
+    not fit (a constraint on an unknown parameter, ...) is 422, and nothing changes."""
+    return bq.studies.set_parameter_space(study_id, body.parameters,
+                                          body.parameter_constraints)
+
+
+@router.put("/{study_id}/strategy", response_model=Study, responses=LIFECYCLE,
+            summary="Replace a study's strategy")
+def set_strategy(bq: Caller, study_id: StudyId, strategy: Strategy) -> Study:
+    """Only while the study is CREATED (else 409). Without a seed it gets a random one."""
+    return bq.studies.set_strategy(study_id, strategy)
 
 
 @router.get("", response_model=list[Study], summary="List studies")
@@ -64,6 +97,29 @@ def suggest(
     them. Report each before its lease (`strategy.trial_lease_s`) runs out. A study that
     has ended is 409; one that is paused is 400."""
     return bq.studies.suggest(study_id, count=count, timeout=timeout)
+
+
+@router.post("/{study_id}/design-points", response_model=list[Trial],
+             responses=responses(404, 409, 504), summary="Ask: trials at points you choose")
+def design_points(
+    bq: Caller, study_id: StudyId, body: DesignPointsBody,
+    timeout: Annotated[float, Query(gt=0, le=60, description="seconds to wait for a "
+                                    "worker to attach them (504 past it)")] = 60.0,
+) -> list[Trial]:
+    """One new trial per point (a value for every parameter, inside the space and its
+    constraints), to report like any other. A point outside the space is 422 and no
+    trial is made."""
+    return bq.studies.add_design_points(study_id, body.points, timeout=timeout)
+
+
+@router.post("/{study_id}/results", response_model=ResultsOutcome, responses=LIFECYCLE,
+             summary="Tell: many trials' results at once")
+def results(bq: Caller, study_id: StudyId, body: ResultsBody) -> ResultsOutcome:
+    """Every entry is checked (its trial exists, its values fit) before any is recorded:
+    one bad entry is 404/422 and nothing is. `recorded` counts the new results; repeats
+    of recorded ones are no-ops, different values for them 409."""
+    recorded = bq.studies.add_results(study_id, [(r.index, r.values) for r in body.results])
+    return ResultsOutcome(study_id=study_id, recorded=recorded)
 
 
 @router.post("/{study_id}/trials/{index}/report", response_model=ReportOutcome,
@@ -113,6 +169,14 @@ def complete(
     message: Annotated[str, Query(max_length=2000)] = "completed by request",
 ) -> Study:
     return bq.studies.complete(study_id, message)
+
+
+@router.post("/{study_id}/fail", response_model=Study, responses=LIFECYCLE,
+             summary="Mark a study FAILED now")
+def fail(bq: Caller, study_id: StudyId, body: FailBody) -> Study:
+    """With a `reason`; its running evaluations are cancelled. A study that has ended is
+    409."""
+    return bq.studies.fail(study_id, body.reason)
 
 
 @router.get("/{study_id}/best", response_model=Trial | None, responses=NOT_FOUND,

@@ -26,7 +26,7 @@ from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
 from bo_queue.core.heartbeats import Heartbeats
 from bo_queue.core.keys import PULL_QUEUE, Keys
-from bo_queue.core.message import Message
+from bo_queue.core.message import Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
@@ -320,7 +320,7 @@ class Core:
         if durable:
             for plan in plans:
                 plan.held = True  # held, due when it is due: sent below, or by a worker
-        messages = {plan.id: self._message(plan) for plan in plans}
+        messages = {plan.id: self._message(plan, created_by) for plan in plans}
         waits = []
         with self.broker_errors(), self.redis.pipeline(transaction=False) as pipe:
             for plan in ordered:
@@ -398,7 +398,7 @@ class Core:
             while self.delays.release_due(self.send) >= RELEASE_BATCH:
                 pass
 
-    def _message(self, plan: Plan) -> Message:
+    def _message(self, plan: Plan, created_by: str | None = None) -> Message:
         req = plan.request
         return Message(
             handler=req.handler, payload=req.payload, queue=plan.queue,
@@ -406,6 +406,8 @@ class Core:
             expires_at=plan.expires_at, parent_id=req.parent_id,
             resources=req.resources.model_dump() if req.resources else None,
             study=plan.study,
+            kwargsrepr=kwargsrepr(name=req.name, description=req.description,
+                                  metadata=req.metadata, created_by=created_by),
         )
 
     def send(self, task_id: str, message: Message, producer: Any = None,
@@ -432,6 +434,7 @@ class Core:
             parent_id=message.parent_id,
             producer=producer,
             headers=message.headers(),  # they travel with the message (and its retries)
+            kwargsrepr=message.kwargsrepr,  # Flower shows it (None: Celery's own, "{}")
         )
 
     @contextmanager

@@ -6,7 +6,7 @@ Redis (workers.runner). It is kept as JSON in the outbox until a worker starts t
 dependent task until its dependencies end (core/records.py), and in the pull store until
 an agent claims it (core/pull.py); each reads it back with `Message.decode`. Core.send
 turns it into Celery's message: the payload as the one argument, the rest as options and
-headers.
+headers (`kwargsrepr`: what Flower shows of the task's name and metadata).
 
 Messages already in Redis keep decoding when fields are added: a field a message lacks
 takes its default, and a field this version does not know is ignored.
@@ -18,10 +18,13 @@ import json
 from typing import Any
 
 import pydantic
+from celery.utils.saferepr import saferepr
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue.errors import ValidationError
 from bo_queue.validation import problems
+
+KWARGSREPR_MAX = 1024  # characters, as Celery's own kwargsrepr (amqp.kwargsrepr_maxsize)
 
 
 class Message(BaseModel):
@@ -39,6 +42,10 @@ class Message(BaseModel):
     parent_id: str | None = None  # the task that spawned it
     resources: dict[str, int | float] | None = None  # a submit's own resources (admission)
     study: dict[str, Any] | None = None  # a study's evaluation: {"study_id", "trial_index"}
+    # What Flower shows as the task's kwargs (Celery's kwargsrepr header; our tasks take
+    # none): its name, description, metadata and created_by. Flower's task name stays the
+    # handler, which its filters and charts group by.
+    kwargsrepr: str | None = None
 
     def encode(self) -> str:
         """The JSON kept in Redis, as json.dumps writes it: what check_json accepted
@@ -64,6 +71,13 @@ class Message(BaseModel):
         if self.study:  # workers.study_step reports only evaluations so marked
             headers["bo_study"] = self.study
         return headers or None
+
+
+def kwargsrepr(**fields: Any) -> str | None:
+    """The `kwargsrepr` of a task with these fields (those given), cut as Celery cuts its
+    own reprs; None when none is given."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    return saferepr(given, KWARGSREPR_MAX) if given else None
 
 
 def evaluation_of(marker: object) -> tuple[str, int] | None:

@@ -298,6 +298,8 @@ class StudyManager:
         """Trials at points you choose (validated against the space), to report like any."""
         _check_timeout(timeout)
         study = self.get(study_id)
+        if study.status.terminal:  # as suggest: a conflict, not a step that fails
+            raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
         checked = [study.spec.check_params(p) for p in _listed(points, "points")]
         indices = self._ask(study_id, {"attach": checked}, timeout)
         return [self.store.trial(study_id, i) for i in indices]
@@ -325,11 +327,16 @@ class StudyManager:
 
     @_redis_errors
     def add_results(self, study_id: str, results: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
+        """Report many trials' results; returns how many were new. Every pair is checked
+        (its index names a trial, its values fit the study) before any is reported."""
+        study = self.get(study_id)
         pairs = []
         for pair in _listed(results, "results"):
             if not isinstance(pair, tuple | list) or len(pair) != 2:
                 raise ValidationError(f"results are (index, values) pairs, not {shown(pair)}")
-            pairs.append(pair)
+            pairs.append((_index(pair[0]), study.spec.check_values(pair[1])))
+        for index, _ in pairs:
+            self.store.trial(study_id, index)  # TrialNotFoundError
         return sum(self.report(study_id, index, values) for index, values in pairs)
 
     def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:

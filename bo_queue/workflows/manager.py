@@ -121,7 +121,7 @@ class WorkflowManager:
         pending advance too; nothing more starts. A run that has ended is returned as is."""
         return self._change(workflow_id, lambda run: self._cancel(run, terminate))
 
-    def set_vars(self, workflow_id: str, **values: Any) -> WorkflowRun:
+    def set_vars(self, workflow_id: str, /, **values: Any) -> WorkflowRun:
         """Set `vars.<key>` in the run's context and re-check a wait on a condition."""
         check_payload(values, self.bq.settings.max_payload_bytes)
         return self._change(workflow_id, lambda run: self._set_vars(run, values))

@@ -32,6 +32,7 @@ NAME = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 RESERVED = frozenset({"input", "vars"})
 MAX_ITERATIONS = 10_000
 _AUTO = itertools.count(1)
+_UNSET: Any = object()  # a Step argument not given (pydantic then says it is required)
 
 
 class _Node(Checked):
@@ -49,10 +50,13 @@ class Step(_Node):
     queue: str | None = None
     priority: Priority = Priority.NORMAL
 
-    def __init__(self, name: str, handler: str, payload: Mapping[str, Any] | None = None,
-                 **options: Any) -> None:
-        fields = {"name": name, "handler": handler, "payload": dict(payload or {}), **options}
-        super().__init__(**fields)
+    def __init__(self, name: str = _UNSET, handler: str = _UNSET,
+                 payload: Mapping[str, Any] | None = None, **options: Any) -> None:
+        # pydantic calls this to validate a Step in a JSON definition too: a field it
+        # lacks, or a payload that is not an object, is a validation error, not a TypeError
+        fields = {"name": name, "handler": handler, "payload": {} if payload is None else payload,
+                  **options}
+        super().__init__(**{k: v for k, v in fields.items() if v is not _UNSET})
 
     @field_validator("priority", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bo_queue import TaskRequest
 from bo_queue.cli import main
 from bo_queue.testing import free_port, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
@@ -112,8 +113,15 @@ def test_flower_sees_workers_and_tasks_by_handler_name(one_worker: Cluster) -> N
         bq = one_worker.producer()
         handles = [bq.submit("t.echo", {"n": n}) for n in range(3)]
         assert [h.get(timeout=30) for h in handles] == [{"n": n} for n in range(3)]
+        # a task's name, description, metadata and created_by: Flower's kwargs column
+        [named] = bq.submit_many([TaskRequest(
+            handler="t.echo", payload={"n": 9}, name="sweep · 1", description="lr sweep",
+            metadata={"experiment": "e7"})], created_by="lab-7")
+        assert named.get(timeout=30) == {"n": 9}
+        retried = bq.submit("t.flaky", {"fail_times": 1}, name="second try")  # Celery's retry
+        assert retried.get(timeout=30) == {"attempt": 2}
 
-        ids = {h.id for h in handles}
+        ids = {h.id for h in handles} | {named.id}
 
         def all_succeeded() -> bool:
             tasks = flower.api("/api/tasks?taskname=t.echo")
@@ -127,6 +135,16 @@ def test_flower_sees_workers_and_tasks_by_handler_name(one_worker: Cluster) -> N
             assert tasks[task_id]["worker"] == hostname
         info = flower.api(f"/api/task/info/{handles[0].id}")
         assert info["name"] == "t.echo" and info["state"] == "SUCCESS"
+        assert info["kwargs"] == "{}" and info["args"] == "[{'n': 0}]"
+        shown = flower.api(f"/api/task/info/{named.id}")
+        assert shown["name"] == "t.echo"  # still the handler: Flower groups by it
+        assert shown["kwargs"] == ("{'name': 'sweep · 1', 'description': 'lr sweep', "
+                                   "'metadata': {'experiment': 'e7'}, 'created_by': 'lab-7'}")
+        assert flower.api("/api/tasks?taskname=t.echo")[named.id]["kwargs"] == shown["kwargs"]
+        wait_until(lambda: flower.api(f"/api/task/info/{retried.id}")["state"] == "SUCCESS",
+                   30, 0.3, what="flower to show the retried task succeeded")
+        again = flower.api(f"/api/task/info/{retried.id}")
+        assert again["kwargs"] == "{'name': 'second try'}" and again["retries"] == 1
     finally:
         flower.stop()
 

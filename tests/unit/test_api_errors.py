@@ -37,6 +37,7 @@ from bo_queue.errors import (
     ValidationError,
     WorkflowError,
     WorkflowNotFoundError,
+    WorkflowTimeoutError,
 )
 
 from .fakes import UNREACHABLE_URL
@@ -58,7 +59,8 @@ ERRORS: list[tuple[BaseException, int]] = [
     (TaskExpiredError("t1", "expired"), 410),
     (TaskTimeoutError("t1", "no result in time"), 504),
     (StudyError("paused"), 400),
-    (WorkflowError("cannot go on"), 400),
+    (WorkflowError("has ended; cannot pause it"), 409),
+    (WorkflowTimeoutError("still RUNNING after 1 s"), 504),
     (ConfigurationError("nope"), 400),
     (BOQueueError("other"), 400),
     (RuntimeError("a bug"), 500),

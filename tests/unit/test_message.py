@@ -44,10 +44,10 @@ def test_todays_shapes_decode(shape: dict[str, Any]) -> None:
     assert Message.decode(message.encode()) == message
 
 
-def test_encoded_as_before_plus_the_study_marker() -> None:
+def test_encoded_as_before_plus_the_study_marker_and_kwargsrepr() -> None:
     # json.dumps of the old dict, as 085edd6 wrote it: same text, ints stay ints
-    assert Message.decode(json.dumps(SUBMITTED)).encode() == json.dumps({**SUBMITTED,
-                                                                         "study": None})
+    assert Message.decode(json.dumps(SUBMITTED)).encode() == json.dumps(
+        {**SUBMITTED, "study": None, "kwargsrepr": None})
 
 
 def test_a_payload_check_json_accepts_is_stored_as_it_was() -> None:
