@@ -7,7 +7,7 @@ from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.context import TaskContext
 from bo_queue.core.handle import Progress, TaskHandle
-from bo_queue.core.records import TaskInfo
+from bo_queue.core.records import TaskInfo, TaskRun
 from bo_queue.core.requests import TaskRequest
 from bo_queue.errors import (
     AgentError,
@@ -20,6 +20,7 @@ from bo_queue.errors import (
     MissingFieldError,
     NotHeldError,
     ReportConflictError,
+    ResultTimeoutError,
     StudyError,
     StudyNotFoundError,
     StudyTimeoutError,
@@ -72,6 +73,7 @@ __all__ = [
     "TaskRequest",
     "TaskHandle",
     "TaskInfo",
+    "TaskRun",
     "Progress",
     "TaskState",
     "TERMINAL_STATES",
@@ -122,5 +124,6 @@ __all__ = [
     "TaskCancelledError",
     "TaskExpiredError",
     "TaskTimeoutError",
+    "ResultTimeoutError",
     "__version__",
 ]
