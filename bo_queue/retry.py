@@ -58,13 +58,16 @@ class RetryPolicy(BaseModel):
     backoff: float = Field(default=1.0, ge=0, le=10 * 366 * 86400)
     backoff_max: float = Field(default=600.0, ge=0, le=10 * 366 * 86400)
     jitter: bool = True
-    on: ExceptionTypes = (Exception,)
+    on: ExceptionTypes = Field(default=("Exception",), validate_default=True)  # by name:
+    # JSON for the schema; the validator makes it the class
 
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
-        except pydantic.ValidationError as exc:
-            raise ValidationError(f"invalid RetryPolicy: {exc}") from None
+        except pydantic.ValidationError as exc:  # one line, as validation.problems says it
+            said = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}"
+                             for e in exc.errors())
+            raise ValidationError(f"invalid RetryPolicy: {said}") from None
 
     @field_validator("on", mode="before")
     @classmethod

@@ -23,7 +23,6 @@ from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
 from bo_queue.states import Priority, TaskState
 
-
 MAX_RUNS = 50  # runs kept per task (lua/runs.lua), the latest
 
 

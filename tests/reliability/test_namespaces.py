@@ -21,11 +21,11 @@ from bo_queue import (
     DependencyError,
     Objective,
     Range,
+    ResultTimeoutError,
     StudyNotFoundError,
     StudyStatus,
     TaskHandle,
     TaskState,
-    ResultTimeoutError,
     TrialNotFoundError,
     UnknownTaskError,
 )

@@ -15,11 +15,11 @@ from bo_queue import (
     BOQueue,
     Priority,
     Progress,
+    ResultTimeoutError,
     TaskCancelledError,
     TaskExpiredError,
     TaskFailedError,
     TaskState,
-    ResultTimeoutError,
     UnknownTaskError,
 )
 from bo_queue.core.results import ResultWaiter, outcome
