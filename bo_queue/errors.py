@@ -210,6 +210,13 @@ class TaskTimeoutError(TaskFailedError, TimeoutError):
         self.remote_message = message
         self.remote_traceback = remote_traceback
 
+    def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[str, str, str, str | None]]:
+        # Celery pickles what a run raised (from a pool process, and to check it can):
+        # rebuilt from its fields, it stays itself instead of the nearest base that
+        # takes one argument
+        return type(self), (self.task_id, self.remote_message, self.remote_type,
+                            self.remote_traceback)
+
 
 class ResultTimeoutError(BOQueueError, TimeoutError):
     """`TaskHandle.get(timeout=...)` gave up waiting for the result. Nothing happened to
