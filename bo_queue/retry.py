@@ -52,7 +52,7 @@ class RetryPolicy(BaseModel):
     class, or a base of it, has that module and qualified name.
     """
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     max_retries: int = Field(default=3, ge=0, le=10_000)
     backoff: float = Field(default=1.0, ge=0, le=10 * 366 * 86400)

@@ -132,9 +132,7 @@ def test_a_submits_retry_policy_replaces_its_handlers(bq: BOQueue) -> None:
     info = ended(bq, h.id, 3)
     assert [r.outcome for r in info.runs] == ["RETRYING", "RETRYING", "SUCCEEDED"]
     assert [r.attempt for r in info.runs] == [1, 2, 3]
-    assert [r.log for r in info.runs] == [(f"INFO attempt {n}",) for n in (1, 2, 3)] or all(
-        len(r.log) == 1 and r.log[0].endswith(f"attempt {n}")
-        for n, r in zip((1, 2, 3), info.runs, strict=True))
+    assert [r.log for r in info.runs] == [(f"INFO attempt {n}",) for n in (1, 2, 3)]
     assert [r.error for r in info.runs] == [
         "TransientError: attempt 1 failed", "TransientError: attempt 2 failed", None]
     for run in info.runs:
@@ -221,7 +219,9 @@ def test_a_worker_whose_pool_cannot_keep_a_handlers_time_limit_refuses_to_start(
                                    "queues": ("default",)})
         assert "handler 'pol.limited' is not async and has a time limit of 1 s" in str(
             caught.value)
-        assert f"{pool}" in cluster.workers[0].log() or "pool" in str(caught.value)
+        [worker] = cluster.workers
+        assert worker.process is not None and worker.process.wait(10) != 0
+        assert not cluster.producer().heartbeats.has(worker.hostname)  # it never served
     finally:
         cluster.close()
 
@@ -253,7 +253,8 @@ def test_on_a_threads_pool_limits_hold_or_the_task_says_why(redis_url: str) -> N
 def test_a_run_lost_with_its_worker_is_in_the_history(redis_url: str,
                                                        evidence: redis.Redis) -> None:
     cluster = Cluster(redis_url, new_namespace(), {"visibility_timeout_s": "10",
-                                                  "restore_sweep_s": "1"})
+                                                  "restore_sweep_s": "1",
+                                                  "hold_delays_over_s": "5"})
     try:
         [victim] = cluster.start_workers({"imports": POLICY_HANDLERS})
         bq = cluster.producer()
@@ -315,7 +316,8 @@ def test_http_submit_takes_a_retry_policy_and_a_time_limit(
 
 def test_http_refuses_bad_policies_and_writes_nothing(http: httpx.Client, bq: BOQueue) -> None:
     before = task_keys(bq)
-    for bad in ({"time_limit": -1}, {"time_limit": "soon"}, {"time_limit": 600},
+    for bad in ({"time_limit": -1}, {"time_limit": "soon"},
+                {"time_limit": 4000},  # over the API's visibility_timeout_s (3600 s)
                 {"retry": {"max_retries": 2, "on": ["no such name"]}},
                 {"retry": {"max_retries": 2, "tries": 3}}, {"retry": [1]}):
         answer = http.post("/tasks", json={"handler": "pol.fails", **bad})
