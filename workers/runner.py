@@ -200,21 +200,34 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
 
 def retry_policy(req: Any, spec: HandlerSpec) -> RetryPolicy:
     """The task's retry policy: the submit's (its `bo_retry` header), else the handler's."""
+    sent = _sent_retry(req)
+    return spec.retry if sent is None else sent
+
+
+def _sent_retry(req: Any) -> RetryPolicy | None:
+    """The retry policy a submit sent with the task (its `bo_retry` header), if readable."""
     sent = getattr(req, "bo_retry", None)
     if isinstance(sent, dict):
         try:
             return RetryPolicy(**sent)
         except (ValidationError, TypeError):
             log.warning("task %s: ignoring an unreadable retry policy %r", req.id, sent)
-    return spec.retry
+    return None
 
 
 def time_limit(req: Any, spec: HandlerSpec, bq: BOQueue) -> float | None:
     """The run's time limit: the submit's (Celery's `timelimit` header, [hard, soft]),
     else the handler's, else the default."""
-    sent = req.timelimit[1] if isinstance(req.timelimit, list | tuple) else None
-    limit = sent if isinstance(sent, int | float) and sent > 0 else spec.time_limit_s
-    return limit or bq.settings.default_time_limit_s
+    return _sent_time_limit(req) or spec.time_limit_s or bq.settings.default_time_limit_s
+
+
+def _sent_time_limit(req: Any) -> float | None:
+    """The submit's own (soft) time limit, from Celery's `timelimit` [hard, soft]."""
+    sent = getattr(req, "timelimit", None)
+    soft = sent[1] if isinstance(sent, list | tuple) and len(sent) == 2 else None
+    if isinstance(soft, int | float) and not isinstance(soft, bool) and soft > 0:
+        return float(soft)
+    return None
 
 
 def unenforceable(handler: str, limit: float) -> str:
@@ -303,8 +316,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     # the headers it came with go with it, those that can be read
     sent = getattr(req, "bo_resources", None) if _sent_resources(req) else None
     marker = getattr(req, "bo_study", None)
-    policy = getattr(req, "bo_retry", None)
-    limit = req.timelimit[1] if isinstance(req.timelimit, list | tuple) else None
+    policy = _sent_retry(req)
     message = Message(
         handler=spec.name, payload=payload,
         queue=bq.settings.queue_for(spec.queue, info.get("routing_key")),
@@ -312,8 +324,8 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         retries=req.retries if retries is None else retries, parent_id=req.parent_id,
         resources=sent,
         study=marker if evaluation_of(marker) else None,
-        retry=policy if isinstance(policy, dict) else None,
-        time_limit=limit if isinstance(limit, int | float) and limit > 0 else None,
+        retry=None if policy is None else policy.describe(),
+        time_limit=_sent_time_limit(req),
     )
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)
