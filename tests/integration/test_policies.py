@@ -202,6 +202,10 @@ def test_bad_policies_are_refused_and_nothing_is_written(bq: BOQueue) -> None:
             bq.submit("pol.fails", {}, **bad)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="request 1: .*" + says):
             bq.submit_many([{"handler": "pol.fails"}, {"handler": "pol.fails", **bad}])
+    bq.agents.declare_type("pol.pulled")  # agents run it: no policy of bo_queue's
+    for bad in ({"time_limit": 5}, {"retry": RetryPolicy(max_retries=1)}):
+        with pytest.raises(ValidationError, match="pull task type"):
+            bq.submit("pol.pulled", {}, **bad)  # type: ignore[arg-type]
     assert task_keys(bq) == before
 
 
