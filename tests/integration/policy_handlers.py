@@ -8,8 +8,6 @@ import asyncio
 import time
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
-
 from bo_queue import TaskContext, handler
 from tests.integration.handlers import TransientError, evidence
 
@@ -42,18 +40,6 @@ async def async_sleep(payload: dict[str, Any], ctx: TaskContext) -> str:
 def limited(payload: dict[str, Any], ctx: TaskContext) -> str:
     time.sleep(payload["seconds"])
     return "in time"
-
-
-@handler("pol.stubborn")
-def stubborn(payload: dict[str, Any], ctx: TaskContext) -> str:
-    """Ignores its soft time limit: the hard one (the limit plus the grace) kills it."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            time.sleep(0.05)
-        except SoftTimeLimitExceeded:
-            continue
-    return "never"
 
 
 @handler("pol.until_cancelled")

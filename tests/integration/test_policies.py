@@ -28,11 +28,10 @@ from bo_queue import (
     TaskTimeoutError,
     ValidationError,
 )
-from bo_queue.api.keys import ApiKeys
 from bo_queue.core.records import MAX_RUNS
 from bo_queue.testing import wait_until
 from tests.conftest import ROOT, Cluster, new_namespace
-from tests.integration.api_server import ApiServer
+from tests.integration.api_server import api_client
 from tests.integration.handlers import TransientError
 
 POLICY_HANDLERS = ("tests.integration.policy_handlers",)
@@ -96,7 +95,7 @@ def test_a_submits_time_limit_replaces_its_handlers(bq: BOQueue) -> None:
 
 
 def test_the_hard_limit_stops_a_handler_that_ignores_the_soft_one(bq: BOQueue) -> None:
-    h = bq.submit("pol.stubborn", {}, time_limit=1)
+    h = bq.submit("t.stuck_eval", {}, queue="default", time_limit=1)  # it swallows the soft
     with pytest.raises(TaskTimeoutError) as caught:
         h.get(timeout=40)  # 1 s, plus the grace
     assert caught.value.remote_type.endswith("TimeLimitExceeded")
@@ -281,17 +280,8 @@ def test_a_run_lost_with_its_worker_is_in_the_history(redis_url: str,
 
 @pytest.fixture(scope="module")
 def http(redis_url: str, cluster: Cluster) -> Iterator[httpx.Client]:
-    server = ApiServer(redis_url, cluster.namespace)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        server.wait_ready()
-        key = ApiKeys(client).create(cluster.namespace, name="policies")
-        with httpx.Client(base_url=server.url, headers={"X-API-Key": key},
-                          timeout=60) as session:
-            yield session
-    finally:
-        server.stop()
-        client.close()
+    with api_client(redis_url, cluster.namespace, "policies", timeout=60) as session:
+        yield session
 
 
 def test_http_submit_takes_a_retry_policy_and_a_time_limit(
