@@ -350,6 +350,8 @@ class Core:
                     "on_dependency_failure": req.on_dependency_failure if waiting else None,
                     "name": req.name, "description": req.description,
                     "metadata": req.metadata, "created_by": created_by,
+                    "retry": req.retry.describe() if req.retry else None,
+                    "time_limit": req.time_limit,
                 })
                 if waiting:
                     waits.append((len(pipe), plan.id))

@@ -21,6 +21,7 @@ from bo_queue.core import scripts
 from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
+from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
 
 MAX_RUNS = 50  # runs kept per task (lua/runs.lua), the latest
@@ -85,6 +86,9 @@ class TaskInfo(BaseModel):
     description: str | None = None
     metadata: dict[str, Any] | None = None
     created_by: str | None = None
+    # the submit's own retry policy and time limit (None: the handler's hold)
+    retry: RetryPolicy | None = None
+    time_limit: float | None = None
     # every run, oldest first (the latest MAX_RUNS); `info()` reads them, listings do not
     runs: tuple[TaskRun, ...] = ()
 
@@ -325,7 +329,7 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
     data["depends_on"] = tuple(json.loads(data.get("depends_on", "[]")))
     data["log"] = tuple(json.loads(data.get("log", "[]")))
-    for field in ("usage", "metadata"):  # absent from records written before it existed
+    for field in ("usage", "metadata", "retry"):  # absent from records written before them
         if field in data:
             data[field] = json.loads(data[field])
     data["children"] = tuple(sorted(children or ()))

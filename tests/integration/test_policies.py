@@ -139,6 +139,23 @@ def test_a_submits_retry_policy_replaces_its_handlers(bq: BOQueue) -> None:
         assert run.started_at and run.finished_at and run.started_at <= run.finished_at
 
 
+def test_the_record_keeps_a_submits_policies_and_bq_retry_reuses_them(bq: BOQueue) -> None:
+    policy = RetryPolicy(max_retries=1, backoff=0, backoff_max=0, on=(TransientError,))
+    h = bq.submit("pol.fails", {"times": 2}, retry=policy, time_limit=20)
+    with pytest.raises(TaskFailedError):
+        h.get(timeout=30)
+    info = ended(bq, h.id, 2)
+    assert info.retry is not None and info.retry.describe() == policy.describe()
+    assert info.time_limit == 20
+    assert bq.info(bq.submit("pol.fails", {}).id).retry is None  # the handler's hold
+    again = bq.retry(h.id)  # the same policy: two runs again, not one
+    with pytest.raises(TaskFailedError):
+        again.get(timeout=30)
+    retried = ended(bq, again.id, 2)
+    assert [r.outcome for r in retried.runs] == ["RETRYING", "FAILED"]
+    assert retried.retry == info.retry and retried.time_limit == 20
+
+
 def test_a_retry_policy_by_name_retries_only_what_it_names(bq: BOQueue) -> None:
     named = {"max_retries": 2, "backoff": 0, "backoff_max": 0, "on": [TRANSIENT]}
     [transient, other] = bq.submit_many([
@@ -294,7 +311,9 @@ def test_http_submit_takes_a_retry_policy_and_a_time_limit(
     task_id = created.json()["id"]
     assert bq.handle(task_id).get(timeout=30) == 2
     ended(bq, task_id, 2)
-    runs = http.get(f"/tasks/{task_id}").json()["runs"]
+    record = http.get(f"/tasks/{task_id}").json()
+    assert record["retry"] == {**body["retry"], "jitter": True}
+    runs = record["runs"]
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "RETRYING"), (2, "SUCCEEDED")]
     assert runs[0]["error"] == "TransientError: attempt 1 failed" and runs[1]["usage"]
 
