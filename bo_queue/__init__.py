@@ -10,7 +10,7 @@ from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.context import TaskContext
 from bo_queue.core.handle import Progress, TaskHandle
-from bo_queue.core.records import TaskInfo
+from bo_queue.core.records import TaskInfo, TaskRun
 from bo_queue.core.requests import TaskRequest
 from bo_queue.errors import (
     AgentError,
@@ -23,6 +23,7 @@ from bo_queue.errors import (
     MissingFieldError,
     NotHeldError,
     ReportConflictError,
+    ResultTimeoutError,
     StorageError,
     StudyError,
     StudyNotFoundError,
@@ -89,6 +90,7 @@ __all__ = [
     "TaskRequest",
     "TaskHandle",
     "TaskInfo",
+    "TaskRun",
     "Progress",
     "TaskState",
     "TERMINAL_STATES",
@@ -142,5 +144,6 @@ __all__ = [
     "TaskCancelledError",
     "TaskExpiredError",
     "TaskTimeoutError",
+    "ResultTimeoutError",
     "__version__",
 ]

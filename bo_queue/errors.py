@@ -11,6 +11,8 @@
     ├── StorageError                a study database (SQLStorage) is down or refused a write
     ├── TaskLostError               (in a worker) the task's runs died with their worker
     │                               process more often than its budget allows: a poison task
+    ├── ResultTimeoutError          TaskHandle.get(timeout=...) gave up waiting (also a
+    │                               TimeoutError); the task goes on and may still finish
     ├── DependencyError             a dependency cycle, or an unknown or failed dependency
     ├── WorkflowError               a workflow that cannot go on (a step failed, ...)
     │   ├── MissingFieldError       a condition or reference reads a field no step produced
@@ -28,9 +30,10 @@
     │                               the task (another does, its lease ran out, it ended)
     └── TaskError                   how a task ended, raised by TaskHandle.get()
         ├── TaskFailedError         the handler raised; carries the remote type, message, traceback
+        │   └── TaskTimeoutError    it ran past its time limit and was stopped (also a
+        │                           TimeoutError): the submit's, its handler's or the default
         ├── TaskCancelledError      cancelled (by id, tag or terminate) before it could finish
-        ├── TaskExpiredError        its `expires` passed before a worker started it
-        └── TaskTimeoutError        get(timeout=...) gave up waiting (the task may still finish)
+        └── TaskExpiredError        its `expires` passed before a worker started it
 
     InvalidResultError raised *inside* a worker (a handler returned something that is not
     JSON) fails that task, with it as the remote type; so does TaskLostError (the worker
@@ -206,5 +209,35 @@ class TaskExpiredError(TaskError):
     """The task's `expires` passed before any worker started it; it never ran."""
 
 
-class TaskTimeoutError(TaskError, TimeoutError):
-    """`get(timeout=...)` gave up waiting. The task itself may still finish later."""
+class TaskTimeoutError(TaskFailedError, TimeoutError):
+    """The task ran past its time limit (the submit's `time_limit`, else its handler's, else
+    `default_time_limit_s`) and was stopped: a failure, so `except TaskFailedError` catches
+    it too. `remote_type` says what stopped it: `bo_queue.errors.TaskTimeoutError` (the
+    soft limit, raised in the handler), or Celery's `TimeLimitExceeded` (the hard limit,
+    which kills a handler that caught the soft one). Raised in a worker, it fails the run
+    (and retries it if the task's retry policy says so)."""
+
+    def __init__(self, task_id: str, message: str,
+                 remote_type: str = "bo_queue.errors.TaskTimeoutError",
+                 remote_traceback: str | None = None) -> None:
+        TaskError.__init__(self, task_id, message)  # not TaskFailedError's "failed: ..."
+        self.remote_type = remote_type
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type[TaskTimeoutError], tuple[str, str, str, str | None]]:
+        # Celery pickles what a run raised (from a pool process, and to check it can):
+        # rebuilt from its fields, it stays itself instead of the nearest base that
+        # takes one argument
+        return type(self), (self.task_id, self.remote_message, self.remote_type,
+                            self.remote_traceback)
+
+
+class ResultTimeoutError(BOQueueError, TimeoutError):
+    """`TaskHandle.get(timeout=...)` gave up waiting for the result. Nothing happened to
+    the task: it goes on, and a later `get()` may return its result."""
+
+    def __init__(self, task_id: str, timeout: float) -> None:
+        super().__init__(f"task {task_id} did not finish within {timeout} s (it goes on)")
+        self.task_id = task_id
+        self.timeout = timeout

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import celeryd_after_setup, task_failure, task_revoked, worker_init
 from celery.worker import state
 from redis.typing import EncodableT, FieldT
@@ -27,7 +28,7 @@ from bo_queue.client import BOQueue
 from bo_queue.core import placement
 from bo_queue.monitor.webhooks import Deliverer
 from bo_queue.states import TaskState
-from workers.runner import HandlerTask, record_failure
+from workers.runner import HandlerTask, check_pool, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,12 @@ def install(app: Celery, bq: BOQueue) -> None:
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
+            # a plain handler's time limit is only kept by prefork: refuse to start
+            # rather than run one unlimited (ConfigurationError stops the worker)
+            consumed = getattr(worker.app.amqp.queues, "consume_from", None)
+            check_pool(bq, isinstance(worker.pool_cls, type)
+                       and issubclass(worker.pool_cls, PreforkPool),
+                       None if consumed is None else set(consumed))
             self.tref: Any = None
             self.hostname = ""
             self.card: dict[str, Any] = {}

@@ -22,28 +22,33 @@ from typing import Any
 import pydantic
 from celery import Celery, Task
 from celery.app.task import Context
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
 from bo_queue.core.admission import Gate
-from bo_queue.core.message import Message, evaluation_of
+from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, evaluation_of
 from bo_queue.errors import (
     ConfigurationError,
     InvalidResultError,
     TaskCancelledError,
     TaskLostError,
+    TaskTimeoutError,
+    ValidationError,
 )
 from bo_queue.registry import HandlerSpec, Resources
+from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
 from bo_queue.validation import utc
 from workers.execution import run_handler
 
 log = logging.getLogger(__name__)
 
-HARD_LIMIT_GRACE_S = 5.0  # the soft limit raises in the handler; the hard one kills it
+# Whether this worker's pool enforces Celery's time limits on a plain (not async)
+# handler: only prefork does (signals in its child processes); workers.lifecycle says.
+sync_limits_enforced = True
 
 # Called as listener(task, payload, result, error) once a task has ended for good
 # (after its result is stored): how an evaluation's outcome reaches its study.
@@ -145,7 +150,8 @@ def execute(task: HandlerTask, payload: dict[str, Any]) -> Any:
 def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> Any:
     bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
-    lost_allowed = max(spec.retry.max_retries, bq.settings.max_lost_runs)
+    policy = retry_policy(req, spec)
+    lost_allowed = max(policy.max_retries, bq.settings.max_lost_runs)
     verdict, attempt = bq.records.start(
         task_id, req.hostname or "?", spec.name,
         bq.settings.queue_for(spec.queue, info.get("routing_key")),
@@ -166,9 +172,15 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     ctx = TaskContext(bq, task_id, spec.name, attempt, req.retries,
                       study_id=study_id if isinstance(study_id, str) else None)
     setattr(req, "bo_context", ctx)  # noqa: B010  (for the on_success/on_failure hooks)
+    limit = time_limit(req, spec, bq)
+    if limit is not None and not (spec.is_async or sync_limits_enforced):
+        raise ConfigurationError(unenforceable(spec.name, limit))  # fails it; no retry
     try:
-        limit = spec.time_limit_s or bq.settings.default_time_limit_s
-        result = run_handler(spec, payload, ctx, limit)
+        try:
+            result = run_handler(spec, payload, ctx, limit)
+        except SoftTimeLimitExceeded:  # Celery's signal, or the async handler's loop
+            of = "" if limit is None else f" of {limit:g} s"
+            raise TaskTimeoutError(task_id, f"task {task_id} ran past its time limit{of}") from None
         if ctx.cancel_seen:
             raise TaskCancelledError(task_id, "cancelled while running")
         _check_json(spec.name, result)
@@ -181,10 +193,63 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
         )
         raise Ignore() from None
     except Exception as exc:
-        policy = spec.retry
         if not policy.retries(exc) or req.retries >= policy.max_retries:
             raise  # Celery stores the failure, then on_failure and record_failure run
-        raise _retry(task, ctx, payload, exc) from exc
+        raise _retry(task, policy, payload, exc) from exc
+
+
+def retry_policy(req: Any, spec: HandlerSpec) -> RetryPolicy:
+    """The task's retry policy: the submit's (its `bo_retry` header), else the handler's."""
+    sent = _sent_retry(req)
+    return spec.retry if sent is None else sent
+
+
+def _sent_retry(req: Any) -> RetryPolicy | None:
+    """The retry policy a submit sent with the task (its `bo_retry` header), if readable."""
+    sent = getattr(req, "bo_retry", None)
+    if isinstance(sent, dict):
+        try:
+            return RetryPolicy(**sent)
+        except (ValidationError, TypeError):
+            log.warning("task %s: ignoring an unreadable retry policy %r", req.id, sent)
+    return None
+
+
+def time_limit(req: Any, spec: HandlerSpec, bq: BOQueue) -> float | None:
+    """The run's time limit: the submit's (Celery's `timelimit` header, [hard, soft]),
+    else the handler's, else the default."""
+    return _sent_time_limit(req) or spec.time_limit_s or bq.settings.default_time_limit_s
+
+
+def _sent_time_limit(req: Any) -> float | None:
+    """The submit's own (soft) time limit, from Celery's `timelimit` [hard, soft]."""
+    sent = getattr(req, "timelimit", None)
+    soft = sent[1] if isinstance(sent, list | tuple) and len(sent) == 2 else None
+    if isinstance(soft, int | float) and not isinstance(soft, bool) and soft > 0:
+        return float(soft)
+    return None
+
+
+def unenforceable(handler: str, limit: float) -> str:
+    return (f"handler {handler!r} is not async and has a time limit of {limit:g} s, which "
+            "this worker's pool cannot enforce (only prefork enforces limits on plain "
+            "handlers): serve it from a prefork worker, make it `async def`, or drop its "
+            "time limit")
+
+
+def check_pool(bq: BOQueue, enforces: bool, queues: set[str] | None) -> None:
+    """Refuse to start a worker whose pool cannot enforce the time limit of a plain
+    handler it serves from `queues` (None: every configured queue); set what the run
+    checks for the others (a submit's own limit, a task sent to another queue)."""
+    global sync_limits_enforced
+    sync_limits_enforced = enforces
+    if enforces:
+        return
+    for name, spec in sorted(registry.registered().items()):
+        limit = spec.time_limit_s or bq.settings.default_time_limit_s
+        served = queues is None or bq.settings.queue_for(spec.queue) in queues
+        if limit is not None and served and not spec.is_async:
+            raise ConfigurationError(unenforceable(name, limit))
 
 
 def run_report(task: HandlerTask) -> dict[str, Any]:
@@ -224,21 +289,22 @@ def admission_gate(bq: BOQueue, worker: str) -> Gate:
     return _gates[key]
 
 
-def _retry(task: HandlerTask, ctx: TaskContext, payload: dict[str, Any], exc: Exception) -> Retry:
+def _retry(task: HandlerTask, policy: RetryPolicy, payload: dict[str, Any],
+           exc: Exception) -> Retry:
     bq, spec, req = task.bq, task.spec, task.request
     task_id = str(req.id)
-    delay = spec.retry.delay_s(req.retries)
+    delay = policy.delay_s(req.retries)
     due_at = time.time() + delay
     bq.records.transition(
         task_id, TaskState.RETRYING, ttl_s=bq.records.ttl_for(due_at), next_attempt_at=due_at,
-        retries=req.retries + 1, error=describe(exc),
+        retries=req.retries + 1, error=describe(exc), **run_report(task),
     )
     _hook(spec.on_retry, req, exc, delay)
-    if delay <= bq.settings.hold_delays_over_s:
+    if delay <= bq.settings.hold_delays_over_s:  # the headers and time limits go along
         # kwargsrepr: what Flower shows of the task's name (celery-types' stub lacks this
         # option, which retry passes on to apply_async like the others)
         return task.retry(  # type: ignore[call-arg]
-            exc=exc, countdown=delay, max_retries=spec.retry.max_retries, throw=False,
+            exc=exc, countdown=delay, max_retries=policy.max_retries, throw=False,
             kwargsrepr=getattr(req, "kwargsrepr", None),
         )
     # A long backoff waits in Redis, not in a worker's memory (see bo_queue.core.delays).
@@ -255,6 +321,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     # the headers it came with go with it, those that can be read
     sent = getattr(req, "bo_resources", None) if _sent_resources(req) else None
     marker = getattr(req, "bo_study", None)
+    policy = _sent_retry(req)
     message = Message(
         handler=spec.name, payload=payload,
         queue=bq.settings.queue_for(spec.queue, info.get("routing_key")),
@@ -263,6 +330,8 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         resources=sent,
         study=marker if evaluation_of(marker) else None,
         kwargsrepr=getattr(req, "kwargsrepr", None),  # what Flower shows of its name
+        retry=None if policy is None else policy.describe(),
+        time_limit=_sent_time_limit(req),
     )
     with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
         bq.delays.hold(pipe, str(req.id), due_at, message)

@@ -32,11 +32,11 @@ from bo_queue.errors import (
     DependencyError,
     InvalidTransitionError,
     ReportConflictError,
+    ResultTimeoutError,
     StudyNotFoundError,
     TaskCancelledError,
     TaskExpiredError,
     TaskFailedError,
-    TaskTimeoutError,
     TrialNotFoundError,
     UnknownTaskError,
     ValidationError,
@@ -67,11 +67,12 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (DependencyError, 409),
     (AgentError, 409),  # NotHeldError: the agent does not hold the task
     (BrokerUnavailableError, 503),
-    # How a task ended, from GET /tasks/{id}/result (and a suggest that timed out):
+    # How a task ended, from GET /tasks/{id}/result (TaskTimeoutError, past its time
+    # limit, is a TaskFailedError), and a suggest whose wait gave up:
     (TaskFailedError, 409),
     (TaskCancelledError, 410),
     (TaskExpiredError, 410),
-    (TaskTimeoutError, 504),
+    (ResultTimeoutError, 504),
     (BOQueueError, 400),
 )
 

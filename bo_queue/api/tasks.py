@@ -14,7 +14,7 @@ from bo_queue.api.routing import COMMON, Caller, Creator, responses
 from bo_queue.client import TaskRequest
 from bo_queue.core.records import TaskInfo
 from bo_queue.core.requests import MAX_METADATA_BYTES
-from bo_queue.errors import TaskTimeoutError, ValidationError
+from bo_queue.errors import ResultTimeoutError, ValidationError
 from bo_queue.states import TaskState
 
 router = APIRouter(tags=["tasks"], responses={**COMMON, **responses(413)})
@@ -124,7 +124,7 @@ def task_result(bq: Caller, task_id: TaskId, response: Response) -> TaskResult |
         return TaskResult(id=task_id, state=info.state)
     try:  # TaskFailedError, TaskCancelledError, TaskExpiredError: the app's handlers
         value = bq.handle(task_id).get(timeout=0)
-    except TaskTimeoutError:  # ended, but its stored result is past retention
+    except ResultTimeoutError:  # ended, but its stored result is past retention
         return JSONResponse({"error": "ResultExpiredError",
                              "detail": f"task {task_id} has no stored result any more"},
                             status_code=410)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bo_queue.core.records import TaskInfo
 from bo_queue.core.results import OnFailure, OnSuccess, outcome
-from bo_queue.errors import TaskCancelledError, TaskExpiredError, TaskTimeoutError
+from bo_queue.errors import ResultTimeoutError, TaskCancelledError, TaskExpiredError
 from bo_queue.states import TaskState
 
 if TYPE_CHECKING:
@@ -60,8 +60,10 @@ class TaskHandle:
         return self.state.terminal
 
     def get(self, timeout: float | None = None) -> Any:
-        """The handler's return value. Raises TaskFailedError, TaskCancelledError,
-        TaskExpiredError, or TaskTimeoutError once `timeout` seconds pass (None: wait)."""
+        """The handler's return value. Raises how the task ended: TaskFailedError
+        (TaskTimeoutError if it ran past its time limit), TaskCancelledError or
+        TaskExpiredError; or ResultTimeoutError once `timeout` seconds pass without an
+        ending (None: wait), which leaves the task alone."""
         with self._bq.broker_errors():
             return self._get(timeout)
 
@@ -79,7 +81,7 @@ class TaskHandle:
                 raise TaskCancelledError(self.id, reason or "cancelled before it started")
             left = RECORD_RECHECK_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise TaskTimeoutError(self.id, f"task {self.id} did not finish within {timeout} s")
+                raise ResultTimeoutError(self.id, timeout or 0.0)
             meta = self._bq.results.wait(self.id, min(left, RECORD_RECHECK_S))
         return outcome(self.id, meta)
 

@@ -26,7 +26,7 @@ from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
 from bo_queue.core.heartbeats import Heartbeats
 from bo_queue.core.keys import PULL_QUEUE, Keys
-from bo_queue.core.message import Message, kwargsrepr
+from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
@@ -41,6 +41,7 @@ from bo_queue.errors import (
     shown,
 )
 from bo_queue.registry import Resources
+from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
 from bo_queue.validation import (
     MAX_HORIZON_S,
@@ -207,6 +208,8 @@ class Core:
         name: str | None = None,
         description: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | Mapping[str, Any] | None = None,
+        time_limit: float | None = None,
     ) -> TaskHandle:
         """Queue one task for the handler `handler`. Raises ValidationError (or
         UnknownHandlerError) for bad input, DependencyError for an unknown dependency,
@@ -219,6 +222,8 @@ class Core:
         worker serving that version of the handler (an error if no live worker does).
         `name`, `description` and `metadata` (a JSON object) are kept on the record, for
         `info()` and the filters of `tasks(name=, metadata=)`; the handler does not see them.
+        `retry` (a RetryPolicy) and `time_limit` (seconds) replace the handler's for this
+        task, its retries included; past its time limit a run fails with TaskTimeoutError.
         """
         request = task_request(
             handler=handler, payload=payload if payload is not None else {},
@@ -227,6 +232,7 @@ class Core:
             depends_on=depends_on, on_dependency_failure=on_dependency_failure,
             resources=resources, version=version, name=name, description=description,
             metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
+            retry=dict(retry) if isinstance(retry, Mapping) else retry, time_limit=time_limit,
         )
         return self.submit_plans([self.check(request)])[0]
 
@@ -284,6 +290,15 @@ class Core:
         if declared == PULL_QUEUE and queue != PULL_QUEUE:  # no worker serves a pull type
             raise ValidationError(f"{request.handler!r} is a pull task type: agents claim "
                                   f"it; it cannot go to queue {queue!r}")
+        if queue == PULL_QUEUE and (request.retry or request.time_limit):
+            raise ValidationError(f"{request.handler!r} is a pull task type: its agents "
+                                  "run it, with no retry policy or time limit of bo_queue's")
+        limit = request.time_limit
+        if limit is not None and limit + HARD_LIMIT_GRACE_S >= self.settings.visibility_timeout_s:
+            raise ValidationError(
+                f"time_limit {limit} s (+{HARD_LIMIT_GRACE_S} s grace) must be below "
+                f"visibility_timeout_s={self.settings.visibility_timeout_s}"
+            )
         if queue != PULL_QUEUE:  # agents match capabilities themselves (bo_queue.agents)
             queue = self._placed(request, entry, queue)
         now = time.time()
@@ -335,6 +350,8 @@ class Core:
                     "on_dependency_failure": req.on_dependency_failure if waiting else None,
                     "name": req.name, "description": req.description,
                     "metadata": req.metadata, "created_by": created_by,
+                    "retry": req.retry.describe() if req.retry else None,
+                    "time_limit": req.time_limit,
                 })
                 if waiting:
                     waits.append((len(pipe), plan.id))
@@ -405,7 +422,8 @@ class Core:
             priority=req.priority.broker_priority, due_at=plan.due_at,
             expires_at=plan.expires_at, parent_id=req.parent_id,
             resources=req.resources.model_dump() if req.resources else None,
-            study=plan.study,
+            study=plan.study, retry=req.retry.describe() if req.retry else None,
+            time_limit=req.time_limit,
             kwargsrepr=kwargsrepr(name=req.name, description=req.description,
                                   metadata=req.metadata, created_by=created_by),
         )
@@ -435,6 +453,7 @@ class Core:
             producer=producer,
             headers=message.headers(),  # they travel with the message (and its retries)
             kwargsrepr=message.kwargsrepr,  # Flower shows it (None: Celery's own, "{}")
+            **message.time_limits(),
         )
 
     @contextmanager

@@ -28,6 +28,10 @@ class Keys:
     def children(self, task_id: str) -> str:
         return f"{self.namespace}:task:{task_id}:children"
 
+    def runs(self, task_id: str) -> str:
+        """List: a task's runs, newest first, JSON each (lua/runs.lua; TaskInfo.runs)."""
+        return f"{self.namespace}:task:{task_id}:runs"
+
     def dependents(self, task_id: str) -> str:
         """Set: the tasks that depend on this one."""
         return f"{self.namespace}:task:{task_id}:dependents"

@@ -25,6 +25,7 @@ from bo_queue.errors import ValidationError
 from bo_queue.validation import problems
 
 KWARGSREPR_MAX = 1024  # characters, as Celery's own kwargsrepr (amqp.kwargsrepr_maxsize)
+HARD_LIMIT_GRACE_S = 5.0  # the soft time limit raises in the handler; the hard one kills it
 
 
 class Message(BaseModel):
@@ -46,6 +47,8 @@ class Message(BaseModel):
     # none): its name, description, metadata and created_by. Flower's task name stays the
     # handler, which its filters and charts group by.
     kwargsrepr: str | None = None
+    retry: dict[str, Any] | None = None  # a submit's own RetryPolicy, described (by name)
+    time_limit: float | None = None  # a submit's own time limit (s), over the handler's
 
     def encode(self) -> str:
         """The JSON kept in Redis, as json.dumps writes it: what check_json accepted
@@ -70,7 +73,18 @@ class Message(BaseModel):
             headers["bo_resources"] = self.resources
         if self.study:  # workers.study_step reports only evaluations so marked
             headers["bo_study"] = self.study
+        if self.retry:  # workers.runner retries by it instead of the handler's policy
+            headers["bo_retry"] = self.retry
         return headers or None
+
+    def time_limits(self) -> dict[str, Any]:
+        """Celery's per-message limits (its `timelimit` header, which prefork workers
+        enforce and Task.retry keeps): the soft one raises, the hard one kills. (Any:
+        celery-types says int, Celery takes seconds as floats.)"""
+        if self.time_limit is None:
+            return {}
+        return {"soft_time_limit": self.time_limit,
+                "time_limit": self.time_limit + HARD_LIMIT_GRACE_S}
 
 
 def kwargsrepr(**fields: Any) -> str | None:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -21,7 +21,29 @@ from bo_queue.core import scripts
 from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
+from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
+
+MAX_RUNS = 50  # runs kept per task (lua/runs.lua), the latest
+
+
+class TaskRun(BaseModel):
+    """One run of a task: a worker started it, and it ended (`TaskInfo.runs`).
+
+    `outcome`: SUCCEEDED, FAILED or CANCELLED (the task ended with it), RETRYING (it
+    raised and the task's retry policy ran it again) or LOST (it died with its worker
+    process, or the worker lost Redis; noticed when the task started again)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int  # TaskInfo.attempts when it started: 1 for the first run
+    worker: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    outcome: Literal["SUCCEEDED", "FAILED", "CANCELLED", "RETRYING", "LOST"]
+    error: str | None = None
+    usage: dict[str, float] | None = None  # wall_s, cpu_s, peak_rss_mb, as TaskInfo.usage
+    log: tuple[str, ...] = ()  # what the handler logged through ctx.log in this run
 
 
 class TaskInfo(BaseModel):
@@ -64,6 +86,11 @@ class TaskInfo(BaseModel):
     description: str | None = None
     metadata: dict[str, Any] | None = None
     created_by: str | None = None
+    # the submit's own retry policy and time limit (None: the handler's hold)
+    retry: RetryPolicy | None = None
+    time_limit: float | None = None
+    # every run, oldest first (the latest MAX_RUNS); `info()` reads them, listings do not
+    runs: tuple[TaskRun, ...] = ()
 
 
 class TaskTree(BaseModel):
@@ -110,10 +137,12 @@ class RecordStore:
         self.events_max_len = events_max_len
         self.on_settled = on_settled  # Core.settle: sends released tasks, wakes cancelled ones
         self._wait = scripts.register(client, "dependencies_wait.lua", MAX_EVENTS=events_max_len)
-        self._start = scripts.register(client, "record_start.lua", MAX_EVENTS=events_max_len)
+        self._start = scripts.register(
+            client, "record_start.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
+        )
         self._cancel = scripts.register(client, "record_cancel.lua", MAX_EVENTS=events_max_len)
         self._transition = scripts.register(
-            client, "record_transition.lua", MAX_EVENTS=events_max_len
+            client, "record_transition.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
         )
         self._progress = scripts.register(client, "record_progress.lua")
         self._delete = scripts.register(client, "record_delete.lua")
@@ -239,9 +268,18 @@ class RecordStore:
         return [None if v is None else str(v) for v in values]
 
     def get(self, task_id: str) -> TaskInfo | None:
-        return self.get_many([task_id])[0]
+        """The record with its runs (TaskInfo.runs)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.task(task_id))
+            pipe.smembers(self.keys.children(task_id))
+            pipe.lrange(self.keys.runs(task_id), 0, -1)
+            raw, kids, runs = pipe.execute()
+        if not (raw and "state" in raw and "handler" in raw):
+            return None
+        return parse_record(raw, kids).model_copy(update={"runs": parse_runs(runs)})
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo | None]:
+        """Records without their runs (listings; `get` reads them)."""
         with self.redis.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self.keys.task(task_id))
@@ -291,12 +329,28 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
     data["tags"] = tuple(json.loads(data.get("tags", "[]")))
     data["depends_on"] = tuple(json.loads(data.get("depends_on", "[]")))
     data["log"] = tuple(json.loads(data.get("log", "[]")))
-    for field in ("usage", "metadata"):  # absent from records written before it existed
+    for field in ("usage", "metadata", "retry"):  # absent from records written before them
         if field in data:
             data[field] = json.loads(data[field])
     data["children"] = tuple(sorted(children or ()))
     data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
     return TaskInfo.model_validate(data)
+
+
+def parse_runs(raw: Sequence[str]) -> tuple[TaskRun, ...]:
+    """The runs lua/runs.lua kept (newest first, JSON each), oldest first; one that
+    cannot be read is left out rather than hiding the others."""
+    runs = []
+    for item in reversed(raw):
+        try:
+            data = json.loads(item)
+            for field in ("usage", "log"):  # kept as the JSON the run report wrote
+                if isinstance(data.get(field), str):
+                    data[field] = json.loads(data[field])
+            runs.append(TaskRun.model_validate(data))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return tuple(runs)
 
 
 def _derived_state(state: TaskState, expires_at: str | None) -> TaskState:

@@ -15,10 +15,12 @@ from bo_queue.core.dependencies import OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
 from bo_queue.errors import ValidationError, shown
 from bo_queue.registry import VERSION, Resources
+from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, PriorityInput
 from bo_queue.validation import TASK_ID, TASK_ID_PATTERN, check_json, encodable, problems
 
 MAX_METADATA_BYTES = 64 * 1024  # a task's metadata as compact JSON
+MAX_TIME_LIMIT_S = 366 * 86400.0  # Core.check holds a limit below visibility_timeout_s too
 
 
 class TaskRequest(BaseModel):
@@ -40,6 +42,9 @@ class TaskRequest(BaseModel):
     on_dependency_failure: OnDependencyFailure = "cancel"
     resources: Resources | None = None  # what a run needs; default: the handler's
     version: str | None = Field(default=None, pattern=VERSION.pattern)  # a handler version
+    # this task's own retry policy and time limit (s), instead of its handler's
+    retry: RetryPolicy | None = None
+    time_limit: float | None = Field(default=None, gt=0, le=MAX_TIME_LIMIT_S)
     # kept on the record for people and filters (bq.tasks(name=, metadata=)), never sent
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=10_000)
@@ -104,6 +109,16 @@ class TaskRequest(BaseModel):
         if value is not None:
             check_json(value, "metadata", MAX_METADATA_BYTES)  # a ValueError pydantic reports
         return value
+
+    @field_validator("retry")
+    @classmethod
+    def _retry(cls, policy: RetryPolicy | None) -> RetryPolicy | None:
+        if policy is not None:  # it travels by name: a worker must read the same policy
+            try:
+                RetryPolicy(**policy.describe())
+            except ValidationError as exc:
+                raise ValueError(f"cannot be sent with the task: {exc}") from None
+        return policy
 
     @field_validator("expires")
     @classmethod

@@ -22,6 +22,7 @@ from bo_queue.errors import (
     TaskError,
     TaskExpiredError,
     TaskFailedError,
+    TaskTimeoutError,
 )
 from bo_queue.states import TaskState, from_celery_state
 
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 READY_STATUSES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 RECHECK_S = 0.5  # a wait re-reads the stored result at least this often
+# What stopped a run at its time limit: the soft limit (workers.runner raises our own
+# error) or the hard one (Celery's, or billiard's, in the worker's main process).
+TIME_LIMIT_TYPES = frozenset({"TaskTimeoutError", "SoftTimeLimitExceeded", "TimeLimitExceeded"})
 OnSuccess = Callable[[Any], None]
 OnFailure = Callable[[TaskError], None]
 
@@ -77,7 +81,12 @@ def outcome(task_id: str, meta: dict[str, Any]) -> Any:
     module = exc_info.get("exc_module")
     name = exc_info.get("exc_type", "Exception")
     remote_type = f"{module}.{name}" if module and module != "builtins" else name
-    raise TaskFailedError(task_id, remote_type, _message(exc_info), meta.get("traceback"))
+    message = _message(exc_info)
+    if name in TIME_LIMIT_TYPES:
+        if name != "TaskTimeoutError":  # Celery's says only the limit, if anything
+            message = f"task {task_id} ran past its time limit ({name}: {message})"
+        raise TaskTimeoutError(task_id, message, remote_type, meta.get("traceback"))
+    raise TaskFailedError(task_id, remote_type, message, meta.get("traceback"))
 
 
 class ResultWaiter:

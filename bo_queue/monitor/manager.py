@@ -305,8 +305,9 @@ class Monitor:
 
     def retry(self, task_id: str) -> TaskHandle:
         """Run a FAILED task again: a new task with the same handler, payload, queue,
-        priority, tags, parent, name, description and metadata. The failed one leaves the
-        registry, and its record names the new one (`retried_as`)."""
+        priority, tags, parent, name, description, metadata, and the submit's own retry
+        policy and time limit. The failed one leaves the registry, and its record names
+        the new one (`retried_as`)."""
         bq = self.bq
         with bq.broker_errors():
             info = bq.records.get(task_id)
@@ -326,7 +327,8 @@ class Monitor:
                 handle = bq.submit(info.handler, args[0], queue=queue,
                                    priority=info.priority, tags=info.tags,
                                    parent_id=info.parent_id, name=info.name,
-                                   description=info.description, metadata=info.metadata)
+                                   description=info.description, metadata=info.metadata,
+                                   retry=info.retry, time_limit=info.time_limit)
             except BaseException:
                 bq.redis.zadd(bq.keys.failed, {task_id: time.time()})  # not retried after all
                 raise

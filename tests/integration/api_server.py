@@ -9,10 +9,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import redis
 
+from bo_queue.api.keys import ApiKeys
 from bo_queue.testing import free_port
 from tests.conftest import ROOT
 
@@ -60,3 +64,21 @@ class ApiServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         Path(self.log_path).unlink(missing_ok=True)
+
+
+@contextmanager
+def api_client(redis_url: str, namespace: str, key_name: str,
+               timeout: float = 30) -> Iterator[httpx.Client]:
+    """A `bo-queue api` of its own for the namespace, and a client holding a new API key
+    (named `key_name`) of it; both stopped at the end."""
+    server = ApiServer(redis_url, namespace)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        server.wait_ready()
+        key = ApiKeys(client).create(namespace, name=key_name)
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": key},
+                          timeout=timeout) as session:
+            yield session
+    finally:
+        server.stop()
+        client.close()

@@ -16,10 +16,9 @@ import redis
 
 from bo_queue import BOQueue, NotHeldError, Priority, TaskCancelledError, TaskState
 from bo_queue.agents import ClaimedTask
-from bo_queue.api.keys import ApiKeys
 from bo_queue.testing import wait_until
 from tests.conftest import Cluster, make_cluster
-from tests.integration.api_server import ApiServer
+from tests.integration.api_server import api_client
 
 
 @pytest.fixture(scope="module")
@@ -207,17 +206,8 @@ def test_an_agent_cancels_a_task_and_its_dependents_are_settled(cluster: Cluster
 
 @pytest.fixture(scope="module")
 def http(redis_url: str, cluster: Cluster) -> Iterator[httpx.Client]:
-    server = ApiServer(redis_url, cluster.namespace)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        server.wait_ready()
-        key = ApiKeys(client).create(cluster.namespace, name="agents")
-        with httpx.Client(base_url=server.url, headers={"X-API-Key": key},
-                          timeout=30) as session:
-            yield session
-    finally:
-        server.stop()
-        client.close()
+    with api_client(redis_url, cluster.namespace, "agents", timeout=30) as session:
+        yield session
 
 
 def test_the_cycle_over_http(http: httpx.Client) -> None:

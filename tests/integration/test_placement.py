@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from bo_queue import TaskCancelledError, TaskFailedError, TaskState, ValidationError
+from bo_queue import TaskCancelledError, TaskState, TaskTimeoutError, ValidationError
 from bo_queue.testing import wait_until
 from tests.conftest import Cluster, new_namespace
 
@@ -154,7 +154,7 @@ def test_async_handlers_on_every_pool_report_progress_and_stop_when_cancelled(
             with pytest.raises(TaskCancelledError):
                 long.get(timeout=30)
             assert bq.info(long.id).state is TaskState.CANCELLED
-            with pytest.raises(TaskFailedError, match="SoftTimeLimitExceeded"):
+            with pytest.raises(TaskTimeoutError, match="ran past its time limit of 1 s"):
                 bq.submit("p.async_slow", {}, queue=queue).get(timeout=30)
             assert bq.submit("p.anywhere", {}, queue=queue).get(timeout=30)  # still serving
     finally:

@@ -21,11 +21,11 @@ from bo_queue import (
     DependencyError,
     Objective,
     Range,
+    ResultTimeoutError,
     StudyNotFoundError,
     StudyStatus,
     TaskHandle,
     TaskState,
-    TaskTimeoutError,
     TrialNotFoundError,
     UnknownTaskError,
 )
@@ -138,7 +138,7 @@ def test_b_cannot_see_or_touch_a_tasks(pair: tuple[Cluster, Cluster], evidence: 
     # and B still cannot read A's results now that they exist: B's view of the ids is its
     # own (the REVOKED its raw revoke stored for the gate's id, its own task's "b")
     assert bqb.results.fetch(failed.id) is None
-    with pytest.raises(TaskTimeoutError):
+    with pytest.raises(ResultTimeoutError):
         TaskHandle(bqb, failed.id).get(timeout=0.2)
     assert (bqb.results.fetch(queued.id) or {}).get("result") == "b"
     assert (bqa.results.fetch(queued.id) or {}).get("result") == "a"

@@ -25,6 +25,7 @@ from bo_queue.errors import (
     InvalidResultError,
     InvalidTransitionError,
     ReportConflictError,
+    ResultTimeoutError,
     StudyError,
     StudyNotFoundError,
     TaskCancelledError,
@@ -57,7 +58,8 @@ ERRORS: list[tuple[BaseException, int]] = [
     (TaskFailedError("t1", "ValueError", "boom", 'Traceback ...\n  File "h.py"'), 409),
     (TaskCancelledError("t1"), 410),
     (TaskExpiredError("t1", "expired"), 410),
-    (TaskTimeoutError("t1", "no result in time"), 504),
+    (TaskTimeoutError("t1", "task t1 ran past its time limit of 1 s"), 409),
+    (ResultTimeoutError("t1", 2.0), 504),
     (StudyError("paused"), 400),
     (WorkflowError("has ended; cannot pause it"), 409),
     (WorkflowTimeoutError("still RUNNING after 1 s"), 504),
@@ -112,6 +114,9 @@ def test_errors_map_to_statuses_and_json_bodies(
         assert body["error"] == "InternalError" and "a bug" not in body["detail"]
         incident = body["detail"].split("incident ")[1].split(")")[0]
         assert any(incident in r.getMessage() and r.exc_info for r in caplog.records)
+    elif isinstance(exc, TaskTimeoutError):  # a failure that says why
+        assert body == {"error": "TaskTimeoutError", "detail": "bo_queue.errors."
+                        "TaskTimeoutError: task t1 ran past its time limit of 1 s"}
     elif isinstance(exc, TaskFailedError):
         assert body == {"error": "TaskFailedError", "detail": "ValueError: boom"}
     elif isinstance(exc, BrokerUnavailableError):  # where Redis is (its URL) stays private

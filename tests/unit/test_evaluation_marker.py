@@ -123,6 +123,29 @@ def test_a_held_retry_drops_headers_it_cannot_read(
     assert (held["resources"], held["study"], held["retries"]) == (None, None, 1)
 
 
+def test_a_held_retry_keeps_the_submits_retry_policy_and_time_limit(
+    bq: BOQueue, fake: fakeredis.FakeRedis, sent: Sent
+) -> None:
+    policy = {"max_retries": 4, "backoff": 2.0, "backoff_max": 8.0, "jitter": False,
+              "on": ["builtins.KeyError"]}
+    request = SimpleNamespace(
+        id="t-6", delivery_info={"routing_key": "default"}, expires=None, retries=0,
+        parent_id=None, bo_retry=policy, timelimit=[7.5, 2.5],
+    )
+    task = SimpleNamespace(bq=bq, spec=SimpleNamespace(name=EVALUATOR, queue="default"),
+                           request=request)
+    runner._hold(task, {"x": 1}, 0.0, retries=1)  # type: ignore[arg-type]
+    assert bq.delays.release_due(bq.send) == 1
+    [call] = sent
+    assert headers(call) == {"bo_retry": policy}
+    assert (call["soft_time_limit"], call["time_limit"]) == (2.5, 7.5)
+    sent.clear()
+    request.bo_retry, request.timelimit = {"max_retries": "many"}, [None, None]
+    runner._hold(task, {"x": 1}, 0.0, retries=2)  # type: ignore[arg-type]
+    held = json.loads(fake.hget(bq.delays.specs, "t-6"))
+    assert (held["retry"], held["time_limit"]) == (None, None)  # unreadable: the handler's
+
+
 def test_an_ordinary_task_is_not_marked_whatever_its_payload(
     bq: BOQueue, fake: fakeredis.FakeRedis, sent: Sent
 ) -> None:

@@ -19,7 +19,7 @@ from bo_queue.states import TERMINAL_STATES, TaskState
 from bo_queue.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
-CONSTANTS = {"MAX_EVENTS": 1000, "BATCH": 100, "SKIP": 100}  # what modules fill in
+CONSTANTS = {"MAX_EVENTS": 1000, "BATCH": 100, "SKIP": 100, "MAX_RUNS": 5}  # what modules fill in
 # String literals with a ':' that are not key names: a reply (study_report.lua).
 NOT_KEYS = {"closed:"}
 

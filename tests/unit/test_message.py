@@ -44,10 +44,20 @@ def test_todays_shapes_decode(shape: dict[str, Any]) -> None:
     assert Message.decode(message.encode()) == message
 
 
-def test_encoded_as_before_plus_the_study_marker_and_kwargsrepr() -> None:
+def test_encoded_as_before_plus_the_study_marker_kwargsrepr_and_policies() -> None:
     # json.dumps of the old dict, as 085edd6 wrote it: same text, ints stay ints
     assert Message.decode(json.dumps(SUBMITTED)).encode() == json.dumps(
-        {**SUBMITTED, "study": None, "kwargsrepr": None})
+        {**SUBMITTED, "study": None, "kwargsrepr": None, "retry": None, "time_limit": None})
+
+
+def test_a_submits_policies_travel_as_headers_and_celerys_time_limits() -> None:
+    policy = {"max_retries": 2, "backoff": 0.0, "backoff_max": 0.0, "jitter": False,
+              "on": ["builtins.KeyError"]}
+    message = Message(handler="h", payload={}, queue="default", retry=policy, time_limit=2.5)
+    assert Message.decode(message.encode()) == message
+    assert message.headers() == {"bo_retry": policy}
+    assert message.time_limits() == {"soft_time_limit": 2.5, "time_limit": 7.5}
+    assert Message(handler="h", payload={}, queue="default").time_limits() == {}
 
 
 def test_a_payload_check_json_accepts_is_stored_as_it_was() -> None:

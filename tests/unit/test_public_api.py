@@ -33,6 +33,7 @@ EXPECTED_ALL = [
     "Progress",
     "Range",
     "ReportConflictError",
+    "ResultTimeoutError",
     "RetryPolicy",
     "SQLStorage",
     "Settings",
@@ -54,6 +55,7 @@ EXPECTED_ALL = [
     "TaskInfo",
     "TaskLostError",
     "TaskRequest",
+    "TaskRun",
     "TaskState",
     "TaskTimeoutError",
     "Trial",
@@ -158,6 +160,7 @@ def test_every_error_is_public() -> None:
         (errors.InvalidResultError, ValueError),
         (errors.UnknownTaskError, LookupError),
         (errors.TaskTimeoutError, TimeoutError),
+        (errors.ResultTimeoutError, TimeoutError),
         (errors.BrokerUnavailableError, ConnectionError),
     ],
 )
@@ -175,11 +178,19 @@ def test_errors_are_also_the_matching_builtin(
         (errors.TaskFailedError, errors.TaskError),
         (errors.TaskCancelledError, errors.TaskError),
         (errors.TaskExpiredError, errors.TaskError),
-        (errors.TaskTimeoutError, errors.TaskError),
+        (errors.TaskTimeoutError, errors.TaskFailedError),
     ],
 )
 def test_tree_shape(cls: type[BaseException], parent: type[BaseException]) -> None:
     assert issubclass(cls, parent)
+
+
+def test_a_wait_that_gives_up_is_not_how_the_task_ended() -> None:
+    # get(timeout=) giving up says nothing of the task; a task past its time limit failed
+    assert not issubclass(errors.ResultTimeoutError, errors.TaskError)
+    assert not issubclass(errors.TaskTimeoutError, errors.ResultTimeoutError)
+    exc = errors.ResultTimeoutError("t3", 0.5)
+    assert exc.task_id == "t3" and exc.timeout == 0.5 and "0.5 s" in str(exc)
 
 
 def test_task_errors_are_not_validation_errors() -> None:

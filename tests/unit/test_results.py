@@ -15,11 +15,11 @@ from bo_queue import (
     BOQueue,
     Priority,
     Progress,
+    ResultTimeoutError,
     TaskCancelledError,
     TaskExpiredError,
     TaskFailedError,
     TaskState,
-    TaskTimeoutError,
     UnknownTaskError,
 )
 from bo_queue.core.results import ResultWaiter, outcome
@@ -279,7 +279,7 @@ def test_handle_get_times_out(bq: BOQueue) -> None:
     _record(bq, "a", TaskState.QUEUED)
     handle = bq.handle("a")
     assert not handle.ready()
-    with pytest.raises(TaskTimeoutError) as caught:
+    with pytest.raises(ResultTimeoutError) as caught:
         handle.get(timeout=0.1)
     assert caught.value.task_id == "a"
     assert isinstance(caught.value, TimeoutError)

@@ -84,7 +84,9 @@ def test_defaults_and_no_retry() -> None:
     [
         {"backoff": 10.0, "backoff_max": 5.0},
         {"on": (42,)},
-        {"on": ("ValueError",)},
+        {"on": ("NoSuchBuiltinError",)},
+        {"on": ("not a name",)},
+        {"on": ("int",)},
         {"on": (ValueError, int)},
         {"max_retries": -1},
         {"max_retries": 10_001},
@@ -113,3 +115,27 @@ def test_describe_is_json_and_names_the_exception_types() -> None:
         "jitter": True,
         "on": ["builtins.ConnectionError"],
     }
+
+
+def test_types_by_name_match_the_class_or_a_base() -> None:
+    policy = RetryPolicy(on=("ConnectionError", "tests.unit.test_retry.Transient"))
+    assert policy.on[0] is ConnectionError  # a builtin's name is the class itself
+    assert policy.retries(ConnectionRefusedError("refused"))
+    assert policy.retries(Transient("x")) and policy.retries(MoreTransient("y"))
+    assert not policy.retries(ValueError("bad"))
+
+
+def test_a_described_policy_is_the_same_policy_by_name() -> None:
+    policy = RetryPolicy(max_retries=2, backoff=0.5, jitter=False, on=(Transient, KeyError))
+    again = RetryPolicy(**json.loads(json.dumps(policy.describe())))
+    assert again.describe() == policy.describe()
+    assert again.retries(MoreTransient("y")) and again.retries(KeyError("k"))
+    assert not again.retries(ValueError("v"))
+
+
+class Transient(Exception):
+    pass
+
+
+class MoreTransient(Transient):
+    pass

@@ -39,6 +39,6 @@ redis.call('HDEL', K.pull_messages(ns), id)
 redis.call('ZREM', K.pull_leases(ns), id)
 redis.call('ZREM', K.pull_later(ns), id)
 redis.call('DEL', record, K.children(ns, id), K.dependents(ns, id), K.waiting(ns, id),
-           K.checkpoint(ns, id), K.cancelled(ns, id))
+           K.checkpoint(ns, id), K.cancelled(ns, id), K.runs(ns, id))
 if KEYS[2] then redis.call('DEL', KEYS[2]) end
 return 'deleted'

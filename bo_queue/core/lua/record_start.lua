@@ -1,4 +1,4 @@
--- include: settle.lua
+-- include: settle.lua, runs.lua
 -- KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
 -- lost runs allowed, handler version ('' for none), a token for this run ('' for none).
 -- -> reply("cancelled" | "done" | "run", attempts | "lost", lost runs) (settle.lua)
@@ -31,6 +31,7 @@ if state == 'RUNNING' then
   end
   local lost = redis.call('HINCRBY', KEYS[1], 'lost', 1)
   if lost > tonumber(ARGV[9]) then return reply('lost', lost) end
+  end_run(ns, ARGV[5], 'LOST', now, ttl, {'error', 'lost with its worker'})
 end
 redis.call('HDEL', KEYS[1], 'next_attempt_at')
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
