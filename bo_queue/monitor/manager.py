@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
-from bo_queue.core.message import envelope_task_id
+from bo_queue.core.message import Message, envelope_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.monitor.metadata import NamespaceMetadata
@@ -48,6 +48,8 @@ class QueueStats(BaseModel):
     priority: Priority
     length: int
     oldest_age_s: float | None = None  # how long the next task to run has waited
+    paused: bool = False  # bq.pause_queue: no worker starts its tasks (they stay QUEUED)
+    held: int = 0  # of its tasks, how many a worker took and held back while it is paused
 
 
 class WorkerStatus(BaseModel):
@@ -129,6 +131,21 @@ class Summary(BaseModel):
     by_handler: dict[str, dict[str, int]]  # handler -> state -> live records (no zeros)
 
 
+def _held_counts(queues: Sequence[str], held: Sequence[list[str]]) -> dict[tuple[str, int], int]:
+    """(queue, broker priority) -> how many messages workers held back from it while its
+    configured queue is paused, from each queue's held messages."""
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for base, raws in zip(queues, held, strict=True):
+        for raw in raws:
+            try:
+                message = Message.decode(raw)
+            except ValidationError:
+                continue
+            level = Priority.from_broker(message.priority).broker_priority
+            counts[(message.queue or base, level)] += 1
+    return counts
+
+
 def _event(stream_id: str, fields: dict[str, str]) -> Event:
     data: dict[str, Any] = {"stream_id": stream_id, **fields}
     return Event.model_validate({k: (v if v != "" else None) for k, v in data.items()})
@@ -189,15 +206,25 @@ class Monitor:
             for key in keys:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
-            replies = pipe.execute()
-            oldest = [None if raw is None else envelope_task_id(raw) for raw in replies[1::2]]
+            pipe.smembers(bq.keys.paused_queues)
+            for queue in bq.settings.queues:
+                pipe.hvals(bq.keys.queue_held(queue))
+            everything = pipe.execute()
+        replies, paused = everything[:len(keys) * 2], everything[len(keys) * 2]
+        held = everything[len(keys) * 2 + 1:]
+        oldest = [None if raw is None else envelope_task_id(raw) for raw in replies[1::2]]
+        with bq.broker_errors():
             queued_at = self._queued_at([i for i in oldest if i])
+        held_by = _held_counts(bq.settings.queues, held)
         now = time.time()
         out = []
         for (queue, priority), length, task_id in zip(cells, replies[::2], oldest, strict=True):
             since = queued_at.get(task_id) if task_id else None
+            base = queue.split(".")[0]  # a capability or version queue pauses with its queue
             out.append(QueueStats(queue=queue, priority=priority, length=int(length),
-                                  oldest_age_s=now - since if length and since else None))
+                                  oldest_age_s=now - since if length and since else None,
+                                  paused=base in paused,
+                                  held=held_by.get((queue, priority.broker_priority), 0)))
         return out
 
     def _queued_at(self, task_ids: list[str]) -> dict[str, float]:
