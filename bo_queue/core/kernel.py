@@ -639,10 +639,10 @@ class Core:
         UnknownTaskError for an unknown id; nothing is written then."""
         known_id(task_id)
         try:
-            change = TaskUpdate(
-                priority=priority, name=name, description=description,
-                metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
-            )
+            change = TaskUpdate.model_validate({
+                "priority": priority, "name": name, "description": description,
+                "metadata": dict(metadata) if isinstance(metadata, Mapping) else metadata,
+            })
         except pydantic.ValidationError as exc:
             raise ValidationError(problems(exc, "update")) from None
         fields = {k: v for k, v in change.model_dump().items() if v is not None}

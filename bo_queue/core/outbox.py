@@ -114,8 +114,8 @@ class Outbox:
 
     def _nowhere(self, queues: list[str]) -> set[str]:
         """Outbox task ids whose message is in no queue list, not unacknowledged, not
-        held and not held back by a paused queue, in one atomic snapshot (MULTI): a message moving from one to another
-        between separate reads would look lost."""
+        held and not held back by a paused queue, in one atomic snapshot (MULTI): a
+        message moving from one to another between separate reads would look lost."""
         prefix = self.keys.broker_prefix
         lists = [prefix + q + (f":{p}" if p else "") for q in queues for p in range(10)]
         bases = list(dict.fromkeys(q.split(".")[0] for q in queues))  # default.gpu: default
