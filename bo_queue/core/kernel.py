@@ -765,8 +765,8 @@ class Core:
         included) also wait for `depends_on`: it starts only once they have SUCCEEDED (a
         failure cancels it, as for depends_on at submit, unless it runs anyway). Returns
         the record. DependencyError for an unknown id, a dependency that already failed,
-        or a cycle; ValidationError for a task that has started or ended, or a pull task
-        already offered to agents. Nothing is written then."""
+        or a cycle; ValidationError for a task that has started or ended, or a pull
+        task. Nothing is written then."""
         known_id(task_id)
         deps = task_request(handler="-", depends_on=depends_on).depends_on  # submit's check
         if not deps:
@@ -775,9 +775,9 @@ class Core:
             state, queue = self.records.get_fields(task_id, "state", "queue")
             if state is None:
                 raise UnknownTaskError(task_id)
-            if queue == PULL_QUEUE and state == TaskState.QUEUED:
-                raise ValidationError(f"task {task_id} is a pull task already offered to "
-                                      "agents; it cannot wait on a new dependency")
+            if queue == PULL_QUEUE:  # agents claim it from their store: no start script
+                raise ValidationError(f"task {task_id} is a pull task: give its "
+                                      "dependencies when it is submitted")
             dependencies.check_added(self.records, task_id, deps)
             reply = self.records.add_dependencies(task_id, deps)
             if reply[0] == "gone":

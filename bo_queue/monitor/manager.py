@@ -301,7 +301,7 @@ class Monitor:
         wanted = {TaskState(state)} if state is not None else set(TaskState)
         read = set(wanted)
         if TaskState.EXPIRED in wanted:  # a task whose `expires` passed unstarted still
-            read |= {TaskState.PENDING, TaskState.QUEUED}  # sits in the index it waited in
+            read |= {TaskState.PENDING, TaskState.QUEUED, TaskState.PAUSED}  # in its wait index
         low = "-inf" if since is None else (
             since.timestamp() if isinstance(since, datetime) else float(since))
         bq = self.bq
