@@ -34,6 +34,7 @@ from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
 from bo_queue.core.requests import Plan, TaskRequest, TaskUpdate, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
+    BOQueueError,
     BrokerUnavailableError,
     DependencyError,
     UnknownHandlerError,
@@ -62,7 +63,8 @@ class Core:
 
     Services are typed against this class and use only its public names (the table in
     docs/architecture.md): the stores (`records`, `delays`, `outbox`, `results`,
-    `heartbeats`, `pull`), the producer's calls (`submit`, `cancel`, `info`, ...), `check`
+    `heartbeats`, `pull`), the producer's calls (`submit`, `cancel`, `info`, `update`,
+    `pause`, `resume`, `pause_queue`, `resume_queue`, `add_dependency`, ...), `check`
     and `submit_plans` (a submit in two steps, for callers that mark or batch plans),
     `send`, `settle`, `broker_errors`, and the handler directory (`handler_entry`,
     `handler_queue`, `handler_directory`, `refresh_handlers`, `forget_handlers`).
@@ -653,8 +655,9 @@ class Core:
                 reply = self._update(task_id, change, fields)
                 if reply[0] != "retry":
                     break
-            else:
-                raise BrokerUnavailableError(f"task {task_id} kept moving; try again")
+            else:  # workers moved it between every read and write: nothing was written
+                raise BOQueueError(f"task {task_id} kept moving while it was updated; "
+                                   "nothing was changed, try again")
             if reply[0] == "gone":
                 raise UnknownTaskError(task_id)
             if reply[0] == "started":
