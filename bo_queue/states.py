@@ -13,6 +13,7 @@ class TaskState(StrEnum):
 
     PENDING = "PENDING"  # accepted, not yet handed to the broker (delayed or waiting)
     QUEUED = "QUEUED"  # in a broker queue, waiting for a worker
+    PAUSED = "PAUSED"  # held back by bq.pause until bq.resume; no worker starts it
     RUNNING = "RUNNING"  # a worker is executing the handler
     RETRYING = "RETRYING"  # failed with a retryable error; waiting out its backoff
     SUCCEEDED = "SUCCEEDED"

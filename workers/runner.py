@@ -11,6 +11,7 @@ also those that never reach `HandlerTask.on_failure` (a rejected message, a pool
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -152,12 +153,17 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     info = req.delivery_info or {}
     policy = retry_policy(req, spec)
     lost_allowed = max(policy.max_retries, bq.settings.max_lost_runs)
-    verdict, attempt = bq.records.start(
-        task_id, req.hostname or "?", spec.name,
+    start = functools.partial(
+        bq.records.start, task_id, req.hostname or "?", spec.name,
         bq.settings.queue_for(spec.queue, info.get("routing_key")),
         Priority.from_broker(info.get("priority")), lost_allowed=lost_allowed,
         version=spec.version, run=uuid.uuid4().hex,
     )
+    verdict, attempt = start()
+    if verdict == "hold":  # paused, or waiting on a dependency added later: back to Redis
+        verdict, attempt = start(held=_message(task, payload, None))
+    if verdict == "held":
+        raise Ignore()
     if verdict == "lost":  # Celery stores the failure; record_failure fails the record
         raise TaskLostError(
             f"the worker running task {task_id} died {attempt} times (killed, crashed or out "
@@ -315,6 +321,15 @@ def _retry(task: HandlerTask, policy: RetryPolicy, payload: dict[str, Any],
 def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
           retries: int | None = None) -> None:
     """Put this task's message back in Redis, to be sent again at `due_at`."""
+    message = _message(task, payload, due_at, retries)
+    with task.bq.redis.pipeline() as pipe:  # the spec and its schedule entry together
+        task.bq.delays.hold(pipe, str(task.request.id), due_at, message)
+        pipe.execute()
+
+
+def _message(task: HandlerTask, payload: dict[str, Any], due_at: float | None,
+             retries: int | None = None) -> Message:
+    """This task's message as it came, to be kept in Redis and sent again."""
     bq, spec, req = task.bq, task.spec, task.request
     info = req.delivery_info or {}
     expires = datetime.fromisoformat(str(req.expires)).timestamp() if req.expires else None
@@ -322,7 +337,7 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
     sent = getattr(req, "bo_resources", None) if _sent_resources(req) else None
     marker = getattr(req, "bo_study", None)
     policy = _sent_retry(req)
-    message = Message(
+    return Message(
         handler=spec.name, payload=payload,
         queue=bq.settings.queue_for(spec.queue, info.get("routing_key")),
         priority=info.get("priority"), due_at=due_at, expires_at=expires,
@@ -333,9 +348,6 @@ def _hold(task: HandlerTask, payload: dict[str, Any], due_at: float,
         retry=None if policy is None else policy.describe(),
         time_limit=_sent_time_limit(req),
     )
-    with bq.redis.pipeline() as pipe:  # the spec and its schedule entry together, or neither
-        bq.delays.hold(pipe, str(req.id), due_at, message)
-        pipe.execute()
 
 
 def _check_json(handler: str, result: Any) -> None:

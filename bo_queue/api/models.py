@@ -43,6 +43,24 @@ class CancelledTasks(BaseModel):
     cancelled: list[str]
 
 
+class DependencyBody(BaseModel):
+    """POST /tasks/{id}/dependencies: the tasks it must wait for as well."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    depends_on: list[str] = Field(min_length=1, max_length=1000,
+                                  examples=[["3f2a9c0e-prepare"]])
+
+
+class QueueState(BaseModel):
+    """POST /queues/{queue}/pause and /resume: whether it is paused now, and (resume) how
+    many held-back messages were sent again."""
+
+    queue: str
+    paused: bool
+    resent: int = 0
+
+
 class ReportBody(BaseModel):
     """A trial's result: every objective and outcome-constrained metric, each a number or
     [mean, sem]."""

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Respon
 from fastapi.responses import JSONResponse
 
 from bo_queue.api.deps import api_key
-from bo_queue.api.models import ScheduleRequest
+from bo_queue.api.models import QueueState, ScheduleRequest
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.monitor.health import HealthReport, check_health
 from bo_queue.monitor.manager import Metrics, QueueStats, Summary, WorkerStatus
@@ -106,6 +106,26 @@ def metrics(
     """Per handler over the window: counts, throughput, mean/p95 duration, failure and
     retry rates; tasks running now; study metrics."""
     return bq.monitor.metrics(window_s=window_s)
+
+
+QueueName = Annotated[str, Path(description="a configured queue", max_length=200)]
+
+
+@namespace.post("/queues/{queue}/pause", response_model=QueueState, summary="Pause a queue")
+def pause_queue(bq: Caller, queue: QueueName) -> QueueState:
+    """No worker starts a task from the queue (or its capability and version queues)
+    until it is resumed; its tasks stay QUEUED, and the health check does not count their
+    wait as a failure. An unknown queue is 422."""
+    bq.pause_queue(queue)
+    return QueueState(queue=queue, paused=True)
+
+
+@namespace.post("/queues/{queue}/resume", response_model=QueueState,
+                summary="Resume a paused queue")
+def resume_queue(bq: Caller, queue: QueueName) -> QueueState:
+    """Workers start the queue's tasks again; the messages they held back are sent again
+    (`resent`). An unknown queue is 422."""
+    return QueueState(queue=queue, paused=False, resent=bq.resume_queue(queue))
 
 
 @namespace.get("/summary", response_model=Summary, summary="The tasks now, by state and handler")

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import JSONResponse
 
-from bo_queue.api.models import CancelledTasks, TaskResult
+from bo_queue.api.models import CancelledTasks, DependencyBody, TaskResult
 from bo_queue.api.routing import COMMON, Caller, Creator, responses
 from bo_queue.client import TaskRequest
 from bo_queue.core.records import TaskInfo
-from bo_queue.core.requests import MAX_METADATA_BYTES
+from bo_queue.core.requests import MAX_METADATA_BYTES, TaskUpdate
 from bo_queue.errors import ResultTimeoutError, ValidationError
 from bo_queue.states import TaskState
 
@@ -161,3 +161,39 @@ def retry(bq: Caller, task_id: TaskId) -> TaskInfo:
     """The new task's record (the failed one's `retried_as` names it). A task that did not
     fail, or was retried already, is 422."""
     return bq.info(bq.retry(task_id).id)
+
+
+@router.patch("/tasks/{task_id}", response_model=TaskInfo, responses=responses(404),
+              summary="Change a task that has not started")
+def update(bq: Caller, task_id: TaskId, body: TaskUpdate) -> TaskInfo:
+    """Its `priority` (its message moves to that priority's queue list), `metadata`
+    (replaced), `name` or `description`; fields left out stay as they are. A task that
+    has started or ended, a bad value or an empty body is 422, and nothing is written."""
+    return bq.update(task_id, **body.model_dump())
+
+
+@router.post("/tasks/{task_id}/pause", response_model=TaskInfo, responses=responses(404),
+             summary="Pause a task that has not started")
+def pause(bq: Caller, task_id: TaskId) -> TaskInfo:
+    """PENDING or QUEUED -> PAUSED: no worker starts it until it is resumed (pausing a
+    PAUSED task changes nothing). A task that has started or ended is 422."""
+    bq.pause(task_id)
+    return bq.info(task_id)
+
+
+@router.post("/tasks/{task_id}/resume", response_model=TaskInfo, responses=responses(404),
+             summary="Resume a paused task")
+def resume(bq: Caller, task_id: TaskId) -> TaskInfo:
+    """PAUSED -> QUEUED (or PENDING while it waits on dependencies or a countdown). A task
+    that is not PAUSED is 422."""
+    bq.resume(task_id)
+    return bq.info(task_id)
+
+
+@router.post("/tasks/{task_id}/dependencies", response_model=TaskInfo,
+             responses=responses(404, 409), summary="Make a task wait for more tasks")
+def add_dependency(bq: Caller, task_id: TaskId, body: DependencyBody) -> TaskInfo:
+    """A task that has not started (PENDING, QUEUED, PAUSED) starts only once these have
+    SUCCEEDED too. An unknown dependency, one that already failed or a cycle is 409
+    (`DependencyError`); a task that has started is 422. Nothing is written then."""
+    return bq.add_dependency(task_id, body.depends_on)

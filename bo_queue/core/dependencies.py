@@ -103,6 +103,29 @@ def layers(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return out
 
 
+def check_added(records: RecordStore, task_id: str, depends_on: Sequence[str]) -> None:
+    """DependencyError if `task_id` depending on `depends_on` as well closes a cycle:
+    if it is among what they depend on, transitively (bq.add_dependency)."""
+    if task_id in depends_on:
+        raise DependencyError(f"task {task_id!r} depends on itself")
+    reached_from = dict.fromkeys(depends_on, task_id)  # task -> the one that depends on it
+    frontier = list(depends_on)
+    while frontier:
+        found = []
+        for node, info in zip(frontier, records.get_many(frontier), strict=True):
+            for dep in info.depends_on if info is not None else ():
+                if dep == task_id:  # the path back: task_id -> ... -> node -> task_id
+                    path = [node]
+                    while path[-1] != task_id:
+                        path.append(reached_from[path[-1]])
+                    cycle = " -> ".join([*reversed(path), task_id])
+                    raise DependencyError(f"dependency cycle: {cycle} (each depends on the next)")
+                if dep not in reached_from:
+                    reached_from[dep] = node
+                    found.append(dep)
+        frontier = found
+
+
 @dataclass(frozen=True)
 class GraphNode:
     id: str

@@ -120,6 +120,22 @@ class Keys:
         return f"{self.namespace}:outbox"
 
     @property
+    def paused(self) -> str:
+        """Hash: task id -> message of a PAUSED task a worker took and held back
+        (bq.pause; bq.resume sends it again)."""
+        return f"{self.namespace}:paused"
+
+    @property
+    def paused_queues(self) -> str:
+        """Set: the queues no worker starts tasks from (bq.pause_queue)."""
+        return f"{self.namespace}:queues:paused"
+
+    def queue_held(self, queue: str) -> str:
+        """Hash: task id -> message a worker took from paused `queue` (or one of its
+        capability and version queues) and held back; bq.resume_queue sends them again."""
+        return f"{self.namespace}:queue:{queue}:held"
+
+    @property
     def placed_queues(self) -> str:
         """Set: the capability and version queues tasks were sent to (for monitoring)."""
         return f"{self.namespace}:queues:placed"

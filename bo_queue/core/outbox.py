@@ -113,19 +113,25 @@ class Outbox:
         return [i for i, state in zip(ordered, states, strict=True) if state == "QUEUED"]
 
     def _nowhere(self, queues: list[str]) -> set[str]:
-        """Outbox task ids whose message is in no queue list, not unacknowledged and not
-        held, in one atomic snapshot (MULTI): a message moving from one to another
-        between separate reads would look lost."""
+        """Outbox task ids whose message is in no queue list, not unacknowledged, not
+        held and not held back by a paused queue, in one atomic snapshot (MULTI): a
+        message moving from one to another between separate reads would look lost."""
         prefix = self.keys.broker_prefix
         lists = [prefix + q + (f":{p}" if p else "") for q in queues for p in range(10)]
+        bases = list(dict.fromkeys(q.split(".")[0] for q in queues))  # default.gpu: default
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hkeys(self.keys.outbox)
             for key in lists:
                 pipe.lrange(key, 0, -1)
             pipe.hvals(prefix + "unacked")
             pipe.hkeys(self.keys.delayed_specs)
+            # held back by a worker while their queue is paused (bq.pause_queue): QUEUED, kept
+            for base in bases:
+                pipe.hkeys(self.keys.queue_held(base))
             replies = pipe.execute()
+        held, replies = replies[len(replies) - len(bases):], replies[:len(replies) - len(bases)]
         kept, present = set(replies[0]), set(replies[-1])
+        present.update(i for ids in held for i in ids)
         for raw in [m for reply in replies[1:-2] for m in reply] + list(replies[-2]):
             task_id = envelope_task_id(raw)
             if task_id is not None:

@@ -147,6 +147,13 @@ class RecordStore:
         self._progress = scripts.register(client, "record_progress.lua")
         self._delete = scripts.register(client, "record_delete.lua")
         self._extend = scripts.text("record_extend.lua")
+        self._pause = scripts.register(client, "record_pause.lua", MAX_EVENTS=events_max_len)
+        self._resume = scripts.register(client, "record_resume.lua", MAX_EVENTS=events_max_len)
+        self._resume_queue = scripts.register(client, "queue_resume.lua")
+        self._add_dependencies = scripts.register(
+            client, "dependencies_add.lua", MAX_EVENTS=events_max_len
+        )
+        self._update = scripts.register(client, "record_update.lua")
 
     def ttl_for(self, due_at: float | None) -> int:
         """Retention counts from when a task is due, so a long delay keeps its record."""
@@ -191,15 +198,20 @@ class RecordStore:
     def start(
         self, task_id: str, worker: str, handler: str, queue: str, priority: Priority,
         lost_allowed: int = 3, version: str | None = None, run: str | None = None,
+        held: Message | None = None,
     ) -> tuple[str, int]:
         """A worker is about to run the task: ('run', attempt) | ('cancelled', 0) |
         ('done', 0) | ('lost', lost runs) when more than `lost_allowed` runs died with
-        their worker (the record is left for the caller to fail). `run` identifies this
-        start, so that a client retrying it after a lost reply is not a lost run."""
+        their worker (the record is left for the caller to fail) | ('hold', 0) when it
+        must not start now (PAUSED, waiting on a dependency added later, or its queue
+        paused): call again with its message as `held`, which is then kept in Redis
+        ('held', 0) unless that changed meanwhile. `run` identifies this start, so that
+        a client retrying it after a lost reply is not a lost run."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [
             self.keys.namespace, worker, time.time(), self.ttl_s, task_id, handler, queue,
             int(priority), lost_allowed, version or "", run or "",
+            "" if held is None else held.encode(),
         ]
         reply = self._settled(self._start(keys=keys, args=args))
         return str(reply.value), int(reply.extra or 0)
@@ -223,6 +235,51 @@ class RecordStore:
         args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
         prior = self._settled(self._cancel(keys=keys, args=args)).value
         return None if prior is None else TaskState(prior)
+
+    def pause(self, task_id: str) -> TaskState | None:
+        """PENDING or QUEUED -> PAUSED (lua/record_pause.lua). The state before (any other
+        one: nothing changed), or None for an unknown id."""
+        prior = self._pause(keys=[self.keys.task(task_id)],
+                            args=[self.keys.namespace, task_id, time.time()])
+        return None if prior is None else TaskState(prior)
+
+    def resume(self, task_id: str) -> tuple[TaskState, bool] | None:
+        """PAUSED -> what it was (lua/record_resume.lua): (the state before, whether a
+        held message was scheduled to be sent now); None for an unknown id."""
+        reply = self._resume(keys=[self.keys.task(task_id)],
+                             args=[self.keys.namespace, task_id, time.time(), self.ttl_s])
+        return None if reply is None else (TaskState(reply[0]), bool(int(reply[1])))
+
+    def resume_queue(self, queue: str) -> int:
+        """Un-pause `queue`; how many held messages were scheduled to be sent now."""
+        args: list[str | float] = [self.keys.namespace, queue, time.time(), self.ttl_s]
+        return int(self._resume_queue(args=args))
+
+    def add_dependencies(self, task_id: str, depends_on: Sequence[str]) -> list[str]:
+        """lua/dependencies_add.lua's reply: ['added', waiting], ['gone'], ['started',
+        state], ['unknown', id] or ['failed', id, state] (nothing written)."""
+        args: list[str | float] = [
+            self.keys.namespace, task_id, self.ttl_for(None), time.time(), *depends_on
+        ]
+        return [str(part) for part in self._add_dependencies(args=args)]
+
+    def update(
+        self, task_id: str, fields: Mapping[str, Any],
+        messages: Sequence[tuple[str, str, str]] = (),
+        move: tuple[str, str, str, str] = ("", "", "", ""),
+    ) -> list[str]:
+        """lua/record_update.lua: write `fields` and the rewritten kept `messages` (hash,
+        read, new), and `move` a broker message (from list, to list, read, new), if the
+        task has not started and no kept message changed since it was read."""
+        flat: list[str | float] = []
+        for key, value in _encode(fields).items():
+            flat += [key, value]
+        args: list[str | float] = [self.keys.namespace, task_id, len(flat) // 2, *flat,
+                                   len(messages)]
+        for triple in messages:
+            args += list(triple)
+        args += list(move)
+        return [str(part) for part in self._update(keys=[self.keys.task(task_id)], args=args)]
 
     def delete(self, task_id: str, result_key: str | None) -> TaskState | bool:
         """Delete an ended task's record and everything kept with it: its state-index and
@@ -356,7 +413,7 @@ def parse_runs(raw: Sequence[str]) -> tuple[TaskRun, ...]:
 def _derived_state(state: TaskState, expires_at: str | None) -> TaskState:
     # A task whose `expires` passed while it waited will never run: say so now, not only
     # once a worker picks its message up and discards it.
-    waiting = state in (TaskState.PENDING, TaskState.QUEUED)
+    waiting = state in (TaskState.PENDING, TaskState.QUEUED, TaskState.PAUSED)
     if waiting and expires_at and float(expires_at) < time.time():
         return TaskState.EXPIRED
     return state

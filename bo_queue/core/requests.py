@@ -53,14 +53,7 @@ class TaskRequest(BaseModel):
     @field_validator("priority", mode="before")
     @classmethod
     def _priority(cls, value: Any) -> Priority:
-        plain = isinstance(value, str) and len(value) <= 20
-        level = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9
-        if not (isinstance(value, Priority) or plain or level):
-            # not for Priority.parse's message: repr() of a 5,000-digit int or of a list
-            # nested 100,000 deep raises (ValueError, RecursionError)
-            names = ", ".join(Priority.__members__)
-            raise ValueError(f"unknown priority {shown(value)}; use one of {names}")
-        return Priority.parse(value)
+        return _priority(value)
 
     @field_validator("tags", mode="before")
     @classmethod
@@ -99,16 +92,12 @@ class TaskRequest(BaseModel):
     @field_validator("name", "description")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
-        if value is not None and not encodable(value):
-            raise ValueError("must be a UTF-8 string (no lone surrogates)")
-        return value
+        return _text(value)
 
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            check_json(value, "metadata", MAX_METADATA_BYTES)  # a ValueError pydantic reports
-        return value
+        return _metadata(value)
 
     @field_validator("retry")
     @classmethod
@@ -126,6 +115,55 @@ class TaskRequest(BaseModel):
         if isinstance(value, int | float) and not value > 0:
             raise ValueError("expires (seconds from now) must be positive")
         return value
+
+
+class TaskUpdate(BaseModel):
+    """What `bq.update` changes on a task that has not started; None leaves it as it is."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    priority: PriorityInput | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=10_000)
+    metadata: dict[str, Any] | None = None  # replaces the task's metadata
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> Priority | None:
+        return None if value is None else _priority(value)
+
+    @field_validator("name", "description")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return _text(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _metadata(value)
+
+
+def _priority(value: Any) -> Priority:
+    plain = isinstance(value, str) and len(value) <= 20
+    level = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9
+    if not (isinstance(value, Priority) or plain or level):
+        # not for Priority.parse's message: repr() of a 5,000-digit int or of a list
+        # nested 100,000 deep raises (ValueError, RecursionError)
+        names = ", ".join(Priority.__members__)
+        raise ValueError(f"unknown priority {shown(value)}; use one of {names}")
+    return Priority.parse(value)
+
+
+def _text(value: str | None) -> str | None:
+    if value is not None and not encodable(value):
+        raise ValueError("must be a UTF-8 string (no lone surrogates)")
+    return value
+
+
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None:
+        check_json(value, "metadata", MAX_METADATA_BYTES)  # a ValueError pydantic reports
+    return value
 
 
 class Plan:

@@ -6,7 +6,8 @@
   `heartbeat_timeout_s`) consumes each configured queue;
 - beat: celery beat is running, i.e. celery-redbeat's lock key exists (the beat that
   holds it renews it every loop; it expires `redbeat_lock_timeout` s after beat stops);
-- queue_age:QUEUE: no task in the queue has waited longer than `max_queue_age_s`.
+- queue_age:QUEUE: no task in the queue has waited longer than `max_queue_age_s` (a
+  paused queue's tasks wait on purpose: it passes, and says it is paused).
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def _check_queue_ages(monitor: Monitor, queues: list[str], max_age_s: float) -> 
     for queue in queues:
         cells = [s for s in stats if s.queue == queue]
         waiting = sum(s.length for s in cells)
+        if any(s.paused for s in cells):  # its tasks wait on purpose (bq.pause_queue)
+            held = sum(s.held for s in cells)
+            out.append(Check(f"queue_age:{queue}", True,
+                             f"paused, {waiting} waiting, {held} held back"))
+            continue
         aged = [s for s in cells if s.oldest_age_s is not None]
         if not aged:
             out.append(Check(f"queue_age:{queue}", True,

@@ -24,7 +24,7 @@ import redis
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue.core.events import Event, parse_event, stream_entries
-from bo_queue.core.message import envelope_task_id
+from bo_queue.core.message import Message, envelope_task_id
 from bo_queue.core.records import TaskInfo
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.monitor.metadata import NamespaceMetadata
@@ -49,6 +49,8 @@ class QueueStats(BaseModel):
     priority: Priority
     length: int
     oldest_age_s: float | None = None  # how long the next task to run has waited
+    paused: bool = False  # bq.pause_queue: no worker starts its tasks (they stay QUEUED)
+    held: int = 0  # of its tasks, how many a worker took and held back while it is paused
 
 
 class WorkerStatus(BaseModel):
@@ -114,6 +116,21 @@ class Summary(BaseModel):
     by_handler: dict[str, dict[str, int]]  # handler -> state -> live records (no zeros)
 
 
+def _held_counts(queues: Sequence[str], held: Sequence[list[str]]) -> dict[tuple[str, int], int]:
+    """(queue, broker priority) -> how many messages workers held back from it while its
+    configured queue is paused, from each queue's held messages."""
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for base, raws in zip(queues, held, strict=True):
+        for raw in raws:
+            try:
+                message = Message.decode(raw)
+            except ValidationError:
+                continue
+            level = Priority.from_broker(message.priority).broker_priority
+            counts[(message.queue or base, level)] += 1
+    return counts
+
+
 def _task_filter(
     queue: str | None, handler: str | None, name: str | None,
     metadata: Mapping[str, Any] | None,
@@ -170,15 +187,25 @@ class Monitor:
             for key in keys:
                 pipe.llen(key)
                 pipe.lindex(key, -1)  # kombu LPUSHes and BRPOPs: the oldest is last
-            replies = pipe.execute()
-            oldest = [None if raw is None else envelope_task_id(raw) for raw in replies[1::2]]
+            pipe.smembers(bq.keys.paused_queues)
+            for queue in bq.settings.queues:
+                pipe.hvals(bq.keys.queue_held(queue))
+            everything = pipe.execute()
+        replies, paused = everything[:len(keys) * 2], everything[len(keys) * 2]
+        held = everything[len(keys) * 2 + 1:]
+        oldest = [None if raw is None else envelope_task_id(raw) for raw in replies[1::2]]
+        with bq.broker_errors():
             queued_at = self._queued_at([i for i in oldest if i])
+        held_by = _held_counts(bq.settings.queues, held)
         now = time.time()
         out = []
         for (queue, priority), length, task_id in zip(cells, replies[::2], oldest, strict=True):
             since = queued_at.get(task_id) if task_id else None
+            base = queue.split(".")[0]  # a capability or version queue pauses with its queue
             out.append(QueueStats(queue=queue, priority=priority, length=int(length),
-                                  oldest_age_s=now - since if length and since else None))
+                                  oldest_age_s=now - since if length and since else None,
+                                  paused=base in paused,
+                                  held=held_by.get((queue, priority.broker_priority), 0)))
         return out
 
     def _queued_at(self, task_ids: list[str]) -> dict[str, float]:
@@ -255,7 +282,7 @@ class Monitor:
         wanted = {TaskState(state)} if state is not None else set(TaskState)
         read = set(wanted)
         if TaskState.EXPIRED in wanted:  # a task whose `expires` passed unstarted still
-            read |= {TaskState.PENDING, TaskState.QUEUED}  # sits in the index it waited in
+            read |= {TaskState.PENDING, TaskState.QUEUED, TaskState.PAUSED}  # in its wait index
         low = "-inf" if since is None else (
             since.timestamp() if isinstance(since, datetime) else float(since))
         bq = self.bq

@@ -69,6 +69,10 @@ class BOQueueCollector:
                    ("queue", "priority")),
             _gauge("queue_oldest_age_seconds", "How long the next task of a non-empty queue "
                    "has waited, per priority", ("queue", "priority")),
+            _gauge("queue_paused", "1 if the queue is paused (bq.pause_queue), else 0",
+                   ("queue",)),
+            _gauge("queue_held", "Messages workers took from a paused queue and hold back, "
+                   "per priority", ("queue", "priority")),
             _gauge("workers_alive", "Workers with a fresh heartbeat"),
             _gauge("tasks_running", "Tasks whose record says RUNNING"),
             _gauge("tasks_concurrent", "Tasks the live workers report running"),
@@ -108,9 +112,13 @@ class BOQueueCollector:
 
 
 def _add_queues(families: dict[str, GaugeMetricFamily], queues: list[QueueStats]) -> None:
+    paused = {stats.queue: stats.paused for stats in queues}
+    for queue, is_paused in paused.items():
+        families["queue_paused"].add_metric([queue], int(is_paused))
     for stats in queues:
         labels = [stats.queue, stats.priority.name.lower()]
         families["queue_length"].add_metric(labels, stats.length)
+        families["queue_held"].add_metric(labels, stats.held)
         if stats.length and stats.oldest_age_s is not None:
             families["queue_oldest_age_seconds"].add_metric(labels, stats.oldest_age_s)
 

@@ -59,13 +59,16 @@ def render_status(monitor: Monitor, width: int = 100) -> str:
 def _queues_section(names: Sequence[str], stats: list[QueueStats]) -> list[str]:
     rows: list[list[str]] = []
     for queue in names:
-        cells = [s for s in stats if s.queue == queue and s.length]
+        mine = [s for s in stats if s.queue == queue]
+        held = sum(s.held for s in mine)
+        label = f"{queue} (paused, {held} held)" if any(s.paused for s in mine) else queue
+        cells = [s for s in mine if s.length]
         if not cells:
-            rows.append([queue, "-", "0", "-"])
+            rows.append([label, "-", "0", "-"])
         for s in cells:
             age = "-" if s.oldest_age_s is None else _duration(s.oldest_age_s)
-            rows.append([queue, s.priority.name.lower(), str(s.length), age])
-    total = sum(s.length for s in stats)
+            rows.append([label, s.priority.name.lower(), str(s.length), age])
+    total = sum(s.length + s.held for s in stats)
     return [f"QUEUES  {total} waiting",
             *_table(["queue", "priority", "length", "oldest"], rows, right={2, 3})]
 

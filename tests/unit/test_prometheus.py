@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import bo_queue.core.records
 from bo_queue import BOQueue, Priority, TaskState
+from bo_queue.core.message import Message
 from bo_queue.errors import BrokerUnavailableError
 from bo_queue.monitor.prometheus import BOQueueCollector, make_registry, serve
 from bo_queue.studies.models import Objective, Range, StudyStatus, Trial, TrialStatus
@@ -279,3 +280,21 @@ def test_serve_over_http(bq: BOQueue, clock: Clock) -> None:
     assert value(samples, "bo_queue_task_duration_mean_seconds", handler="train.fit") == 3.0
     assert value(samples, "bo_queue_workers_alive") == 1
     assert value(samples, "bo_queue_scrape_error") == 0
+
+
+def test_a_paused_queue_and_what_its_workers_hold_back(bq: BOQueue) -> None:
+    enqueue(bq, "p0", "default")
+    bq.pause_queue("default")
+    for task_id in ("p1", "p2"):
+        create(bq, task_id, "report.build", priority=Priority.HIGH)
+        message = Message(handler="report.build", payload={}, queue="default",
+                          priority=Priority.HIGH.broker_priority)
+        verdict, _ = bq.records.start(task_id, "w1@host", "report.build", "default",
+                                      Priority.HIGH, held=message)
+        assert verdict == "held"
+    samples = scrape(make_registry(bq.monitor))
+    assert value(samples, "bo_queue_queue_paused", queue="default") == 1
+    assert value(samples, "bo_queue_queue_paused", queue="bo") == 0
+    assert value(samples, "bo_queue_queue_held", queue="default", priority="high") == 2
+    assert value(samples, "bo_queue_queue_held", queue="default", priority="normal") == 0
+    assert value(samples, "bo_queue_queue_length", queue="default", priority="normal") == 1

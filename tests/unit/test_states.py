@@ -19,9 +19,10 @@ def test_terminal_states() -> None:
         assert state.terminal is (state in TERMINAL_STATES)
 
 
-def test_the_eight_states() -> None:
+def test_the_nine_states() -> None:
     assert [s.value for s in TaskState] == [
-        "PENDING", "QUEUED", "RUNNING", "RETRYING", "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED"
+        "PENDING", "QUEUED", "PAUSED", "RUNNING", "RETRYING",
+        "SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED",
     ]
     assert TaskState("QUEUED") is TaskState.QUEUED
     assert TaskState.RUNNING == "RUNNING"  # a str enum: it round-trips through Redis as text

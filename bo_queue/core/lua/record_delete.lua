@@ -23,6 +23,7 @@ redis.call('ZREM', K.state_index(ns, state), id)
 redis.call('ZREM', K.failed(ns), id)
 redis.call('HDEL', K.outbox(ns), id)
 redis.call('HDEL', K.parked(ns), id)
+redis.call('HDEL', K.paused(ns), id)
 redis.call('ZREM', K.delayed(ns), id)
 redis.call('HDEL', K.delayed_specs(ns), id)
 -- a pull task cancelled while it waited is still in its type's queue until a claim or a

@@ -1,7 +1,12 @@
 -- include: settle.lua, runs.lua
 -- KEYS: record, cancel flag. ARGV: ns, worker, now, ttl, id, handler, queue, priority,
--- lost runs allowed, handler version ('' for none), a token for this run ('' for none).
--- -> reply("cancelled" | "done" | "run", attempts | "lost", lost runs) (settle.lua)
+-- lost runs allowed, handler version ('' for none), a token for this run ('' for none),
+-- the task's message to hold back ('' or absent: none given).
+-- -> reply("cancelled" | "done" | "run", attempts | "lost", lost runs | "hold" | "held")
+-- (settle.lua). "hold": the task must not start now (it is PAUSED, waits on a dependency
+-- added later, or its queue is paused): call again with its message, which is then kept
+-- in Redis ("held") where bq.resume, the dependencies' release or bq.resume_queue send
+-- it again, or started after all ("run") if that changed meanwhile.
 -- A record still RUNNING when a worker starts the task again means the run before was
 -- lost with its worker (or its Redis connection): counted, so that a poison task that
 -- kills every worker process running it fails after its retry budget instead of looping.
@@ -24,6 +29,22 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return reply('cancelled')
 end
 if is_terminal(state) then return reply('done') end
+local base = string.match(ARGV[7], '^[^.]+') or ARGV[7]  -- default.gpu is default's
+local hold = nil
+if state == 'PAUSED' then
+  hold = K.paused(ns)
+elseif state == 'PENDING' and redis.call('SCARD', K.waiting(ns, ARGV[5])) > 0 then
+  hold = K.parked(ns)  -- where a dependent waits; its release sends it (dependencies.lua)
+elseif redis.call('SISMEMBER', K.paused_queues(ns), base) == 1 then
+  hold = K.queue_held(ns, base)
+end
+if hold then
+  if (ARGV[12] or '') == '' then return reply('hold') end
+  redis.call('HSET', hold, ARGV[5], ARGV[12])
+  if state == 'RUNNING' or state == 'RETRYING' then set_state(ns, ARGV[5], 'QUEUED', now) end
+  redis.call('PERSIST', KEYS[1])  -- kept while held: resuming counts its retention again
+  return reply('held')
+end
 if state == 'RUNNING' then
   if ARGV[11] ~= '' and redis.call('HGET', KEYS[1], 'run') == ARGV[11] then
     -- this very start, again: its reply was lost and the client retried it

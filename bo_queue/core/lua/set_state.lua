@@ -9,7 +9,10 @@ local function set_state(ns, id, state, now, fields)
   redis.call('ZADD', K.state_index(ns, state), now, id)
   if state == 'FAILED' then redis.call('ZADD', K.failed(ns), now, id) end
   -- out of the queue: the message kept in case Redis loses it is no longer needed
-  if state ~= 'QUEUED' and state ~= 'PENDING' then redis.call('HDEL', K.outbox(ns), id) end
+  -- (a PAUSED task's message may still be in its queue: bq.resume lets it run)
+  if state ~= 'QUEUED' and state ~= 'PENDING' and state ~= 'PAUSED' then
+    redis.call('HDEL', K.outbox(ns), id)
+  end
   local info = redis.call('HMGET', key, 'handler', 'queue', 'attempts', 'started_at')
   local error = nil  -- this change's own reason, never one an earlier attempt left
   for i = 1, #(fields or {}) - 1, 2 do

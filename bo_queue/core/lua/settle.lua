@@ -17,7 +17,8 @@ local function settle(ns, root, root_state, now, ttl)
     if #dependents > 0 then extend(K.dependents(ns, id), ttl) end  -- as its record
     for _, dep in ipairs(dependents) do
       local rkey = K.task(ns, dep)
-      if redis.call('HGET', rkey, 'state') == 'PENDING' then
+      local dep_state = redis.call('HGET', rkey, 'state')
+      if dep_state == 'PENDING' or dep_state == 'PAUSED' then
         local waiting = K.waiting(ns, dep)
         if state == 'SUCCEEDED' or redis.call('HGET', rkey, 'on_dependency_failure') == 'run' then
           redis.call('SREM', waiting, id)
