@@ -55,10 +55,10 @@ def bq(cluster: Cluster) -> BOQueue:
 
 def ended(bq: BOQueue, task_id: str, runs: int) -> TaskInfo:
     """The record once it has ended with `runs` runs (the worker writes it just after
-    the result get() returns)."""
+    the result get() returns; info() already says so from the result, so ask the record)."""
     def done() -> bool:
-        info = bq.info(task_id)
-        return info.state.terminal and len(info.runs) == runs
+        state = bq.records.state(task_id)
+        return state is not None and state.terminal and len(bq.info(task_id).runs) == runs
     wait_until(done, 30, what=f"task {task_id} to end after {runs} runs")
     return bq.info(task_id)
 
