@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bo_queue.states import Priority, PriorityInput, TaskState
-from bo_queue.studies.models import LinearConstraint, Outcome, Parameter, Value
+from bo_queue.studies.models import LinearConstraint, Outcome, Parameter, StudySpec, Value
 from bo_queue.workflows.models import WorkflowSpec
 
 # Longest interval a schedule may have (ten years): keeps timedelta arithmetic in range.
@@ -179,3 +179,14 @@ class ScheduleRequest(BaseModel):
     @classmethod
     def _priority(cls, value: Any) -> Priority:
         return Priority.parse(value)  # a name in any case, or a level, as in TaskRequest
+
+
+class StudyCreate(StudySpec):
+    """POST /studies: a StudySpec, plus the study's description and JSON metadata (kept
+    with the study and returned by GET; checked as bq.studies.create checks them)."""
+
+    description: str = ""
+    metadata: dict[str, Any] | None = None
+
+    def spec(self) -> StudySpec:
+        return StudySpec.model_validate(self.model_dump(exclude={"description", "metadata"}))

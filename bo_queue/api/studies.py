@@ -16,12 +16,12 @@ from bo_queue.api.models import (
     ReportOutcome,
     ResultsBody,
     ResultsOutcome,
+    StudyCreate,
 )
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.studies.models import (
     Strategy,
     Study,
-    StudySpec,
     StudyStatus,
     Trial,
     TrialStatus,
@@ -38,10 +38,12 @@ LIFECYCLE = responses(404, 409)
 
 
 @router.post("", status_code=201, response_model=Study, summary="Create a study")
-def create(bq: Caller, spec: StudySpec) -> Study:
-    """Validate and store a new study (status CREATED). A strategy without a seed gets a
-    random one, stored with the study. An `evaluator` no worker declared is 422."""
-    return bq.studies.create_from_spec(spec)
+def create(bq: Caller, body: StudyCreate) -> Study:
+    """Validate and store a new study (status CREATED): a StudySpec, with an optional
+    `description` and JSON `metadata`. A strategy without a seed gets a random one,
+    stored with the study. An `evaluator` no worker declared is 422."""
+    return bq.studies.create_from_spec(body.spec(), description=body.description,
+                                       metadata=body.metadata)
 
 
 @router.put("/{study_id}/parameter-space", response_model=Study, responses=LIFECYCLE,

@@ -289,10 +289,17 @@ SPEC = StudySpec(
 
 @pytest.mark.timeout(180)
 def test_ask_tell_study_over_http(client_a: httpx.Client) -> None:
-    created = client_a.post("/studies", json=SPEC.model_dump(mode="json"))
+    before = client_a.get("/studies").json()
+    bad = client_a.post("/studies", json={**SPEC.model_dump(mode="json"), "metadata": [1]})
+    assert bad.status_code == 422, bad.text
+    assert client_a.get("/studies").json() == before  # nothing stored
+    created = client_a.post("/studies", json={**SPEC.model_dump(mode="json"),
+                                              "description": "over HTTP", "metadata": {"lab": 7}})
     assert created.status_code == 201, created.text
     study_id = created.json()["id"]
     assert created.json()["status"] == "CREATED"
+    kept = client_a.get(f"/studies/{study_id}").json()
+    assert (kept["description"], kept["metadata"]) == ("over HTTP", {"lab": 7})
     reported: dict[int, float] = {}
     deadline = time.monotonic() + 120
     while True:
