@@ -119,6 +119,39 @@ def test_a_worker_busy_in_a_long_task_on_a_loaded_machine_is_not_robbed(
         cluster.close()
 
 
+@pytest.mark.timeout(180)
+def test_a_worker_in_a_warm_shutdown_keeps_its_long_task(
+    redis_url: str, evidence: redis.Redis
+) -> None:
+    # Its heartbeat stops while the pool finishes the task: its card says "stopping", and
+    # the task stays its own (for up to a minute) although it outlasts the heartbeat timeout.
+    task_s = 2 * HEARTBEAT_S
+    cluster = default_cluster(redis_url, workers=2)
+    try:
+        bq = cluster.producer()
+        task = bq.submit("r.effect", {"i": 3, "ms": task_s * 1000})
+        wait_until(lambda: bq.info(task.id).state is TaskState.RUNNING, 30,
+                   what="the task to start")
+        stopping = worker_of(cluster, bq.info(task.id).worker)
+        stopping.stop(timeout=task_s + 30)  # SIGTERM: finish the task, then exit
+        assert stopping.process is not None and stopping.process.returncode == 0
+        wait_until(lambda: evidence.hget(bq.keys.task(task.id), "state") == "SUCCEEDED", 10,
+                   what="the record to end")
+        info = bq.info(task.id)
+        assert info.attempts == 1 and info.lost == 0 and info.worker == stopping.hostname
+        assert effects_of(evidence, cluster.namespace) == (1, 1, 1)
+        assert not any(PUT_BACK in w.log() for w in cluster.workers)
+        assert not bq.heartbeats.has(stopping.hostname)  # removed once the pool was done
+        report.record(
+            "Faults", f"SIGTERM (warm shutdown) of a worker mid-way through a {task_s:.0f} s "
+            "task, longer than the heartbeat timeout (default settings)",
+            "its card said stopping while the pool finished: nothing was put back, the task "
+            "ran once; the card went at exit", tasks=1, runs=1, task_s=task_s,
+        )
+    finally:
+        cluster.close()
+
+
 @pytest.mark.timeout(240)
 def test_a_worker_cut_off_from_redis_is_taken_for_dead_and_its_late_result_dropped(
     redis_url: str, evidence: redis.Redis
