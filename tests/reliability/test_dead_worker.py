@@ -63,8 +63,8 @@ def test_a_killed_workers_task_runs_again_within_seconds(
         bq = cluster.producer()
         assert bq.settings.visibility_timeout_s == VISIBILITY_S == 3600
         task = bq.submit("r.effect", {"i": 7, "ms": 3000})
-        wait_until(lambda: bq.info(task.id).state is TaskState.RUNNING, 30,
-                   what="the task to start")
+        wait_until(lambda: effects_of(evidence, cluster.namespace)[2] == 1, 30,
+                   what="the handler to run")  # mid-task: its record says RUNNING
         victim = worker_of(cluster, bq.info(task.id).worker)
         victim.kill()  # SIGKILL to its main process and pool: a host lost
         killed_at = time.time()
@@ -168,8 +168,8 @@ def test_a_worker_cut_off_from_redis_is_taken_for_dead_and_its_late_result_dropp
             cut_off.start()
             bq = cluster.producer()
             task = bq.submit("r.effect", {"i": 7, "ms": 4000})
-            wait_until(lambda: bq.info(task.id).state is TaskState.RUNNING, 30,
-                       what="the worker behind the proxy to start the task")
+            wait_until(lambda: effects_of(evidence, cluster.namespace)[2] == 1, 30,
+                       what="the worker behind the proxy to run the task")
             proxy.partition()  # A runs on, but hears nothing and says nothing
             cut_at = time.time()
             rescuer = cluster.add_worker(1, imports=HANDLERS)  # B: straight to Redis
