@@ -103,8 +103,8 @@ class Heartbeats:
 
     def reap_silent(self, me: str) -> list[str]:
         """Remove the cards of workers silent for longer than the heartbeat timeout
-        (killed: a warm shutdown removes its own); the ones removed by this call, so each
-        is reported once."""
+        (killed: a warm shutdown removes its own, and its "stopping" card counts until it
+        is gone); the ones removed by this call, so each is reported once."""
         now = time.time()
         silent = [hostname for hostname, card in self.cards().items()
                   if hostname != me and not self.counted(card, now)]
@@ -123,7 +123,7 @@ class Heartbeats:
 
     def orphans(self) -> list[str]:
         """The delivery tags in kombu's unacked index that no counted card lists and
-        that were delivered before every counted card was written (see the module)."""
+        that were delivered before every live card was written (see the module)."""
         now = time.time()
         with self.redis.pipeline(transaction=True) as pipe:  # one snapshot
             pipe.hgetall(self.key)
