@@ -1,5 +1,6 @@
 """Heartbeat cards (bo_queue.core.heartbeats): what a card is, which are alive, which a
-worker reaps as silent (and reports once), and which the monitor forgets."""
+worker reaps as silent (and reports once), which the monitor forgets, and which
+unacknowledged messages belong to no live worker and are put back."""
 
 from __future__ import annotations
 
@@ -139,3 +140,15 @@ def test_a_message_acknowledged_after_it_was_read_is_not_put_back(
               KEYS.broker_prefix + "default:6"],
         args=["a", entry, "{}"])
     assert restored == [] and fake.llen(KEYS.broker_prefix + "default:6") == 0
+
+
+def test_a_stopping_card_is_reaped_only_once_gone(
+    beats: Heartbeats, fake: fakeredis.FakeRedis
+) -> None:
+    now = time.time()
+    fake.hset(KEYS.workers, mapping={
+        "finishing": json.dumps({"at": now - 50, "held": ["t"], "stopping": True}),
+        "killed-while-stopping": json.dumps({"at": now - 101, "held": [], "stopping": True}),
+    })
+    assert beats.reap_silent("me") == ["killed-while-stopping"]
+    assert list(beats.cards()) == ["finishing"]
