@@ -1,7 +1,9 @@
 """What a bo_queue worker does besides running tasks.
 
 - publishes its handlers to the directory producers read (so they can submit by name),
-- writes a heartbeat (its queues, concurrency and running tasks, once a second),
+- writes a heartbeat (its queues, concurrency, running tasks and the delivery tags of the
+  messages it holds, once a second), and puts back at once the messages of workers whose
+  heartbeat stopped (bo_queue.core.heartbeats),
 - moves held submissions that are due to their queues (bo_queue.core.delays),
 - delivers webhooks, on a thread of its own (bo_queue.monitor.webhooks.Deliverer),
 - keeps task records right where Celery ends a task outside the handler: revoked or
@@ -19,13 +21,19 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.concurrency.prefork import TaskPool as PreforkPool
-from celery.signals import celeryd_after_setup, task_failure, task_revoked, worker_init
+from celery.signals import (
+    celeryd_after_setup,
+    task_failure,
+    task_revoked,
+    worker_init,
+    worker_shutdown,
+)
 from celery.worker import state
 from redis.typing import EncodableT, FieldT
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
-from bo_queue.core import placement
+from bo_queue.core import placement, transport
 from bo_queue.monitor.webhooks import Deliverer
 from bo_queue.states import TaskState
 from workers.runner import HandlerTask, check_pool, record_failure
@@ -39,7 +47,9 @@ OUTBOX_EVERY_TICKS = 3  # how often a worker looks for signs of lost messages
 def install(app: Celery, bq: BOQueue) -> None:
     setattr(app, "bo_queue", bq)  # noqa: B010  (for _consume_placed_queues)
     class BOQueueStep(bootsteps.StartStopStep):
-        requires = ("celery.worker.components:Timer",)
+        # after the pool, so stopped before it: the card says "stopping" while the pool
+        # finishes the running tasks of a warm shutdown (worker_shutdown removes it)
+        requires = ("celery.worker.components:Timer", "celery.worker.components:Pool")
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
@@ -79,16 +89,21 @@ def install(app: Celery, bq: BOQueue) -> None:
                 self.tref.cancel()
             if self.deliverer is not None:
                 self.deliverer.stop()
-            try:
-                bq.heartbeats.remove(self.hostname)
+            try:  # its heartbeat stops now; its running tasks stay its own (heartbeats)
+                self.beat(stopping=True)
             except Exception:
-                log.warning("could not remove the heartbeat of %s", self.hostname)
+                log.warning("could not write the last heartbeat of %s", self.hostname)
+
+        def beat(self, stopping: bool = False) -> None:
+            at = time.time()  # before the tags are gathered: see bo_queue.core.heartbeats
+            card = {**self.card, "active": len(state.active_requests),
+                    "held": transport.held_tags()}
+            bq.heartbeats.beat(self.hostname, {**card, "stopping": True} if stopping else card,
+                               at)
 
         def tick(self) -> None:
             try:
-                bq.heartbeats.beat(
-                    self.hostname, {**self.card, "active": len(state.active_requests)}
-                )
+                self.beat()
                 bq.delays.release_due(bq.send)
                 self.ticks += 1
                 if self.ticks % OUTBOX_EVERY_TICKS == 1:  # send again what got lost
@@ -97,6 +112,10 @@ def install(app: Celery, bq: BOQueue) -> None:
                     silent = bq.heartbeats.reap_silent(self.hostname)
                     if silent:
                         bq.outbox.suspect(f"worker(s) {', '.join(silent)} stopped heartbeating")
+                    restored = bq.heartbeats.restore_orphans()
+                    if restored:
+                        log.warning("put back %d message(s) of dead workers on their queues: "
+                                    "%s", len(restored), ", ".join(restored[:20]))
                     bq.outbox.reconcile(bq.send, lambda: [
                         *bq.settings.queues,
                         *(str(q) for q in bq.redis.smembers(bq.keys.placed_queues))])
@@ -104,6 +123,19 @@ def install(app: Celery, bq: BOQueue) -> None:
                 log.exception("bo_queue worker tick failed")
 
     app.steps["worker"].add(BOQueueStep)
+
+
+@worker_shutdown.connect(weak=False)
+def _remove_heartbeat(sender: Any = None, **_: Any) -> None:
+    """After a warm shutdown (the pool has finished): the card goes, so that nobody takes
+    this worker for killed."""
+    bq = getattr(getattr(sender, "app", None), "bo_queue", None)
+    if not isinstance(bq, BOQueue):
+        return
+    try:
+        bq.heartbeats.remove(sender.hostname)
+    except Exception:
+        log.warning("could not remove the heartbeat of %s", sender.hostname)
 
 
 def served(bq: BOQueue) -> dict[str, registry.HandlerSpec]:

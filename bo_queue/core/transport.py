@@ -11,11 +11,16 @@ back the message of a task this worker is still running (see restore_unacked), a
 when such a task ends after the worker reconnected, it acknowledges the message through
 a client of its own: kombu would use the closed channel, and the AttributeError stops
 the worker just the same.
+
+`held_tags()` names the delivery tags a worker holds, for its heartbeat card: a live
+worker puts back the unacknowledged messages of a dead one at once (bo_queue.core.heartbeats)
+and must never take those of a live one.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any
 
 import redis
@@ -26,7 +31,28 @@ from kombu.transport import virtual
 log = logging.getLogger(__name__)
 
 
+_channels: weakref.WeakSet[QoS] = weakref.WeakSet()  # every QoS of this process
+
+
+def held_tags() -> list[str]:
+    """The delivery tags of every message this worker holds unacknowledged: delivered to
+    a channel (prefetched, eta, running) or kept by a running task across a reconnect."""
+    tags = {str(tag) for qos in list(_channels) for tag in qos.delivered()}
+    requests = [*worker_state.reserved_requests, *worker_state.active_requests]
+    tags.update(str(r.message.delivery_tag) for r in requests
+                if getattr(r.message, "delivery_tag", None))
+    return sorted(tags)
+
+
 class QoS(kombu_redis.QoS):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _channels.add(self)
+
+    def delivered(self) -> list[str]:
+        """The tags delivered to this channel and not yet acknowledged (or just)."""
+        return list(self._delivered or ())
+
     def restore_unacked(self, client: Any = None) -> Any:
         # A task still running keeps its message in the unacked set: putting it back now
         # (the connection dropped, Redis is still there) would have a second worker run

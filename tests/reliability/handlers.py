@@ -77,3 +77,10 @@ def interval(payload: dict[str, Any], ctx: TaskContext) -> str:
 def bowl(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     params = payload["params"]
     return {"loss": sum((float(v) - 0.3) ** 2 for v in params.values())}
+
+
+@handler("r.slow_bowl", queue="evaluate")
+def slow_bowl(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """r.bowl that takes 3 s: long enough to kill its worker mid-evaluation."""
+    time.sleep(3.0)
+    return bowl(payload, ctx)
