@@ -376,9 +376,10 @@ class StudyManager:
         if outcome == "missing":
             self.store.trial(study_id, index)  # StudyNotFoundError or TrialNotFoundError
         if outcome == "ended":
-            trial = self.store.trial(study_id, index)
+            status = self.store.trial(study_id, index).status  # RUNNING: told, not yet stepped
+            shown_status = "" if status is TrialStatus.RUNNING else f" ({status})"
             raise ValidationError(
-                f"trial {index} has ended ({trial.status}): it takes no intermediate values"
+                f"trial {index} has ended{shown_status}: it takes no more intermediate values"
             )
         if outcome == "conflict":
             raise ValidationError(f"trial {index} already has other values at step {step}")
