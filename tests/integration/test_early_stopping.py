@@ -27,6 +27,7 @@ from bo_queue import (
 )
 from bo_queue.testing import wait_until
 from tests.conftest import HANDLERS, Cluster, new_namespace
+from tests.integration.api_server import api_client
 from tests.integration.curve_handlers import STOPPED_RESULT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,3 +172,35 @@ def test_ask_tell_reports_curves_and_stopped_trials_count(bq: BOQueue) -> None:
     done = bq.studies.wait(study.id, timeout=60)
     assert done.status is StudyStatus.COMPLETED
     assert (done.completed_trials, done.early_stopped_trials) == (2, 1)
+
+
+@pytest.mark.timeout(300)
+def test_http_reports_intermediate_values_and_reads_the_curve(
+    bq: BOQueue, cluster: Cluster
+) -> None:
+    rules = EarlyStopping(percentile=None, threshold=0.5, min_progression=1)
+    study = bq.studies.create("http-curves", [Range("x", 0.0, 1.0)], [Objective("loss")],
+                              strategy=Strategy(initial_trials=2, max_trials=2, seed=2,
+                                                early_stopping=rules))
+    [trial] = bq.studies.suggest(study.id, count=1, timeout=120)
+    with api_client(cluster.redis_url, cluster.namespace, "curves") as http:
+        url = f"/studies/{study.id}/trials/{trial.index}/intermediate"
+        first = http.post(url, json={"step": 0, "values": {"loss": 0.9}})
+        assert first.status_code == 200 and first.json() == {"stop": False}
+        for body in ({"step": 1, "values": {"loss": 0.7}}, {"step": 1, "values": {"loss": 0.7}}):
+            answer = http.post(url, json=body)
+            assert answer.status_code == 200 and answer.json() == {"stop": True}
+        for bad in ({"step": 0, "values": {"loss": 0.1}}, {"step": -1, "values": {"loss": 0.1}},
+                    {"step": 2, "values": {"acc": 0.1}}, {"step": 2, "value": {"loss": 0.1}}):
+            assert http.post(url, json=bad).status_code == 422, bad
+        missing = http.post(f"/studies/{study.id}/trials/99/intermediate",
+                            json={"step": 0, "values": {"loss": 0.1}})
+        assert missing.status_code == 404
+        curve = http.get(url)
+        assert curve.status_code == 200
+        assert curve.json() == [{"step": 0, "values": {"loss": 0.9}},
+                                {"step": 1, "values": {"loss": 0.7}}]
+        wait_until(lambda: http.get(f"/studies/{study.id}").json()["early_stopped_trials"] == 1,
+                   60, what="the study to count the stopped trial")
+        stopped = http.get(f"/studies/{study.id}/trials/{trial.index}").json()
+        assert stopped["status"] == "EARLY_STOPPED" and stopped["values"] == {"loss": 0.7}
