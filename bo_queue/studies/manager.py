@@ -245,7 +245,8 @@ class StudyManager:
     def export(
         self, study_id: str, include_model: bool = False, format: str = "json"
     ) -> dict[str, Any] | str:
-        """Everything about a study as JSON-ready data: spec, status, trials, results; or
+        """Everything about a study as JSON-ready data: spec, status, trials, results, the
+        trials' curves ({index: [[step, values], ...]}); or
         with format="csv", its trials as CSV text, one row per trial (as dataframe())."""
         if format == "csv":
             study = self.get(study_id)
@@ -257,6 +258,8 @@ class StudyManager:
         data: dict[str, Any] = {
             "study": state.study.model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in state.trials],
+            "curves": {str(index): [[step, plain(values)] for step, values in curve]
+                       for index, curve in state.curves.items()},
         }
         if include_model:
             data["model"] = state.model_json()

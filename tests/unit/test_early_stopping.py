@@ -5,12 +5,13 @@ test puts them and only the decision at report time runs."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fakeredis
 import pytest
 
-from bo_queue import BOQueue, EarlyStopping
+from bo_queue import BOQueue, EarlyStopping, FileStorage
 from bo_queue.errors import (
     InvalidResultError,
     InvalidTransitionError,
@@ -195,3 +196,37 @@ def test_early_stopping_is_checked_with_the_spec() -> None:
         StudySpec(name="s", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
                   strategy=Strategy(early_stopping=EarlyStopping(metric="acc")))
     assert EarlyStopping() == EarlyStopping(percentile=50.0, min_progression=0, min_curves=5)
+
+
+def test_curves_go_to_sql_and_file_storage_and_back(
+    studies: StudyManager, tmp_path: Path
+) -> None:
+    from bo_queue.studies.sql import SQLStorage
+
+    study = study_with(studies, EarlyStopping(percentile=None, threshold=1.0))
+    curve(studies, study, 0, [0.5, 0.4])
+    curve(studies, study, 1, [0.5, 3.0])
+    stopped = studies.trial(study.id, 1).model_copy(
+        update={"status": TrialStatus.EARLY_STOPPED, "values": {"loss": 3.0}})
+    studies.store.save_step(study.model_copy(update={"early_stopped_trials": 1}), [stopped],
+                            None, 1)
+    expected = {0: [(0, {"loss": 0.5}), (1, {"loss": 0.4})],
+                1: [(0, {"loss": 0.5}), (1, {"loss": 3.0})]}
+    assert studies.export(study.id)["curves"] == {
+        str(index): [[step, values] for step, values in points]
+        for index, points in expected.items()}
+    with SQLStorage(f"sqlite:///{tmp_path / 'studies.db'}") as db:
+        studies.persist(study.id, db)
+        again = db.load(study.id)
+        assert again.curves == expected
+        assert again.study.early_stopped_trials == 1
+        assert again.trials[1].status is TrialStatus.EARLY_STOPPED
+    files = FileStorage(tmp_path / "files")
+    studies.persist(study.id, files)
+    assert files.load(study.id).curves == expected
+    studies.delete(study.id)
+    studies.load(study.id, files)  # back into Redis: the stop is still the stop
+    assert studies.intermediate(study.id, 1) == expected[1]
+    assert studies.report_intermediate(study.id, 1, 1, {"loss": 3.0}) is True
+    with pytest.raises(ValidationError, match="has ended"):
+        studies.report_intermediate(study.id, 1, 2, {"loss": 0.1})
