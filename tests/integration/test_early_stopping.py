@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -204,3 +205,47 @@ def test_http_reports_intermediate_values_and_reads_the_curve(
                    60, what="the study to count the stopped trial")
         stopped = http.get(f"/studies/{study.id}/trials/{trial.index}").json()
         assert stopped["status"] == "EARLY_STOPPED" and stopped["values"] == {"loss": 0.7}
+
+
+@pytest.mark.timeout(300)
+def test_concurrent_reporters_are_decided_one_at_a_time(bq: BOQueue) -> None:
+    """Six threads report six curves at once. With min_curves=6 only the sixth report at
+    a step can be decided, so at most one trial ever stops (after it, no step reaches six
+    curves): two reporters that both counted six at one step would break that."""
+    rules = EarlyStopping(percentile=50, min_progression=0, min_curves=6)
+    study = bq.studies.create("racing-curves", [Range("x", 0.0, 1.0)], [Objective("loss")],
+                              strategy=Strategy(initial_trials=6, max_trials=6, seed=3,
+                                                early_stopping=rules))
+    trials = bq.studies.suggest(study.id, count=6, timeout=120)
+    decisions: dict[int, list[bool]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(trials))
+
+    def reporter(index: int) -> None:
+        try:
+            start.wait()
+            mine = decisions.setdefault(index, [])
+            for step in range(10):
+                mine.append(bq.studies.report_intermediate(study.id, index, step,
+                                                           {"loss": index / 10}))
+                if mine[-1]:
+                    return
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reporter, args=(t.index,)) for t in trials]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    stopped = [index for index, mine in decisions.items() if mine[-1]]
+    assert len(stopped) <= 1, decisions
+    losses = sorted(t.index / 10 for t in trials)
+    for index, mine in decisions.items():
+        curve = bq.studies.intermediate(study.id, index)
+        assert curve == [(step, {"loss": index / 10}) for step in range(len(mine))]
+        if index in stopped:  # worse than the median of all six at its step
+            assert index / 10 > (losses[2] + losses[3]) / 2
+        else:
+            assert len(mine) == 10 and not any(mine)
