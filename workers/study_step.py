@@ -139,7 +139,9 @@ class Stepper:
         counts = _counts(trials.values())
         ending: tuple[StudyStatus, str] | None = None
         if _finished(counts) >= strategy.max_trials:
-            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed")
+            stopped = counts[TrialStatus.EARLY_STOPPED]
+            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed"
+                      + (f" ({stopped} of them early stopped)" if stopped else ""))
         elif counts[TrialStatus.FAILED] > strategy.failure_budget:
             ending = (
                 StudyStatus.FAILED,

@@ -173,6 +173,7 @@ def test_ask_tell_reports_curves_and_stopped_trials_count(bq: BOQueue) -> None:
     done = bq.studies.wait(study.id, timeout=60)
     assert done.status is StudyStatus.COMPLETED
     assert (done.completed_trials, done.early_stopped_trials) == (2, 1)
+    assert done.message == "3 trials completed (1 of them early stopped)"
 
 
 @pytest.mark.timeout(300)
