@@ -64,6 +64,13 @@ benchmark-bo:
 	$(BIN)/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
 		--markdown-out benchmarks/results/bo_quality.md
 
+# Early stopping on SGDClassifier/digits: bo_queue with and without it, Optuna's MedianPruner.
+.PHONY: benchmark-early-stopping
+benchmark-early-stopping:
+	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
+	$(BIN)/python benchmarks/early_stopping.py --seeds 0-2 \
+		--markdown-out benchmarks/results/early_stopping.md
+
 # The manual (docs/, mkdocs.yml) as a site in site/; `.venv/bin/mkdocs serve` to read it live.
 .PHONY: docs
 docs: $(BIN)/.installed-$(EXTRAS)

@@ -49,6 +49,7 @@ from bo_queue.retry import RetryPolicy
 from bo_queue.states import TERMINAL_STATES, Priority, TaskState
 from bo_queue.studies import (
     Choice,
+    EarlyStopping,
     FileStorage,
     LinearConstraint,
     Objective,
@@ -103,6 +104,7 @@ __all__ = [
     "Choice",
     "LinearConstraint",
     "Strategy",
+    "EarlyStopping",
     "StudyStatus",
     "Trial",
     "TrialStatus",

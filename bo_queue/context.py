@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from bo_queue.errors import TaskCancelledError, ValidationError
@@ -84,6 +85,18 @@ class TaskContext:
     def raise_if_cancelled(self) -> None:
         if self.cancelled:
             raise TaskCancelledError(self.task_id, "cancelled while running")
+
+    def report_intermediate(self, step: int, values: Mapping[str, Any]) -> bool:
+        """For a study's evaluation: `bq.studies.report_intermediate` for its trial. True
+        when the trial should stop now (the task is cancelled too: `ctx.cancelled`); what
+        the handler returns after that does not change the trial."""
+        raw = self._bq.records.get_fields(self.task_id, "metadata")[0]
+        marked = json.loads(raw) if raw else None  # the study step names the trial there
+        if self.study_id is None or not isinstance(marked, dict) or "trial_index" not in marked:
+            raise ValidationError(f"task {self.task_id} is not the evaluation of a study's trial")
+        return self._bq.studies.report_intermediate(
+            self.study_id, marked["trial_index"], step, values
+        )
 
     def checkpoint(self, state: Any) -> None:
         """Save JSON state that a later attempt of this task can resume from."""

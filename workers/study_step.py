@@ -29,7 +29,7 @@ from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError
 from bo_queue.registry import handler
 from bo_queue.retry import RetryPolicy
 from bo_queue.studies.manager import STEP, STUDY_TAG
-from bo_queue.studies.models import Outcome, Study, StudyStatus, Trial, TrialStatus
+from bo_queue.studies.models import Curve, Study, StudyStatus, Trial, TrialStatus, outcomes
 from bo_queue.studies.storage import RedisStorage
 from workers.runner import HandlerTask, describe, finish_listeners
 
@@ -115,12 +115,14 @@ class Stepper:
         fresh = state.model is None
         if study.status is StudyStatus.CREATED:
             self.store.set_status(self.study_id, StudyStatus.INITIALIZING, {StudyStatus.CREATED})
-        engine = self._engine(study, state.model, state.trials)
+        engine = self._engine(study, state.model, state.trials, state.curves)
         trials = {t.index: t for t in state.trials}
         changed: dict[int, Trial] = {}
         entries = self.store.inbox(self.study_id)
+        curves = self.store.curves(self.study_id) if entries else {}  # read after the inbox
         for entry in entries:
-            trial = self._apply(engine, trials.get(entry["index"]), entry, now)
+            curve = curves.get(entry["index"], [])
+            trial = self._apply(engine, trials.get(entry["index"]), entry, curve, now)
             if trial is not None:
                 trials[trial.index] = changed[trial.index] = trial
         for trial in list(trials.values()):
@@ -136,8 +138,10 @@ class Stepper:
 
         counts = _counts(trials.values())
         ending: tuple[StudyStatus, str] | None = None
-        if counts[TrialStatus.COMPLETED] >= strategy.max_trials:
-            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed")
+        if _finished(counts) >= strategy.max_trials:
+            stopped = counts[TrialStatus.EARLY_STOPPED]
+            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed"
+                      + (f" ({stopped} of them early stopped)" if stopped else ""))
         elif counts[TrialStatus.FAILED] > strategy.failure_budget:
             ending = (
                 StudyStatus.FAILED,
@@ -156,6 +160,7 @@ class Stepper:
                 "completed_trials": counts[TrialStatus.COMPLETED],
                 "failed_trials": counts[TrialStatus.FAILED],
                 "running_trials": counts[TrialStatus.RUNNING],
+                "early_stopped_trials": counts[TrialStatus.EARLY_STOPPED],
                 "iteration": study.iteration + (1 if touched else 0),
                 "updated_at": now,
             }
@@ -199,7 +204,9 @@ class Stepper:
                 self._evaluate(study, made + unsent)
         return [t.index for t in made]
 
-    def _engine(self, study: Study, model: bytes | None, trials: list[Trial]) -> Engine:
+    def _engine(
+        self, study: Study, model: bytes | None, trials: list[Trial], curves: dict[int, Curve]
+    ) -> Engine:
         from bo_queue.studies.engine import Engine  # Ax, torch: only where a step runs
 
         cached = self.kept
@@ -209,23 +216,28 @@ class Stepper:
         if model is None:
             return Engine.create(study.spec)
         engine = Engine.load(study.spec, model)
-        engine.catch_up(trials)
+        engine.catch_up(trials, curves)
         return engine
 
     def _apply(
-        self, engine: Engine, trial: Trial | None, entry: dict[str, Any], now: datetime
+        self, engine: Engine, trial: Trial | None, entry: dict[str, Any], curve: Curve,
+        now: datetime,
     ) -> Trial | None:
-        """Tell Ax one reported outcome; None when it no longer applies (late, stale)."""
+        """Tell Ax one reported outcome, with the trial's curve as progressions; None when
+        it no longer applies (late, stale: what an evaluation returns after its trial was
+        early stopped)."""
         if trial is None or trial.status is not TrialStatus.RUNNING:
             return None
         if entry.get("task_id") and trial.task_id and entry["task_id"] != trial.task_id:
             return None  # an evaluation this trial no longer waits for
         update: dict[str, Any] = {"finished_at": now, "worker": entry.get("worker")}
-        if "values" in entry:
-            values: dict[str, Outcome] = {
-                k: tuple(v) if isinstance(v, list) else v for k, v in entry["values"].items()
-            }
-            engine.complete(trial.index, values)
+        if entry.get("early_stopped"):
+            values = outcomes(entry["values"])
+            engine.early_stop(trial.index, curve)
+            update.update(status=TrialStatus.EARLY_STOPPED, values=values)
+        elif "values" in entry:
+            values = outcomes(entry["values"])
+            engine.complete(trial.index, values, curve)
             update.update(status=TrialStatus.COMPLETED, values=values)
         else:
             engine.fail(trial.index, str(entry.get("error")))
@@ -244,7 +256,7 @@ class Stepper:
         lease = now + timedelta(seconds=strategy.trial_lease_s)
         batch = study.iteration + 1
         made = [(engine.attach(p), p, "manual") for p in request.get("attach", [])]
-        room = strategy.max_trials - counts[TrialStatus.COMPLETED] - counts[TrialStatus.RUNNING]
+        room = strategy.max_trials - _finished(counts) - counts[TrialStatus.RUNNING]
         want = 0
         if "suggest" in request:
             if study.status is StudyStatus.PAUSED:
@@ -303,6 +315,11 @@ def _counts(trials: Any) -> dict[TrialStatus, int]:
     for trial in trials:
         counts[trial.status] += 1
     return counts
+
+
+def _finished(counts: dict[TrialStatus, int]) -> int:
+    """Trials that ended with data: what max_trials counts."""
+    return sum(n for status, n in counts.items() if status.finished)
 
 
 def evaluation_marker(study_id: str, trial_index: int) -> dict[str, Any]:

@@ -42,13 +42,16 @@ from bo_queue.errors import BrokerUnavailableError, StudyNotFoundError
 from bo_queue.studies import scoring
 from bo_queue.studies.models import (
     Choice,
+    Curve,
     Outcome,
     Range,
     Study,
     Trial,
     TrialStatus,
     Value,
+    mean,
 )
+from bo_queue.studies.storage import plain
 
 router = APIRouter(tags=["dashboard"])
 
@@ -79,6 +82,7 @@ class Snapshot:
     best_so_far: dict[str, list[BestPoint]] = field(default_factory=dict)
     best: Trial | None = None  # single objective only
     tasks: dict[str, TaskInfo] = field(default_factory=dict)  # trials' evaluation tasks
+    curves: dict[int, Curve] = field(default_factory=dict)  # intermediate values by trial
     namespace: dict[str, Any] | None = None  # its name and metadata (page and data only)
 
     @property
@@ -96,6 +100,7 @@ def snapshot(bq: BOQueue, study_id: str, namespace: bool = False) -> Snapshot:
     try:
         study = bq.studies.get(study_id)
         trials = bq.studies.store.trials(study_id)
+        curves = bq.studies.store.curves(study_id)
         ids = [t.task_id for t in trials if t.task_id]  # one pipelined read for them all
         tasks = {i: info for i, info in zip(ids, bq.records.get_many(ids), strict=True)
                  if info is not None}
@@ -105,7 +110,8 @@ def snapshot(bq: BOQueue, study_id: str, namespace: bool = False) -> Snapshot:
     except BrokerUnavailableError:
         unavailable = "Redis is unavailable; try again shortly"
         raise HTTPException(status_code=503, detail=unavailable) from None
-    snap = Snapshot(study, trials, Counter(t.status.value for t in trials), tasks=tasks)
+    snap = Snapshot(study, trials, Counter(t.status.value for t in trials), tasks=tasks,
+                    curves=curves)
     if metadata is not None:
         snap.namespace = {"name": bq.settings.namespace, "metadata": metadata}
     spec = study.spec
@@ -140,6 +146,7 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             "completed_trials": study.completed_trials,
             "failed_trials": study.failed_trials,
             "running_trials": study.running_trials,
+            "early_stopped_trials": study.early_stopped_trials,
             "iteration": study.iteration,
             "created_at": study.created_at.isoformat(),
             "updated_at": study.updated_at.isoformat(),
@@ -157,6 +164,8 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             for name, points in snap.best_so_far.items()
         },
         "best": None if snap.best is None else snap.best.model_dump(mode="json"),
+        "curves": {str(index): [[step, plain(values)] for step, values in curve]
+                   for index, curve in snap.curves.items()},
         "namespace": snap.namespace,
     }
 
@@ -312,6 +321,8 @@ def render_fragment(snap: Snapshot) -> str:
         '<h2>Parameters</h2><div id="parameters" class="charts">',
         *_parameter_plots(snap),
         "</div>",
+        *(['<h2>Learning curves</h2><div id="curves" class="charts">', _curves(snap), "</div>"]
+          if snap.curves else []),
         f"<h2>Trials ({len(snap.trials)})</h2>",
         _table(snap),
     ])
@@ -327,6 +338,7 @@ def _summary(snap: Snapshot) -> str:
         "data-completed": snap.completed,
         "data-failed": counts[TrialStatus.FAILED.value],
         "data-running": counts[TrialStatus.RUNNING.value],
+        "data-stopped": counts[TrialStatus.EARLY_STOPPED.value],
         "data-total": len(snap.trials),
         "data-max": maximum,
         "data-terminal": "true" if snap.terminal else "false",
@@ -336,6 +348,8 @@ def _summary(snap: Snapshot) -> str:
         f"{counts[TrialStatus.FAILED.value]} failed",
         f"{counts[TrialStatus.RUNNING.value]} running",
     ]
+    if counts[TrialStatus.EARLY_STOPPED.value]:
+        parts.append(f"{counts[TrialStatus.EARLY_STOPPED.value]} early stopped")
     if counts[TrialStatus.ABANDONED.value]:
         parts.append(f"{counts[TrialStatus.ABANDONED.value]} abandoned")
     if snap.best is not None:
@@ -382,6 +396,27 @@ def _convergence(snap: Snapshot) -> list[str]:
             width=360, height=280,
         ))
     return charts
+
+
+MAX_CURVES = 40  # the newest trials' curves: more would be a tangle
+
+
+def _curves(snap: Snapshot) -> str:
+    """The watched objective's curve of each trial against its steps; stopped trials grey."""
+    metric = snap.study.spec.stopping_objective.name
+    status = {t.index: t.status for t in snap.trials}
+    series = [
+        svg.Series(
+            f"trial {index} ({status.get(index, TrialStatus.RUNNING).value.lower()})",
+            [(step, mean(values[metric])) for step, values in curve],
+            color=("#b0b7bf" if status.get(index) is TrialStatus.EARLY_STOPPED
+                   else svg.PALETTE[index % len(svg.PALETTE)]),
+            markers=False,
+        )
+        for index, curve in sorted(snap.curves.items())[-MAX_CURVES:]
+    ]
+    return svg.line_chart(series, title=f"{metric} by step, per trial", x_label="step",
+                          y_label=metric, integer_x=True, element_id="learning-curves")
 
 
 def _parameter_plots(snap: Snapshot) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from bo_queue.api.models import (
     DesignPointsBody,
@@ -20,6 +21,7 @@ from bo_queue.api.models import (
 )
 from bo_queue.api.routing import COMMON, Caller, responses
 from bo_queue.studies.models import (
+    Outcome,
     Strategy,
     Study,
     StudyStatus,
@@ -142,6 +144,42 @@ def report_failure(
     reason = body.reason if body is not None else ""
     recorded = bq.studies.report_failure(study_id, index, reason)
     return ReportOutcome(study_id=study_id, index=index, recorded=recorded)
+
+
+class IntermediatePoint(BaseModel):
+    """A trial's values at one step of its curve (an epoch, a number of samples)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(ge=0, le=2**53 - 1, examples=[3])
+    values: dict[str, Outcome] = Field(examples=[{"loss": 0.42}])
+
+
+class StopDecision(BaseModel):
+    """`stop` is true when the study's early-stopping rules stopped the trial."""
+
+    stop: bool
+
+
+@router.post("/{study_id}/trials/{index}/intermediate", response_model=StopDecision,
+             responses=LIFECYCLE, summary="Report a trial's values at a step")
+def report_intermediate(
+    bq: Caller, study_id: StudyId, index: Index, body: IntermediatePoint
+) -> StopDecision:
+    """Records the values and answers whether the trial should stop now (it then ends
+    EARLY_STOPPED with these values). The same step with the same values again answers
+    as before; a step before the trial's last, other values at its last step, a metric
+    the study lacks, or a trial that has ended are 422, and nothing is recorded."""
+    stop = bq.studies.report_intermediate(study_id, index, body.step, body.values)
+    return StopDecision(stop=stop)
+
+
+@router.get("/{study_id}/trials/{index}/intermediate", response_model=list[IntermediatePoint],
+            responses=NOT_FOUND, summary="A trial's curve")
+def intermediate(bq: Caller, study_id: StudyId, index: Index) -> list[IntermediatePoint]:
+    """The values reported at each step, oldest first."""
+    return [IntermediatePoint(step=step, values=values)
+            for step, values in bq.studies.intermediate(study_id, index)]
 
 
 @router.post("/{study_id}/run", response_model=Study, responses=LIFECYCLE,

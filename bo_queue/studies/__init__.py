@@ -7,6 +7,7 @@ from bo_queue.errors import StudyTimeoutError
 from bo_queue.studies.manager import StudyManager
 from bo_queue.studies.models import (
     Choice,
+    EarlyStopping,
     LinearConstraint,
     Objective,
     OutcomeConstraint,
@@ -35,6 +36,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Choice",
+    "EarlyStopping",
     "FileStorage",
     "LinearConstraint",
     "Objective",

@@ -20,7 +20,16 @@ from typing import Any
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
 
 from bo_queue.studies import ax_adapter
-from bo_queue.studies.models import Choice, Outcome, Range, StudySpec, Trial, TrialStatus, Value
+from bo_queue.studies.models import (
+    Choice,
+    Curve,
+    Outcome,
+    Range,
+    StudySpec,
+    Trial,
+    TrialStatus,
+    Value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +98,28 @@ class Engine:
     def attach(self, params: Mapping[str, Value]) -> int:
         return self.client.attach_trial(dict(params))
 
-    def complete(self, index: int, values: Mapping[str, Outcome]) -> None:
-        self.client.complete_trial(index, raw_data=dict(values))
+    def complete(
+        self, index: int, values: Mapping[str, Outcome], curve: Curve | None = None
+    ) -> None:
+        """The final values; with a curve, they are its last progression (Ax's map data)."""
+        curve = curve or []
+        self._attach(index, curve)
+        last = curve[-1][0] if curve else None
+        self.client.complete_trial(index, raw_data=dict(values), progression=last)
+
+    def early_stop(self, index: int, curve: Curve) -> None:
+        """The curve as progressions, then EARLY_STOPPED: as Ax's own early stopping."""
+        self._attach(index, curve)
+        self.client.mark_trial_early_stopped(index)
+
+    def _attach(self, index: int, curve: Curve) -> None:
+        for step, values in curve:
+            self.client.attach_data(index, raw_data=dict(values), progression=step)
 
     def fail(self, index: int, reason: str) -> None:
         self.client.mark_trial_failed(index, failed_reason=reason)
 
-    def catch_up(self, trials: Iterable[Trial]) -> int:
+    def catch_up(self, trials: Iterable[Trial], curves: Mapping[int, Curve]) -> int:
         """Tell Ax the outcomes the trial records have and its snapshot does not yet (a
         step that only told results saves the records, not a new snapshot). Returns how
         many it applied."""
@@ -105,8 +129,11 @@ class Engine:
             known = experiment.trials.get(trial.index)
             if known is None or known.status.is_terminal:
                 continue
+            curve = curves.get(trial.index, [])
             if trial.status is TrialStatus.COMPLETED and trial.values is not None:
-                self.complete(trial.index, trial.values)
+                self.complete(trial.index, trial.values, curve)
+            elif trial.status is TrialStatus.EARLY_STOPPED:
+                self.early_stop(trial.index, curve)
             elif trial.status is TrialStatus.FAILED:
                 self.fail(trial.index, trial.error or "failed")
             else:

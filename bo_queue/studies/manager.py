@@ -32,6 +32,7 @@ from bo_queue.studies.models import (
     Choice,
     LinearConstraint,
     Objective,
+    Outcome,
     OutcomeConstraint,
     Range,
     Strategy,
@@ -41,12 +42,14 @@ from bo_queue.studies.models import (
     Trial,
     TrialStatus,
     all_text_encodable,
+    mean,
 )
 from bo_queue.studies.storage import (
     RedisStorage,
     StorageBackend,
     StudyState,
     canonical,
+    plain,
     valid_id,
 )
 from bo_queue.validation import check_json, encodable
@@ -242,7 +245,8 @@ class StudyManager:
     def export(
         self, study_id: str, include_model: bool = False, format: str = "json"
     ) -> dict[str, Any] | str:
-        """Everything about a study as JSON-ready data: spec, status, trials, results; or
+        """Everything about a study as JSON-ready data: spec, status, trials, results, the
+        trials' curves ({index: [[step, values], ...]}); or
         with format="csv", its trials as CSV text, one row per trial (as dataframe())."""
         if format == "csv":
             study = self.get(study_id)
@@ -254,6 +258,8 @@ class StudyManager:
         data: dict[str, Any] = {
             "study": state.study.model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in state.trials],
+            "curves": {str(index): [[step, plain(values)] for step, values in curve]
+                       for index, curve in state.curves.items()},
         }
         if include_model:
             data["model"] = state.model_json()
@@ -338,6 +344,68 @@ class StudyManager:
         for index, _ in pairs:
             self.store.trial(study_id, index)  # TrialNotFoundError
         return sum(self.report(study_id, index, values) for index, values in pairs)
+
+    @_redis_errors
+    def report_intermediate(
+        self, study_id: str, trial_index: int, step: int, values: Mapping[str, Any]
+    ) -> bool:
+        """Record a running trial's values at `step` (an epoch, a number of samples: steps
+        only go forward) and return True when its study's early-stopping rules say it
+        should stop now. The decision is made here, from the curves reported so far; a
+        stopped trial ends EARLY_STOPPED with these values, and its evaluation task (in a
+        closed loop) is cancelled. The same step with the same values again is a no-op
+        that answers as before."""
+        index, step = _index(trial_index), _step_number(step)
+        study = self.get(study_id)
+        if study.status.terminal:
+            raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
+        given = study.spec.check_values(values)
+        checked = plain(given)
+        objective = study.spec.stopping_objective
+        rules = study.spec.strategy.early_stopping
+        rule = ["1" if objective.minimize else "0", "", "", "0", "1"]
+        if rules is not None:
+            rule[1:] = [
+                "" if rules.percentile is None else repr(rules.percentile),
+                "" if rules.threshold is None else repr(rules.threshold),
+                str(rules.min_progression), str(rules.min_curves),
+            ]
+        entry = {"index": index, "early_stopped": True, "step": step, "values": checked,
+                 "at": time.time()}
+        watched = mean(given[objective.name])
+        outcome = self.store.report_intermediate(
+            study_id, index, step, checked, watched, rule, entry
+        )
+        if outcome == "missing":
+            self.store.trial(study_id, index)  # StudyNotFoundError or TrialNotFoundError
+        if outcome == "ended":
+            status = self.store.trial(study_id, index).status  # RUNNING: told, not yet stepped
+            shown_status = "" if status is TrialStatus.RUNNING else f" ({status})"
+            raise ValidationError(
+                f"trial {index} has ended{shown_status}: it takes no more intermediate values"
+            )
+        if outcome == "conflict":
+            raise ValidationError(f"trial {index} already has other values at step {step}")
+        if outcome.startswith("backwards="):
+            raise ValidationError(
+                f"step {step} goes backwards: trial {index} is at step {outcome[10:]}"
+            )
+        if outcome == "stop":
+            task_id = self.store.trial(study_id, index).task_id
+            if task_id is not None and self.bq.records.exists(task_id):
+                self.bq.cancel(task_id, reason=f"early stopped at step {step}")
+            self._step(study_id, {})
+        return outcome in ("stop", "stopped")
+
+    @_redis_errors
+    def intermediate(
+        self, study_id: str, trial_index: int
+    ) -> builtins.list[tuple[int, dict[str, Outcome]]]:
+        """A trial's curve: the (step, values) pairs report_intermediate recorded, oldest
+        first."""
+        index = _index(trial_index)
+        self.store.trial(study_id, index)  # StudyNotFoundError or TrialNotFoundError
+        return self.store.curve(study_id, index)
 
     def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:
         if self.get(study_id).status.terminal:
@@ -503,6 +571,13 @@ def _index(index: Any) -> int:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**63:
         raise ValidationError(f"a trial index is an integer >= 0, not {shown(index)}")
     return index
+
+
+def _step_number(step: Any) -> int:
+    """A progression: a whole number >= 0 that JSON and Lua's doubles hold exactly."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**53:
+        raise ValidationError(f"a step is an integer >= 0, not {shown(step)}")
+    return step
 
 
 def _check_timeout(timeout: Any) -> None:

@@ -198,6 +198,41 @@ class OutcomeConstraint(_Frozen):
     _name = field_validator("metric")(_check_name)
 
 
+class EarlyStopping(_Frozen):
+    """Stop a trial from its intermediate values (reported with report_intermediate) when
+    a rule says it is doing badly. The rules are Ax's (PercentileEarlyStoppingStrategy,
+    ThresholdEarlyStoppingStrategy), decided in Redis when each report arrives:
+
+    - percentile: worse than the `percentile`-th percentile of the values the trials
+      (this one too) reported at the same step, once `min_curves` trials reported that
+      far; 50 is the median rule. None turns it off.
+    - threshold: worse than `threshold` (above it when minimizing). None turns it off.
+
+    No decision before step `min_progression`. `metric` is the objective the rules watch
+    (default: the study's first)."""
+
+    percentile: float | None = Field(default=50.0, ge=0.0, le=100.0)
+    min_progression: int = Field(default=0, ge=0)
+    min_curves: int = Field(default=5, ge=1)
+    threshold: float | None = None
+    metric: str | None = None
+
+    def __init__(
+        self, /, percentile: float | None = 50.0, min_progression: int = 0,
+        min_curves: int = 5, **fields: Any,
+    ) -> None:
+        super().__init__(
+            percentile=percentile, min_progression=min_progression, min_curves=min_curves,
+            **fields,
+        )
+
+    @model_validator(mode="after")
+    def _a_rule(self) -> EarlyStopping:
+        if self.percentile is None and self.threshold is None:
+            raise ValueError("early stopping needs a rule: a percentile, a threshold or both")
+        return self
+
+
 class Strategy(_Frozen):
     initial_trials: int = Field(default=5, ge=1)  # quasi-random (Sobol) trials before the model
     max_trials: int = Field(default=30, ge=1)  # completed trials at which the study completes
@@ -208,6 +243,7 @@ class Strategy(_Frozen):
     generation_time_limit_s: float = Field(default=120.0, gt=0)  # past it: Sobol for that batch
     trial_lease_s: float = Field(default=3600.0, gt=0)  # a RUNNING trial older than this is failed
     max_failed_trials: int | None = Field(default=None, ge=0)  # default: max_trials
+    early_stopping: EarlyStopping | None = None  # rules on intermediate values
 
     @model_validator(mode="after")
     def _fits(self) -> Strategy:
@@ -255,9 +291,25 @@ class TrialStatus(StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"  # the evaluation failed, or its lease ran out
     ABANDONED = "ABANDONED"  # given up on by the producer
+    EARLY_STOPPED = "EARLY_STOPPED"  # an early-stopping rule stopped it; values: its last
+
+    @property
+    def finished(self) -> bool:
+        """Ended with data: what counts towards max_trials."""
+        return self in (TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED)
 
 
 Outcome = float | tuple[float, float]  # a mean, or (mean, sem)
+Curve = list[tuple[int, dict[str, Outcome]]]  # a trial's intermediate values, oldest first
+
+
+def outcomes(values: Mapping[str, Any]) -> dict[str, Outcome]:
+    """Values as JSON gives them back ([mean, sem] lists) as Outcomes."""
+    return {k: (v[0], v[1]) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def mean(value: Outcome) -> float:
+    return value[0] if isinstance(value, tuple) else value
 
 
 class Trial(BaseModel):
@@ -309,6 +361,12 @@ class StudySpec(_Frozen):
             raise ValueError("an outcome constraint cannot be on an objective")
         if set(metrics + constrained) & set(names):
             raise ValueError("metric names must differ from parameter names")
+        stopping = self.strategy.early_stopping
+        if stopping is not None and stopping.metric is not None and stopping.metric not in metrics:
+            raise ValueError(
+                f"early_stopping.metric must be an objective, one of {metrics}, "
+                f"not {stopping.metric!r}"
+            )
         ranges = {p.name for p in self.parameters if isinstance(p, Range) and not p.log}
         for constraint in self.parameter_constraints:
             unknown = set(constraint.coefficients) - ranges
@@ -361,6 +419,13 @@ class StudySpec(_Frozen):
         if again.model_dump(mode="json") != self.model_dump(mode="json"):
             raise ValidationError("invalid StudySpec: it does not read back as it was given")
         return self
+
+    @property
+    def stopping_objective(self) -> Objective:
+        """The objective the early-stopping rules watch."""
+        stopping = self.strategy.early_stopping
+        wanted = stopping.metric if stopping is not None else None
+        return next((o for o in self.objectives if o.name == wanted), self.objectives[0])
 
     @property
     def metric_names(self) -> list[str]:
@@ -465,6 +530,7 @@ class Study(BaseModel):
     completed_trials: int = 0
     failed_trials: int = 0
     running_trials: int = 0
+    early_stopped_trials: int = 0  # stopped by an early-stopping rule (count to max_trials)
     iteration: int = 0  # steps that changed the model
     mode: Literal["ask_tell", "closed_loop"] = "ask_tell"  # closed_loop once run() is called
     description: str = ""  # what the study is for, in the owner's words

@@ -4,7 +4,8 @@ SQLAlchemy 2 drives), in tables a person can query with SQL.
     studies              one row per study: its record, the spec as JSON, description, metadata
     trials               one row per trial (study_id, trial_index): status, params (JSON), times
     trial_values         one row per reported metric: mean and sem (NULL: reported without one)
-    intermediate_values  (study_id, trial_index, metric, step, value): ready for early stopping
+    intermediate_values  (study_id, trial_index, metric, step, value): the trials' curves
+                         (report_intermediate; the mean of a value reported with a sem)
     snapshots            the Ax model at each saved iteration (zlib-compressed JSON)
 
 The schema is versioned with Alembic (the alembic_version table); the migrations in
@@ -36,7 +37,7 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.studies.models import Study, StudySpec, Trial
+from bo_queue.studies.models import Outcome, Study, StudySpec, Trial, TrialStatus, mean
 from bo_queue.studies.storage import StorageBackend, StudyState, valid_id
 
 MIGRATIONS = Path(__file__).with_name("sql_migrations")
@@ -184,6 +185,15 @@ class SQLStorage(StorageBackend):
             values = [row for t in state.trials for row in _value_rows(study.id, t)]
             if values:
                 conn.execute(trial_values.insert(), values)
+            known = {t.index for t in state.trials}
+            points = [
+                {"study_id": study.id, "trial_index": index, "metric": metric, "step": step,
+                 "value": mean(value)}
+                for index, curve in state.curves.items() if index in known
+                for step, point in curve for metric, value in point.items()
+            ]
+            if points:
+                conn.execute(intermediate_values.insert(), points)
             if state.model is not None:
                 conn.execute(snapshots.insert(), {
                     "study_id": study.id, "iteration": study.iteration,
@@ -215,10 +225,21 @@ class SQLStorage(StorageBackend):
                     .order_by(trials.c.trial_index)
                 ).mappings()
             ]
+            curves: dict[int, dict[int, dict[str, Outcome]]] = {}
+            for p in conn.execute(
+                sa.select(intermediate_values).where(intermediate_values.c.study_id == study_id)
+            ).mappings():
+                at = curves.setdefault(p["trial_index"], {}).setdefault(p["step"], {})
+                at[p["metric"]] = p["value"]
             model = conn.execute(sa.select(snapshots.c.model).where(
                 snapshots.c.study_id == study_id, snapshots.c.iteration == study.iteration
             )).scalar()
-        return StudyState(study, found, None if model is None else bytes(model))
+        stopped = sum(t.status is TrialStatus.EARLY_STOPPED for t in found)
+        return StudyState(
+            study.model_copy(update={"early_stopped_trials": stopped}), found,
+            None if model is None else bytes(model),
+            {index: sorted(steps.items()) for index, steps in curves.items()},
+        )
 
     def list(self) -> builtins.list[str]:
         with self._transaction() as conn:

@@ -37,7 +37,16 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.studies.models import Study, StudySpec, StudyStatus, Trial, TrialStatus
+from bo_queue.studies.models import (
+    Curve,
+    Study,
+    StudySpec,
+    StudyStatus,
+    Trial,
+    TrialStatus,
+    mean,
+    outcomes,
+)
 
 
 @dataclass
@@ -45,6 +54,7 @@ class StudyState:
     study: Study
     trials: builtins.list[Trial] = field(default_factory=list)
     model: bytes | None = None  # zlib-compressed Ax Client snapshot (JSON)
+    curves: dict[int, Curve] = field(default_factory=dict)  # intermediate values by trial
 
     def model_json(self) -> dict[str, Any] | None:
         return None if self.model is None else dict(json.loads(zlib.decompress(self.model)))
@@ -83,7 +93,19 @@ def marker(trial: Trial) -> str:
         )
     if trial.status is TrialStatus.FAILED:
         return canonical({"failed": trial.error or "reported failed"})
+    if trial.status is TrialStatus.EARLY_STOPPED and trial.values is not None:
+        return stop_marker(plain(trial.values))
     return ""
+
+
+def plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Outcomes as JSON holds them: (mean, sem) as a list."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def stop_marker(values: Mapping[str, Any]) -> str:
+    """What the reported register holds for a trial early stopping stopped."""
+    return canonical({"early_stopped": values})
 
 
 def canonical(values: Any) -> str:
@@ -102,6 +124,7 @@ class RedisStorage(StorageBackend):
             client, "study_set_status.lua", MAX_EVENTS=events_max_len
         )
         self._report = scripts.register(client, "study_report.lua")
+        self._intermediate = scripts.register(client, "study_intermediate.lua")
 
     # key names: every one goes through meta(), which refuses an id that could name
     # another study's key ("<id>:trials" would be that study's trials hash)
@@ -122,6 +145,14 @@ class RedisStorage(StorageBackend):
     def model_key(self, study_id: str) -> str:
         return f"{self.meta(study_id)}:model"
 
+    def curves_key(self, study_id: str) -> str:
+        """Each trial's curve, as study_intermediate.lua keeps it."""
+        return f"{self.meta(study_id)}:curves"
+
+    def at_step_key(self, study_id: str) -> str:
+        """The watched metric's values at each step, which the rules compare."""
+        return f"{self.meta(study_id)}:at_step"
+
     def lock_key(self, study_id: str) -> str:
         return f"{self.meta(study_id)}:lock"
 
@@ -136,6 +167,8 @@ class RedisStorage(StorageBackend):
             self.reported_key(study_id),
             self.inbox_key(study_id),
             self.model_key(study_id),
+            self.curves_key(study_id),
+            self.at_step_key(study_id),
         ]
 
     def _all_keys(self, study_id: str) -> builtins.list[str]:
@@ -163,6 +196,10 @@ class RedisStorage(StorageBackend):
                     pipe.hset(self.reported_key(study_id), mapping=_fields(done))
             if state.model is not None:
                 pipe.set(self.model_key(study_id), state.model)
+            if state.curves:
+                curves, at_step = _curve_fields(state)
+                pipe.hset(self.curves_key(study_id), mapping=_fields(curves))
+                pipe.hset(self.at_step_key(study_id), mapping=_fields(at_step))
             pipe.zadd(self.index_key, {study_id: state.study.created_at.timestamp()})
             pipe.execute()
 
@@ -170,12 +207,13 @@ class RedisStorage(StorageBackend):
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.meta(study_id))
             pipe.hvals(self.trials_key(study_id))
-            meta, trials = pipe.execute()
+            pipe.hgetall(self.curves_key(study_id))
+            meta, trials, curves = pipe.execute()
         model = self.model(study_id)
         if not meta:
             raise StudyNotFoundError(study_id)
         parsed = sorted((Trial.model_validate_json(t) for t in trials), key=lambda t: t.index)
-        return StudyState(_study(meta), parsed, model)
+        return StudyState(_study(meta), parsed, model, _curves(dict(curves)))
 
     def list(self) -> builtins.list[str]:
         return [_text(i) for i in self.redis.zrange(self.index_key, 0, -1)]
@@ -212,6 +250,14 @@ class RedisStorage(StorageBackend):
         if raw is None:
             raise TrialNotFoundError(study_id, index)
         return Trial.model_validate_json(raw)
+
+    def curve(self, study_id: str, index: int) -> Curve:
+        raw = self.redis.hget(self.curves_key(study_id), str(index))
+        return [] if raw is None else _curve(_text(raw))
+
+    def curves(self, study_id: str) -> dict[int, Curve]:
+        fields = self.redis.hgetall(self.curves_key(study_id))
+        return _curves({_text(k): _text(v) for k, v in fields.items()})
 
     def model(self, study_id: str) -> bytes | None:
         raw = self.raw.get(self.model_key(study_id))
@@ -281,6 +327,19 @@ class RedisStorage(StorageBackend):
             )
         return result
 
+    def report_intermediate(
+        self, study_id: str, index: int, step: int, values: Mapping[str, Any],
+        watched: float, rule: builtins.list[str], entry: dict[str, Any],
+    ) -> str:
+        """Record one point of a trial's curve and decide, atomically, whether the trial
+        stops (study_intermediate.lua): `rule` is [minimize, percentile, threshold,
+        min_progression, min_curves] as the script takes them."""
+        keys = [self.trials_key(study_id), self.reported_key(study_id),
+                self.inbox_key(study_id), self.curves_key(study_id), self.at_step_key(study_id)]
+        args: builtins.list[EncodableT] = [index, step, canonical(values), repr(watched), *rule,
+                stop_marker(values), json.dumps(entry)]
+        return _text(self._intermediate(keys=keys, args=args))
+
     def push_result(self, study_id: str, entry: dict[str, Any]) -> None:
         """An evaluation's outcome, from the worker that ran it (checked by the step)."""
         self.redis.rpush(self.inbox_key(study_id), json.dumps(entry))
@@ -323,11 +382,39 @@ def _meta_fields(study: Study) -> dict[FieldT, EncodableT]:
         "completed_trials": study.completed_trials,
         "failed_trials": study.failed_trials,
         "running_trials": study.running_trials,
+        "early_stopped_trials": study.early_stopped_trials,
         "iteration": study.iteration,
         "mode": study.mode,
         "description": study.description,
         "metadata": canonical(study.metadata),
     }
+
+
+def _curve(raw: str) -> Curve:
+    return [(int(step), outcomes(values)) for step, values in json.loads(raw)]
+
+
+def _curves(fields: Mapping[str, str]) -> dict[int, Curve]:
+    """The curves hash as {trial index: curve} (its `<index>.last` fields skipped)."""
+    return {int(k): _curve(v) for k, v in fields.items() if "." not in k}
+
+
+def _curve_fields(state: StudyState) -> tuple[dict[str, str], dict[str, str]]:
+    """The curves and values-by-step hashes of `state`, as study_intermediate.lua writes
+    them (the watched metric is the spec's)."""
+    watched = state.study.spec.stopping_objective.name
+    curves: dict[str, str] = {}
+    at_step: dict[str, builtins.list[str]] = {}
+    for index, curve in state.curves.items():
+        if not curve:
+            continue
+        points = [[step, plain(values)] for step, values in curve]
+        curves[str(index)] = canonical(points)
+        step, values = points[-1]
+        curves[f"{index}.last"] = f"{step} {canonical(values)}"
+        for step, values in curve:
+            at_step.setdefault(str(step), []).append(f"{index}={mean(values[watched])!r}")
+    return curves, {step: " ".join(found) for step, found in at_step.items()}
 
 
 def _study(meta: dict[Any, Any]) -> Study:
@@ -349,6 +436,7 @@ class FileStorage(StorageBackend):
                      strategy.json
                      designs/batch_N.json    trials generated by step N
                      results/batch_N.json    their outcomes
+                     curves.json             intermediate values: {trial: [[step, values]]}
                      models/latest.json.gz   the Ax snapshot
                      models/history/iteration_N.json.gz
     """
@@ -415,6 +503,11 @@ class FileStorage(StorageBackend):
                     for t in trials
                 ],
             )
+        if state.curves:
+            _write_json(folder / "curves.json", {
+                str(index): [[step, plain(values)] for step, values in curve]
+                for index, curve in state.curves.items()
+            })
         if state.model is not None:
             snapshot = gzip.compress(zlib.decompress(state.model))
             _write_bytes(folder / "models" / "latest.json.gz", snapshot)
@@ -438,14 +531,19 @@ class FileStorage(StorageBackend):
         study = Study.model_validate({**meta, "spec": spec})
         trials: builtins.list[Trial] = []
         for design in sorted((folder / "designs").glob("batch_*.json")):
-            outcomes = {
+            results = {
                 r["index"]: r for r in json.loads((folder / "results" / design.name).read_text())
             }
             for entry in json.loads(design.read_text()):
-                trials.append(Trial.model_validate({**entry, **outcomes.get(entry["index"], {})}))
+                trials.append(Trial.model_validate({**entry, **results.get(entry["index"], {})}))
         latest = folder / "models" / "latest.json.gz"
         model = zlib.compress(gzip.decompress(latest.read_bytes())) if latest.exists() else None
-        return StudyState(study, sorted(trials, key=lambda t: t.index), model)
+        saved = folder / "curves.json"
+        curves = {
+            int(index): [(int(step), outcomes(values)) for step, values in curve]
+            for index, curve in (json.loads(saved.read_text()) if saved.exists() else {}).items()
+        }
+        return StudyState(study, sorted(trials, key=lambda t: t.index), model, curves)
 
     def list(self) -> builtins.list[str]:
         if not self.root.exists():

@@ -110,7 +110,7 @@ def test_data_has_status_counts_trials_and_best_so_far(client: TestClient, bq: B
     assert data["study"]["status"] == "ACTIVE" and data["study"]["terminal"] is False
     assert data["study"]["max_trials"] == 6
     assert data["counts"] == {"total": 6, "COMPLETED": 4, "FAILED": 1, "RUNNING": 1,
-                              "ABANDONED": 0}
+                              "ABANDONED": 0, "EARLY_STOPPED": 0}
     assert [t["index"] for t in data["trials"]] == [0, 1, 2, 3, 4, 5]
     assert data["trials"][4]["values"] == {"loss": [0.5, 0.1]}
     assert data["best_so_far"] == {"loss": [
@@ -155,7 +155,8 @@ def test_fragment_shows_status_charts_and_table(client: TestClient, bq: BOQueue)
     html = response.text
     assert summary(html) == {
         "data-status": "ACTIVE", "data-completed": "4", "data-failed": "1",
-        "data-running": "1", "data-total": "6", "data-max": "6", "data-terminal": "false",
+        "data-running": "1", "data-stopped": "0", "data-total": "6", "data-max": "6",
+        "data-terminal": "false",
     }
     assert "best loss = 0.5 ± 0.1 (trial 4)" in html
     # one row per trial, the newest first, the best marked
@@ -195,6 +196,36 @@ def test_fragment_of_a_new_study_and_of_a_finished_one(client: TestClient, bq: B
     assert summary(html)["data-status"] == "COMPLETED"
     assert summary(html)["data-terminal"] == "true"
     assert summary(html)["data-completed"] == "6"
+
+
+def test_learning_curves_one_line_per_trial_with_a_curve(
+    client: TestClient, bq: BOQueue
+) -> None:
+    study = make_study(bq)
+    stopped = trial(1, TrialStatus.EARLY_STOPPED, loss=0.8)
+    put(bq, study, [trial(0, TrialStatus.RUNNING), trial(1, TrialStatus.RUNNING),
+                    trial(2, TrialStatus.RUNNING)], StudyStatus.INITIALIZING, StudyStatus.ACTIVE)
+    for index, losses in ((0, [0.9, 0.5, 0.3]), (1, [0.9, 0.8])):
+        for step, loss in enumerate(losses):
+            bq.studies.report_intermediate(study.id, index, step, {"loss": loss})
+    put(bq, study, [stopped])  # as the step records the stop
+    html = client.get(f"/studies/{study.id}/dashboard/fragment").text
+    assert summary(html)["data-stopped"] == "1" and "1 early stopped" in html
+    curves = re.search(r'<div id="curves" class="charts">(.*?)</div>', html)
+    assert curves
+    (chart,) = re.findall(r"<svg.*?</svg>", curves.group(1))
+    root = ET.fromstring(chart)
+    assert root.get("id") == "learning-curves"
+    paths = {p.get("data-series"): svg_path_points(p.get("d", ""))
+             for p in root.iter("{http://www.w3.org/2000/svg}path") if p.get("data-series")}
+    assert paths == {"trial 0 (running)": 3, "trial 1 (early_stopped)": 2}
+    data = client.get(f"/studies/{study.id}/dashboard/data").json()
+    assert data["curves"] == {"0": [[0, {"loss": 0.9}], [1, {"loss": 0.5}], [2, {"loss": 0.3}]],
+                              "1": [[0, {"loss": 0.9}], [1, {"loss": 0.8}]]}
+    assert data["counts"]["EARLY_STOPPED"] == 1
+    # a study without curves draws no such chart
+    other = active_study(bq)
+    assert 'id="curves"' not in client.get(f"/studies/{other.id}/dashboard/fragment").text
 
 
 def test_several_objectives(client: TestClient, bq: BOQueue) -> None:

@@ -20,6 +20,7 @@ EXPECTED_ALL = [
     "Choice",
     "ConfigurationError",
     "DependencyError",
+    "EarlyStopping",
     "FileStorage",
     "Handler",
     "InvalidResultError",
