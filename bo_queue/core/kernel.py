@@ -50,7 +50,6 @@ from bo_queue.validation import (
     known_id,
     redact,
     timestamp,
-    utc,
 )
 
 
@@ -240,7 +239,7 @@ class Core:
         self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False,
         created_by: str | None = None,
     ) -> list[TaskHandle]:
-        """Queue many tasks in two pipelined round trips (records, then broker).
+        """Queue many tasks in one round trip (their records and messages together).
         All are validated first: one bad request rejects the batch, nothing is queued.
 
         Requests may name their own `id` and depend on each other (`depends_on`): a
@@ -337,7 +336,9 @@ class Core:
                 plan.held = True  # held, due when it is due: sent below, or by a worker
         messages = {plan.id: self._message(plan, created_by) for plan in plans}
         waits = []
-        with self.broker_errors(), self.redis.pipeline(transaction=False) as pipe:
+        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
+        # messages themselves, each message after its record.
+        with self.broker_errors(), self.redis.pipeline(transaction=True) as pipe:
             for plan in ordered:
                 req = plan.request
                 waiting = bool(req.depends_on)
@@ -358,23 +359,19 @@ class Core:
                     self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
-                elif plan.queue != PULL_QUEUE:  # sent below: kept until a worker starts it
-                    self.outbox.keep(pipe, plan.id, messages[plan.id])
+                elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
+                    self.send(plan.id, messages[plan.id], pipe)
             replies = pipe.execute()
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
         if cancelled or "queued" in verdicts.values() or durable:
             with self.broker_errors():
                 self.settle(int("queued" in verdicts.values() or durable), cancelled)
-        to_send = [p for p in plans if not p.held and not p.request.depends_on]
-        if to_send:
-            with (
-                self.broker_errors(),
-                self.app.producer_or_acquire() as producer,
-                producer.batch() if len(to_send) > 1 else _nothing(),
-            ):
-                for plan in to_send:
-                    self.send(plan.id, messages[plan.id], producer=producer, kept=True)
+        offers = [p for p in plans
+                  if p.queue == PULL_QUEUE and not p.held and not p.request.depends_on]
+        with self.broker_errors():
+            for plan in offers:  # a pull type waits for its agents (bo_queue.core.pull)
+                self.send(plan.id, messages[plan.id])
         return [TaskHandle(self, plan.id) for plan in plans]
 
     def _check_dependencies(self, plans: list[Plan]) -> list[Plan]:
@@ -428,33 +425,23 @@ class Core:
                                   metadata=req.metadata, created_by=created_by),
         )
 
-    def send(self, task_id: str, message: Message, producer: Any = None,
-             kept: bool = False) -> None:
-        """Hand one task message to Celery (used for new, held and retried tasks), or,
-        for a pull type, to the agents' store (bo_queue.core.pull). The message is kept
-        in the outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it
-        is already."""
+    def send(self, task_id: str, message: Message, pipe: Any = None) -> None:
+        """Queue one task message (new, held, released or lost ones): kept in the outbox
+        until a worker starts it (bo_queue.core.outbox), and pushed on its queue's list as
+        Celery's own message (Message.envelope), in one MULTI; on `pipe`, a pipeline of
+        the caller's, instead (the submit's, after the record). A pull type's goes to the
+        agents' store (bo_queue.core.pull), at once."""
         if message.queue == PULL_QUEUE:
             self.pull.offer(task_id, message)
             return
-        if not kept:
-            self.outbox.keep(self.redis, task_id, message)
-        due_at, expires_at = message.due_at, message.expires_at
-        self.app.send_task(
-            message.handler,
-            args=[message.payload],
-            task_id=task_id,
-            queue=message.queue,
-            priority=message.priority,
-            eta=utc(due_at) if due_at and due_at > time.time() else None,
-            expires=utc(expires_at) if expires_at else None,
-            retries=message.retries,
-            parent_id=message.parent_id,
-            producer=producer,
-            headers=message.headers(),  # they travel with the message (and its retries)
-            kwargsrepr=message.kwargsrepr,  # Flower shows it (None: Celery's own, "{}")
-            **message.time_limits(),
-        )
+        if pipe is None:
+            with self.redis.pipeline(transaction=True) as own:
+                self.send(task_id, message, own)
+                own.execute()
+            return
+        self.outbox.keep(pipe, task_id, message)
+        pipe.lpush(message.broker_list(self.keys.broker_prefix),
+                   message.envelope(task_id, reply_to=self.app.thread_oid))
 
     @contextmanager
     def broker_errors(self) -> Iterator[None]:
@@ -678,8 +665,3 @@ class Core:
         with self.broker_errors():
             graph = dependencies.read_graph(self.records, ids, expand=False)
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
