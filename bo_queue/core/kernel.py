@@ -434,11 +434,14 @@ class Core:
         if message.queue == PULL_QUEUE:
             self.pull.offer(task_id, message)
             return
-        if pipe is None:
-            with self.redis.pipeline(transaction=True) as own:
-                self.send(task_id, message, own)
-                own.execute()
+        if pipe is not None:
+            self._push(pipe, task_id, message)
             return
+        with self.redis.pipeline(transaction=True) as own:
+            self._push(own, task_id, message)
+            own.execute()
+
+    def _push(self, pipe: Any, task_id: str, message: Message) -> None:
         self.outbox.keep(pipe, task_id, message)
         pipe.lpush(message.broker_list(self.keys.broker_prefix),
                    message.envelope(task_id, reply_to=self.app.thread_oid))
