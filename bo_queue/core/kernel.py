@@ -6,10 +6,11 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import kombu.exceptions
 import redis
@@ -51,6 +52,23 @@ from bo_queue.validation import (
     redact,
     timestamp,
 )
+
+T = TypeVar("T")
+# What a step of a submit asks for: a pipeline (MULTI or not) filled by the function;
+# its replies are sent back in. Core.run_steps drives them on the sync client,
+# bo_queue.aio on an asyncio one: one submit, whichever client.
+Step = tuple[bool, Callable[[Any], None]]
+Steps = Generator[Step, list[Any], T]
+
+
+@dataclass
+class Submitted:
+    """A submit's writes done: its task ids, and what Core.finish does after them."""
+
+    ids: list[str]
+    released: int  # dependents released (or durable sends held): settle sends them
+    cancelled: list[str]  # dependents cancelled by a dependency that had failed
+    offers: list[tuple[str, Message]]  # pull tasks, for their agents
 
 
 class Core:
@@ -328,17 +346,38 @@ class Core:
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
     ) -> list[TaskHandle]:
         """Write and send checked plans (see submit_many for `durable` and `created_by`)."""
-        now = time.time()
         with self.broker_errors():
-            ordered = self._check_dependencies(plans)
+            done = self.run_steps(self.submitting(plans, durable, created_by))
+            self.finish(done)
+        return [TaskHandle(self, task_id) for task_id in done.ids]
+
+    def run_steps(self, steps: Steps[T]) -> T:
+        """Drive `steps` on this client: each pipeline it asks for, filled, executed."""
+        replies: list[Any] | None = None
+        try:
+            while True:
+                multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                with self.redis.pipeline(transaction=multi) as pipe:
+                    fill(pipe)
+                    replies = pipe.execute()
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def submitting(
+        self, plans: list[Plan], durable: bool = False, created_by: str | None = None
+    ) -> Steps[Submitted]:
+        """A submit, as the pipelines it needs (Steps): the same commands whether a sync
+        client (run_steps) or an asyncio one (bo_queue.aio) executes them; `finish` what
+        is left afterwards."""
+        now = time.time()
+        ordered = yield from self._dependency_order(plans)
         if durable:
             for plan in plans:
                 plan.held = True  # held, due when it is due: sent below, or by a worker
         messages = {plan.id: self._message(plan, created_by) for plan in plans}
-        waits = []
-        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
-        # messages themselves, each message after its record.
-        with self.broker_errors(), self.redis.pipeline(transaction=True) as pipe:
+        waits: list[tuple[int, str]] = []
+
+        def fill(pipe: Any) -> None:
             for plan in ordered:
                 req = plan.request
                 waiting = bool(req.depends_on)
@@ -361,20 +400,28 @@ class Core:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
                 elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
                     self.send(plan.id, messages[plan.id], pipe)
-            replies = pipe.execute()
-        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
-        cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
-        if cancelled or "queued" in verdicts.values() or durable:
-            with self.broker_errors():
-                self.settle(int("queued" in verdicts.values() or durable), cancelled)
-        offers = [p for p in plans
-                  if p.queue == PULL_QUEUE and not p.held and not p.request.depends_on]
-        with self.broker_errors():
-            for plan in offers:  # a pull type waits for its agents (bo_queue.core.pull)
-                self.send(plan.id, messages[plan.id])
-        return [TaskHandle(self, plan.id) for plan in plans]
 
-    def _check_dependencies(self, plans: list[Plan]) -> list[Plan]:
+        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
+        # messages themselves, each message after its record.
+        replies = yield True, fill
+        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
+        return Submitted(
+            ids=[plan.id for plan in plans],
+            released=int("queued" in verdicts.values() or durable),
+            cancelled=[task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"],
+            offers=[(p.id, messages[p.id]) for p in plans
+                    if p.queue == PULL_QUEUE and not p.held and not p.request.depends_on],
+        )
+
+    def finish(self, done: Submitted) -> None:
+        """What a submit leaves after its writes: settle the dependents it released or
+        cancelled, and offer pull tasks to their agents (bo_queue.core.pull)."""
+        if done.released or done.cancelled:
+            self.settle(done.released, done.cancelled)
+        for task_id, message in done.offers:
+            self.send(task_id, message)
+
+    def _dependency_order(self, plans: list[Plan]) -> Steps[list[Plan]]:
         """Reject cycles, self-dependencies, unknown dependencies and taken ids; return
         the plans in an order where each comes after the plans it depends on."""
         by_id = {plan.id: plan for plan in plans}
@@ -386,10 +433,12 @@ class Core:
         graph = {plan.id: plan.request.depends_on for plan in plans}
         dependencies.check_acyclic(graph)
         outside = sorted({d for deps in graph.values() for d in deps if d not in by_id})
-        with self.redis.pipeline(transaction=False) as pipe:
+
+        def probe(pipe: Any) -> None:
             for task_id in outside + named:
                 pipe.exists(self.keys.task(task_id))
-            found = pipe.execute()
+
+        found = yield False, probe
         unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
         if unknown:
             raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")

@@ -186,7 +186,10 @@ class RecordStore:
         args: list[str | float] = [
             self.keys.namespace, task_id, time.time(), ttl, message.encode(), *depends_on
         ]
-        self._wait(args=args, client=pipe)
+        # As Script(client=pipe) does for a sync pipeline, and an asyncio one as well: the
+        # pipeline loads the script first if Redis lacks it (bo_queue.aio submits too).
+        pipe.scripts.add(self._wait)
+        pipe.evalsha(self._wait.sha, 0, *args)
 
     def start(
         self, task_id: str, worker: str, handler: str, queue: str, priority: Priority,
