@@ -242,14 +242,12 @@ class Core:
         `retry` (a RetryPolicy) and `time_limit` (seconds) replace the handler's for this
         task, its retries included; past its time limit a run fails with TaskTimeoutError.
         """
-        request = task_request(
-            handler=handler, payload=payload if payload is not None else {},
-            priority=priority, queue=queue, countdown=countdown, eta=eta,
+        request = request_of(
+            handler, payload, priority=priority, queue=queue, countdown=countdown, eta=eta,
             expires=expires, tags=tags, parent_id=parent_id,
             depends_on=depends_on, on_dependency_failure=on_dependency_failure,
             resources=resources, version=version, name=name, description=description,
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
-            retry=dict(retry) if isinstance(retry, Mapping) else retry, time_limit=time_limit,
+            metadata=metadata, retry=retry, time_limit=time_limit,
         )
         return self.submit_plans([self.check(request)])[0]
 
@@ -268,10 +266,10 @@ class Core:
         send what it left); it costs two more round trips.
 
         `created_by` is recorded on each task (the HTTP API passes its API key's name)."""
-        if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
-            raise ValidationError(
-                f"submit_many takes an iterable of requests, not {type(requests).__name__}"
-            )
+        return self.submit_plans(self.check_all(batch_of(requests)), durable, created_by)
+
+    def check_all(self, requests: list[TaskRequest | Mapping[str, Any]]) -> list[Plan]:
+        """`check` each request of a batch; the first bad one's error names its index."""
         plans = []
         for index, item in enumerate(requests):
             try:
@@ -282,7 +280,7 @@ class Core:
                 raise
             except TypeError as exc:
                 raise ValidationError(f"request {index}: {exc}") from None
-        return self.submit_plans(plans, durable, created_by)
+        return plans
 
     def check(
         self, request: TaskRequest, task_id: str | None = None,
@@ -571,6 +569,10 @@ class Core:
         """Re-read the handler directory that workers publish when they start."""
         with self.broker_errors():
             raw = self.redis.hgetall(self.keys.handlers)
+        return self.learn_handlers(raw)
+
+    def learn_handlers(self, raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+        """Take the handler directory as read from Redis (HGETALL of `keys.handlers`)."""
         self._directory = {str(name): json.loads(spec) for name, spec in raw.items()}
         self._directory_read_at = time.monotonic()
         return dict(self._directory)
@@ -593,13 +595,8 @@ class Core:
         record = self.records.get(task_id)
         if record is None:
             raise UnknownTaskError(task_id)
-        if not record.state.terminal:
-            # The result backend learns that a task ended a moment before the worker
-            # updates the record; the stored result wins, so get() and state agree.
-            meta = self.results.fetch(task_id)
-            if meta is not None:
-                record = TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})
-        return record
+        return with_result(record, None if record.state.terminal
+                           else self.results.fetch(task_id))
 
     def cancel(
         self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
@@ -717,3 +714,32 @@ class Core:
         with self.broker_errors():
             graph = dependencies.read_graph(self.records, ids, expand=False)
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
+
+
+def request_of(
+    handler: str, payload: Mapping[str, Any] | None = None, **options: Any
+) -> TaskRequest:
+    """The TaskRequest of a submit's arguments (Core.submit's), or ValidationError."""
+    for name in ("metadata", "retry"):  # a mapping as given, as the model takes it
+        if isinstance(options.get(name), Mapping):
+            options[name] = dict(options[name])
+    return task_request(handler=handler, payload=payload if payload is not None else {},
+                        **options)
+
+
+def batch_of(requests: object) -> list[TaskRequest | Mapping[str, Any]]:
+    """The requests of a submit_many, or ValidationError if it was not given a batch."""
+    if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
+        raise ValidationError(
+            f"submit_many takes an iterable of requests, not {type(requests).__name__}"
+        )
+    return list(requests)
+
+
+def with_result(record: TaskInfo, meta: dict[str, Any] | None) -> TaskInfo:
+    """A record that has not ended yet, with the stored result over it: the result backend
+    learns that a task ended a moment before the worker updates the record, and the
+    stored result wins, so get() and the state agree."""
+    if meta is None or record.state.terminal:
+        return record
+    return TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})
