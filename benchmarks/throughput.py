@@ -10,10 +10,13 @@ Redis and that same worker:
 
 1. submit rate, one by one: `bq.submit("bo_queue.ping", {})` against raw
    `bq.app.send_task("bo_queue.ping", args=[{}])`;
-2. `bq.submit_many` of N against N one-by-one `bq.submit`;
+2. `bq.submit_many` of N against N one-by-one `bq.submit`, and N one-by-one
+   `await AsyncBOQueue.submit` against them too;
 3. end-to-end rate (submit N one by one, then get each result): the facade
    (`submit` + `TaskHandle.get`) against raw Celery (`send_task` + `AsyncResult.get`);
-4. round-trip latency p50/p99, one task at a time (submit, get, next).
+4. round-trip latency p50/p99, one task at a time (submit, get, next);
+5. how cost grows with the work: submit and end-to-end rates with 1k, 10k and 100k
+   tasks queued, and Redis bytes per queued task.
 
 Raw Celery uses the facade's own Celery app (`bq.app`), so the broker, result backend,
 serializer, priorities and worker are identical; what differs is the bo_queue layer on the
@@ -34,6 +37,7 @@ and the date); the table is printed, and written alone with --markdown-out PATH.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import math
@@ -92,6 +96,22 @@ def raw_submit(bq: Any, n: int) -> float:
     for _ in range(n):
         send(PING, args=[{}], queue=PARKED_QUEUE)
     return time.perf_counter() - start
+
+
+def async_submit(bq: Any, n: int) -> float:
+    """`await aq.submit(...)` one by one, on an AsyncBOQueue of the same settings (its own
+    event loop and connections, made and warmed up untimed)."""
+    from bo_queue import AsyncBOQueue
+
+    async def submits() -> float:
+        async with AsyncBOQueue(settings=bq.settings) as aq:
+            await aq.redis.ping()
+            start = time.perf_counter()
+            for _ in range(n):
+                await aq.submit(PING, {}, queue=PARKED_QUEUE)
+            return time.perf_counter() - start
+
+    return asyncio.run(submits())
 
 
 def facade_submit_many(bq: Any, n: int) -> float:
@@ -162,6 +182,7 @@ SUBMIT_VARIANTS: dict[str, Variant] = {
     "facade_submit": facade_submit,
     "raw_submit": raw_submit,
     "facade_submit_many": facade_submit_many,
+    "async_submit": async_submit,
 }
 E2E_VARIANTS: dict[str, Variant] = {
     "facade_e2e": facade_e2e,
@@ -242,6 +263,9 @@ def build_rows(s: Samples) -> list[Row]:
             headline=False),
         Row("submit_many", "`submit_many(N)` — baseline: N one-by-one facade `submit`",
             s.rate("facade_submit_many"), s.rate("facade_submit"), "tasks/s", 5.0),
+        Row("async_submit", "`await AsyncBOQueue.submit` one by one — baseline: the sync "
+            "facade's `submit` one by one", s.rate("async_submit"), s.rate("facade_submit"),
+            "tasks/s", 1.0),
         Row("e2e", "end-to-end rate (submit N one by one, then get each) — baseline: raw "
             "`send_task` + `AsyncResult.get`",
             s.rate("facade_e2e"), s.rate("raw_e2e"), "tasks/s", 0.9),
@@ -339,7 +363,7 @@ def submit_round(
 ) -> dict[str, tuple[float, float]]:
     """One round of the submit-only variants: {name: (elapsed s, producer CPU s)} for n tasks.
 
-    The one-by-one facade and raw submits alternate in chunks, so a burst of load from
+    The one-by-one facade, raw and async submits alternate in chunks, so a burst of load from
     elsewhere on the machine hits both; `submit_many` gets the whole N in one call, at a
     position among the chunks that moves from round to round.
     """
@@ -352,7 +376,8 @@ def submit_round(
         totals[name][0] += elapsed
         empty_parked_queue(bq, size)
 
-    one_by_one = ["facade_submit", "raw_submit"][:: -1 if rnd % 2 else 1]
+    one_by_one = ["facade_submit", "raw_submit", "async_submit"]
+    one_by_one = one_by_one[rnd % 3:] + one_by_one[:rnd % 3]
     sizes = _split(n, chunk)
     many_at = rnd % (len(sizes) + 1)
     for index, size in enumerate(sizes):
@@ -476,7 +501,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with --quick)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median is reported)")
     parser.add_argument("--chunk", type=int, default=250,
-                        help="one-by-one facade and raw submits alternate in chunks of this size")
+                        help="one-by-one submits alternate in chunks of this size")
     parser.add_argument("--depths", default=None,
                         help="tasks queued for the rows of how cost grows (comma-separated; "
                         "default 1000,10000,100000; 1000 with --quick; 0: none)")
@@ -526,9 +551,9 @@ def main(argv: list[str] | None = None) -> int:
         "for latencies lower is better.",
         f"Submit-only rows send to queue {PARKED_QUEUE!r}, which no worker consumes, so the "
         "producer does not share the CPUs with busy workers; the messages are counted (all "
-        "must be queued) and deleted after each batch. One-by-one facade and raw submits "
-        f"alternate in chunks of {args.chunk}; `submit_many` gets all N in one call. Producer "
-        "CPU time is less sensitive than wall time to other load on the machine.",
+        "must be queued) and deleted after each batch. One-by-one facade, raw and async "
+        f"submits alternate in chunks of {args.chunk}; `submit_many` gets all N in one "
+        "call. Producer CPU time is less sensitive than wall time to other load on the machine.",
         "Raw Celery is `bq.app.send_task(...)` + `AsyncResult.get()` on the facade's own app: "
         "same broker, backend, serializer and worker. The worker runs the same bo_queue task "
         f"for {PING!r} whoever sent it, so the non-italic rows measure the producer-side "

@@ -46,6 +46,8 @@ __all__ = ["AsyncBOQueue", "AsyncStudies", "AsyncTaskHandle"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+POOL_SIZE = 50  # connections per client, shared by every call in flight
+POOL_WAIT_S = 20.0  # how long a call waits for one (then ConnectionError)
 
 
 class AsyncBOQueue:
@@ -64,16 +66,12 @@ class AsyncBOQueue:
     ) -> None:
         self.sync = BOQueue(redis_url, namespace, settings=settings, **options)
         self.settings, self.keys = self.sync.settings, self.sync.keys
-        connect: dict[str, Any] = {"socket_connect_timeout": self.settings.connect_timeout_s}
-        self.redis = aioredis.Redis.from_url(
-            self.settings.redis_url, decode_responses=True,
-            socket_timeout=max(self.settings.connect_timeout_s, 10.0), **connect,
-        )
+        connect = self.settings.connect_timeout_s
+        self.redis = _client(self.settings.redis_url, connect, decode_responses=True,
+                             socket_timeout=max(connect, 10.0))
         # Celery's result backend, under its own key scheme (the sync waiter's prefix)
-        self.results = AsyncResults(
-            aioredis.Redis.from_url(self.settings.results_url, **connect),
-            self.sync.results.prefix,
-        )
+        self.results = AsyncResults(_client(self.settings.results_url, connect),
+                                    self.sync.results.prefix)
         self.studies = AsyncStudies(self)
 
     @classmethod
@@ -100,7 +98,7 @@ class AsyncBOQueue:
     ) -> AsyncTaskHandle:
         """BOQueue.submit, awaited: the same options, validation and errors."""
         request = request_of(handler, payload, **options)
-        [plan] = await self._check([request])
+        [plan] = await self._check([request], single=True)
         [handle] = await self._submit([plan])
         return handle
 
@@ -109,19 +107,27 @@ class AsyncBOQueue:
         created_by: str | None = None,
     ) -> list[AsyncTaskHandle]:
         """BOQueue.submit_many, awaited: one round trip for the batch."""
-        return await self._submit(await self._check(batch_of(requests)), durable, created_by)
+        plans = await self._check(batch_of(requests))
+        return await self._submit(plans, durable, created_by)
 
-    async def _check(self, requests: list[TaskRequest | Mapping[str, Any]]) -> list[Plan]:
-        """Core.check_all, on the loop: the handler directory is read here, asynchronously,
-        so that checking does no I/O. A request whose placement reads the workers'
-        heartbeats (a version, resources, capabilities) is checked in a worker thread."""
+    async def _check(self, requests: list[TaskRequest | Mapping[str, Any]],
+                     single: bool = False) -> list[Plan]:
+        """The sync facade's `check` of a submit or `check_all` of a batch, on the loop:
+        the handler directory is read here, asynchronously, so that checking does no I/O.
+        A request whose placement reads the workers' heartbeats (a version, resources,
+        capabilities) is checked in a worker thread."""
         names = {r.handler if isinstance(r, TaskRequest) else r.get("handler") for r in requests}
         if any(isinstance(n, str) and not self._known(n) for n in names):
             with self.sync.broker_errors():
                 self.sync.learn_handlers(await self.redis.hgetall(self.keys.handlers))
+        def check() -> list[Plan]:
+            if single:  # as BOQueue.submit: its errors name no index
+                return [self.sync.check(requests[0])]  # type: ignore[arg-type]
+            return self.sync.check_all(requests)
+
         if any(self._places(r) for r in requests):
-            return await asyncio.to_thread(self.sync.check_all, requests)
-        return self.sync.check_all(requests)
+            return await asyncio.to_thread(check)
+        return check()
 
     def _known(self, handler: str) -> bool:
         return registry.get(handler) is not None or handler in self.sync.handler_directory()
@@ -218,6 +224,15 @@ class AsyncBOQueue:
         """BOQueue.retry (in a worker thread)."""
         handle = await _off_loop(self.sync.retry, task_id)
         return AsyncTaskHandle(self, handle.id)
+
+
+def _client(url: str, connect_timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A client whose pool makes coroutines wait for a free connection (at most
+    POOL_SIZE, however many calls are in flight) rather than fail."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
+        socket_connect_timeout=connect_timeout_s, **options)
+    return aioredis.Redis.from_pool(pool)  # closed with the client
 
 
 async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
