@@ -109,7 +109,11 @@ def test_the_loop_never_stalls_under_hundreds_of_submits_and_gets(
 
     async def scenario(blocking: BlockingIO) -> tuple[list[float], list[Any], int]:
         async with aq_of(cluster) as aq:
-            await (await aq.submit("t.echo", {})).get(timeout=30)  # connections set up
+            await (await aq.submit("t.echo", {})).get(timeout=30)
+            # the pools' connections set up, as in a service that has been up a while
+            await asyncio.gather(*(aq.info(f"warm-{i}") for i in range(50)),
+                                 return_exceptions=True)
+            await asyncio.gather(*(aq.results.fetch(f"warm-{i}") for i in range(50)))
             gaps: list[float] = []
             stop = asyncio.Event()
             flight = [0, 0]  # in flight now, most at once
@@ -135,10 +139,11 @@ def test_the_loop_never_stalls_under_hundreds_of_submits_and_gets(
             tick = asyncio.create_task(ticker())
             batch = await aq.submit_many({"handler": "t.echo", "payload": {"i": -i}}
                                          for i in range(1, 101))
-            gets = [asyncio.create_task(h.get(timeout=120)) for h in batch]
-            requests = []
+            gets, requests = [], []
             for i in range(300):
                 requests.append(asyncio.create_task(request(i)))
+                if i < len(batch):
+                    gets.append(asyncio.create_task(batch[i].get(timeout=120)))
                 await asyncio.sleep(0)  # the next request arrives at the next turn
             while flight[0] < 300:  # every request in and waiting
                 await asyncio.sleep(0.01)
