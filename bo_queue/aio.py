@@ -27,8 +27,7 @@ from bo_queue.core.handle import RECORD_RECHECK_S, Progress
 from bo_queue.core.kernel import Steps, Submitted, batch_of, request_of, with_result
 from bo_queue.core.records import RecordStore, TaskInfo, derived_state
 from bo_queue.core.requests import Plan, TaskRequest
-from bo_queue.core.results import RECHECK_S, outcome
-from bo_queue.core.results import _ready as ready_meta
+from bo_queue.core.results import RECHECK_S, outcome, ready_meta
 from bo_queue.errors import (
     ResultTimeoutError,
     TaskCancelledError,
