@@ -390,9 +390,9 @@ class AsyncStudies:
     def __init__(self, aq: AsyncBOQueue) -> None:
         self._aq = aq
 
-    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(
-            lambda: getattr(self._aq.sync.studies, name)(*args, **kwargs))
+            lambda: getattr(self._aq.sync.studies, method)(*args, **kwargs))
 
     async def create(self, *args: Any, **kwargs: Any) -> Study:
         """StudyManager.create."""

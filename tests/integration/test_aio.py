@@ -21,7 +21,12 @@ from bo_queue import (
     AsyncTaskHandle,
     BOQueue,
     BOQueueError,
+    Objective,
+    Range,
+    Strategy,
+    StudyStatus,
     TaskState,
+    TrialNotFoundError,
     handler,
 )
 from bo_queue.testing import wait_until
@@ -337,3 +342,34 @@ async def _async_outcome(call: Awaitable[Any]) -> tuple[type[BaseException], str
     except BOQueueError as exc:
         return type(exc), str(exc)
     raise AssertionError("no error")
+
+
+@pytest.fixture(scope="module")
+def study_cluster(redis_url: str) -> Iterator[Cluster]:
+    c = make_cluster(redis_url, workers=1, concurrency=2, queues=("default", "bo"))
+    yield c
+    c.close()
+
+
+def test_a_study_asked_and_told_from_asyncio(study_cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with aq_of(study_cluster) as aq:
+            study = await aq.studies.create(
+                name="aio", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
+                strategy=Strategy(initial_trials=3, max_trials=3, seed=0))
+            assert (await aq.studies.get(study.id)).id == study.id
+            with pytest.raises(TrialNotFoundError):  # the sync facade's errors, as they are
+                await aq.studies.report(study.id, 999, {"loss": 1.0})
+            told = 0
+            while told < 3:
+                for trial in await aq.studies.suggest(study.id, timeout=120):
+                    assert await aq.studies.report(study.id, trial.index,
+                                                   {"loss": trial.params["x"]})
+                    told += 1
+            done = await aq.studies.wait(study.id, timeout=120)
+            assert done.status is StudyStatus.COMPLETED and done.completed_trials == 3
+            best = await aq.studies.best(study.id)
+            assert best is not None and best.values["loss"] == min(
+                t.params["x"] for t in study_cluster.producer().studies.trials(study.id))
+
+    run(scenario())
