@@ -10,10 +10,13 @@ Redis and that same worker:
 
 1. submit rate, one by one: `bq.submit("bo_queue.ping", {})` against raw
    `bq.app.send_task("bo_queue.ping", args=[{}])`;
-2. `bq.submit_many` of N against N one-by-one `bq.submit`;
+2. `bq.submit_many` of N against N one-by-one `bq.submit`, and N one-by-one
+   `await AsyncBOQueue.submit` against them too;
 3. end-to-end rate (submit N one by one, then get each result): the facade
    (`submit` + `TaskHandle.get`) against raw Celery (`send_task` + `AsyncResult.get`);
-4. round-trip latency p50/p99, one task at a time (submit, get, next).
+4. round-trip latency p50/p99, one task at a time (submit, get, next);
+5. how cost grows with the work: submit and end-to-end rates with 1k, 10k and 100k
+   tasks queued, and Redis bytes per queued task.
 
 Raw Celery uses the facade's own Celery app (`bq.app`), so the broker, result backend,
 serializer, priorities and worker are identical; what differs is the bo_queue layer on the
@@ -34,6 +37,7 @@ and the date); the table is printed, and written alone with --markdown-out PATH.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import math
@@ -92,6 +96,22 @@ def raw_submit(bq: Any, n: int) -> float:
     for _ in range(n):
         send(PING, args=[{}], queue=PARKED_QUEUE)
     return time.perf_counter() - start
+
+
+def async_submit(bq: Any, n: int) -> float:
+    """`await aq.submit(...)` one by one, on an AsyncBOQueue of the same settings (its own
+    event loop and connections, made and warmed up untimed)."""
+    from bo_queue import AsyncBOQueue
+
+    async def submits() -> float:
+        async with AsyncBOQueue(settings=bq.settings) as aq:
+            await aq.redis.ping()
+            start = time.perf_counter()
+            for _ in range(n):
+                await aq.submit(PING, {}, queue=PARKED_QUEUE)
+            return time.perf_counter() - start
+
+    return asyncio.run(submits())
 
 
 def facade_submit_many(bq: Any, n: int) -> float:
@@ -162,6 +182,7 @@ SUBMIT_VARIANTS: dict[str, Variant] = {
     "facade_submit": facade_submit,
     "raw_submit": raw_submit,
     "facade_submit_many": facade_submit_many,
+    "async_submit": async_submit,
 }
 E2E_VARIANTS: dict[str, Variant] = {
     "facade_e2e": facade_e2e,
@@ -186,6 +207,9 @@ class Samples:
     rates: dict[str, list[float]] = field(default_factory=dict)  # tasks/s, one per round
     cpu_us: dict[str, list[float]] = field(default_factory=dict)  # producer CPU per task
     latencies: dict[str, list[list[float]]] = field(default_factory=dict)  # seconds, per round
+    # tasks queued -> {variant: tasks/s at that depth, "facade_bytes"/"raw_bytes": Redis
+    # bytes per queued task}; one measurement each (see measure_depths)
+    depths: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def rate(self, name: str) -> float:
         return statistics.median(self.rates[name])
@@ -212,7 +236,7 @@ class Row:
     facade: float
     baseline: float
     unit: str  # "tasks/s", "ms" or "us"
-    target: float | None = None  # minimum ratio facade / baseline
+    target: float | None = None  # minimum ratio facade / baseline (maximum for latencies)
     headline: bool = True  # False: an extra row, for information
 
     @property
@@ -220,8 +244,14 @@ class Row:
         return self.facade / self.baseline if self.baseline else math.nan
 
     @property
+    def lower_is_better(self) -> bool:
+        return self.unit in ("ms", "us", "bytes")
+
+    @property
     def meets_target(self) -> bool | None:
-        return None if self.target is None else self.ratio >= self.target
+        if self.target is None:
+            return None
+        return self.ratio <= self.target if self.lower_is_better else self.ratio >= self.target
 
 
 def build_rows(s: Samples) -> list[Row]:
@@ -233,12 +263,15 @@ def build_rows(s: Samples) -> list[Row]:
             headline=False),
         Row("submit_many", "`submit_many(N)` — baseline: N one-by-one facade `submit`",
             s.rate("facade_submit_many"), s.rate("facade_submit"), "tasks/s", 5.0),
+        Row("async_submit", "`await AsyncBOQueue.submit` one by one — baseline: the sync "
+            "facade's `submit` one by one", s.rate("async_submit"), s.rate("facade_submit"),
+            "tasks/s", 1.0),
         Row("e2e", "end-to-end rate (submit N one by one, then get each) — baseline: raw "
             "`send_task` + `AsyncResult.get`",
             s.rate("facade_e2e"), s.rate("raw_e2e"), "tasks/s", 0.9),
         Row("e2e_vs_plain", "end-to-end rate — baseline: a plain Celery task "
             "(no bo_queue layer on the worker either)",
-            s.rate("facade_e2e"), s.rate("plain_e2e"), "tasks/s", 0.9, headline=False),
+            s.rate("facade_e2e"), s.rate("plain_e2e"), "tasks/s", 1.0),
         Row("e2e_submit_many", "end-to-end rate with `submit_many(N)` then get each — "
             "baseline: raw `send_task` + `AsyncResult.get`",
             s.rate("facade_many_e2e"), s.rate("raw_e2e"), "tasks/s", None, headline=False),
@@ -252,13 +285,28 @@ def build_rows(s: Samples) -> list[Row]:
         rows.append(Row(
             f"latency_p{pct}_vs_plain", f"round-trip latency p{pct} — baseline: a plain "
             "Celery task", s.latency_ms("facade_latency", pct),
-            s.latency_ms("plain_latency", pct), "ms", headline=False))
+            s.latency_ms("plain_latency", pct), "ms", 1.0 if pct == 99 else None,
+            headline=pct == 99))
+    for depth in sorted(s.depths):
+        at = s.depths[depth]
+        rows.append(Row(
+            f"submit_at_{depth}", f"submit rate, one by one, with {depth:,} tasks queued — "
+            "baseline: raw `app.send_task`, same depth", at["facade_submit"],
+            at["raw_submit"], "tasks/s", headline=False))
+        rows.append(Row(
+            f"e2e_at_{depth}", f"end-to-end rate with {depth:,} tasks queued — baseline: a "
+            "plain Celery task, same depth", at["facade_e2e"], at["plain_e2e"], "tasks/s",
+            headline=False))
+        rows.append(Row(
+            f"bytes_at_{depth}", f"Redis bytes per queued task ({depth:,} queued) — "
+            "baseline: raw `send_task` (its message alone)", at["facade_bytes"],
+            at["raw_bytes"], "bytes", headline=False))
     return rows
 
 
 def _fmt(value: float, unit: str) -> str:
-    if unit == "tasks/s":
-        return f"{value:,.0f} tasks/s"
+    if unit in ("tasks/s", "bytes"):
+        return f"{value:,.0f} {unit}"
     return f"{value:.2f} ms" if unit == "ms" else f"{value:,.0f} us"
 
 
@@ -269,9 +317,10 @@ def markdown_table(rows: list[Row]) -> str:
     ]
     for row in rows:
         if row.target is None:
-            target = "—" if row.unit == "tasks/s" else "— (lower is better)"
+            target = "— (lower is better)" if row.lower_is_better else "—"
         else:
-            target = f"≥ {row.target:g}x ({'met' if row.meets_target else 'NOT met'})"
+            bound = "≤" if row.lower_is_better else "≥"
+            target = f"{bound} {row.target:g}x ({'met' if row.meets_target else 'NOT met'})"
         metric = row.metric if row.headline else f"*{row.metric}*"
         lines.append(
             f"| {metric} | {_fmt(row.facade, row.unit)} | {_fmt(row.baseline, row.unit)} "
@@ -314,7 +363,7 @@ def submit_round(
 ) -> dict[str, tuple[float, float]]:
     """One round of the submit-only variants: {name: (elapsed s, producer CPU s)} for n tasks.
 
-    The one-by-one facade and raw submits alternate in chunks, so a burst of load from
+    The one-by-one facade, raw and async submits alternate in chunks, so a burst of load from
     elsewhere on the machine hits both; `submit_many` gets the whole N in one call, at a
     position among the chunks that moves from round to round.
     """
@@ -327,7 +376,8 @@ def submit_round(
         totals[name][0] += elapsed
         empty_parked_queue(bq, size)
 
-    one_by_one = ["facade_submit", "raw_submit"][:: -1 if rnd % 2 else 1]
+    one_by_one = ["facade_submit", "raw_submit", "async_submit"]
+    one_by_one = one_by_one[rnd % 3:] + one_by_one[:rnd % 3]
     sizes = _split(n, chunk)
     many_at = rnd % (len(sizes) + 1)
     for index, size in enumerate(sizes):
@@ -368,6 +418,51 @@ def run_rounds(
     return samples
 
 
+def _used_memory(bq: Any) -> int:
+    return int(bq.redis.info("memory")["used_memory"])
+
+
+def bytes_per_task(bq: Any, send: Callable[[int], None], n: int) -> float:
+    """Redis's used memory per task after `send(n)` queued n tasks (on the parked queue)."""
+    before = _used_memory(bq)
+    send(n)
+    return (_used_memory(bq) - before) / n
+
+
+def fill(bq: Any, n: int, batch: int = 2000) -> None:
+    """Queue n more tasks on the parked queue, in batches (records, messages, outbox)."""
+    for size in _split(n, batch):
+        bq.submit_many([{"handler": PING, "payload": {}, "queue": PARKED_QUEUE}] * size)
+
+
+def measure_depths(bq: Any, depths: list[int], n: int,
+                   log: Callable[[str], None]) -> dict[int, dict[str, float]]:
+    """How cost grows with the work: with 1k, 10k, 100k tasks queued (records and
+    messages of tasks nobody consumes, on the parked queue), the one-by-one submit rates,
+    the end-to-end rates, and Redis bytes per queued task (the facade's: record, outbox
+    entry, message, index and event entries; raw send_task's: its message)."""
+    out: dict[int, dict[str, float]] = {}
+    queued_now = 0
+    for depth in sorted(depths):
+        fill(bq, depth - queued_now)
+        queued_now = depth
+        at: dict[str, float] = {}
+        for name in ("facade_submit", "raw_submit"):
+            elapsed = SUBMIT_VARIANTS[name](bq, n)
+            at[name] = n / elapsed
+            # keep what was queued, but only the depth's own tasks count as queued
+            queued_now += n
+        for name in ("facade_e2e", "plain_e2e"):
+            at[name] = n / E2E_VARIANTS[name](bq, n)
+        sample = max(200, min(2000, depth // 10))
+        at["facade_bytes"] = bytes_per_task(bq, lambda k: fill(bq, k), sample)
+        at["raw_bytes"] = bytes_per_task(bq, lambda k: raw_submit(bq, k), sample)
+        queued_now += 2 * sample
+        log(f"  {depth:>7,} queued: " + ", ".join(f"{k} {v:,.0f}" for k, v in at.items()))
+        out[depth] = at
+    return out
+
+
 def warm_up(bq: Any, n: int) -> None:
     """Connections, the handler directory, the worker's pool processes, Lua script caches."""
     for submit in SUBMIT_VARIANTS.values():
@@ -406,7 +501,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "with --quick)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (median is reported)")
     parser.add_argument("--chunk", type=int, default=250,
-                        help="one-by-one facade and raw submits alternate in chunks of this size")
+                        help="one-by-one submits alternate in chunks of this size")
+    parser.add_argument("--depths", default=None,
+                        help="tasks queued for the rows of how cost grows (comma-separated; "
+                        "default 1000,10000,100000; 1000 with --quick; 0: none)")
     parser.add_argument("--quick", action="store_true", help="a ~20 s smoke run")
     add_common_args(parser, DEFAULT_JSON)
     parser.add_argument("--profile", action="store_true",
@@ -416,6 +514,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.n = 150 if args.quick else 1000
     if args.latency_n is None:
         args.latency_n = 50 if args.quick else 300
+    if args.depths is None:
+        args.depths = "1000" if args.quick else "1000,10000,100000"
+    args.depths = [int(d) for d in str(args.depths).split(",") if int(d) > 0]
     if min(args.n, args.latency_n, args.rounds, args.chunk) < 1:
         parser.error("--n, --latency-n, --rounds and --chunk must be positive")
     return args
@@ -431,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     def measure(bq: Any) -> tuple[Samples, str]:
         warm_up(bq, min(args.n, 200))
         samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
+        # last: the tasks it queues stay until the run's redis-server stops
+        samples.depths = measure_depths(bq, args.depths, min(args.n, 500), log)
         return samples, profile_submit(bq, args.n) if args.profile else ""
 
     banner = f"N={args.n}, latency N={args.latency_n}, {args.rounds} rounds"
@@ -448,14 +551,17 @@ def main(argv: list[str] | None = None) -> int:
         "for latencies lower is better.",
         f"Submit-only rows send to queue {PARKED_QUEUE!r}, which no worker consumes, so the "
         "producer does not share the CPUs with busy workers; the messages are counted (all "
-        "must be queued) and deleted after each batch. One-by-one facade and raw submits "
-        f"alternate in chunks of {args.chunk}; `submit_many` gets all N in one call. Producer "
-        "CPU time is less sensitive than wall time to other load on the machine.",
+        "must be queued) and deleted after each batch. One-by-one facade, raw and async "
+        f"submits alternate in chunks of {args.chunk}; `submit_many` gets all N in one "
+        "call. Producer CPU time is less sensitive than wall time to other load on the machine.",
         "Raw Celery is `bq.app.send_task(...)` + `AsyncResult.get()` on the facade's own app: "
         "same broker, backend, serializer and worker. The worker runs the same bo_queue task "
         f"for {PING!r} whoever sent it, so the non-italic rows measure the producer-side "
         f"layer; the italic 'plain Celery task' rows use `{PLAIN}`, a plain `@shared_task` "
         "on the same worker, so they include the worker-side layer too.",
+        "The rows 'with D tasks queued' are measured once, after the rounds, with D tasks "
+        f"(records and messages) waiting on {PARKED_QUEUE!r}; bytes per queued task is the "
+        "growth of Redis's used_memory over a batch of tasks, divided by their number.",
         f"Worker: one `bo-queue worker`, pool {args.pool}, concurrency {args.concurrency}. "
         f"Machine: {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after (other work on the machine makes numbers noisy).",
@@ -474,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick, "worker_pool": args.pool,
             "worker_concurrency": args.concurrency, "run_queue": RUN_QUEUE,
             "submit_only_queue": PARKED_QUEUE, "handler": PING, "plain_task": PLAIN,
+            "depths": args.depths,
         },
         "metrics": {
             row.key: {
@@ -486,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": {
             "rates_tasks_per_s": samples.rates,
             "producer_cpu_us_per_task": samples.cpu_us,
+            "at_depth": {str(depth): at for depth, at in samples.depths.items()},
             "latency_ms": {
                 name: [{"p50": percentile(r, 50) * 1000, "p90": percentile(r, 90) * 1000,
                         "p99": percentile(r, 99) * 1000, "max": max(r) * 1000,

@@ -6,6 +6,7 @@ imported when first named).
 
 from typing import TYPE_CHECKING, Any
 
+from bo_queue.aio import AsyncBOQueue, AsyncTaskHandle
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.context import TaskContext
@@ -81,6 +82,8 @@ __version__ = "0.1.0"
 __all__ = [
     # the facade, its settings and handlers
     "BOQueue",
+    "AsyncBOQueue",
+    "AsyncTaskHandle",
     "Settings",
     "handler",
     "Handler",

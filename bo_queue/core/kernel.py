@@ -6,10 +6,11 @@ import json
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import kombu.exceptions
 import redis
@@ -51,8 +52,24 @@ from bo_queue.validation import (
     known_id,
     redact,
     timestamp,
-    utc,
 )
+
+T = TypeVar("T")
+# What a step of a submit asks for: a pipeline (MULTI or not) filled by the function;
+# its replies are sent back in. Core.run_steps drives them on the sync client,
+# bo_queue.aio on an asyncio one: one submit, whichever client.
+Step = tuple[bool, Callable[[Any], None]]
+Steps = Generator[Step, list[Any], T]
+
+
+@dataclass
+class Submitted:
+    """A submit's writes done: its task ids, and what Core.finish does after them."""
+
+    ids: list[str]
+    released: int  # dependents released (or durable sends held): settle sends them
+    cancelled: list[str]  # dependents cancelled by a dependency that had failed
+    offers: list[tuple[str, Message]]  # pull tasks, for their agents
 
 
 class Core(TaskChanges):
@@ -227,14 +244,12 @@ class Core(TaskChanges):
         `retry` (a RetryPolicy) and `time_limit` (seconds) replace the handler's for this
         task, its retries included; past its time limit a run fails with TaskTimeoutError.
         """
-        request = task_request(
-            handler=handler, payload=payload if payload is not None else {},
-            priority=priority, queue=queue, countdown=countdown, eta=eta,
+        request = request_of(
+            handler, payload, priority=priority, queue=queue, countdown=countdown, eta=eta,
             expires=expires, tags=tags, parent_id=parent_id,
             depends_on=depends_on, on_dependency_failure=on_dependency_failure,
             resources=resources, version=version, name=name, description=description,
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata,
-            retry=dict(retry) if isinstance(retry, Mapping) else retry, time_limit=time_limit,
+            metadata=metadata, retry=retry, time_limit=time_limit,
         )
         return self.submit_plans([self.check(request)])[0]
 
@@ -242,7 +257,7 @@ class Core(TaskChanges):
         self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False,
         created_by: str | None = None,
     ) -> list[TaskHandle]:
-        """Queue many tasks in two pipelined round trips (records, then broker).
+        """Queue many tasks in one round trip (their records and messages together).
         All are validated first: one bad request rejects the batch, nothing is queued.
 
         Requests may name their own `id` and depend on each other (`depends_on`): a
@@ -253,10 +268,10 @@ class Core(TaskChanges):
         send what it left); it costs two more round trips.
 
         `created_by` is recorded on each task (the HTTP API passes its API key's name)."""
-        if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
-            raise ValidationError(
-                f"submit_many takes an iterable of requests, not {type(requests).__name__}"
-            )
+        return self.submit_plans(self.check_all(batch_of(requests)), durable, created_by)
+
+    def check_all(self, requests: list[TaskRequest | Mapping[str, Any]]) -> list[Plan]:
+        """`check` each request of a batch; the first bad one's error names its index."""
         plans = []
         for index, item in enumerate(requests):
             try:
@@ -267,7 +282,7 @@ class Core(TaskChanges):
                 raise
             except TypeError as exc:
                 raise ValidationError(f"request {index}: {exc}") from None
-        return self.submit_plans(plans, durable, created_by)
+        return plans
 
     def check(
         self, request: TaskRequest, task_id: str | None = None,
@@ -331,15 +346,38 @@ class Core(TaskChanges):
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
     ) -> list[TaskHandle]:
         """Write and send checked plans (see submit_many for `durable` and `created_by`)."""
-        now = time.time()
         with self.broker_errors():
-            ordered = self._check_dependencies(plans)
+            done = self.run_steps(self.submitting(plans, durable, created_by))
+            self.finish(done)
+        return [TaskHandle(self, task_id) for task_id in done.ids]
+
+    def run_steps(self, steps: Steps[T]) -> T:
+        """Drive `steps` on this client: each pipeline it asks for, filled, executed."""
+        replies: list[Any] | None = None
+        try:
+            while True:
+                multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                with self.redis.pipeline(transaction=multi) as pipe:
+                    fill(pipe)
+                    replies = pipe.execute()
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def submitting(
+        self, plans: list[Plan], durable: bool = False, created_by: str | None = None
+    ) -> Steps[Submitted]:
+        """A submit, as the pipelines it needs (Steps): the same commands whether a sync
+        client (run_steps) or an asyncio one (bo_queue.aio) executes them; `finish` what
+        is left afterwards."""
+        now = time.time()
+        ordered = yield from self._dependency_order(plans)
         if durable:
             for plan in plans:
                 plan.held = True  # held, due when it is due: sent below, or by a worker
         messages = {plan.id: self._message(plan, created_by) for plan in plans}
-        waits = []
-        with self.broker_errors(), self.redis.pipeline(transaction=False) as pipe:
+        waits: list[tuple[int, str]] = []
+
+        def fill(pipe: Any) -> None:
             for plan in ordered:
                 req = plan.request
                 waiting = bool(req.depends_on)
@@ -360,26 +398,30 @@ class Core(TaskChanges):
                     self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
-                elif plan.queue != PULL_QUEUE:  # sent below: kept until a worker starts it
-                    self.outbox.keep(pipe, plan.id, messages[plan.id])
-            replies = pipe.execute()
-        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
-        cancelled = [task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"]
-        if cancelled or "queued" in verdicts.values() or durable:
-            with self.broker_errors():
-                self.settle(int("queued" in verdicts.values() or durable), cancelled)
-        to_send = [p for p in plans if not p.held and not p.request.depends_on]
-        if to_send:
-            with (
-                self.broker_errors(),
-                self.app.producer_or_acquire() as producer,
-                producer.batch() if len(to_send) > 1 else _nothing(),
-            ):
-                for plan in to_send:
-                    self.send(plan.id, messages[plan.id], producer=producer, kept=True)
-        return [TaskHandle(self, plan.id) for plan in plans]
+                elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
+                    self.send(plan.id, messages[plan.id], pipe)
 
-    def _check_dependencies(self, plans: list[Plan]) -> list[Plan]:
+        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
+        # messages themselves, each message after its record.
+        replies = yield True, fill
+        verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
+        return Submitted(
+            ids=[plan.id for plan in plans],
+            released=int("queued" in verdicts.values() or durable),
+            cancelled=[task_id for task_id, verdict in verdicts.items() if verdict == "cancelled"],
+            offers=[(p.id, messages[p.id]) for p in plans
+                    if p.queue == PULL_QUEUE and not p.held and not p.request.depends_on],
+        )
+
+    def finish(self, done: Submitted) -> None:
+        """What a submit leaves after its writes: settle the dependents it released or
+        cancelled, and offer pull tasks to their agents (bo_queue.core.pull)."""
+        if done.released or done.cancelled:
+            self.settle(done.released, done.cancelled)
+        for task_id, message in done.offers:
+            self.send(task_id, message)
+
+    def _dependency_order(self, plans: list[Plan]) -> Steps[list[Plan]]:
         """Reject cycles, self-dependencies, unknown dependencies and taken ids; return
         the plans in an order where each comes after the plans it depends on."""
         by_id = {plan.id: plan for plan in plans}
@@ -391,10 +433,12 @@ class Core(TaskChanges):
         graph = {plan.id: plan.request.depends_on for plan in plans}
         dependencies.check_acyclic(graph)
         outside = sorted({d for deps in graph.values() for d in deps if d not in by_id})
-        with self.redis.pipeline(transaction=False) as pipe:
+
+        def probe(pipe: Any) -> None:
             for task_id in outside + named:
                 pipe.exists(self.keys.task(task_id))
-            found = pipe.execute()
+
+        found = yield False, probe
         unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
         if unknown:
             raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")
@@ -430,33 +474,26 @@ class Core(TaskChanges):
                                   metadata=req.metadata, created_by=created_by),
         )
 
-    def send(self, task_id: str, message: Message, producer: Any = None,
-             kept: bool = False) -> None:
-        """Hand one task message to Celery (used for new, held and retried tasks), or,
-        for a pull type, to the agents' store (bo_queue.core.pull). The message is kept
-        in the outbox until a worker starts the task (bo_queue.core.outbox); `kept`: it
-        is already."""
+    def send(self, task_id: str, message: Message, pipe: Any = None) -> None:
+        """Queue one task message (new, held, released or lost ones): kept in the outbox
+        until a worker starts it (bo_queue.core.outbox), and pushed on its queue's list as
+        Celery's own message (Message.envelope), in one MULTI; on `pipe`, a pipeline of
+        the caller's, instead (the submit's, after the record). A pull type's goes to the
+        agents' store (bo_queue.core.pull), at once."""
         if message.queue == PULL_QUEUE:
             self.pull.offer(task_id, message)
             return
-        if not kept:
-            self.outbox.keep(self.redis, task_id, message)
-        due_at, expires_at = message.due_at, message.expires_at
-        self.app.send_task(
-            message.handler,
-            args=[message.payload],
-            task_id=task_id,
-            queue=message.queue,
-            priority=message.priority,
-            eta=utc(due_at) if due_at and due_at > time.time() else None,
-            expires=utc(expires_at) if expires_at else None,
-            retries=message.retries,
-            parent_id=message.parent_id,
-            producer=producer,
-            headers=message.headers(),  # they travel with the message (and its retries)
-            kwargsrepr=message.kwargsrepr,  # Flower shows it (None: Celery's own, "{}")
-            **message.time_limits(),
-        )
+        if pipe is not None:
+            self._push(pipe, task_id, message)
+            return
+        with self.redis.pipeline(transaction=True) as own:
+            self._push(own, task_id, message)
+            own.execute()
+
+    def _push(self, pipe: Any, task_id: str, message: Message) -> None:
+        self.outbox.keep(pipe, task_id, message)
+        pipe.lpush(message.broker_list(self.keys.broker_prefix),
+                   message.envelope(task_id, reply_to=self.app.thread_oid))
 
     @contextmanager
     def broker_errors(self) -> Iterator[None]:
@@ -534,6 +571,10 @@ class Core(TaskChanges):
         """Re-read the handler directory that workers publish when they start."""
         with self.broker_errors():
             raw = self.redis.hgetall(self.keys.handlers)
+        return self.learn_handlers(raw)
+
+    def learn_handlers(self, raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+        """Take the handler directory as read from Redis (HGETALL of `keys.handlers`)."""
         self._directory = {str(name): json.loads(spec) for name, spec in raw.items()}
         self._directory_read_at = time.monotonic()
         return dict(self._directory)
@@ -556,13 +597,8 @@ class Core(TaskChanges):
         record = self.records.get(task_id)
         if record is None:
             raise UnknownTaskError(task_id)
-        if not record.state.terminal:
-            # The result backend learns that a task ended a moment before the worker
-            # updates the record; the stored result wins, so get() and state agree.
-            meta = self.results.fetch(task_id)
-            if meta is not None:
-                record = TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})
-        return record
+        return with_result(record, None if record.state.terminal
+                           else self.results.fetch(task_id))
 
     def cancel(
         self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
@@ -656,6 +692,30 @@ class Core(TaskChanges):
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def request_of(
+    handler: str, payload: Mapping[str, Any] | None = None, **options: Any
+) -> TaskRequest:
+    """The TaskRequest of a submit's arguments (Core.submit's), or ValidationError."""
+    for name in ("metadata", "retry"):  # a mapping as given, as the model takes it
+        if isinstance(options.get(name), Mapping):
+            options[name] = dict(options[name])
+    return task_request(handler=handler, payload=payload if payload is not None else {},
+                        **options)
+
+
+def batch_of(requests: object) -> list[TaskRequest | Mapping[str, Any]]:
+    """The requests of a submit_many, or ValidationError if it was not given a batch."""
+    if not isinstance(requests, Iterable) or isinstance(requests, str | bytes | Mapping):
+        raise ValidationError(
+            f"submit_many takes an iterable of requests, not {type(requests).__name__}"
+        )
+    return list(requests)
+
+
+def with_result(record: TaskInfo, meta: dict[str, Any] | None) -> TaskInfo:
+    """A record that has not ended yet, with the stored result over it: the result backend
+    learns that a task ended a moment before the worker updates the record, and the
+    stored result wins, so get() and the state agree."""
+    if meta is None or record.state.terminal:
+        return record
+    return TaskInfo.model_validate({**record.model_dump(), **final_fields(meta)})

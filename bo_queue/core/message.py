@@ -4,9 +4,15 @@ A submit builds it from its Plan; a worker builds it again for a retry it holds 
 Redis (workers.runner). It is kept as JSON in the outbox until a worker starts the task
 (core/outbox.py), in the held schedule until it is due (core/delays.py), with a
 dependent task until its dependencies end (core/records.py), and in the pull store until
-an agent claims it (core/pull.py); each reads it back with `Message.decode`. Core.send
-turns it into Celery's message: the payload as the one argument, the rest as options and
-headers (`kwargsrepr`: what Flower shows of the task's name and metadata).
+an agent claims it (core/pull.py); each reads it back with `Message.decode`.
+
+`Message.envelope` turns it into Celery's task message (protocol 2: the payload as the one
+argument, the rest as headers; `kwargsrepr`: what Flower shows of the task's name and
+metadata) exactly as kombu's Redis transport keeps it in a queue list, and
+`Message.broker_list` names that list, so that a submit writes it in the same round trip
+as its record (Core.send), with no kombu producer in between. The shape is kombu's and
+Celery's (tests/integration/test_envelope.py pins it against `send_task` and a worker):
+pyproject pins the kombu versions it was tested on.
 
 Messages already in Redis keep decoding when fields are added: a field a message lacks
 takes its default, and a field this version does not know is ignored.
@@ -14,18 +20,25 @@ takes its default, and a field this version does not know is ignored.
 
 from __future__ import annotations
 
+import base64
 import json
+import time
+import uuid
 from typing import Any
 
 import pydantic
+from celery.utils.nodenames import anon_nodename
 from celery.utils.saferepr import saferepr
 from pydantic import BaseModel, ConfigDict
 
 from bo_queue.errors import ValidationError
-from bo_queue.validation import problems
+from bo_queue.validation import problems, utc
 
 KWARGSREPR_MAX = 1024  # characters, as Celery's own kwargsrepr (amqp.kwargsrepr_maxsize)
 HARD_LIMIT_GRACE_S = 5.0  # the soft time limit raises in the handler; the hard one kills it
+ARGSREPR_MAX, REPR_MAXLEVELS = 1024, 3  # Celery's argsrepr_maxsize, task_repr_maxlevels
+# Celery's embedded options of a task with no callbacks, no chain and no chord
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
 class Message(BaseModel):
@@ -85,6 +98,53 @@ class Message(BaseModel):
             return {}
         return {"soft_time_limit": self.time_limit,
                 "time_limit": self.time_limit + HARD_LIMIT_GRACE_S}
+
+    def broker_priority(self) -> int:
+        """The priority list it goes to (0, served first, to 9): kombu's, which takes a
+        message without a priority as 0."""
+        return max(0, min(9, self.priority or 0))
+
+    def broker_list(self, prefix: str) -> str:
+        """The Redis list kombu's transport keeps it in until a worker takes it (its
+        `_q_for_pri` with priority steps 0..9 and ":" as separator, under `prefix`, the
+        transport's global key prefix)."""
+        priority = self.broker_priority()
+        return f"{prefix}{self.queue}:{priority}" if priority else prefix + self.queue
+
+    def envelope(self, task_id: str, reply_to: str = "", now: float | None = None) -> str:
+        """The task message as kombu's Redis transport keeps it in `broker_list`: what
+        Celery's send_task (task protocol 2, JSON, base64 body) and kombu's publish make
+        of it, for a worker to take with BRPOP. `reply_to`: the producer's app oid, as
+        Celery sets it; `now`: the clock an eta is judged by (a due time already past
+        is none)."""
+        now = time.time() if now is None else now
+        args = [self.payload]
+        body = json.dumps([args, {}, _EMBED]).encode()
+        headers: dict[str, Any] = {
+            "lang": "py", "task": self.handler, "id": task_id, "shadow": None,
+            "eta": utc(self.due_at).isoformat() if self.due_at and self.due_at > now else None,
+            "expires": utc(self.expires_at).isoformat() if self.expires_at else None,
+            "group": None, "group_index": None, "retries": self.retries,
+            "timelimit": ([self.time_limit + HARD_LIMIT_GRACE_S, self.time_limit]
+                          if self.time_limit is not None else [None, None]),
+            "root_id": task_id, "parent_id": self.parent_id,
+            "argsrepr": saferepr(args, ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS),
+            "kwargsrepr": self.kwargsrepr if self.kwargsrepr is not None else "{}",
+            "origin": anon_nodename(), "ignore_result": None, "replaced_task_nesting": 0,
+            "stamped_headers": None, "stamps": {},
+            **(self.headers() or {}),
+        }
+        return json.dumps({
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8", "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": task_id, "reply_to": reply_to, "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": self.queue},
+                "priority": self.broker_priority(), "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        })
 
 
 def kwargsrepr(**fields: Any) -> str | None:

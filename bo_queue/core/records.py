@@ -193,7 +193,10 @@ class RecordStore:
         args: list[str | float] = [
             self.keys.namespace, task_id, time.time(), ttl, message.encode(), *depends_on
         ]
-        self._wait(args=args, client=pipe)
+        # As Script(client=pipe) does for a sync pipeline, and an asyncio one as well: the
+        # pipeline loads the script first if Redis lacks it (bo_queue.aio submits too).
+        pipe.scripts.add(self._wait)
+        pipe.evalsha(self._wait.sha, 0, *args)
 
     def start(
         self, task_id: str, worker: str, handler: str, queue: str, priority: Priority,
@@ -318,7 +321,7 @@ class RecordStore:
         state, expires = self.get_fields(task_id, "state", "expires_at")
         if state is None:
             return None
-        return _derived_state(TaskState(state), expires)
+        return derived_state(TaskState(state), expires)
 
     def get_fields(self, task_id: str, *fields: str) -> list[str | None]:
         values = self.redis.hmget(self.keys.task(task_id), list(fields))
@@ -327,10 +330,18 @@ class RecordStore:
     def get(self, task_id: str) -> TaskInfo | None:
         """The record with its runs (TaskInfo.runs)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.task(task_id))
-            pipe.smembers(self.keys.children(task_id))
-            pipe.lrange(self.keys.runs(task_id), 0, -1)
-            raw, kids, runs = pipe.execute()
+            self.read(pipe, task_id)
+            return self.from_replies(pipe.execute())
+
+    def read(self, pipe: Any, task_id: str) -> None:
+        """Queue on `pipe` (sync or asyncio) the reads `from_replies` makes a record of."""
+        pipe.hgetall(self.keys.task(task_id))
+        pipe.smembers(self.keys.children(task_id))
+        pipe.lrange(self.keys.runs(task_id), 0, -1)
+
+    @staticmethod
+    def from_replies(replies: Sequence[Any]) -> TaskInfo | None:
+        raw, kids, runs = replies[:3]
         if not (raw and "state" in raw and "handler" in raw):
             return None
         return parse_record(raw, kids).model_copy(update={"runs": parse_runs(runs)})
@@ -390,7 +401,7 @@ def parse_record(raw: Mapping[str, str], children: set[str] | None = None) -> Ta
         if field in data:
             data[field] = json.loads(data[field])
     data["children"] = tuple(sorted(children or ()))
-    data["state"] = _derived_state(TaskState(data["state"]), data.get("expires_at"))
+    data["state"] = derived_state(TaskState(data["state"]), data.get("expires_at"))
     return TaskInfo.model_validate(data)
 
 
@@ -410,7 +421,7 @@ def parse_runs(raw: Sequence[str]) -> tuple[TaskRun, ...]:
     return tuple(runs)
 
 
-def _derived_state(state: TaskState, expires_at: str | None) -> TaskState:
+def derived_state(state: TaskState, expires_at: str | None) -> TaskState:
     # A task whose `expires` passed while it waited will never run: say so now, not only
     # once a worker picks its message up and discards it.
     waiting = state in (TaskState.PENDING, TaskState.QUEUED, TaskState.PAUSED)

@@ -107,11 +107,11 @@ class ResultWaiter:
 
     def fetch(self, task_id: str) -> dict[str, Any] | None:
         """The stored meta if the task is finished, else None."""
-        return _ready(self.redis.get(self.key(task_id)))
+        return ready_meta(self.redis.get(self.key(task_id)))
 
     def fetch_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
         raws = self.redis.mget([self.key(t) for t in task_ids]) if task_ids else []
-        return [_ready(raw) for raw in raws]
+        return [ready_meta(raw) for raw in raws]
 
     def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         """Block until the task is finished (meta) or the timeout passes (None)."""
@@ -134,7 +134,7 @@ class ResultWaiter:
                     return None
                 message = pubsub.get_message(timeout=min(left, RECHECK_S))
                 if message is not None and _text(message["channel"]) == channel:
-                    meta = _ready(message["data"])
+                    meta = ready_meta(message["data"])
                 elif message is None:
                     # Quiet, or our subscription was just confirmed. SUBSCRIBE returns
                     # before Redis has processed it and the GET above went on another
@@ -169,7 +169,8 @@ def _pubsub(client: redis.Redis) -> redis.client.PubSub:
     return pubsub
 
 
-def _ready(raw: bytes | str | None) -> dict[str, Any] | None:
+def ready_meta(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The stored (or published) result meta of a finished task; None if not finished."""
     if raw is None:
         return None
     meta: dict[str, Any] = json.loads(raw)
@@ -240,7 +241,7 @@ class CallbackDispatcher:
                 return
         message = pubsub.get_message(timeout=0.02)
         if message is not None:
-            meta = _ready(message["data"])
+            meta = ready_meta(message["data"])
             if meta is not None:
                 task_id = _text(message["channel"])[len(self.waiter.prefix) :]
                 self._fire(task_id, meta, pubsub)

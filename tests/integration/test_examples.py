@@ -3,10 +3,13 @@ docs/placement.md) run as written, against a real worker."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
+from bo_queue import AsyncBOQueue
+from examples.async_producer import produce
 from examples.flows import dependencies, workflow
 from examples.placement import placement
 from examples.tour import tour
@@ -25,6 +28,18 @@ def test_readme_tour(reports: Cluster) -> None:
     result = tour(reports.producer())
     assert result["state"] == "SUCCEEDED" and result["children"] == 5
     assert result["parts"] == [{"part": i, "rows": 100 * i} for i in range(5)]
+    assert result["rows"] == sum(100 * i for i in range(20))
+    assert result["cancelled"] is True and result["later"] == "CANCELLED"
+
+
+def test_async_producer(reports: Cluster) -> None:
+    async def run() -> dict[str, object]:
+        async with AsyncBOQueue(redis_url=reports.redis_url,
+                                namespace=reports.namespace) as aq:
+            return await produce(aq)
+
+    result = asyncio.run(run())
+    assert result["parts"] == [{"part": i, "rows": 100 * i} for i in range(3)]
     assert result["rows"] == sum(100 * i for i in range(20))
     assert result["cancelled"] is True and result["later"] == "CANCELLED"
 

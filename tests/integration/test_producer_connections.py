@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -52,4 +53,30 @@ def test_tagged_submits_make_no_script_round_trips(quiet: RedisServer) -> None:
         for i in range(10):
             bq.submit("t.local_only", {"i": i}, tags=("a", "b"), parent_id="p")
         assert _calls(client, "script|exists") + _calls(client, "script") == before
+    client.close()
+
+
+def test_a_submit_is_one_round_trip(quiet: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record, the outbox entry and the message go in one MULTI: one request to Redis
+    a submit, one a batch (kombu's producer is not on this path)."""
+    client = redis.Redis(port=quiet.port)
+    with BOQueue(redis_url=quiet.url, namespace="quiet") as bq:
+        bq.submit("t.local_only", {})  # connections and scripts set up
+        execs = _calls(client, "exec")
+        requests: list[int] = []
+        write = redis.connection.Connection.send_packed_command
+
+        def counted(self: redis.connection.Connection, *args: Any, **kwargs: Any) -> None:
+            requests.append(1)
+            write(self, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+        for i in range(10):
+            bq.submit("t.local_only", {"i": i}, tags=("a",), priority="high")
+        bq.submit_many({"handler": "t.local_only", "payload": {"i": i}} for i in range(50))
+        monkeypatch.undo()
+        assert len(requests) == 11
+        assert _calls(client, "exec") - execs == 11
+        queued = [client.llen(key) for key in client.keys("quiet:broker:default*")]
+        assert sum(queued) == 61 and client.hlen("quiet:outbox") == 61
     client.close()

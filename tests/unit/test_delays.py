@@ -161,7 +161,6 @@ def _no_broker(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a held submission must not reach the broker")
 
-    monkeypatch.setattr(bq.app, "producer_or_acquire", refuse)
     monkeypatch.setattr(bq, "send", refuse)
 
 

@@ -4,8 +4,7 @@ through RecordStore, and what BOQueue checks, writes and sends for `depends_on`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import fakeredis
@@ -606,26 +605,15 @@ def _node(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return payload
 
 
-class _Producer:
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        yield
-
-
 @pytest.fixture
 def sent(bq: BOQueue, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Ids BOQueue hands to the broker, in order; nothing reaches a real broker."""
     out: list[str] = []
 
-    def send(task_id: str, message: Any, producer: Any = None, kept: bool = False) -> None:
+    def send(task_id: str, message: Any, pipe: Any = None) -> None:
         out.append(task_id)
 
-    @contextmanager
-    def producer_or_acquire(*args: Any, **kwargs: Any) -> Iterator[_Producer]:
-        yield _Producer()
-
     monkeypatch.setattr(bq, "send", send)
-    monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
     return out
 
 

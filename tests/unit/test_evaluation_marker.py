@@ -1,13 +1,12 @@
 """A study's evaluations carry the `bo_study` header (workers.study_step), on fakeredis with
-the broker replaced by a recorder: the study step's durable submit, the held send, the
+what is sent recorded: the study step's durable submit, the held send, the
 outbox's re-send and a held retry all keep it; an ordinary task never has it, and only a
 marked task reports to a study."""
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 import bo_queue
 from bo_queue import BOQueue
+from bo_queue.core.message import Message
 from bo_queue.core.outbox import Outbox
 from bo_queue.studies.manager import STEP
 from bo_queue.studies.models import Objective, Range, Study, Trial
@@ -34,18 +34,24 @@ def _evaluate(payload: dict[str, Any], ctx: Any) -> dict[str, float]:
 
 @pytest.fixture
 def sent(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> Sent:
-    """What reaches Celery's send_task, as keyword arguments (and the task name)."""
+    """What Core.send pushes on a queue list (Message.envelope, read back as the task
+    name, id, arguments, bo_queue's headers, retries and Celery's time limits)."""
     out: Sent = []
+    send = bq.send
 
-    def send_task(name: str, **kwargs: Any) -> None:
-        out.append({"name": name, **kwargs})
+    def recording(task_id: str, message: Message, pipe: Any = None) -> None:
+        envelope = json.loads(message.envelope(task_id))
+        head = envelope["headers"]
+        hard, soft = head["timelimit"]
+        out.append({
+            "name": head["task"], "task_id": head["id"], "retries": head["retries"],
+            "args": json.loads(base64.b64decode(envelope["body"]))[0],
+            "headers": {k: v for k, v in head.items() if k.startswith("bo_")},
+            "soft_time_limit": soft, "time_limit": hard,
+        })
+        send(task_id, message, pipe)
 
-    @contextmanager
-    def producer_or_acquire(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield SimpleNamespace(batch=contextmanager(lambda: iter([None])))
-
-    monkeypatch.setattr(bq.app, "send_task", send_task)
-    monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
+    monkeypatch.setattr(bq, "send", recording)
     return out
 
 
@@ -86,7 +92,8 @@ def test_the_outbox_sends_a_lost_evaluation_again_with_its_marker(
 ) -> None:
     Stepper(bq, bq.studies.store, study.id)._evaluate(study, trials(4))
     sent.clear()
-    fake.hset(bq.keys.task("eval-4"), "state", "QUEUED")  # its message never arrived
+    fake.hset(bq.keys.task("eval-4"), "state", "QUEUED")  # its message never arrived:
+    fake.delete(*fake.keys(bq.keys.broker_prefix + "*"))  # lost with a Redis that died
     outbox = Outbox(fake, bq.keys)
     outbox.suspect("a worker died")
     assert outbox.reconcile(bq.send, lambda: bq.settings.queues, settle_s=0) == ["eval-4"]

@@ -122,3 +122,29 @@ def test_envelope_task_id_reads_queue_entries_and_unacked_ones() -> None:
     assert envelope_task_id(json.dumps([envelope, "", "default"])) == "t-1"
     assert envelope_task_id("{}") is None
     assert envelope_task_id("not json") is None
+
+
+def test_the_broker_list_is_kombus_priority_list() -> None:
+    """kombu's `_q_for_pri`: priority 0 (and none) is the queue's own list, 1..9 have
+    their step appended; out-of-range priorities are clamped as kombu clamps them."""
+    prefix = KEYS.broker_prefix
+    plain = Message(handler="h", payload={}, queue="gpu.q")
+    assert plain.broker_list(prefix) == f"{prefix}gpu.q"
+    assert plain.model_copy(update={"priority": 0}).broker_list(prefix) == f"{prefix}gpu.q"
+    assert plain.model_copy(update={"priority": 7}).broker_list(prefix) == f"{prefix}gpu.q:7"
+    assert plain.model_copy(update={"priority": 42}).broker_list(prefix) == f"{prefix}gpu.q:9"
+
+
+def test_the_envelope_carries_the_task_and_its_headers() -> None:
+    message = Message(handler="h", payload={"x": 1}, queue="default", priority=3,
+                      due_at=2_000_000_000.0, time_limit=2.5, study={"study_id": "s",
+                                                                     "trial_index": 1})
+    envelope = json.loads(message.envelope("t-1", now=1_900_000_000.0))
+    assert envelope_task_id(json.dumps(envelope)) == "t-1"
+    headers = envelope["headers"]
+    assert (headers["task"], headers["eta"], headers["timelimit"]) == (
+        "h", "2033-05-18T03:33:20+00:00", [7.5, 2.5])
+    assert headers["bo_study"] == {"study_id": "s", "trial_index": 1}
+    assert envelope["properties"]["priority"] == 3
+    # due already: no eta, so a worker runs it at once
+    assert json.loads(message.envelope("t-1", now=2_000_000_001.0))["headers"]["eta"] is None

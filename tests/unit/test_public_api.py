@@ -14,6 +14,8 @@ from bo_queue import errors
 
 EXPECTED_ALL = [
     "AgentError",
+    "AsyncBOQueue",
+    "AsyncTaskHandle",
     "BOQueue",
     "BOQueueError",
     "BrokerUnavailableError",

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -29,12 +27,6 @@ Sent = list[tuple[str, dict[str, Any]]]
 HANDLERS = ("t.a", "t.b", "t.c", ADVANCE)
 
 
-class _Producer:
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        yield
-
-
 class Flow:
     """A BOQueue on fakeredis whose sends are recorded, and helpers to move runs by hand."""
 
@@ -44,12 +36,8 @@ class Flow:
         self.handlers = set(HANDLERS)
         self.store = WorkflowStore(bq)
 
-        def send(task_id: str, message: Any, producer: Any = None, kept: bool = False) -> None:
+        def send(task_id: str, message: Any, pipe: Any = None) -> None:
             self.sent.append((task_id, dict(message)))
-
-        @contextmanager
-        def producer_or_acquire(*args: Any, **kwargs: Any) -> Iterator[_Producer]:
-            yield _Producer()
 
         def handler_entry(name: str) -> dict[str, Any]:
             if name not in self.handlers:
@@ -57,7 +45,6 @@ class Flow:
             return {}
 
         monkeypatch.setattr(bq, "send", send)
-        monkeypatch.setattr(bq.app, "producer_or_acquire", producer_or_acquire)
         monkeypatch.setattr(bq, "handler_entry", handler_entry)
 
     # -- runs -------------------------------------------------------------------------------

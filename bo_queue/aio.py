@@ -1,0 +1,428 @@
+"""AsyncBOQueue: the producer facade for asyncio services (FastAPI, aiohttp, ...).
+
+A submit is the sync facade's own (Core.check, then Core.submitting: the same
+validation, errors, records and commands), its pipelines executed on a `redis.asyncio`
+client; results are awaited on one shared pub/sub connection, so hundreds of `get()`s
+wait on the loop, with no thread each. The rest of what a producer does runs on the sync
+facade (`sync`): reads and writes that are not on the hot path run there in a worker
+thread (asyncio.to_thread), as marked below, so they never block the loop either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from bo_queue import registry
+from bo_queue.client import BOQueue
+from bo_queue.config import Settings
+from bo_queue.core.handle import RECORD_RECHECK_S, Progress
+from bo_queue.core.kernel import Steps, Submitted, batch_of, request_of, with_result
+from bo_queue.core.records import RecordStore, TaskInfo, derived_state
+from bo_queue.core.requests import Plan, TaskRequest
+from bo_queue.core.results import RECHECK_S, outcome, ready_meta
+from bo_queue.errors import (
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskExpiredError,
+    UnknownHandlerError,
+    UnknownTaskError,
+)
+from bo_queue.states import TaskState
+from bo_queue.validation import known_id
+
+if TYPE_CHECKING:
+    from bo_queue.studies.models import Study, Trial
+
+__all__ = ["AsyncBOQueue", "AsyncStudies", "AsyncTaskHandle"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POOL_SIZE = 50  # connections per client, shared by every call in flight
+POOL_WAIT_S = 20.0  # how long a call waits for one (then ConnectionError)
+
+
+class AsyncBOQueue:
+    """The asyncio twin of BOQueue's producer calls:
+
+        async with AsyncBOQueue(redis_url="redis://127.0.0.1:6379/0", namespace="boq") as aq:
+            h = await aq.submit("reports.build", {"x": 1}, priority="high")
+            result = await h.get(timeout=10)
+
+    Takes what BOQueue takes (`settings`, or options and BO_QUEUE_* variables).
+    """
+
+    def __init__(
+        self, redis_url: str | None = None, namespace: str | None = None, *,
+        settings: Settings | None = None, **options: Any,
+    ) -> None:
+        self.sync = BOQueue(redis_url, namespace, settings=settings, **options)
+        self.settings, self.keys = self.sync.settings, self.sync.keys
+        connect = self.settings.connect_timeout_s
+        self.redis = _client(self.settings.redis_url, connect, decode_responses=True,
+                             socket_timeout=max(connect, 10.0))
+        # Celery's result backend, under its own key scheme (the sync waiter's prefix)
+        self.results = AsyncResults(_client(self.settings.results_url, connect),
+                                    self.sync.results.prefix)
+        self.studies = AsyncStudies(self)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """Settings from BO_QUEUE_* environment variables (see Settings)."""
+        return cls(settings=Settings.load(**overrides))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every connection (the shared result listener's too)."""
+        await self.results.close()
+        await self.redis.aclose()
+        self.sync.close()
+
+    # -- submitting -------------------------------------------------------------------
+
+    async def submit(
+        self, handler: str, payload: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncTaskHandle:
+        """BOQueue.submit, awaited: the same options, validation and errors."""
+        request = request_of(handler, payload, **options)
+        [plan] = await self._check([request], single=True)
+        [handle] = await self._submit([plan])
+        return handle
+
+    async def submit_many(
+        self, requests: Iterable[TaskRequest | Mapping[str, Any]], *, durable: bool = False,
+        created_by: str | None = None,
+    ) -> list[AsyncTaskHandle]:
+        """BOQueue.submit_many, awaited: one round trip for the batch."""
+        plans = await self._check(batch_of(requests))
+        return await self._submit(plans, durable, created_by)
+
+    async def _check(self, requests: list[TaskRequest | Mapping[str, Any]],
+                     single: bool = False) -> list[Plan]:
+        """The sync facade's `check` of a submit or `check_all` of a batch, on the loop:
+        the handler directory is read here, asynchronously, so that checking does no I/O.
+        A request whose placement reads the workers' heartbeats (a version, resources,
+        capabilities) is checked in a worker thread."""
+        names = {r.handler if isinstance(r, TaskRequest) else r.get("handler") for r in requests}
+        if any(isinstance(n, str) and not self._known(n) for n in names):
+            with self.sync.broker_errors():
+                self.sync.learn_handlers(await self.redis.hgetall(self.keys.handlers))
+        def check() -> list[Plan]:
+            if single:  # as BOQueue.submit: its errors name no index
+                return [self.sync.check(requests[0])]  # type: ignore[arg-type]
+            return self.sync.check_all(requests)
+
+        if any(self._places(r) for r in requests):
+            return await asyncio.to_thread(check)
+        return check()
+
+    def _known(self, handler: str) -> bool:
+        return registry.get(handler) is not None or handler in self.sync.handler_directory()
+
+    def _places(self, request: TaskRequest | Mapping[str, Any]) -> bool:
+        """Whether checking `request` reads the workers' heartbeats (or records a placed
+        queue): a version, resources, or a handler that requires capabilities."""
+        def field(name: str) -> Any:
+            return request.get(name) if isinstance(request, Mapping) else getattr(request, name)
+
+        if field("version") or field("resources"):
+            return True
+        try:
+            entry = self.sync.handler_entry(str(field("handler")))
+        except UnknownHandlerError:  # check_all says so, with the request's index
+            return False
+        return bool(entry.get("requires") or entry.get("resources"))
+
+    async def _submit(
+        self, plans: list[Plan], durable: bool = False, created_by: str | None = None
+    ) -> list[AsyncTaskHandle]:
+        done = await self._run(self.sync.submitting(plans, durable, created_by))
+        if done.released or done.cancelled or done.offers:
+            # dependents and pull offers: the sync facade's scripts, off the loop
+            await asyncio.to_thread(self._finish, done)
+        return [AsyncTaskHandle(self, task_id) for task_id in done.ids]
+
+    def _finish(self, done: Submitted) -> None:
+        with self.sync.broker_errors():
+            self.sync.finish(done)
+
+    async def _run(self, steps: Steps[T]) -> T:
+        """Core.run_steps on the asyncio client: each pipeline the steps ask for."""
+        replies: list[Any] | None = None
+        with self.sync.broker_errors():
+            try:
+                while True:
+                    multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                    async with self.redis.pipeline(transaction=multi) as pipe:
+                        fill(pipe)
+                        replies = await pipe.execute()
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    # -- looking ------------------------------------------------------------------------
+
+    def handle(self, task_id: str) -> AsyncTaskHandle:
+        """A handle on a task by id (not checked: `await h.info()` raises if unknown)."""
+        return AsyncTaskHandle(self, known_id(task_id))
+
+    async def info(self, task_id: str) -> TaskInfo:
+        """BOQueue.info: the record (with the stored result over it, as there)."""
+        known_id(task_id)
+        with self.sync.broker_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self.sync.records.read(pipe, task_id)
+                record = RecordStore.from_replies(await pipe.execute())
+            if record is None:
+                raise UnknownTaskError(task_id)
+            if record.state.terminal:
+                return record
+            return with_result(record, await self.results.fetch(task_id))
+
+    async def state(self, task_id: str) -> TaskState | None:
+        """Just the state (as RecordStore.state); None for an unknown task."""
+        with self.sync.broker_errors():
+            state, expires = await self.redis.hmget(self.keys.task(task_id),
+                                                    ["state", "expires_at"])
+        if state is None:
+            return None
+        return derived_state(TaskState(str(state)), None if expires is None else str(expires))
+
+    # -- on the sync facade, in a worker thread -----------------------------------------
+
+    async def cancel(self, task_id: str, *, terminate: bool = False,
+                     reason: str = "cancelled") -> TaskState:
+        """BOQueue.cancel (in a worker thread)."""
+        return await _off_loop(self.sync.cancel, task_id, terminate=terminate, reason=reason)
+
+    async def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
+        """BOQueue.cancel_tag (in a worker thread)."""
+        return await _off_loop(self.sync.cancel_tag, tag, terminate=terminate)
+
+    async def tasks(self, state: TaskState | str | None = None,
+                    **filters: Any) -> list[TaskInfo]:
+        """BOQueue.tasks (in a worker thread)."""
+        return await _off_loop(self.sync.tasks, state, **filters)
+
+    async def failed(self, limit: int = 100) -> list[TaskInfo]:
+        """BOQueue.failed (in a worker thread)."""
+        return await _off_loop(self.sync.failed, limit)
+
+    async def retry(self, task_id: str) -> AsyncTaskHandle:
+        """BOQueue.retry (in a worker thread)."""
+        handle = await _off_loop(self.sync.retry, task_id)
+        return AsyncTaskHandle(self, handle.id)
+
+
+def _client(url: str, connect_timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A client whose pool makes coroutines wait for a free connection (at most
+    POOL_SIZE, however many calls are in flight) rather than fail."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
+        socket_connect_timeout=connect_timeout_s, **options)
+    return aioredis.Redis.from_pool(pool)  # closed with the client
+
+
+async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.to_thread(call, *args, **kwargs)
+
+
+class AsyncTaskHandle:
+    """A submitted task, by id, for asyncio: `await h.get(timeout=)`, `h.state()`,
+    `h.ready()`, `h.info()`, `h.progress()`, `h.cancel()`. Cancelling the coroutine
+    awaiting `get()` stops the wait, not the task."""
+
+    __slots__ = ("_aq", "id")
+
+    def __init__(self, aq: AsyncBOQueue, task_id: str) -> None:
+        self._aq = aq
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"AsyncTaskHandle({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncTaskHandle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    async def info(self) -> TaskInfo:
+        return await self._aq.info(self.id)
+
+    async def state(self) -> TaskState:
+        return (await self.info()).state
+
+    async def ready(self) -> bool:
+        """True once the task has ended, whichever way."""
+        return (await self.state()).terminal
+
+    async def progress(self) -> Progress:
+        with self._aq.sync.broker_errors():
+            fraction, message = await self._aq.redis.hmget(
+                self._aq.keys.task(self.id), ["progress", "progress_message"])
+        return Progress(float(fraction or 0.0), str(message or ""))
+
+    async def cancel(self, terminate: bool = False) -> TaskState:
+        return await self._aq.cancel(self.id, terminate=terminate)
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """TaskHandle.get, awaited: the handler's return value, or the same errors
+        (TaskFailedError, TaskTimeoutError, TaskCancelledError, TaskExpiredError;
+        ResultTimeoutError once `timeout` passes, which leaves the task alone)."""
+        aq = self._aq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with aq.sync.broker_errors():
+            meta = await aq.results.fetch(self.id)
+            while meta is None:
+                # A task that never ran has no stored result; its record says how it
+                # ended (re-read now and then, as TaskHandle.get does).
+                state = await aq.state(self.id)
+                if state is TaskState.EXPIRED:
+                    raise TaskExpiredError(self.id, f"task {self.id} expired before it started")
+                if state is TaskState.CANCELLED:
+                    [reason] = await aq.redis.hmget(aq.keys.task(self.id), ["error"])
+                    raise TaskCancelledError(self.id,
+                                             str(reason or "cancelled before it started"))
+                left = RECORD_RECHECK_S if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise ResultTimeoutError(self.id, timeout or 0.0)
+                meta = await aq.results.wait(self.id, min(left, RECORD_RECHECK_S))
+        return outcome(self.id, meta)
+
+
+class AsyncResults:
+    """Results from Celery's Redis backend, for asyncio: a GET of the stored result, or
+    a wait on its pub/sub channel. One pub/sub connection serves every waiter of the
+    facade: one reader task hands each result published to the futures waiting on it."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.redis, self.prefix = client, prefix
+        self._waiting: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def key(self, task_id: str) -> str:
+        return self.prefix + task_id
+
+    async def fetch(self, task_id: str) -> dict[str, Any] | None:
+        """The stored meta if the task is finished, else None."""
+        return ready_meta(await self.redis.get(self.key(task_id)))
+
+    async def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
+        """The meta once the task is finished, or None after `timeout` seconds."""
+        meta = await self.fetch(task_id)
+        if meta is not None:
+            return meta
+        deadline = time.monotonic() + timeout
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiters = self._waiting.setdefault(task_id, set())
+        waiters.add(future)
+        try:
+            if len(waiters) == 1:
+                await self._subscribe(task_id)
+            while True:
+                # SUBSCRIBE may take effect after a result was published, and the GET
+                # goes on another connection: look at the stored result now and then.
+                meta = await self.fetch(task_id)
+                left = deadline - time.monotonic()
+                if meta is not None or left <= 0:
+                    return meta
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), min(left, RECHECK_S))
+        finally:  # a cancelled wait too
+            waiters.discard(future)
+            if not waiters:
+                del self._waiting[task_id]
+                if self._pubsub is not None:
+                    with contextlib.suppress(redis.exceptions.RedisError):
+                        await self._pubsub.unsubscribe(self.key(task_id))
+
+    async def _subscribe(self, task_id: str) -> None:
+        if self._pubsub is None:
+            self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.key(task_id))
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="bo-queue-results")
+
+    async def _read(self) -> None:
+        while self._waiting:
+            try:
+                message = await self._pubsub.get_message(timeout=RECHECK_S)
+            except redis.exceptions.RedisError as exc:  # waiters fall back on their GETs
+                log.warning("result listener lost Redis (%r); retrying", exc)
+                await asyncio.sleep(RECHECK_S)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            meta = ready_meta(message["data"])
+            for future in self._waiting.get(channel[len(self.prefix):], ()):
+                if meta is not None and not future.done():
+                    future.set_result(meta)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+        await self.redis.aclose()
+
+
+class AsyncStudies:
+    """The ask/tell side of studies for asyncio: BOQueue.studies' calls, each in a worker
+    thread (Ax's steps are CPU work that must not run on the loop, nor its import)."""
+
+    def __init__(self, aq: AsyncBOQueue) -> None:
+        self._aq = aq
+
+    async def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(
+            lambda: getattr(self._aq.sync.studies, method)(*args, **kwargs))
+
+    async def create(self, *args: Any, **kwargs: Any) -> Study:
+        """StudyManager.create."""
+        study: Study = await self._call("create", *args, **kwargs)
+        return study
+
+    async def get(self, study_id: str) -> Study:
+        """StudyManager.get."""
+        study: Study = await self._call("get", study_id)
+        return study
+
+    async def suggest(self, study_id: str, *args: Any, **kwargs: Any) -> list[Trial]:
+        """StudyManager.suggest."""
+        trials: list[Trial] = await self._call("suggest", study_id, *args, **kwargs)
+        return trials
+
+    async def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
+        """StudyManager.report."""
+        return bool(await self._call("report", study_id, index, values))
+
+    async def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
+        """StudyManager.report_failure."""
+        return bool(await self._call("report_failure", study_id, index, reason))
+
+    async def best(self, study_id: str) -> Trial | None:
+        """StudyManager.best."""
+        trial: Trial | None = await self._call("best", study_id)
+        return trial
+
+    async def wait(self, study_id: str, timeout: float = 600) -> Study:
+        """StudyManager.wait."""
+        study: Study = await self._call("wait", study_id, timeout)
+        return study
