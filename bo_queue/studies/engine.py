@@ -98,6 +98,18 @@ class Engine:
     def attach(self, params: Mapping[str, Value]) -> int:
         return self.client.attach_trial(dict(params))
 
+    def warm_start(self, results: Iterable[tuple[Mapping[str, Value], Mapping[str, Outcome]]]
+                   ) -> list[int]:
+        """Known results attached as completed trials before the first generation; they
+        count towards the initial design (Ax's use_existing_trials_for_initialization)."""
+        indices = []
+        for params, values in results:
+            index = self.attach(params)
+            self.complete(index, values)
+            indices.append(index)
+        ax_adapter.advance(self.client)
+        return indices
+
     def complete(
         self, index: int, values: Mapping[str, Outcome], curve: Curve | None = None
     ) -> None:

@@ -105,10 +105,16 @@ class StudyManager:
         evaluator_options: Mapping[str, Any] | None = None,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
+        warm_start_from: Sequence[str] = (),
     ) -> Study:
         """Validate and store a new study (status CREATED). A strategy without a seed gets
         a random one, stored with the study, so a study resumes reproducibly. `description`
-        and `metadata` (JSON) are the owner's, kept with the study wherever it goes."""
+        and `metadata` (JSON) are the owner's, kept with the study wherever it goes.
+
+        `warm_start_from`: studies (of this namespace, with the new study's metrics) whose
+        completed trials inside the new space are attached before its first generation
+        (generator "warm-start", not counted towards max_trials); the quasi-random initial
+        design shrinks by as many."""
         spec = StudySpec(
             name=name,
             parameters=_listed(parameters),
@@ -122,12 +128,14 @@ class StudyManager:
                 else {} if evaluator_options is None else evaluator_options
             ),
         )
-        return self.create_from_spec(spec, description=description, metadata=metadata)
+        return self.create_from_spec(
+            spec, description=description, metadata=metadata, warm_start_from=warm_start_from
+        )
 
     @_redis_errors
     def create_from_spec(
         self, spec: StudySpec | Mapping[str, Any], *, description: str = "",
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None, warm_start_from: Sequence[str] = (),
     ) -> Study:
         """A study from a StudySpec, or from its fields as a JSON client sends them."""
         description, metadata = _described(description, metadata)
@@ -137,11 +145,54 @@ class StudyManager:
         spec.check_runnable()
         if spec.evaluator is not None:
             self.check_evaluator(spec.evaluator)
+        sources = self._warm_sources(spec, warm_start_from)
         now = datetime.now(UTC)
         study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now,
-                      description=description, metadata=metadata)
+                      description=description, metadata=metadata, warm_start_from=sources)
         self.store.create(study)
         return study
+
+    @_redis_errors
+    def clone(self, study_id: str, name: str | None = None, **changes: Any) -> Study:
+        """A new CREATED study with `study_id`'s spec, `changes` applied (any StudySpec
+        field: parameters, objectives, strategy, evaluator, ...), warm-started from it.
+        Its description and metadata are the source's unless given."""
+        source = self.get(study_id)
+        described = {k: changes.pop(k) for k in ("description", "metadata") if k in changes}
+        unknown = set(changes) - set(StudySpec.model_fields)
+        if unknown:
+            raise ValidationError(
+                f"clone() takes StudySpec fields; not one: {sorted(unknown)}"
+            )
+        fields = {**source.spec.model_dump(), **changes, "name": name or source.spec.name}
+        return self.create_from_spec(
+            fields, description=described.get("description", source.description),
+            metadata=described.get("metadata", source.metadata), warm_start_from=[source.id],
+        )
+
+    def _warm_sources(self, spec: StudySpec, sources: Sequence[str]) -> builtins.list[str]:
+        """The ids of studies a new study can start from; StudyNotFoundError (another
+        namespace's study is not found in this one) or ValidationError otherwise."""
+        if isinstance(sources, str) or not isinstance(sources, Sequence):
+            raise ValidationError("warm_start_from must be a list of study ids")
+        ids = builtins.list(dict.fromkeys(sources))
+        for study_id in ids:
+            if not valid_id(study_id):
+                raise ValidationError(f"warm_start_from: {shown(study_id)} is not a study id")
+            source = self.store.study(study_id)  # StudyNotFoundError
+            missing = set(spec.metric_names) - set(source.spec.metric_names)
+            if missing:
+                raise ValidationError(
+                    f"cannot warm-start from study {study_id}: its trials have no values for "
+                    f"{sorted(missing)} (it measures {source.spec.metric_names})"
+                )
+            names = {p.name for p in spec.parameters}
+            if names != {p.name for p in source.spec.parameters}:
+                raise ValidationError(
+                    f"cannot warm-start from study {study_id}: its parameters "
+                    f"{sorted(p.name for p in source.spec.parameters)} are not {sorted(names)}"
+                )
+        return ids
 
     def check_evaluator(self, name: str) -> None:
         """ValidationError unless `name` is a declared handler that can evaluate trials."""

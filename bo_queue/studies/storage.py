@@ -387,6 +387,7 @@ def _meta_fields(study: Study) -> dict[FieldT, EncodableT]:
         "mode": study.mode,
         "description": study.description,
         "metadata": canonical(study.metadata),
+        "warm_start_from": canonical(study.warm_start_from),
     }
 
 
@@ -422,6 +423,8 @@ def _study(meta: dict[Any, Any]) -> Study:
     data["spec"] = StudySpec.model_validate_json(data["spec"])
     if "metadata" in data:  # a study stored before there was metadata has none
         data["metadata"] = json.loads(data["metadata"])
+    if "warm_start_from" in data:
+        data["warm_start_from"] = json.loads(data["warm_start_from"])
     return Study.model_validate(data)
 
 
