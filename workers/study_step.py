@@ -127,8 +127,8 @@ class Stepper:
         trials = {t.index: t for t in state.trials}
         changed: dict[int, Trial] = {}
         if fresh and study.warm_start_from:
-            for trial in self._warm_start(engine, study, now):
-                trials[trial.index] = changed[trial.index] = trial
+            for known in self._warm_start(engine, study, now):
+                trials[known.index] = changed[known.index] = known
         entries = self.store.inbox(self.study_id)
         curves = self.store.curves(self.study_id) if entries else {}  # read after the inbox
         for entry in entries:
