@@ -270,6 +270,10 @@ class Stepper:
         if entry.get("task_id") and trial.task_id and entry["task_id"] != trial.task_id:
             return None  # an evaluation this trial no longer waits for
         update: dict[str, Any] = {"finished_at": now, "worker": entry.get("worker")}
+        if "at" in entry:
+            update["reported_at"] = datetime.fromtimestamp(entry["at"], UTC)
+        if "metadata" in entry:
+            update["result_metadata"] = entry["metadata"]
         if entry.get("early_stopped"):
             values = outcomes(entry["values"])
             engine.early_stop(trial.index, curve)

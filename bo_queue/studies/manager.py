@@ -50,6 +50,7 @@ from bo_queue.studies.storage import (
     StudyState,
     canonical,
     plain,
+    result_marker,
     valid_id,
 )
 from bo_queue.validation import check_json, encodable
@@ -362,15 +363,21 @@ class StudyManager:
         return [self.store.trial(study_id, i) for i in indices]
 
     @_redis_errors
-    def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
-        """Record a trial's result. Idempotent: the same values again change nothing (and
-        return False); different values for a trial that has a result raise."""
+    def report(
+        self, study_id: str, index: int, values: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record a trial's result, with `metadata` (a JSON object: where and how it was
+        measured) kept on the trial with the time it was reported. Idempotent: the same
+        values and metadata again change nothing (and return False); a different result
+        for a trial that has one raises."""
         index = _index(index)
         study = self.get(study_id)
         checked = study.spec.check_values(values)
-        marker = canonical({k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()})
-        entry = {"index": index, "values": checked}
-        return self._tell(study_id, index, entry, marker)
+        entry: dict[str, Any] = {"index": index, "values": checked, "at": time.time()}
+        if metadata is not None:
+            entry["metadata"] = _metadata(metadata, "result metadata")
+        return self._tell(study_id, index, entry, result_marker(checked, entry.get("metadata")))
 
     @_redis_errors
     def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
@@ -379,22 +386,33 @@ class StudyManager:
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise ValidationError(f"reason must be a string of at most {MAX_REASON} characters")
         self.get(study_id)
-        entry = {"index": index, "error": reason or "reported failed"}
+        entry = {"index": index, "error": reason or "reported failed", "at": time.time()}
         return self._tell(study_id, index, entry, canonical({"failed": entry["error"]}))
 
     @_redis_errors
-    def add_results(self, study_id: str, results: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
-        """Report many trials' results; returns how many were new. Every pair is checked
-        (its index names a trial, its values fit the study) before any is reported."""
+    def add_results(
+        self, study_id: str,
+        results: Iterable[tuple[int, Mapping[str, Any]] | tuple[int, Mapping[str, Any], Any]],
+    ) -> int:
+        """Report many trials' results, as (index, values) or (index, values, metadata);
+        returns how many were new. Every one is checked (its index names a trial, its
+        values fit the study, its metadata is a JSON object) before any is reported."""
         study = self.get(study_id)
-        pairs = []
-        for pair in _listed(results, "results"):
-            if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise ValidationError(f"results are (index, values) pairs, not {shown(pair)}")
-            pairs.append((_index(pair[0]), study.spec.check_values(pair[1])))
-        for index, _ in pairs:
+        checked = []
+        for result in _listed(results, "results"):
+            if not isinstance(result, tuple | list) or len(result) not in (2, 3):
+                raise ValidationError(
+                    f"results are (index, values[, metadata]) tuples, not {shown(result)}"
+                )
+            index, values, *extra = result
+            metadata = extra[0] if extra and extra[0] is not None else None
+            checked.append((
+                _index(index), study.spec.check_values(values),
+                None if metadata is None else _metadata(metadata, "result metadata"),
+            ))
+        for index, _, _ in checked:
             self.store.trial(study_id, index)  # TrialNotFoundError
-        return sum(self.report(study_id, index, values) for index, values in pairs)
+        return sum(self.report(study_id, *result) for result in checked)
 
     @_redis_errors
     def report_intermediate(
@@ -591,11 +609,16 @@ def _described(description: Any, metadata: Any) -> tuple[str, dict[str, Any]]:
             f"description must be text of at most {MAX_DESCRIPTION} characters, "
             f"not {shown(description)}"
         )
-    fields = {} if metadata is None else _fields(metadata, "metadata")
-    check_json(fields, "metadata", limit=MAX_METADATA)
+    return description, {} if metadata is None else _metadata(metadata, "metadata")
+
+
+def _metadata(metadata: Any, what: str) -> dict[str, Any]:
+    """The owner's JSON object, at most MAX_METADATA bytes: ValidationError otherwise."""
+    fields = _fields(metadata, what)
+    check_json(fields, what, limit=MAX_METADATA)
     if not all_text_encodable(fields):
-        raise ValidationError("metadata has text that is not UTF-8 (a lone surrogate)")
-    return description, fields
+        raise ValidationError(f"{what} has text that is not UTF-8 (a lone surrogate)")
+    return fields
 
 
 def _fields(data: Any, what: str) -> dict[str, Any]:

@@ -335,6 +335,8 @@ class Trial(BaseModel):
     leased_until: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    reported_at: datetime | None = None  # when its result or failure was reported
+    result_metadata: dict[str, Any] | None = None  # report(metadata=): the reporter's JSON
 
 
 class StudySpec(_Frozen):
