@@ -3,7 +3,10 @@ trials of others that fit its space and metrics."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +22,7 @@ from bo_queue import (
     TrialStatus,
     ValidationError,
 )
-from tests.conftest import Cluster, make_cluster
+from tests.conftest import ROOT, Cluster, make_cluster
 
 QUEUES = ("default", "bo", "evaluate")
 SPACE = [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)]
@@ -97,7 +100,9 @@ def test_warm_started_study_beats_a_cold_one_with_the_same_budget(bq: BOQueue) -
 
 
 @pytest.mark.timeout(300)
-def test_a_clone_with_a_shrunk_space_attaches_only_the_trials_inside_it(bq: BOQueue) -> None:
+def test_a_clone_with_a_shrunk_space_attaches_only_the_trials_inside_it(
+    bq: BOQueue, warm_cluster: Cluster
+) -> None:
     source = sobol_source(bq, 8, seed=7, description="the bowl", metadata={"owner": "ws"})
     assert bq.studies.wait(source, timeout=120).status is StudyStatus.COMPLETED
     clone = bq.studies.clone(
@@ -120,6 +125,15 @@ def test_a_clone_with_a_shrunk_space_attaches_only_the_trials_inside_it(bq: BOQu
     assert first.index == len(inside) and first.generator == "Sobol"
     assert float(first.params["x"]) <= 0.5  # type: ignore[arg-type]
     assert bq.studies.get(clone.id).completed_trials == 0
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": warm_cluster.redis_url,
+           "BO_QUEUE_NAMESPACE": warm_cluster.namespace}
+    status = subprocess.run([sys.executable, "-m", "bo_queue.cli", "study", "status", clone.id],
+                            capture_output=True, text=True, timeout=60, env=env, check=True)
+    lines = status.stdout.splitlines()
+    assert "description: the bowl" in lines and 'metadata: {"owner": "ws"}' in lines
+    assert f"warm-started from: {source} ({len(inside)} trials attached)" in lines
+    assert "trials: 0/10 completed, 1 running, 0 failed" in lines
 
 
 def test_bad_warm_start_sources_are_clear_errors_and_nothing_is_stored(
