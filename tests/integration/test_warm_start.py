@@ -166,3 +166,18 @@ def test_bad_warm_start_sources_are_clear_errors_and_nothing_is_stored(
     with pytest.raises(StudyNotFoundError):
         bq.studies.clone("0123456789abcdef")
     assert {s.id for s in bq.studies.list()} == before | {accuracy.id}
+
+
+@pytest.mark.timeout(300)
+def test_the_manuals_warm_start_example_runs_as_written(
+    warm_cluster: Cluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = (ROOT / "docs" / "studies.md").read_text()
+    section = page.split("## Warm start and cloning", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    expected = [line.rsplit("# ", 1)[1].strip() for line in code.splitlines()
+                if line.startswith("print(")]
+    monkeypatch.setenv("BO_QUEUE_REDIS_URL", warm_cluster.redis_url)
+    monkeypatch.setenv("BO_QUEUE_NAMESPACE", warm_cluster.namespace)
+    exec(compile(code, "docs/studies.md", "exec"), {})  # the manual's own code
+    assert capsys.readouterr().out.splitlines() == expected
