@@ -402,7 +402,8 @@ class StudyManager:
         for result in _listed(results, "results"):
             if not isinstance(result, tuple | list) or len(result) not in (2, 3):
                 raise ValidationError(
-                    f"results are (index, values[, metadata]) tuples, not {shown(result)}"
+                    "results are (index, values) pairs or (index, values, metadata) "
+                    f"triples, not {shown(result)}"
                 )
             index, values, *extra = result
             metadata = extra[0] if extra and extra[0] is not None else None
