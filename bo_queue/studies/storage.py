@@ -507,6 +507,8 @@ class FileStorage(StorageBackend):
                             "leased_until",
                             "finished_at",
                             "error",
+                            "reported_at",
+                            "result_metadata",
                         },
                     )
                     for t in trials
