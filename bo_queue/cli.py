@@ -57,6 +57,7 @@ def _study(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bo_queue.client import BOQueue
+    from bo_queue.studies.models import WARM_START
 
     with BOQueue.from_env() as bq:
         studies = bq.studies
@@ -77,10 +78,19 @@ def _study(args: argparse.Namespace) -> int:
         if args.action == "status":
             study = studies.get(args.study_id)
             strategy = study.spec.strategy
+            trials = studies.trials(args.study_id)
             print(f"{study.id}  {study.name}  {study.status}  {study.message}".rstrip())
+            if study.description:
+                print(f"description: {study.description}")
+            if study.metadata:
+                print(f"metadata: {json.dumps(study.metadata, sort_keys=True)}")
+            if study.warm_start_from:
+                attached = sum(t.generator == WARM_START for t in trials)
+                print(f"warm-started from: {', '.join(study.warm_start_from)} "
+                      f"({attached} trials attached)")
             print(f"trials: {study.completed_trials}/{strategy.max_trials} completed, "
                   f"{study.running_trials} running, {study.failed_trials} failed")
-            for trial in studies.trials(args.study_id):
+            for trial in trials:
                 values = json.dumps(trial.values) if trial.values else trial.error or ""
                 print(f"  {trial.index:>4}  {trial.status:<9}  {trial.generator:<18}  {values}")
             return 0

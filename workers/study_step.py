@@ -25,11 +25,19 @@ from redis.exceptions import LockError
 from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.context import TaskContext
 from bo_queue.core.message import evaluation_of
-from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError
+from bo_queue.errors import InvalidResultError, StudyError, StudyNotFoundError, ValidationError
 from bo_queue.registry import handler
 from bo_queue.retry import RetryPolicy
 from bo_queue.studies.manager import STEP, STUDY_TAG
-from bo_queue.studies.models import Curve, Study, StudyStatus, Trial, TrialStatus, outcomes
+from bo_queue.studies.models import (
+    WARM_START,
+    Curve,
+    Study,
+    StudyStatus,
+    Trial,
+    TrialStatus,
+    outcomes,
+)
 from bo_queue.studies.storage import RedisStorage
 from workers.runner import HandlerTask, describe, finish_listeners
 
@@ -118,6 +126,9 @@ class Stepper:
         engine = self._engine(study, state.model, state.trials, state.curves)
         trials = {t.index: t for t in state.trials}
         changed: dict[int, Trial] = {}
+        if fresh and study.warm_start_from:
+            for known in self._warm_start(engine, study, now):
+                trials[known.index] = changed[known.index] = known
         entries = self.store.inbox(self.study_id)
         curves = self.store.curves(self.study_id) if entries else {}  # read after the inbox
         for entry in entries:
@@ -219,6 +230,34 @@ class Stepper:
         engine.catch_up(trials, curves)
         return engine
 
+    def _warm_start(self, engine: Engine, study: Study, now: datetime) -> list[Trial]:
+        """The completed trials of the study's sources that lie in its space, told to Ax
+        before its first generation."""
+        spec, found = study.spec, []
+        for source in study.warm_start_from:
+            try:
+                old = self.store.trials(source)
+            except StudyNotFoundError:
+                log.warning("study %s: warm-start source %s is gone", study.id, source)
+                continue
+            for trial in old:
+                if trial.status is not TrialStatus.COMPLETED or trial.values is None:
+                    continue
+                values = {m: trial.values[m] for m in spec.metric_names if m in trial.values}
+                try:
+                    params = spec.check_params(trial.params)
+                except ValidationError:
+                    continue  # outside the new space
+                if len(values) == len(spec.metric_names):
+                    found.append((params, values))
+        indices = engine.warm_start(found)
+        log.info("study %s: %d warm-start trial(s) attached", study.id, len(indices))
+        return [
+            Trial(index=index, params=params, status=TrialStatus.COMPLETED, values=values,
+                  generator=WARM_START, created_at=now, finished_at=now)
+            for index, (params, values) in zip(indices, found, strict=True)
+        ]
+
     def _apply(
         self, engine: Engine, trial: Trial | None, entry: dict[str, Any], curve: Curve,
         now: datetime,
@@ -231,6 +270,10 @@ class Stepper:
         if entry.get("task_id") and trial.task_id and entry["task_id"] != trial.task_id:
             return None  # an evaluation this trial no longer waits for
         update: dict[str, Any] = {"finished_at": now, "worker": entry.get("worker")}
+        if "at" in entry:
+            update["reported_at"] = datetime.fromtimestamp(entry["at"], UTC)
+        if "metadata" in entry:
+            update["result_metadata"] = entry["metadata"]
         if entry.get("early_stopped"):
             values = outcomes(entry["values"])
             engine.early_stop(trial.index, curve)
@@ -311,9 +354,11 @@ class Stepper:
 
 
 def _counts(trials: Any) -> dict[TrialStatus, int]:
+    """The study's own trials by status (warm-start ones are another study's results)."""
     counts = dict.fromkeys(TrialStatus, 0)
     for trial in trials:
-        counts[trial.status] += 1
+        if trial.generator != WARM_START:
+            counts[trial.status] += 1
     return counts
 
 

@@ -13,7 +13,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bo_queue.states import Priority, PriorityInput, TaskState
-from bo_queue.studies.models import LinearConstraint, Outcome, Parameter, StudySpec, Value
+from bo_queue.studies.models import (
+    LinearConstraint,
+    Objective,
+    Outcome,
+    OutcomeConstraint,
+    Parameter,
+    Strategy,
+    StudySpec,
+    Value,
+)
 from bo_queue.workflows.models import WorkflowSpec
 
 # Longest interval a schedule may have (ten years): keeps timedelta arithmetic in range.
@@ -68,6 +77,7 @@ class ReportBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: dict[str, Outcome] = Field(examples=[{"loss": 0.31}])
+    metadata: dict[str, Any] | None = Field(default=None, examples=[{"host": "gpu-3"}])
 
 
 class ReportFailureBody(BaseModel):
@@ -127,6 +137,7 @@ class ResultEntry(BaseModel):
 
     index: int = Field(ge=0, le=10**9)
     values: dict[str, Outcome] = Field(examples=[{"loss": 0.31}])
+    metadata: dict[str, Any] | None = None
 
 
 class ResultsBody(BaseModel):
@@ -187,6 +198,30 @@ class StudyCreate(StudySpec):
 
     description: str = ""
     metadata: dict[str, Any] | None = None
+    warm_start_from: list[str] = Field(default_factory=list, max_length=100)
 
     def spec(self) -> StudySpec:
-        return StudySpec.model_validate(self.model_dump(exclude={"description", "metadata"}))
+        return StudySpec.model_validate(
+            self.model_dump(exclude={"description", "metadata", "warm_start_from"})
+        )
+
+
+class CloneBody(BaseModel):
+    """POST /studies/{id}/clone: what differs from the source (the rest is its spec,
+    description and metadata). Everything is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    parameters: list[Parameter] | None = None
+    objectives: list[Objective] | None = None
+    parameter_constraints: list[LinearConstraint] | None = None
+    outcome_constraints: list[OutcomeConstraint] | None = None
+    strategy: Strategy | None = None
+    evaluator: str | None = Field(default=None, min_length=1, max_length=200)
+    evaluator_options: dict[str, Any] | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def changes(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.model_fields_set if k != "name"}

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from bo_queue.api.models import (
+    CloneBody,
     DesignPointsBody,
     FailBody,
     ParameterSpaceBody,
@@ -43,9 +44,19 @@ LIFECYCLE = responses(404, 409)
 def create(bq: Caller, body: StudyCreate) -> Study:
     """Validate and store a new study (status CREATED): a StudySpec, with an optional
     `description` and JSON `metadata`. A strategy without a seed gets a random one,
-    stored with the study. An `evaluator` no worker declared is 422."""
+    stored with the study. An `evaluator` no worker declared is 422. `warm_start_from`:
+    studies whose completed trials it starts from (an unknown one is 404)."""
     return bq.studies.create_from_spec(body.spec(), description=body.description,
-                                       metadata=body.metadata)
+                                       metadata=body.metadata,
+                                       warm_start_from=body.warm_start_from)
+
+
+@router.post("/{study_id}/clone", status_code=201, response_model=Study,
+             responses=NOT_FOUND, summary="A new study from this one, warm-started from it")
+def clone(bq: Caller, study_id: StudyId, body: CloneBody) -> Study:
+    """A new CREATED study with this study's spec, description and metadata, the body's
+    fields changed, warm-started from this study's completed trials."""
+    return bq.studies.clone(study_id, body.name, **body.changes())
 
 
 @router.put("/{study_id}/parameter-space", response_model=Study, responses=LIFECYCLE,
@@ -122,17 +133,19 @@ def results(bq: Caller, study_id: StudyId, body: ResultsBody) -> ResultsOutcome:
     """Every entry is checked (its trial exists, its values fit) before any is recorded:
     one bad entry is 404/422 and nothing is. `recorded` counts the new results; repeats
     of recorded ones are no-ops, different values for them 409."""
-    recorded = bq.studies.add_results(study_id, [(r.index, r.values) for r in body.results])
+    results = [(r.index, r.values, r.metadata) for r in body.results]
+    recorded = bq.studies.add_results(study_id, results)
     return ResultsOutcome(study_id=study_id, recorded=recorded)
 
 
 @router.post("/{study_id}/trials/{index}/report", response_model=ReportOutcome,
              responses=LIFECYCLE, summary="Tell: a trial's result")
 def report(bq: Caller, study_id: StudyId, index: Index, body: ReportBody) -> ReportOutcome:
-    """Values for every objective and outcome-constrained metric. Idempotent: the same
-    values again are `recorded: false`; different values for a trial that has a result
+    """Values for every objective and outcome-constrained metric, and optional JSON
+    `metadata` kept on the trial. Idempotent: the same values and metadata again are
+    `recorded: false`; different values for a trial that has a result
     are 409 (ReportConflictError); missing or extra metrics are 422."""
-    recorded = bq.studies.report(study_id, index, body.values)
+    recorded = bq.studies.report(study_id, index, body.values, metadata=body.metadata)
     return ReportOutcome(study_id=study_id, index=index, recorded=recorded)
 
 

@@ -31,6 +31,15 @@ def generation_node(client: Client) -> str:
     return str(getattr(strategy, "current_node_name", "") or "")
 
 
+def advance(client: Client) -> None:
+    """Move the generation strategy past the nodes whose criteria the experiment already
+    meets. Ax checks only when it generates, and then one node late: after trials were
+    attached, the first new trial would still come from a skipped node."""
+    strategy = client._maybe_generation_strategy  # noqa: SLF001
+    if strategy is not None:
+        strategy._maybe_transition_to_next_node()  # noqa: SLF001
+
+
 def experiment(client: Client) -> Experiment:
     """The Client's Experiment (its trials and their statuses)."""
     found: Experiment = client._experiment  # noqa: SLF001

@@ -6,10 +6,10 @@ Imported only where a study step runs: it pulls in Ax, torch and BoTorch.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
-import signal
 import threading
 import time
 import zlib
@@ -98,6 +98,18 @@ class Engine:
     def attach(self, params: Mapping[str, Value]) -> int:
         return self.client.attach_trial(dict(params))
 
+    def warm_start(self, results: Iterable[tuple[Mapping[str, Value], Mapping[str, Outcome]]]
+                   ) -> list[int]:
+        """Known results attached as completed trials before the first generation; they
+        count towards the initial design (Ax's use_existing_trials_for_initialization)."""
+        indices = []
+        for params, values in results:
+            index = self.attach(params)
+            self.complete(index, values)
+            indices.append(index)
+        ax_adapter.advance(self.client)
+        return indices
+
     def complete(
         self, index: int, values: Mapping[str, Outcome], curve: Curve | None = None
     ) -> None:
@@ -163,22 +175,36 @@ def _parameter(p: Range | Choice) -> RangeParameterConfig | ChoiceParameterConfi
 
 @contextmanager
 def _time_box(limit_s: float) -> Iterator[None]:
-    """Raise GenerationTimeout in this thread after `limit_s` (SIGALRM: main thread only,
-    which is where a prefork or solo worker runs its tasks; elsewhere no time box)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    """Raise GenerationTimeout in this thread after `limit_s`, whichever thread it is (a
+    threads-pool worker runs steps off the main thread, where SIGALRM never arrives): a
+    timer thread raises it in this one, at its next Python instruction."""
+    target, lock, fired = threading.get_ident(), threading.Lock(), threading.Event()
+    inside = True
 
-    def expire(signum: int, frame: Any) -> None:
-        raise GenerationTimeout()
+    def expire() -> None:
+        with lock:
+            if inside:
+                fired.set()
+                _raise_in(target, GenerationTimeout)
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, limit_s)
+    timer = threading.Timer(limit_s, expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        with lock:
+            inside = False
+        timer.cancel()
+        if fired.is_set():
+            _raise_in(target, None)  # one still pending must not go off after the box
+
+
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Have `exc` raised in a thread (None: take back one not raised yet)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), None if exc is None else ctypes.py_object(exc)
+    )
 
 
 def sobol_points(spec: StudySpec, count: int, seed: int) -> list[dict[str, Value]]:

@@ -50,6 +50,7 @@ from bo_queue.studies.storage import (
     StudyState,
     canonical,
     plain,
+    result_marker,
     valid_id,
 )
 from bo_queue.validation import check_json, encodable
@@ -105,10 +106,16 @@ class StudyManager:
         evaluator_options: Mapping[str, Any] | None = None,
         description: str = "",
         metadata: Mapping[str, Any] | None = None,
+        warm_start_from: Sequence[str] = (),
     ) -> Study:
         """Validate and store a new study (status CREATED). A strategy without a seed gets
         a random one, stored with the study, so a study resumes reproducibly. `description`
-        and `metadata` (JSON) are the owner's, kept with the study wherever it goes."""
+        and `metadata` (JSON) are the owner's, kept with the study wherever it goes.
+
+        `warm_start_from`: studies (of this namespace, with the new study's metrics) whose
+        completed trials inside the new space are attached before its first generation
+        (generator "warm-start", not counted towards max_trials); the quasi-random initial
+        design shrinks by as many."""
         spec = StudySpec(
             name=name,
             parameters=_listed(parameters),
@@ -122,12 +129,14 @@ class StudyManager:
                 else {} if evaluator_options is None else evaluator_options
             ),
         )
-        return self.create_from_spec(spec, description=description, metadata=metadata)
+        return self.create_from_spec(
+            spec, description=description, metadata=metadata, warm_start_from=warm_start_from
+        )
 
     @_redis_errors
     def create_from_spec(
         self, spec: StudySpec | Mapping[str, Any], *, description: str = "",
-        metadata: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None, warm_start_from: Sequence[str] = (),
     ) -> Study:
         """A study from a StudySpec, or from its fields as a JSON client sends them."""
         description, metadata = _described(description, metadata)
@@ -137,11 +146,54 @@ class StudyManager:
         spec.check_runnable()
         if spec.evaluator is not None:
             self.check_evaluator(spec.evaluator)
+        sources = self._warm_sources(spec, warm_start_from)
         now = datetime.now(UTC)
         study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now,
-                      description=description, metadata=metadata)
+                      description=description, metadata=metadata, warm_start_from=sources)
         self.store.create(study)
         return study
+
+    @_redis_errors
+    def clone(self, study_id: str, name: str | None = None, **changes: Any) -> Study:
+        """A new CREATED study with `study_id`'s spec, `changes` applied (any StudySpec
+        field: parameters, objectives, strategy, evaluator, ...), warm-started from it.
+        Its description and metadata are the source's unless given."""
+        source = self.get(study_id)
+        described = {k: changes.pop(k) for k in ("description", "metadata") if k in changes}
+        unknown = set(changes) - set(StudySpec.model_fields)
+        if unknown:
+            raise ValidationError(
+                f"clone() takes StudySpec fields; not one: {sorted(unknown)}"
+            )
+        fields = {**source.spec.model_dump(), **changes, "name": name or source.spec.name}
+        return self.create_from_spec(
+            fields, description=described.get("description", source.description),
+            metadata=described.get("metadata", source.metadata), warm_start_from=[source.id],
+        )
+
+    def _warm_sources(self, spec: StudySpec, sources: Sequence[str]) -> builtins.list[str]:
+        """The ids of studies a new study can start from; StudyNotFoundError (another
+        namespace's study is not found in this one) or ValidationError otherwise."""
+        if isinstance(sources, str) or not isinstance(sources, Sequence):
+            raise ValidationError("warm_start_from must be a list of study ids")
+        ids = builtins.list(dict.fromkeys(sources))
+        for study_id in ids:
+            if not valid_id(study_id):
+                raise ValidationError(f"warm_start_from: {shown(study_id)} is not a study id")
+            source = self.store.study(study_id)  # StudyNotFoundError
+            missing = set(spec.metric_names) - set(source.spec.metric_names)
+            if missing:
+                raise ValidationError(
+                    f"cannot warm-start from study {study_id}: its trials have no values for "
+                    f"{sorted(missing)} (it measures {source.spec.metric_names})"
+                )
+            names = {p.name for p in spec.parameters}
+            if names != {p.name for p in source.spec.parameters}:
+                raise ValidationError(
+                    f"cannot warm-start from study {study_id}: its parameters "
+                    f"{sorted(p.name for p in source.spec.parameters)} are not {sorted(names)}"
+                )
+        return ids
 
     def check_evaluator(self, name: str) -> None:
         """ValidationError unless `name` is a declared handler that can evaluate trials."""
@@ -311,15 +363,21 @@ class StudyManager:
         return [self.store.trial(study_id, i) for i in indices]
 
     @_redis_errors
-    def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
-        """Record a trial's result. Idempotent: the same values again change nothing (and
-        return False); different values for a trial that has a result raise."""
+    def report(
+        self, study_id: str, index: int, values: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record a trial's result, with `metadata` (a JSON object: where and how it was
+        measured) kept on the trial with the time it was reported. Idempotent: the same
+        values and metadata again change nothing (and return False); a different result
+        for a trial that has one raises."""
         index = _index(index)
         study = self.get(study_id)
         checked = study.spec.check_values(values)
-        marker = canonical({k: list(v) if isinstance(v, tuple) else v for k, v in checked.items()})
-        entry = {"index": index, "values": checked}
-        return self._tell(study_id, index, entry, marker)
+        entry: dict[str, Any] = {"index": index, "values": checked, "at": time.time()}
+        if metadata is not None:
+            entry["metadata"] = _metadata(metadata, "result metadata")
+        return self._tell(study_id, index, entry, result_marker(checked, entry.get("metadata")))
 
     @_redis_errors
     def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
@@ -328,22 +386,34 @@ class StudyManager:
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise ValidationError(f"reason must be a string of at most {MAX_REASON} characters")
         self.get(study_id)
-        entry = {"index": index, "error": reason or "reported failed"}
+        entry = {"index": index, "error": reason or "reported failed", "at": time.time()}
         return self._tell(study_id, index, entry, canonical({"failed": entry["error"]}))
 
     @_redis_errors
-    def add_results(self, study_id: str, results: Iterable[tuple[int, Mapping[str, Any]]]) -> int:
-        """Report many trials' results; returns how many were new. Every pair is checked
-        (its index names a trial, its values fit the study) before any is reported."""
+    def add_results(
+        self, study_id: str,
+        results: Iterable[tuple[int, Mapping[str, Any]] | tuple[int, Mapping[str, Any], Any]],
+    ) -> int:
+        """Report many trials' results, as (index, values) or (index, values, metadata);
+        returns how many were new. Every one is checked (its index names a trial, its
+        values fit the study, its metadata is a JSON object) before any is reported."""
         study = self.get(study_id)
-        pairs = []
-        for pair in _listed(results, "results"):
-            if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise ValidationError(f"results are (index, values) pairs, not {shown(pair)}")
-            pairs.append((_index(pair[0]), study.spec.check_values(pair[1])))
-        for index, _ in pairs:
+        checked = []
+        for result in _listed(results, "results"):
+            if not isinstance(result, tuple | list) or len(result) not in (2, 3):
+                raise ValidationError(
+                    "results are (index, values) pairs or (index, values, metadata) "
+                    f"triples, not {shown(result)}"
+                )
+            index, values, *extra = result
+            metadata = extra[0] if extra and extra[0] is not None else None
+            checked.append((
+                _index(index), study.spec.check_values(values),
+                None if metadata is None else _metadata(metadata, "result metadata"),
+            ))
+        for index, _, _ in checked:
             self.store.trial(study_id, index)  # TrialNotFoundError
-        return sum(self.report(study_id, index, values) for index, values in pairs)
+        return sum(self.report(study_id, *result) for result in checked)
 
     @_redis_errors
     def report_intermediate(
@@ -540,11 +610,16 @@ def _described(description: Any, metadata: Any) -> tuple[str, dict[str, Any]]:
             f"description must be text of at most {MAX_DESCRIPTION} characters, "
             f"not {shown(description)}"
         )
-    fields = {} if metadata is None else _fields(metadata, "metadata")
-    check_json(fields, "metadata", limit=MAX_METADATA)
+    return description, {} if metadata is None else _metadata(metadata, "metadata")
+
+
+def _metadata(metadata: Any, what: str) -> dict[str, Any]:
+    """The owner's JSON object, at most MAX_METADATA bytes: ValidationError otherwise."""
+    fields = _fields(metadata, what)
+    check_json(fields, what, limit=MAX_METADATA)
     if not all_text_encodable(fields):
-        raise ValidationError("metadata has text that is not UTF-8 (a lone surrogate)")
-    return description, fields
+        raise ValidationError(f"{what} has text that is not UTF-8 (a lone surrogate)")
+    return fields
 
 
 def _fields(data: Any, what: str) -> dict[str, Any]:

@@ -312,6 +312,9 @@ def mean(value: Outcome) -> float:
     return value[0] if isinstance(value, tuple) else value
 
 
+WARM_START = "warm-start"  # the generator of a trial attached from another study
+
+
 class Trial(BaseModel):
     """One evaluation of a study: its parameters, status, reported values, and when and
     how it was generated and evaluated."""
@@ -323,13 +326,17 @@ class Trial(BaseModel):
     status: TrialStatus = TrialStatus.RUNNING
     values: dict[str, Outcome] | None = None
     batch: int = 0  # the step that generated it
-    generator: str = ""  # "sobol", "botorch", "sobol-fallback" (time box), "manual"
+    # "sobol", "botorch", "sobol-fallback" (time box), "manual", "warm-start" (another
+    # study's result, attached before the first generation; not counted to max_trials)
+    generator: str = ""
     task_id: str | None = None  # the evaluation task, in a closed loop
     worker: str | None = None
     created_at: datetime
     leased_until: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    reported_at: datetime | None = None  # when its result or failure was reported
+    result_metadata: dict[str, Any] | None = None  # report(metadata=): the reporter's JSON
 
 
 class StudySpec(_Frozen):
@@ -535,6 +542,7 @@ class Study(BaseModel):
     mode: Literal["ask_tell", "closed_loop"] = "ask_tell"  # closed_loop once run() is called
     description: str = ""  # what the study is for, in the owner's words
     metadata: dict[str, Any] = Field(default_factory=dict)  # the owner's JSON (tags, links)
+    warm_start_from: list[str] = Field(default_factory=list)  # studies whose results it starts from
 
     @property
     def name(self) -> str:

@@ -88,14 +88,20 @@ def valid_id(study_id: object) -> bool:
 def marker(trial: Trial) -> str:
     """What report() registered for a finished trial, so that repeating it is a no-op."""
     if trial.status is TrialStatus.COMPLETED and trial.values is not None:
-        return canonical(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in trial.values.items()}
-        )
+        return result_marker(trial.values, trial.result_metadata)
     if trial.status is TrialStatus.FAILED:
         return canonical({"failed": trial.error or "reported failed"})
     if trial.status is TrialStatus.EARLY_STOPPED and trial.values is not None:
         return stop_marker(plain(trial.values))
     return ""
+
+
+def result_marker(values: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> str:
+    """What the reported register holds for a result: its values, with its metadata if
+    it has any (so the same values with other metadata are a different result)."""
+    if metadata is None:
+        return canonical(plain(values))
+    return canonical({"values": plain(values), "metadata": metadata})
 
 
 def plain(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -387,6 +393,7 @@ def _meta_fields(study: Study) -> dict[FieldT, EncodableT]:
         "mode": study.mode,
         "description": study.description,
         "metadata": canonical(study.metadata),
+        "warm_start_from": canonical(study.warm_start_from),
     }
 
 
@@ -422,6 +429,8 @@ def _study(meta: dict[Any, Any]) -> Study:
     data["spec"] = StudySpec.model_validate_json(data["spec"])
     if "metadata" in data:  # a study stored before there was metadata has none
         data["metadata"] = json.loads(data["metadata"])
+    if "warm_start_from" in data:
+        data["warm_start_from"] = json.loads(data["warm_start_from"])
     return Study.model_validate(data)
 
 
@@ -498,6 +507,8 @@ class FileStorage(StorageBackend):
                             "leased_until",
                             "finished_at",
                             "error",
+                            "reported_at",
+                            "result_metadata",
                         },
                     )
                     for t in trials

@@ -366,7 +366,9 @@ def test_report_writes_once_and_asks_for_one_step(
 ) -> None:
     assert studies.report(running.id, 0, {"loss": 0.31}) is True
     assert steps == [(running.id, {})]
-    assert studies.store.inbox(running.id) == [{"index": 0, "values": {"loss": 0.31}}]
+    [entry] = studies.store.inbox(running.id)
+    assert entry.pop("at") == pytest.approx(time.time(), abs=60)  # when it was reported
+    assert entry == {"index": 0, "values": {"loss": 0.31}}
 
     assert studies.report(running.id, 0, {"loss": 0.31}) is False
     assert steps == [(running.id, {})]  # no second step
@@ -381,7 +383,10 @@ def test_report_same_values_in_another_form(
     assert studies.report(running.id, 1, {"loss": [0.5, 0.1]}) is True
     assert studies.report(running.id, 1, {"loss": (0.5, 0.1)}) is False
     assert len(steps) == 2
-    assert studies.store.inbox(running.id)[1] == {"index": 1, "values": {"loss": [0.5, 0.1]}}
+    entry = studies.store.inbox(running.id)[1]
+    assert {k: v for k, v in entry.items() if k != "at"} == {
+        "index": 1, "values": {"loss": [0.5, 0.1]}
+    }
 
 
 def test_report_conflict_invalid_and_closed(

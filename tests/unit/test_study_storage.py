@@ -28,7 +28,13 @@ from bo_queue.studies.models import (
     Trial,
     TrialStatus,
 )
-from bo_queue.studies.storage import FileStorage, RedisStorage, StudyState, canonical
+from bo_queue.studies.storage import (
+    FileStorage,
+    RedisStorage,
+    StudyState,
+    canonical,
+    result_marker,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 MODEL_JSON = b'{"a": 1}'
@@ -317,6 +323,29 @@ def test_save_rebuilds_the_report_register(store: RedisStorage) -> None:
     assert store.report("s1", 2, {}, canonical({"failed": failed.error})) == "same"
     with pytest.raises(ReportConflictError):
         store.report("s1", 2, {"index": 2}, "m")
+
+
+def with_result_metadata(state: StudyState) -> StudyState:
+    """`state` warm-started from s0, its trial 0 reported with metadata."""
+    first = state.trials[0].model_copy(
+        update={"reported_at": T0 + timedelta(minutes=2), "result_metadata": {"rig": "B2"}}
+    )
+    study = state.study.model_copy(update={"warm_start_from": ["s0"]})
+    return StudyState(study, [first, *state.trials[1:]], state.model, state.curves)
+
+
+def test_warm_start_sources_and_result_metadata_round_trip(
+    store: RedisStorage, tmp_path: Path
+) -> None:
+    state = with_result_metadata(full_state())
+    for backend in (store, FileStorage(tmp_path)):
+        backend.save(state)
+        assert backend.load("s1") == state
+    # a result with metadata is registered with it: the same again is no new result
+    values = {"loss": 0.5, "mem": 3.0}
+    assert store.report("s1", 0, {}, result_marker(values, {"rig": "B2"})) == "same"
+    with pytest.raises(ReportConflictError):
+        store.report("s1", 0, {}, result_marker(values, None))
 
 
 def test_save_replaces_a_previous_state(store: RedisStorage) -> None:
