@@ -37,7 +37,7 @@ from bo_queue.errors import (
     ValidationError,
     shown,
 )
-from bo_queue.studies.models import Outcome, Study, StudySpec, Trial, TrialStatus, mean
+from bo_queue.studies.models import Outcome, Study, StudySpec, Trial, mean
 from bo_queue.studies.storage import StorageBackend, StudyState, valid_id
 
 MIGRATIONS = Path(__file__).with_name("sql_migrations")
@@ -80,6 +80,8 @@ studies = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("saved_at", UTCDateTime, nullable=False),
+    sa.Column("early_stopped_trials", sa.Integer, nullable=False, server_default="0"),  # 0002
+    sa.Column("warm_start_from", sa.JSON, nullable=False, server_default="[]"),  # 0002
 )
 
 trials = sa.Table(
@@ -97,6 +99,8 @@ trials = sa.Table(
     sa.Column("leased_until", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("error", sa.Text),
+    sa.Column("reported_at", UTCDateTime),  # 0002
+    sa.Column("result_metadata", sa.JSON),  # 0002
 )
 
 def _trial_key() -> sa.ForeignKeyConstraint:
@@ -234,9 +238,8 @@ class SQLStorage(StorageBackend):
             model = conn.execute(sa.select(snapshots.c.model).where(
                 snapshots.c.study_id == study_id, snapshots.c.iteration == study.iteration
             )).scalar()
-        stopped = sum(t.status is TrialStatus.EARLY_STOPPED for t in found)
         return StudyState(
-            study.model_copy(update={"early_stopped_trials": stopped}), found,
+            study, found,
             None if model is None else bytes(model),
             {index: sorted(steps.items()) for index, steps in curves.items()},
         )
@@ -310,6 +313,8 @@ def _study_row(study: Study, now: datetime) -> dict[str, Any]:
         "completed_trials": study.completed_trials, "failed_trials": study.failed_trials,
         "running_trials": study.running_trials, "created_at": study.created_at,
         "updated_at": study.updated_at, "saved_at": now,
+        "early_stopped_trials": study.early_stopped_trials,
+        "warm_start_from": study.warm_start_from,
     }
 
 

@@ -51,8 +51,13 @@ def described(study_id: str = "s1") -> StudyState:
     state = full_state(study_id)
     study = state.study.model_copy(update={
         "description": "tuning the booster, März", "metadata": {"owner": "ml", "tags": [1, 2]},
+        "warm_start_from": ["s0"], "early_stopped_trials": 0,
     })
-    return StudyState(study, state.trials, state.model)
+    first, *rest = state.trials
+    reported = first.model_copy(update={  # what report(metadata=) keeps on a trial
+        "reported_at": first.finished_at, "result_metadata": {"rig": "B2", "runs": [1, 2]},
+    })
+    return StudyState(study, [reported, *rest], state.model)
 
 
 def test_a_study_round_trips_with_every_trial(storage: SQLStorage) -> None:
@@ -63,6 +68,8 @@ def test_a_study_round_trips_with_every_trial(storage: SQLStorage) -> None:
     assert back.study.description == "tuning the booster, März"
     assert back.study.metadata == {"owner": "ml", "tags": [1, 2]}
     assert back.trials == state.trials  # params' types, (mean, sem), times to the microsecond
+    assert back.trials[0].result_metadata == {"rig": "B2", "runs": [1, 2]}
+    assert back.study.warm_start_from == ["s0"]
     assert back.model == MODEL
     assert storage.list() == ["s1"]
 
@@ -165,9 +172,35 @@ def test_a_database_that_is_down_is_a_storage_error(tmp_path: Path) -> None:
 def test_the_schema_is_migrated_and_matches_the_tables(storage: SQLStorage) -> None:
     storage.list()  # first use: Alembic's upgrade to head
     with storage.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
         drift = compare_metadata(MigrationContext.configure(conn), sql.metadata)
     assert drift == []  # the migrations build exactly the tables sql.py declares
+
+
+def test_a_database_of_the_first_schema_is_upgraded_with_its_studies(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    old, stopped = make_study("old"), make_trial(1, TrialStatus.EARLY_STOPPED, values={"loss": 0.9})
+    engine = sa.create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(sql.MIGRATIONS))
+    with engine.begin() as conn:  # the first schema, and a study as bo_queue wrote it then
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+        study = {k: v for k, v in sql._study_row(old, old.created_at).items()
+                 if k not in ("early_stopped_trials", "warm_start_from")}
+        conn.execute(sql.studies.insert(), study)  # only 0001's columns
+        trial = {k: v for k, v in sql._trial_row("old", stopped).items()
+                 if k not in ("reported_at", "result_metadata")}
+        conn.execute(sql.trials.insert(), trial)
+    engine.dispose()
+    with SQLStorage(url) as again:  # its first use upgrades 0001 to 0002
+        back = again.load("old")
+    assert back.study.early_stopped_trials == 1 and back.study.warm_start_from == []
+    assert back.study.spec == old.spec
+    assert back.trials[0].status is TrialStatus.EARLY_STOPPED
+    assert back.trials[0].params == stopped.params and back.trials[0].result_metadata is None
 
 
 def test_threads_that_first_use_a_new_database_migrate_it_once(url: str) -> None:
