@@ -20,8 +20,8 @@ point per feasible completed trial) and `#parameters`; a study of several object
 `#pareto-front` (`svg#pareto`: a circle per completed trial, `circle.front` and one
 `path.front` point per trial on the Pareto front) and /data's "pareto" (their indices).
 A closed loop's trials show their evaluation task (`td.task[data-task-id]`: its name,
-description, metadata, created_by); the page's `#namespace` (`data-namespace`, a `span[data-key]` per key) shows the
-namespace's metadata, and /data has both.
+description, metadata, created_by); the page's `#namespace` (`data-namespace`, a
+`span[data-key]` per key) shows the namespace's metadata, and /data has both.
 """
 
 from __future__ import annotations
