@@ -1,11 +1,8 @@
-"""Multi-objective and constrained problems for tests/integration/test_study_moo.py, in
-plain Python (the evaluators run on workers without torch), and their Ax-in-process
-reference, run as a subprocess (`python -m tests.integration.moo_problems ...`) so torch
-never loads in the pytest process (tests/unit/test_adapters.py says why).
+"""For tests/integration/test_study_moo.py: ZDT1 and constrained Hartmann6 (the bench.zdt1
+and bench.chartmann6 evaluators of workers.objectives) run by Ax in process, in a subprocess
+(`python -m tests.integration.moo_problems ...`) so torch never loads in the pytest process
+(tests/unit/test_adapters.py says why), their hypervolume, and an evaluator of a mixed space:
 
-    moo.zdt1        params x0..x2 in [0, 1]   -> {"f0", "f1"}, both minimised (botorch's ZDT1)
-    moo.chartmann6  params x1..x6 in [0, 1]   -> {"hartmann6", "norm"}; feasible: norm <= 1
-                    (botorch's ConstrainedHartmann: ||x||_2 <= 1)
     moo.mixed       params lr (log), layers (int), act (choice), dropout, momentum -> {"loss"}
 """
 
@@ -17,31 +14,14 @@ import sys
 from typing import Any
 
 from bo_queue import TaskContext, handler
-from workers.objectives import HARTMANN6_SPACE, hartmann6
-
-ZDT1_DIM = 3
-ZDT1_SPACE = {f"x{i}": (0.0, 1.0) for i in range(ZDT1_DIM)}
-ZDT1_REF_POINT = (11.0, 11.0)  # botorch's ZDT1.ref_point (minimisation)
-NORM_BOUND = 1.0
-
-
-def zdt1(x: list[float]) -> dict[str, float]:
-    g = 1.0 + 9.0 / (len(x) - 1) * sum(x[1:])
-    return {"f0": x[0], "f1": g * (1.0 - math.sqrt(x[0] / g))}
-
-
-def chartmann6(x: list[float]) -> dict[str, float]:
-    return {"hartmann6": hartmann6(x), "norm": math.sqrt(sum(v * v for v in x))}
-
-
-@handler("moo.zdt1", queue="evaluate")
-def zdt1_handler(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
-    return zdt1([float(payload["params"][n]) for n in ZDT1_SPACE])
-
-
-@handler("moo.chartmann6", queue="evaluate")
-def chartmann6_handler(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
-    return chartmann6([float(payload["params"][n]) for n in HARTMANN6_SPACE])
+from workers.objectives import (
+    HARTMANN6_SPACE,
+    NORM_BOUND,
+    ZDT1_REF_POINT,
+    ZDT1_SPACE,
+    zdt1,
+)
+from workers.objectives import constrained_hartmann6 as chartmann6
 
 
 @handler("moo.mixed", queue="evaluate")

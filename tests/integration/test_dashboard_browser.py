@@ -216,7 +216,7 @@ INDEX_JS = """Array.from(document.querySelectorAll("#studies tbody tr[data-study
 
 @pytest.mark.timeout(300)
 def test_pareto_front_and_index_in_headless_chromium(redis_url: str, tmp_path: Path) -> None:
-    from tests.integration.moo_problems import ZDT1_SPACE
+    from workers.objectives import ZDT1_SPACE
 
     cluster = Cluster(redis_url, new_namespace(), {}, queues=("default", "bo", "evaluate"))
     cluster.start_workers({"concurrency": 2,
@@ -228,7 +228,7 @@ def test_pareto_front_and_index_in_headless_chromium(redis_url: str, tmp_path: P
         query = f"?key={quote(key, safe='')}"
         two = bq.studies.create(
             "zdt1", [Range(n, lo, hi) for n, (lo, hi) in ZDT1_SPACE.items()],
-            [Objective("f0"), Objective("f1")], evaluator="moo.zdt1",
+            [Objective("f0"), Objective("f1")], evaluator="bench.zdt1",
             strategy=Strategy(initial_trials=TRIALS, max_trials=TRIALS, seed=0),  # Sobol only
         )
         one = bq.studies.create(

@@ -27,8 +27,7 @@ from bo_queue import (
     TrialStatus,
 )
 from tests.conftest import HANDLERS, ROOT, Cluster, new_namespace
-from tests.integration.moo_problems import NORM_BOUND, ZDT1_SPACE
-from workers.objectives import HARTMANN6_MIN, HARTMANN6_SPACE
+from workers.objectives import HARTMANN6_MIN, HARTMANN6_SPACE, NORM_BOUND, ZDT1_SPACE, zdt1
 
 TRIALS, INITIAL, SEED = 12, 5, 0
 MODEL = "MBM"  # the generator name of Ax's BoTorch node
@@ -82,7 +81,7 @@ def test_two_objectives_run_through_ax_and_pareto_is_the_non_dominated_trials(
     ax = reference("ax", "zdt1", str(TRIALS), str(INITIAL), str(SEED))  # side by side
     study = bq.studies.create(
         "zdt1", [Range(n, lo, hi) for n, (lo, hi) in ZDT1_SPACE.items()],
-        [Objective("f0"), Objective("f1")], evaluator="moo.zdt1",
+        [Objective("f0"), Objective("f1")], evaluator="bench.zdt1",
         strategy=Strategy(initial_trials=INITIAL, max_trials=TRIALS, parallelism=1, seed=SEED),
     )
     bq.studies.run(study.id)
@@ -107,8 +106,6 @@ def test_two_objectives_run_through_ax_and_pareto_is_the_non_dominated_trials(
 
 @pytest.mark.timeout(600)
 def test_ask_tell_with_two_objectives_generates_from_the_model(bq: BOQueue) -> None:
-    from tests.integration.moo_problems import zdt1
-
     study = bq.studies.create(
         "zdt1-asktell", [Range(n, lo, hi) for n, (lo, hi) in ZDT1_SPACE.items()],
         [Objective("f0"), Objective("f1")],
@@ -131,7 +128,7 @@ def test_outcome_constraints_run_through_ax_and_best_is_feasible(bq: BOQueue) ->
     ax = reference("ax", "chartmann6", str(TRIALS), str(INITIAL), str(SEED))
     study = bq.studies.create(
         "chartmann6", [Range(n, lo, hi) for n, (lo, hi) in HARTMANN6_SPACE.items()],
-        [Objective("hartmann6")], evaluator="moo.chartmann6",
+        [Objective("hartmann6")], evaluator="bench.chartmann6",
         outcome_constraints=[OutcomeConstraint(metric="norm", op="<=", bound=NORM_BOUND)],
         strategy=Strategy(initial_trials=INITIAL, max_trials=TRIALS, parallelism=1, seed=SEED),
     )
