@@ -192,6 +192,14 @@ def check_final_page(tab: DevTools, trials: list[Any]) -> None:
     assert box[0] > 300 and box[1] > 150, box
 
 
+def settled(tab: DevTools, script: str) -> Any:
+    """The script's value on the page, None while navigation replaces the document."""
+    try:
+        return tab.evaluate(script) or None
+    except DevToolsError:  # the old document went away under the call
+        return None
+
+
 def screenshot(tab: DevTools, path: Path) -> None:
     shot = tab.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
     png = base64.b64decode(shot["data"])
@@ -250,14 +258,14 @@ def test_pareto_front_and_index_in_headless_chromium(redis_url: str, tmp_path: P
             tab.call("Emulation.setDeviceMetricsOverride", width=1280, height=1200,
                      deviceScaleFactor=1, mobile=False)
             tab.call("Page.navigate", url=f"{base}/studies/{two.id}/dashboard{query}")
-            chart = wait_for(lambda: tab.evaluate(PARETO_JS), 30, "the Pareto chart")
+            chart = wait_for(lambda: settled(tab, PARETO_JS), 30, "the Pareto chart")
             assert chart["circles"] == TRIALS and chart["front"] == front, chart
             assert chart["line"] == str(len(front))
             assert chart["box"][0] > 400 and chart["box"][1] > 250, chart  # laid out
             screenshot(tab, tmp_path / "pareto.png")
 
             tab.call("Page.navigate", url=f"{base}/dashboard{query}")
-            rows = wait_for(lambda: tab.evaluate(INDEX_JS) or None, 30, "the index")
+            rows = wait_for(lambda: settled(tab, INDEX_JS), 30, "the index")
             assert [(r[0], r[1]) for r in rows] == [(one.id, "COMPLETED"), (two.id, "COMPLETED")]
             assert rows[0][2] == f"loss = {float(best.values['loss']):.4g}"  # type: ignore[index,arg-type]
             assert rows[1][2] == f"{len(front)} on the front"
