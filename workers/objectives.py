@@ -238,14 +238,10 @@ def _evaluate(
     payload: dict[str, Any],
     ctx: TaskContext,
 ) -> dict[str, float]:
-    if not isinstance(payload, Mapping):
-        raise ValidationError(f"{handler_name}: payload must be an object, got {payload!r}")
-    params = _params(handler_name, payload, space)
-    options = _options(handler_name, payload)
-    value = fn(params) + _noise(payload, options)
-    if options.get("sleep_s"):
-        _sleep(options["sleep_s"], ctx)
-    return {objective: value}
+    return _evaluate_outcomes(
+        handler_name, space, lambda xs: {objective: fn(dict(zip(space, xs, strict=True)))},
+        payload, ctx,
+    )
 
 
 def _evaluate_outcomes(
@@ -255,7 +251,8 @@ def _evaluate_outcomes(
     payload: dict[str, Any],
     ctx: TaskContext,
 ) -> dict[str, float]:
-    """As `_evaluate`, for a function of several outcomes (the noise goes on each)."""
+    """The payload checked, `fn` of its params in the space's order, noise added (to each
+    outcome), then the sleep option slept."""
     if not isinstance(payload, Mapping):
         raise ValidationError(f"{handler_name}: payload must be an object, got {payload!r}")
     params = _params(handler_name, payload, space)
