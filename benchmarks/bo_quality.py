@@ -838,7 +838,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = targets(rows, args.parallelism)
     tables = [markdown(rows, checks, notes)] if results else []
     if outcome_results:
-        tables.append(outcome_markdown(outcome_results))
+        outcome_notes = [] if results else [f"- {note}\n" for note in notes]
+        tables.append("\n".join([outcome_markdown(outcome_results), *outcome_notes]))
     table = "\n".join(tables)
     print()
     print(table)
