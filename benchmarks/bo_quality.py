@@ -4,11 +4,24 @@
     .venv/bin/python benchmarks/bo_quality.py --quick          # Branin, seeds 0..2 (~30 s)
     .venv/bin/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
         --markdown-out /tmp/bo_quality.md
+    .venv/bin/python benchmarks/bo_quality.py --seeds 0-2 --problems zdt1,chartmann6 \
+        --json-out benchmarks/results/bo_quality_outcomes.json \
+        --markdown-out benchmarks/results/bo_quality_outcomes.md
 
 Problems (minimised; the objectives and their spaces come from workers.objectives):
 
     branin      2-d, N = 20 trials, 5 initial (center + Sobol), regret threshold 0.1
     hartmann6   6-d, N = 30 trials, 8 initial (center + Sobol), regret threshold 0.15
+    zdt1        3-d, two objectives (f0, f1), N = 25, 6 initial: the hypervolume of the
+                trials' Pareto front against ZDT1's reference point (11, 11) (botorch's
+                Hypervolume); target: bo_queue >= 0.95x Ax in process (median over seeds)
+    chartmann6  Hartmann6 under ||x||_2 <= 1 (botorch's ConstrainedHartmann), N = 25,
+                8 initial: the best feasible regret (inf while none is feasible); target:
+                bo_queue within 1.5x of Ax in process (median)
+
+The last two run ax, sobol, optuna-tpe (multi-objective TPE / TPE with constraints_func)
+and bq-p1 (the closed loop with the objectives and outcome constraints) per seed and get a
+table of their own.
 
 Methods, each run once per problem and seed, all in the same process run:
 
@@ -71,8 +84,13 @@ from workers.objectives import (
     BRANIN_SPACE,
     HARTMANN6_MIN,
     HARTMANN6_SPACE,
+    NORM_BOUND,
+    ZDT1_REF_POINT,
+    ZDT1_SPACE,
     branin,
+    constrained_hartmann6,
     hartmann6,
+    zdt1,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,6 +138,65 @@ PROBLEMS: dict[str, Problem] = {
         fn=lambda p: hartmann6([p[name] for name in HARTMANN6_SPACE]),
     ),
 }
+
+
+@dataclass(frozen=True)
+class OutcomeProblem:
+    """A problem of several outcomes, scored by one figure: the hypervolume of the trials'
+    front (several objectives, higher is better) or the best feasible regret (constrained,
+    lower is better)."""
+
+    name: str
+    evaluator: str  # the bo_queue handler in workers.objectives
+    space: dict[str, tuple[float, float]]
+    objectives: tuple[str, ...]  # all minimised
+    constraints: tuple[tuple[str, float], ...]  # (metric, bound): metric <= bound
+    trials: int
+    initial_trials: int
+    figure: str  # "hypervolume" or "feasible regret"
+    fn: Callable[[Sequence[float]], dict[str, float]]
+
+    def score(self, outcomes: Sequence[dict[str, float]]) -> float:
+        if self.figure == "hypervolume":
+            return hypervolume([[o[n] for n in self.objectives] for o in outcomes])
+        feasible = [o[self.objectives[0]] for o in outcomes
+                    if all(o[m] <= bound for m, bound in self.constraints)]
+        return (min(feasible) - HARTMANN6_MIN) if feasible else math.inf
+
+
+def hypervolume(points: Sequence[Sequence[float]]) -> float:
+    """botorch's hypervolume of minimised 2-objective points against ZDT1's reference point."""
+    import torch
+    from botorch.utils.multi_objective.hypervolume import Hypervolume
+    from botorch.utils.multi_objective.pareto import is_non_dominated
+
+    y = -torch.tensor(points, dtype=torch.double)  # botorch maximises
+    return float(Hypervolume(ref_point=-torch.tensor(ZDT1_REF_POINT, dtype=torch.double))
+                 .compute(y[is_non_dominated(y)]))
+
+
+OUTCOME_PROBLEMS: dict[str, OutcomeProblem] = {
+    "zdt1": OutcomeProblem(
+        name="zdt1", evaluator="bench.zdt1", space=ZDT1_SPACE, objectives=("f0", "f1"),
+        constraints=(), trials=25, initial_trials=6, figure="hypervolume", fn=zdt1,
+    ),
+    "chartmann6": OutcomeProblem(
+        name="chartmann6", evaluator="bench.chartmann6", space=HARTMANN6_SPACE,
+        objectives=("hartmann6",), constraints=(("norm", NORM_BOUND),), trials=25,
+        initial_trials=8, figure="feasible regret", fn=constrained_hartmann6,
+    ),
+}
+HV_RATIO_MIN = 0.95  # the issue: bo_queue's hypervolume >= 0.95x Ax in process's
+
+
+@dataclass
+class OutcomeResult:
+    method: str
+    problem: str
+    seed: int
+    score: float  # the problem's figure
+    wall_s: float
+    trials: int
 
 
 @dataclass
@@ -301,6 +378,152 @@ def run_closed_loop(problem: Problem, seed: int, parallelism: int) -> RunResult:
         overhead_s=overhead,
         notes=f"{done.status}; {len(steps)} steps, {cached} with the engine cached in memory",
     )
+
+
+# -- problems of several outcomes ---------------------------------------------------------
+
+
+def _outcome_result(method: str, problem: OutcomeProblem, seed: int,
+                    outcomes: Sequence[dict[str, float]], started: float) -> OutcomeResult:
+    return OutcomeResult(method, problem.name, seed, problem.score(outcomes),
+                         time.perf_counter() - started, len(outcomes))
+
+
+def outcome_ax(problem: OutcomeProblem, seed: int) -> OutcomeResult:
+    """Ax in process with the objectives and outcome constraints, one trial at a time."""
+    from ax import Client, RangeParameterConfig
+
+    started = time.perf_counter()
+    client = Client(random_seed=seed)
+    client.configure_experiment(parameters=[
+        RangeParameterConfig(name=n, bounds=b, parameter_type="float")
+        for n, b in problem.space.items()
+    ])
+    client.configure_optimization(
+        objective=", ".join(f"-{n}" for n in problem.objectives),
+        outcome_constraints=[f"{m} <= {b}" for m, b in problem.constraints] or None,
+    )
+    client.configure_generation_strategy(
+        method="fast", initialization_budget=problem.initial_trials,
+        initialization_random_seed=seed,
+    )
+    outcomes: list[dict[str, float]] = []
+    while len(outcomes) < problem.trials:
+        for index, params in client.get_next_trials(max_trials=1).items():
+            values = problem.fn([float(params[n]) for n in problem.space])
+            client.complete_trial(trial_index=index, raw_data=dict(values))
+            outcomes.append(values)
+    return _outcome_result("ax", problem, seed, outcomes, started)
+
+
+def outcome_sobol(problem: OutcomeProblem, seed: int) -> OutcomeResult:
+    from scipy.stats import qmc
+
+    started = time.perf_counter()
+    sampler = qmc.Sobol(d=len(problem.space), scramble=True, seed=seed)
+    unit = sampler.random_base2(m=math.ceil(math.log2(problem.trials)))[: problem.trials]
+    lows, highs = zip(*problem.space.values(), strict=True)
+    outcomes = [problem.fn([float(v) for v in row]) for row in qmc.scale(unit, lows, highs)]
+    return _outcome_result("sobol", problem, seed, outcomes, started)
+
+
+def outcome_optuna(problem: OutcomeProblem, seed: int) -> OutcomeResult:
+    """Optuna's TPE (multi-objective, or with its constraints_func), seeded."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.perf_counter()
+    outcomes: list[dict[str, float]] = []
+
+    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+        return list(trial.user_attrs["violations"])
+
+    sampler = optuna.samplers.TPESampler(
+        seed=seed, constraints_func=constraints if problem.constraints else None)
+    study = optuna.create_study(directions=["minimize"] * len(problem.objectives),
+                                sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        space = problem.space.items()
+        values = problem.fn([trial.suggest_float(n, lo, hi) for n, (lo, hi) in space])
+        trial.set_user_attr("violations", [values[m] - b for m, b in problem.constraints])
+        outcomes.append(values)
+        return tuple(values[n] for n in problem.objectives)
+
+    study.optimize(objective, n_trials=problem.trials)
+    return _outcome_result("optuna-tpe", problem, seed, outcomes, started)
+
+
+def outcome_closed_loop(problem: OutcomeProblem, seed: int) -> OutcomeResult:
+    """bo_queue's closed loop on real workers, parallelism 1, as Ax in process."""
+    from bo_queue import Objective, OutcomeConstraint, Range, Strategy
+
+    bq = _local_cluster()
+    study = bq.studies.create(
+        name=f"bo-quality-{problem.name}-s{seed}",
+        parameters=[Range(n, lo, hi) for n, (lo, hi) in problem.space.items()],
+        objectives=[Objective(n) for n in problem.objectives],
+        outcome_constraints=[OutcomeConstraint(metric=m, op="<=", bound=b)
+                             for m, b in problem.constraints],
+        strategy=Strategy(initial_trials=problem.initial_trials, max_trials=problem.trials,
+                          parallelism=1, seed=seed),
+        evaluator=problem.evaluator,
+    )
+    started = time.perf_counter()
+    bq.studies.run(study.id)
+    bq.studies.wait(study.id, timeout=1800, poll_s=0.1)
+    outcomes = [{k: float(v) for k, v in (t.values or {}).items()}
+                for t in bq.studies.trials(study.id) if t.values]
+    return _outcome_result("bq-p1", problem, seed, outcomes, started)
+
+
+def run_outcome_problems(problems: Sequence[OutcomeProblem], seeds: Sequence[int],
+                         seen_warnings: Counter[tuple[str, str, str]]) -> list[OutcomeResult]:
+    methods: list[Callable[[OutcomeProblem, int], OutcomeResult]] = [
+        outcome_ax, outcome_sobol, outcome_closed_loop]
+    if optuna_available():
+        methods.insert(2, outcome_optuna)
+    results = []
+    for problem in problems:
+        for seed in seeds:
+            for method in methods:
+                with recorded_warnings(seen_warnings):
+                    result = method(problem, seed)
+                results.append(result)
+                print(f"  {problem.name:10} seed {seed} {result.method:10} {problem.figure} "
+                      f"{result.score:9.4g}  wall {result.wall_s:6.2f} s", flush=True)
+    return results
+
+
+def outcome_markdown(results: Sequence[OutcomeResult]) -> str:
+    """Per problem and method: the median figure over the seeds; then the issue's targets."""
+    lines = ["| problem (N) | figure | method | seeds | median | worst | median wall time / run |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    medians: dict[tuple[str, str], float] = {}
+    for key in dict.fromkeys((r.problem, r.method) for r in results):
+        runs = [r for r in results if (r.problem, r.method) == key]
+        problem = OUTCOME_PROBLEMS[key[0]]
+        scores = [r.score for r in runs]
+        worst = min(scores) if problem.figure == "hypervolume" else max(scores)
+        medians[key] = statistics.median(scores)
+        lines.append(f"| {key[0]} ({problem.trials}) | {problem.figure} | {key[1]} | {len(runs)} "
+                     f"| {_fmt(medians[key], 4)} | {_fmt(worst, 4)} "
+                     f"| {statistics.median(r.wall_s for r in runs):.2f} s |")
+    lines += ["", "| problem | target | value | met |", "|---|---|---:|---|"]
+    for name in dict.fromkeys(r.problem for r in results):
+        ours, theirs = medians.get((name, "bq-p1")), medians.get((name, "ax"))
+        if ours is None or theirs is None:
+            continue
+        if OUTCOME_PROBLEMS[name].figure == "hypervolume":
+            ratio = ours / theirs
+            lines.append(f"| {name} | median hypervolume / Ax in process >= {HV_RATIO_MIN:g} "
+                         f"| {ratio:.3f}x | {'met' if ratio >= HV_RATIO_MIN else 'NOT met'} |")
+        else:
+            ratio = ours / theirs if theirs > 0 else math.inf
+            lines.append(f"| {name} | median feasible regret / Ax in process <= "
+                         f"{P1_MEDIAN_RATIO_MAX:g} | {_fmt(ratio)}x "
+                         f"| {'met' if ratio <= P1_MEDIAN_RATIO_MAX else 'NOT met'} |")
+    return "\n".join(lines) + "\n"
 
 
 # -- running everything ------------------------------------------------------------------
@@ -543,10 +766,11 @@ def _seeds(text: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in PROBLEMS]
+    known = [*PROBLEMS, *OUTCOME_PROBLEMS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown problem(s) {', '.join(unknown) or '(none)'}; known: {', '.join(PROBLEMS)}"
+            f"unknown problem(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}"
         )
     return names
 
@@ -560,7 +784,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=_seeds, default=None,
                         help="e.g. 0-9 or 0,3,5 (default 0-9; --quick: 0-2)")
     parser.add_argument("--problems", type=_names, default=None,
-                        help="comma-separated: branin,hartmann6 (default both; --quick: branin)")
+                        help="comma-separated, of branin,hartmann6,zdt1,chartmann6 "
+                             "(default all; --quick: branin)")
     parser.add_argument("--parallelism", type=_ints, default=list(DEFAULT_PARALLELISM),
                         help="closed-loop parallelisms (default 1,4)")
     parser.add_argument("--quick", action="store_true", help="3 seeds, Branin only")
@@ -576,8 +801,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     seeds = args.seeds or (list(QUICK_SEEDS) if args.quick else list(DEFAULT_SEEDS))
-    names = args.problems or (["branin"] if args.quick else list(PROBLEMS))
-    problems = [PROBLEMS[name] for name in names]
+    names = args.problems or (["branin"] if args.quick else [*PROBLEMS, *OUTCOME_PROBLEMS])
+    problems = [PROBLEMS[name] for name in names if name in PROBLEMS]
+    outcome_problems = [OUTCOME_PROBLEMS[name] for name in names if name in OUTCOME_PROBLEMS]
 
     seen_warnings: Counter[tuple[str, str, str]] = Counter()
     load_before = os.getloadavg()
@@ -602,14 +828,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     results, notes = run_all(problems, seeds, args.parallelism, args.max_minutes,
                              args.verbose, seen_warnings)
+    outcome_results = run_outcome_problems(outcome_problems, seeds, seen_warnings)
     total_s = time.perf_counter() - started
-    if not results:
+    if not results and not outcome_results:
         print("no runs finished", file=sys.stderr)
         return 1
 
     rows = summarize(results)
     checks = targets(rows, args.parallelism)
-    table = markdown(rows, checks, notes)
+    tables = [markdown(rows, checks, notes)] if results else []
+    if outcome_results:
+        outcome_notes = [] if results else [f"- {note}\n" for note in notes]
+        tables.append("\n".join([outcome_markdown(outcome_results), *outcome_notes]))
+    table = "\n".join(tables)
     print()
     print(table)
     if seen_warnings:
@@ -639,6 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "trials": p.trials, "initial_trials": p.initial_trials,
                      "threshold": p.threshold}
             for p in problems
+        } | {
+            p.name: {"evaluator": p.evaluator, "space": p.space, "objectives": p.objectives,
+                     "constraints": p.constraints, "trials": p.trials,
+                     "initial_trials": p.initial_trials, "figure": p.figure}
+            for p in outcome_problems
         },
         "import_ax_s": {"fresh_interpreter": import_ax_s, "this_process": import_in_process_s},
         "total_s": total_s,
@@ -650,6 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for (c, m, w), n in seen_warnings.most_common()
         ],
         "runs": [asdict(r) for r in results],
+        "outcome_runs": [asdict(r) for r in outcome_results],
     }
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -2,8 +2,11 @@
 
     bench.branin      params x1 in [-5, 10], x2 in [0, 15]       -> {"branin": value}
     bench.hartmann6   params x1..x6 in [0, 1]                     -> {"hartmann6": value}
+    bench.zdt1        params x0..x2 in [0, 1]    -> {"f0", "f1"}, both minimised (ZDT1, d=3)
+    bench.chartmann6  params x1..x6 in [0, 1]    -> {"hartmann6", "norm"}: Hartmann6 under
+                      the constraint norm = ||x||_2 <= 1 (botorch's ConstrainedHartmann)
 
-Both are minimised: Branin's minimum is 0.397887 (at three points), Hartmann6's is
+The first two are minimised: Branin's minimum is 0.397887 (at three points), Hartmann6's is
 -3.32237. Each handler takes the evaluator payload
 
     {"study_id": str, "trial_index": int, "params": {name: value}, "options": {...}}
@@ -43,10 +46,17 @@ __all__ = [
     "HARTMANN6_MIN",
     "HARTMANN6_MINIMIZER",
     "HARTMANN6_SPACE",
+    "NORM_BOUND",
+    "ZDT1_REF_POINT",
+    "ZDT1_SPACE",
     "bench_branin",
+    "bench_chartmann6",
     "bench_hartmann6",
+    "bench_zdt1",
     "branin",
+    "constrained_hartmann6",
     "hartmann6",
+    "zdt1",
 ]
 
 Space = dict[str, tuple[float, float]]
@@ -108,6 +118,25 @@ def hartmann6(xs: Sequence[float]) -> float:
         inner = sum(a * (x - p) ** 2 for a, x, p in zip(a_row, xs, p_row, strict=True))
         total += alpha * math.exp(-inner)
     return -total
+
+
+# -- ZDT1 and constrained Hartmann6 (several outcomes) -----------------------------------
+
+ZDT1_SPACE: Space = {f"x{i}": (0.0, 1.0) for i in range(3)}
+ZDT1_REF_POINT = (11.0, 11.0)  # botorch's ZDT1.ref_point, for the hypervolume
+NORM_BOUND = 1.0  # constrained Hartmann6: feasible when ||x||_2 <= NORM_BOUND
+
+
+def zdt1(xs: Sequence[float]) -> dict[str, float]:
+    """ZDT1 on [0, 1]^d (botorch's definition): f0 = x0, f1 = g (1 - sqrt(x0 / g))."""
+    g = 1.0 + 9.0 / (len(xs) - 1) * sum(xs[1:])
+    return {"f0": float(xs[0]), "f1": g * (1.0 - math.sqrt(xs[0] / g))}
+
+
+def constrained_hartmann6(xs: Sequence[float]) -> dict[str, float]:
+    """Hartmann6 and the Euclidean norm its constraint bounds (botorch's ConstrainedHartmann;
+    the unconstrained minimiser is feasible, so the minimum is still HARTMANN6_MIN)."""
+    return {"hartmann6": hartmann6(xs), "norm": math.sqrt(sum(x * x for x in xs))}
 
 
 # -- payload checking --------------------------------------------------------------------
@@ -209,14 +238,30 @@ def _evaluate(
     payload: dict[str, Any],
     ctx: TaskContext,
 ) -> dict[str, float]:
+    return _evaluate_outcomes(
+        handler_name, space, lambda xs: {objective: fn(dict(zip(space, xs, strict=True)))},
+        payload, ctx,
+    )
+
+
+def _evaluate_outcomes(
+    handler_name: str,
+    space: Space,
+    fn: Callable[[Sequence[float]], dict[str, float]],
+    payload: dict[str, Any],
+    ctx: TaskContext,
+) -> dict[str, float]:
+    """The payload checked, `fn` of its params in the space's order, noise added (to each
+    outcome), then the sleep option slept."""
     if not isinstance(payload, Mapping):
         raise ValidationError(f"{handler_name}: payload must be an object, got {payload!r}")
     params = _params(handler_name, payload, space)
     options = _options(handler_name, payload)
-    value = fn(params) + _noise(payload, options)
+    noise = _noise(payload, options)
+    values = {name: value + noise for name, value in fn([params[n] for n in space]).items()}
     if options.get("sleep_s"):
         _sleep(options["sleep_s"], ctx)
-    return {objective: value}
+    return values
 
 
 # -- the handlers ------------------------------------------------------------------------
@@ -238,3 +283,16 @@ def bench_hartmann6(payload: dict[str, Any], ctx: TaskContext) -> dict[str, floa
         "bench.hartmann6", "hartmann6", HARTMANN6_SPACE,
         lambda p: hartmann6([p[name] for name in HARTMANN6_SPACE]), payload, ctx,
     )
+
+
+@handler("bench.zdt1", queue="evaluate")
+def bench_zdt1(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """Evaluate ZDT1 (d=3) at params {x0, x1, x2}: returns {"f0", "f1"}, both minimised."""
+    return _evaluate_outcomes("bench.zdt1", ZDT1_SPACE, zdt1, payload, ctx)
+
+
+@handler("bench.chartmann6", queue="evaluate")
+def bench_chartmann6(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """Evaluate constrained Hartmann6 at {x1..x6}: returns {"hartmann6", "norm"}."""
+    return _evaluate_outcomes("bench.chartmann6", HARTMANN6_SPACE, constrained_hartmann6,
+                              payload, ctx)

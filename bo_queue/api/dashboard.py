@@ -6,18 +6,22 @@
                                            fetches every POLL_MS and swaps in until the
                                            study is COMPLETED or FAILED
     GET /studies/{id}/dashboard/data       status, counts, trials, best-so-far series
+    GET /dashboard                         the index: the namespace's studies, each with
+                                           its status, trials, best value and a link
 
-All three take the caller's API key like every route (`current_bq`); a browser opens the
+All of them take the caller's API key like every route (`current_bq`); a browser opens the
 page with `?key=...` and the page's own links and fetches carry it on. Plain HTML with
 server-rendered SVG (bo_queue.api.svg): no CDN, no external script, a few lines of inline
 JavaScript for the polling. Elements tests and scripts can rely on: `#summary` (with
 `data-status`, `data-completed`, `data-failed`, `data-running`, `data-total`, `data-max`,
 `data-terminal`), `#trials` (one `tbody tr` per trial, `data-index`, `data-status`),
 `#convergence` (per objective an SVG whose `path.series[data-series="best so far"]` has one
-point per feasible completed trial) and `#parameters`. A closed loop's trials show their
-evaluation task (`td.task[data-task-id]`: its name, description, metadata, created_by);
-the page's `#namespace` (`data-namespace`, a `span[data-key]` per key) shows the
-namespace's metadata, and /data has both.
+point per feasible completed trial) and `#parameters`; a study of several objectives has
+`#pareto-front` (`svg#pareto`: a circle per completed trial, `circle.front` and one
+`path.front` point per trial on the Pareto front) and /data's "pareto" (their indices).
+A closed loop's trials show their evaluation task (`td.task[data-task-id]`: its name,
+description, metadata, created_by); the page's `#namespace` (`data-namespace`, a
+`span[data-key]` per key) shows the namespace's metadata, and /data has both.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class Snapshot:
     counts: Counter[str] = field(default_factory=Counter)
     best_so_far: dict[str, list[BestPoint]] = field(default_factory=dict)
     best: Trial | None = None  # single objective only
+    front: list[Trial] = field(default_factory=list)  # several objectives: the Pareto front
     tasks: dict[str, TaskInfo] = field(default_factory=dict)  # trials' evaluation tasks
     curves: dict[int, Curve] = field(default_factory=dict)  # intermediate values by trial
     namespace: dict[str, Any] | None = None  # its name and metadata (page and data only)
@@ -128,6 +133,8 @@ def snapshot(bq: BOQueue, study_id: str, namespace: bool = False) -> Snapshot:
         snap.best_so_far[objective.name] = series
     if len(spec.objectives) == 1:
         snap.best = scoring.best(spec, trials)
+    else:
+        snap.front = scoring.pareto(spec, trials)
     return snap
 
 
@@ -164,6 +171,7 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             for name, points in snap.best_so_far.items()
         },
         "best": None if snap.best is None else snap.best.model_dump(mode="json"),
+        "pareto": [t.index for t in snap.front],
         "curves": {str(index): [[step, plain(values)] for step, values in curve]
                    for index, curve in snap.curves.items()},
         "namespace": snap.namespace,
@@ -199,6 +207,19 @@ def dashboard_fragment(study_id: str, bq: Queue) -> HTMLResponse:
 def dashboard_data(study_id: str, bq: Queue) -> JSONResponse:
     """Status, counts, trials and each objective's best-so-far series, as JSON."""
     return JSONResponse(as_json(snapshot(bq, study_id, namespace=True)), headers=NO_STORE)
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard_index(request: Request, bq: Queue) -> HTMLResponse:
+    """The namespace's studies, newest first: status, trials, best value, a link to each."""
+    try:
+        studies = sorted(bq.studies.list(), key=lambda s: s.created_at, reverse=True)
+        rows = [(s, bq.studies.store.trials(s.id)) for s in studies]
+    except BrokerUnavailableError:
+        unavailable = "Redis is unavailable; try again shortly"
+        raise HTTPException(status_code=503, detail=unavailable) from None
+    return HTMLResponse(render_index(bq.settings.namespace, rows, _key_query(request)),
+                        headers=NO_STORE)
 
 
 def _key_query(request: Request) -> str:
@@ -280,6 +301,7 @@ def render_page(snap: Snapshot, key_query: str = "") -> str:
         f"evaluator <code>{escape(spec.evaluator)}</code>" if spec.evaluator else "ask/tell",
         f"created {_when(study.created_at)}",
         f'<a href="{escape(data_url)}">JSON</a>',
+        f'<a id="index-link" href="{escape("/dashboard" + key_query)}">all studies</a>',
         '<span id="poll-note" class="note"></span>',
     ]
     script = _SCRIPT % (_js_string(fragment_url), POLL_MS)
@@ -295,6 +317,46 @@ def render_page(snap: Snapshot, key_query: str = "") -> str:
         f"{_namespace(snap)}"
         f'<div id="live">{render_fragment(snap)}</div>'
         f"<script>{script}</script>"
+        "</body></html>\n"
+    )
+
+
+def render_index(namespace: str, rows: list[tuple[Study, list[Trial]]],
+                 key_query: str = "") -> str:
+    """`#studies`: a `tr[data-study-id][data-status]` per study, its best value (one
+    objective, in `td.best[data-value]`) or its Pareto front's size (several)."""
+    body = []
+    for study, trials in rows:
+        spec = study.spec
+        if len(spec.objectives) == 1:
+            value = scoring.best_value(spec, trials)
+            best = (f'<td class="best" data-value="{value!r}">{escape(spec.objectives[0].name)} = '
+                    f"{value:.4g}</td>" if value is not None else '<td class="best"></td>')
+        else:
+            best = f'<td class="best">{len(scoring.pareto(spec, trials))} on the front</td>'
+        link = f"/studies/{quote(study.id, safe='')}/dashboard{key_query}"
+        status = study.status.value
+        body.append(
+            f'<tr data-study-id="{escape(study.id)}" data-status="{status}">'
+            f'<td class="text"><a href="{escape(link)}">{escape(study.name)}</a></td>'
+            f'<td class="text"><span class="badge {status}">{status}</span></td>'
+            f"<td>{study.completed_trials} of {spec.strategy.max_trials}</td>"
+            f"<td>{study.failed_trials}</td>{best}"
+            f'<td class="text">{escape(", ".join(o.name for o in spec.objectives))}</td>'
+            f"<td>{_when(study.created_at)}</td></tr>"
+        )
+    empty = '<tr class="empty"><td class="text" colspan="7">no studies yet</td></tr>'
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{escape(namespace)} · bo_queue studies</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        f'<h1>Studies</h1><div class="meta">namespace <code>{escape(namespace)}</code> · '
+        f"{len(rows)} studies · {_when(datetime.now(UTC))}</div>"
+        '<table id="studies"><thead><tr><th class="text">study</th><th class="text">status'
+        '</th><th>completed</th><th>failed</th><th>best</th><th class="text">objectives</th>'
+        f'<th>created</th></tr></thead><tbody>{"".join(body) or empty}</tbody></table>'
         "</body></html>\n"
     )
 
@@ -318,6 +380,8 @@ def render_fragment(snap: Snapshot) -> str:
         '<h2>Convergence</h2><div id="convergence" class="charts">',
         *_convergence(snap),
         "</div>",
+        *(['<h2>Pareto front</h2><div id="pareto-front" class="charts">', _pareto(snap),
+           "</div>"] if len(snap.study.spec.objectives) >= 2 else []),
         '<h2>Parameters</h2><div id="parameters" class="charts">',
         *_parameter_plots(snap),
         "</div>",
@@ -384,18 +448,26 @@ def _convergence(snap: Snapshot) -> list[str]:
             x_label="trial index", y_label=objective.name, integer_x=True,
             element_id=f"convergence-{number}",
         ))
-    objectives = snap.study.spec.objectives
-    if len(objectives) >= 2:  # the trade-off between the first two
-        a, b = objectives[0].name, objectives[1].name
-        done = scoring.feasible_trials(snap.study.spec, snap.trials)
-        charts.append(svg.scatter(
-            [(scoring.mean(t, a) or 0.0, scoring.mean(t, b) or 0.0) for t in done],
-            labels=[f"trial {t.index}: {a}={_fmt_outcome((t.values or {})[a])}, "
-                    f"{b}={_fmt_outcome((t.values or {})[b])}" for t in done],
-            title=f"{b} vs {a}", x_label=a, y_label=b, element_id="tradeoff",
-            width=360, height=280,
-        ))
     return charts
+
+
+def _pareto(snap: Snapshot) -> str:
+    """The first two objectives of every completed trial that has both; the Pareto front
+    (scoring.pareto: feasible, non-dominated) drawn in colour and joined in a line."""
+    spec = snap.study.spec
+    a, b = spec.objectives[0].name, spec.objectives[1].name
+    done = [t for t in snap.trials if t.status is TrialStatus.COMPLETED
+            and scoring.mean(t, a) is not None and scoring.mean(t, b) is not None]
+    on_front = {t.index for t in snap.front}
+    return svg.scatter(
+        [(scoring.mean(t, a) or 0.0, scoring.mean(t, b) or 0.0) for t in done],
+        labels=[f"trial {t.index}{' (on the front)' if t.index in on_front else ''}: "
+                f"{a}={_fmt_outcome((t.values or {})[a])}, "
+                f"{b}={_fmt_outcome((t.values or {})[b])}" for t in done],
+        front={i for i, t in enumerate(done) if t.index in on_front}, color="#9aa5b1",
+        title=f"Pareto front: {b} vs {a} ({len(on_front)} of {len(done)} trials)",
+        x_label=a, y_label=b, element_id="pareto", width=480, height=320,
+    )
 
 
 MAX_CURVES = 40  # the newest trials' curves: more would be a tangle
@@ -493,8 +565,9 @@ def _table(snap: Snapshot) -> str:
         + ['<th>finished</th><th class="text">note</th>']
     )
     rows = []
+    front = {t.index for t in snap.front}
     for trial in reversed(snap.trials):  # the newest first
-        best = snap.best is not None and trial.index == snap.best.index
+        best = (snap.best is not None and trial.index == snap.best.index) or trial.index in front
         classes = f"{trial.status.value}{' best' if best else ''}"
         values = trial.values or {}
         cells = [

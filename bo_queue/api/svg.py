@@ -13,7 +13,7 @@ number of points); its `d` attribute has exactly one M/L command per point.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -25,6 +25,7 @@ PALETTE = (
 )
 
 BEST_STYLE = ("point best", 'r="5" fill-opacity="1" stroke="#000" stroke-width="1.5"')
+FRONT_STYLE = ("point front", 'r="4.5" fill-opacity="1" stroke="#000" stroke-width="1"')
 PLAIN_STYLE = ("point", 'r="3.5" fill-opacity="0.7"')
 
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 34, 46
@@ -96,6 +97,8 @@ def scatter(
     labels: Sequence[str] | None = None,
     color: str = PALETTE[0],
     highlight: int | None = None,
+    front: Collection[int] = (),
+    front_color: str = PALETTE[3],
     log_x: bool = False,
     log_y: bool = False,
     x_ticks: Sequence[tuple[float, str]] | None = None,
@@ -103,9 +106,10 @@ def scatter(
     element_id: str | None = None,
 ) -> str:
     """Dots at `points`; `labels[i]` is point i's tooltip, `highlight` an index drawn
-    larger (the best trial, say). `log_x` / `log_y` put an axis on a log scale (points
-    must be positive there); `x_ticks` and `y_ticks` replace the ticks with (position,
-    label) pairs (categories)."""
+    larger (the best trial, say). `front` are indices drawn in `front_color` and joined
+    by a line in x order (`path.front`, a Pareto front). `log_x` / `log_y` put an axis on
+    a log scale (points must be positive there); `x_ticks` and `y_ticks` replace the ticks
+    with (position, label) pairs (categories)."""
     kept = [
         (i, p) for i, p in enumerate(points)
         if all(math.isfinite(v) for v in p) and (not log_x or p[0] > 0)
@@ -113,11 +117,17 @@ def scatter(
     ]
     frame = _Frame(width, height, [p for _, p in kept], log_x=log_x, log_y=log_y,
                    x_ticks=x_ticks, y_ticks=y_ticks)
-    fill = _attr(color)
     body = []
+    on_front = sorted((p for i, p in kept if i in front))
+    if on_front:
+        d = " ".join(f"{'M' if n == 0 else 'L'}{frame.x(x):.2f},{frame.y(y):.2f}"
+                     for n, (x, y) in enumerate(on_front))
+        body.append(f'<path class="front" data-points="{len(on_front)}" d="{d}" fill="none" '
+                    f'stroke="{_attr(front_color)}" stroke-width="1.5"/>')
     for i, (x, y) in kept:
         tip = labels[i] if labels is not None and i < len(labels) else f"({_num(x)}, {_num(y)})"
-        style = BEST_STYLE if i == highlight else PLAIN_STYLE
+        style = BEST_STYLE if i == highlight else FRONT_STYLE if i in front else PLAIN_STYLE
+        fill = _attr(front_color if i in front else color)
         body.append(
             f'<circle class="{style[0]}" cx="{frame.x(x):.2f}" cy="{frame.y(y):.2f}" '
             f'fill="{fill}" {style[1]}><title>{escape(tip)}</title></circle>'

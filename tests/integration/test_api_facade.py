@@ -6,6 +6,7 @@ fields. Bad input is a 4xx with the API's error body, and nothing is written."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -411,3 +412,7 @@ def test_dashboard_shows_evaluation_tasks_and_namespace_metadata(client: httpx.C
     asked = client.post("/studies", json=SPEC.model_dump(mode="json")).json()["id"]
     assert '<th class="text">task</th>' not in client.get(
         f"/studies/{asked}/dashboard").text
+    # the index (served by `bo-queue api` too) lists both, with their status
+    index = client.get("/dashboard").text
+    rows = dict(re.findall(r'<tr data-study-id="([^"]+)" data-status="([A-Z]+)">', index))
+    assert rows[study_id] == "COMPLETED" and rows[asked] == "CREATED"

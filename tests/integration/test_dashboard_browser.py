@@ -24,7 +24,7 @@ import redis
 
 from bo_queue import Objective, Range, Strategy
 from bo_queue.api.keys import ApiKeys
-from tests.conftest import ROOT, make_cluster
+from tests.conftest import HANDLERS, ROOT, Cluster, make_cluster, new_namespace
 
 from .cdp import Chromium, DevTools, DevToolsError, free_port, stop_group
 
@@ -190,3 +190,87 @@ def check_final_page(tab: DevTools, trials: list[Any]) -> None:
     box = tab.evaluate("""(() => { const r = document.getElementById("convergence-0")
         .getBoundingClientRect(); return [r.width, r.height]; })()""")
     assert box[0] > 300 and box[1] > 150, box
+
+
+def settled(tab: DevTools, script: str) -> Any:
+    """The script's value on the page, None while navigation replaces the document."""
+    try:
+        return tab.evaluate(script) or None
+    except DevToolsError:  # the old document went away under the call
+        return None
+
+
+def screenshot(tab: DevTools, path: Path) -> None:
+    shot = tab.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    png = base64.b64decode(shot["data"])
+    path.write_bytes(png)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000, path
+
+
+PARETO_JS = """(() => {
+  const svg = document.getElementById("pareto");
+  if (svg === null) { return null; }
+  const front = Array.from(svg.querySelectorAll("circle.front"))
+    .map(c => Number(c.querySelector("title").textContent.split(" ")[1].replace(":", "")));
+  const r = svg.getBoundingClientRect();
+  return {circles: svg.querySelectorAll("circle").length, front: front.sort((a, b) => a - b),
+          line: svg.querySelector("path.front").getAttribute("data-points"),
+          box: [r.width, r.height]};
+})()"""
+INDEX_JS = """Array.from(document.querySelectorAll("#studies tbody tr[data-study-id]")).map(r =>
+  [r.dataset.studyId, r.dataset.status, r.querySelector("td.best").textContent,
+   r.querySelector("a").getAttribute("href")])"""
+
+
+@pytest.mark.timeout(300)
+def test_pareto_front_and_index_in_headless_chromium(redis_url: str, tmp_path: Path) -> None:
+    from workers.objectives import ZDT1_SPACE
+
+    cluster = Cluster(redis_url, new_namespace(), {}, queues=("default", "bo", "evaluate"))
+    cluster.start_workers({"concurrency": 2,
+                           "imports": (HANDLERS, "tests.integration.moo_problems")})
+    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        bq = cluster.producer()
+        key = ApiKeys(admin).create(cluster.namespace, "pareto browser test")
+        query = f"?key={quote(key, safe='')}"
+        two = bq.studies.create(
+            "zdt1", [Range(n, lo, hi) for n, (lo, hi) in ZDT1_SPACE.items()],
+            [Objective("f0"), Objective("f1")], evaluator="bench.zdt1",
+            strategy=Strategy(initial_trials=TRIALS, max_trials=TRIALS, seed=0),  # Sobol only
+        )
+        one = bq.studies.create(
+            "quadratic", [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)], [Objective("loss")],
+            evaluator="t.quadratic", strategy=Strategy(initial_trials=4, max_trials=4, seed=0),
+        )
+        for study in (two, one):
+            bq.studies.run(study.id)
+        for study in (two, one):
+            assert bq.studies.wait(study.id, timeout=120).status.value == "COMPLETED"
+        front = sorted(t.index for t in bq.studies.pareto(two.id))
+        best = bq.studies.best(one.id)
+        assert front and best is not None
+
+        with dashboard_server(redis_url, tmp_path / "uvicorn.log") as base, \
+                Chromium(tmp_path / "chromium-profile") as chromium:
+            tab = chromium.page()
+            tab.call("Page.enable")
+            tab.call("Emulation.setDeviceMetricsOverride", width=1280, height=1200,
+                     deviceScaleFactor=1, mobile=False)
+            tab.call("Page.navigate", url=f"{base}/studies/{two.id}/dashboard{query}")
+            chart = wait_for(lambda: settled(tab, PARETO_JS), 30, "the Pareto chart")
+            assert chart["circles"] == TRIALS and chart["front"] == front, chart
+            assert chart["line"] == str(len(front))
+            assert chart["box"][0] > 400 and chart["box"][1] > 250, chart  # laid out
+            screenshot(tab, tmp_path / "pareto.png")
+
+            tab.call("Page.navigate", url=f"{base}/dashboard{query}")
+            rows = wait_for(lambda: settled(tab, INDEX_JS), 30, "the index")
+            assert [(r[0], r[1]) for r in rows] == [(one.id, "COMPLETED"), (two.id, "COMPLETED")]
+            assert rows[0][2] == f"loss = {float(best.values['loss']):.4g}"  # type: ignore[index,arg-type]
+            assert rows[1][2] == f"{len(front)} on the front"
+            assert rows[1][3] == f"/studies/{two.id}/dashboard{query}"
+            screenshot(tab, tmp_path / "index.png")
+    finally:
+        admin.close()
+        cluster.close()

@@ -233,7 +233,7 @@ def test_several_objectives(client: TestClient, bq: BOQueue) -> None:
     put(bq, study, [trial(0, loss=2.0, speed=1.0), trial(1, loss=1.0, speed=0.5),
                     trial(2, TrialStatus.RUNNING)])
     html = client.get(f"/studies/{study.id}/dashboard/fragment").text
-    for name in ("convergence-0", "convergence-1", "tradeoff", "param-x", "param-c"):
+    for name in ("convergence-0", "convergence-1", "pareto", "param-x", "param-c"):
         assert f'id="{name}"' in html, name
     assert "loss (min): best so far" in html and "speed (max): best so far" in html
     assert "best loss" not in html  # no single best
@@ -243,6 +243,54 @@ def test_several_objectives(client: TestClient, bq: BOQueue) -> None:
     assert data["best"] is None
     assert [p["best"] for p in data["best_so_far"]["speed"]] == [1.0, 1.0]
     assert [p["best"] for p in data["best_so_far"]["loss"]] == [2.0, 1.0]
+
+
+def test_pareto_front_chart_highlights_the_non_dominated_trials(
+    client: TestClient, bq: BOQueue
+) -> None:
+    study = make_study(bq, objectives=[Objective("loss"), Objective("speed", minimize=False)])
+    # 1 dominates 0; 1, 2 and 3 trade off; 4 has no speed; 5 runs
+    put(bq, study, [trial(0, loss=2.0, speed=0.5), trial(1, loss=1.0, speed=1.0),
+                    trial(2, loss=0.5, speed=0.2), trial(3, loss=3.0, speed=2.0),
+                    trial(4, loss=0.1), trial(5, TrialStatus.RUNNING)])
+    html = client.get(f"/studies/{study.id}/dashboard/fragment").text
+    chart = re.search(r'<svg[^>]*id="pareto".*?</svg>', html)
+    assert chart
+    root = ET.fromstring(chart.group(0))
+    ns = "{http://www.w3.org/2000/svg}"
+    circles = list(root.iter(f"{ns}circle"))
+    assert len(circles) == 4  # the completed trials with both objectives
+    front = [c.findtext(f"{ns}title") for c in circles if c.get("class") == "point front"]
+    assert [t.split(" ")[1] for t in front] == ["1", "2", "3"]  # type: ignore[union-attr]
+    [line] = [p for p in root.iter(f"{ns}path") if p.get("class") == "front"]
+    assert svg_path_points(line.get("d", "")) == 3
+    data = client.get(f"/studies/{study.id}/dashboard/data").json()
+    assert data["pareto"] == [1, 2, 3]
+    rows = re.findall(r'<tr class="([^"]*)" data-index="(\d+)"', html)
+    assert sorted(int(i) for c, i in rows if "best" in c) == [1, 2, 3]
+
+
+def test_a_single_objective_study_has_no_pareto_chart(client: TestClient, bq: BOQueue) -> None:
+    study = active_study(bq)
+    html = client.get(f"/studies/{study.id}/dashboard/fragment").text
+    assert 'id="pareto"' not in html
+    assert client.get(f"/studies/{study.id}/dashboard/data").json()["pareto"] == []
+
+
+def test_index_lists_the_studies_with_status_and_best(client: TestClient, bq: BOQueue) -> None:
+    assert 'class="empty"' in client.get("/dashboard").text
+    one = active_study(bq)
+    two = make_study(bq, "two <goals>",
+                     objectives=[Objective("loss"), Objective("speed", minimize=False)])
+    put(bq, two, [trial(0, loss=2.0, speed=0.5), trial(1, loss=1.0, speed=1.0)])
+    response = client.get("/dashboard", params={"key": "k/1"})
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    html = response.text
+    rows = re.findall(r'<tr data-study-id="([^"]+)" data-status="([A-Z]+)">(.*?)</tr>', html)
+    assert [(i, s) for i, s, _ in rows] == [(two.id, "CREATED"), (one.id, "ACTIVE")]  # newest first
+    assert 'data-value="0.5"' in rows[1][2]  # the best feasible loss, (0.5, sem) as its mean
+    assert "1 on the front" in rows[0][2] and "two &lt;goals&gt;" in rows[0][2]
+    assert f'href="/studies/{one.id}/dashboard?key=k%2F1"' in rows[1][2]
 
 
 # -- page -------------------------------------------------------------------------------------

@@ -18,8 +18,12 @@ from workers.objectives import (
     HARTMANN6_MIN,
     HARTMANN6_MINIMIZER,
     HARTMANN6_SPACE,
+    NORM_BOUND,
+    ZDT1_SPACE,
     bench_branin,
+    bench_chartmann6,
     bench_hartmann6,
+    bench_zdt1,
     branin,
     hartmann6,
 )
@@ -100,7 +104,8 @@ def test_spaces() -> None:
 
 
 def test_handlers_are_registered_on_the_evaluate_queue() -> None:
-    for name, fn in (("bench.branin", bench_branin), ("bench.hartmann6", bench_hartmann6)):
+    for name, fn in (("bench.branin", bench_branin), ("bench.hartmann6", bench_hartmann6),
+                     ("bench.zdt1", bench_zdt1), ("bench.chartmann6", bench_chartmann6)):
         spec = registry.get(name)
         assert spec is not None
         assert spec.fn is fn
@@ -118,6 +123,24 @@ def test_hartmann6_handler_returns_the_value() -> None:
     result = bench_hartmann6(payload(HARTMANN6_AT_MIN), StubContext())  # type: ignore[arg-type]
     assert result.keys() == {"hartmann6"}
     assert result["hartmann6"] == pytest.approx(HARTMANN6_MIN, abs=1e-4)
+
+
+@pytest.mark.parametrize("f0", [0.0, 0.25, 1.0])
+def test_zdt1_on_its_front_is_one_minus_the_root(f0: float) -> None:
+    result = bench_zdt1(payload({"x0": f0, "x1": 0.0, "x2": 0.0}), StubContext())  # type: ignore[arg-type]
+    assert result == {"f0": f0, "f1": pytest.approx(1.0 - math.sqrt(f0))}
+    off = bench_zdt1(payload({"x0": 0.25, "x1": 1.0, "x2": 1.0}), StubContext())  # type: ignore[arg-type]
+    assert off["f1"] == pytest.approx(10.0 * (1.0 - math.sqrt(0.25 / 10.0)))  # g = 10
+    assert set(ZDT1_SPACE) == {"x0", "x1", "x2"}
+
+
+def test_constrained_hartmann6_minimiser_is_feasible() -> None:
+    result = bench_chartmann6(payload(HARTMANN6_AT_MIN), StubContext())  # type: ignore[arg-type]
+    assert result["hartmann6"] == pytest.approx(HARTMANN6_MIN, abs=1e-4)
+    assert result["norm"] == pytest.approx(math.sqrt(sum(x * x for x in HARTMANN6_MINIMIZER)))
+    assert result["norm"] <= NORM_BOUND
+    corner = bench_chartmann6(payload(dict.fromkeys(HARTMANN6_SPACE, 1.0)), StubContext())  # type: ignore[arg-type]
+    assert corner["norm"] == pytest.approx(math.sqrt(6)) and corner["norm"] > NORM_BOUND
 
 
 def test_integer_params_and_bounds_are_accepted() -> None:
