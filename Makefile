@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # installed by the rule below when no /usr/lib/postgresql/*/bin/initdb is there.
 INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/bin/initdb)
 
-.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo clean
+.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo benchmark-bo-outcomes benchmark-early-stopping clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,14 @@ benchmark-bo:
 	$(BIN)/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
 		--markdown-out benchmarks/results/bo_quality.md
 
+# Several objectives (ZDT1 hypervolume) and outcome constraints (constrained Hartmann6).
+benchmark-bo-outcomes:
+	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
+	$(BIN)/python benchmarks/bo_quality.py --seeds 0-2 --problems zdt1,chartmann6 \
+		--json-out benchmarks/results/bo_quality_outcomes.json \
+		--markdown-out benchmarks/results/bo_quality_outcomes.md
+
 # Early stopping on SGDClassifier/digits: bo_queue with and without it, Optuna's MedianPruner.
-.PHONY: benchmark-early-stopping
 benchmark-early-stopping:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
 	$(BIN)/python benchmarks/early_stopping.py --seeds 0-2 \

@@ -154,6 +154,9 @@ def as_json(snap: Snapshot) -> dict[str, Any]:
             "failed_trials": study.failed_trials,
             "running_trials": study.running_trials,
             "early_stopped_trials": study.early_stopped_trials,
+            "description": study.description,
+            "metadata": study.metadata,
+            "warm_start_from": study.warm_start_from,
             "iteration": study.iteration,
             "created_at": study.created_at.isoformat(),
             "updated_at": study.updated_at.isoformat(),
@@ -314,11 +317,23 @@ def render_page(snap: Snapshot, key_query: str = "") -> str:
         f"<style>{_STYLE}</style></head><body>"
         f'<h1 id="study-name">{escape(study.name)}</h1>'
         f'<div class="meta">{" · ".join(meta)}</div>'
+        f"{_described(study)}"
         f"{_namespace(snap)}"
         f'<div id="live">{render_fragment(snap)}</div>'
         f"<script>{script}</script>"
         "</body></html>\n"
     )
+
+
+def _described(study: Study) -> str:
+    """`#study-description` (its text) and `#study-metadata` (a `span[data-key]` per key):
+    what the study's creator said of it; nothing when neither was given."""
+    if not study.description and not study.metadata:
+        return ""
+    items = "".join(f'<span data-key="{escape(k)}">{escape(k)}={escape(_fmt_json(v))}</span> '
+                    for k, v in sorted(study.metadata.items()))
+    return (f'<div class="meta"><span id="study-description">{escape(study.description)}'
+            f'</span> <span id="study-metadata">{items}</span></div>')
 
 
 def render_index(namespace: str, rows: list[tuple[Study, list[Trial]]],

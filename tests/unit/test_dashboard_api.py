@@ -324,6 +324,20 @@ def test_page_escapes_the_study_name_and_values(client: TestClient, bq: BOQueue)
     assert html.count("<script>") == 1  # ours
 
 
+def test_page_and_data_show_the_studys_description_and_metadata(
+    client: TestClient, bq: BOQueue
+) -> None:
+    study = active_study(bq, description="booster <v2>", metadata={"lab": "B", "runs": [1, 2]})
+    html = client.get(f"/studies/{study.id}/dashboard").text
+    assert '<span id="study-description">booster &lt;v2&gt;</span>' in html
+    metadata = re.search(r'<span id="study-metadata">(.*?)</span></div>', html)
+    assert metadata and re.findall(r'data-key="([^"]+)"', metadata.group(1)) == ["lab", "runs"]
+    data = client.get(f"/studies/{study.id}/dashboard/data").json()["study"]
+    assert (data["description"], data["metadata"]) == ("booster <v2>", {"lab": "B", "runs": [1, 2]})
+    plain = make_study(bq, name="plain")
+    assert 'id="study-description"' not in client.get(f"/studies/{plain.id}/dashboard").text
+
+
 # -- with the real key check ------------------------------------------------------------------
 
 
