@@ -224,7 +224,8 @@ def test_a_study_whose_evaluator_is_killed_continues_in_seconds(redis_url: str) 
         def evaluating() -> str | None:
             running = bq.studies.trials(study.id, TrialStatus.RUNNING)
             task_id = running[0].task_id if running else None
-            ok = task_id is not None and bq.info(task_id).state is TaskState.RUNNING
+            # the step saves the trial just before it submits the evaluation: no record yet
+            ok = task_id is not None and bq.records.state(task_id) is TaskState.RUNNING
             return task_id if ok else None
 
         wait_until(evaluating, 90, 0.1, what="a trial's evaluation to start")
