@@ -1,0 +1,293 @@
+"""What one Redis master carries: tasks per second against worker processes, and Redis CPU
+seconds per 1,000 tasks, side by side with raw Celery; then how many worker hosts one
+master serves.
+
+    .venv/bin/python benchmarks/redis_capacity.py            # workers 1,2,4; about 10 minutes
+    .venv/bin/python benchmarks/redis_capacity.py --quick    # smoke run, about 1 minute
+    make benchmark-redis-capacity   # the first, writing results/redis_capacity.md too
+
+For each worker count W (`--workers`, default 1,2,4) one run starts its own redis-server
+(a free port, AOF on with `appendfsync always`, as docker-compose.yml runs it) and W
+separate `bo-queue worker` processes (prefork, concurrency 1 each: W hosts' worth of
+consumers, heartbeats and result writes, not one worker's pool), then:
+
+1. measures Redis's CPU while the workers are idle (heartbeats, consumers polling);
+2. per round, pushes N no-op tasks through the facade (`bq.submit("bo_queue.ping")` one
+   by one, then `h.get()` for each) and N through raw Celery (`bq.app.send_task` of a
+   plain `@shared_task` + `AsyncResult.get()`), on the same Redis and workers, the order
+   alternating from round to round;
+3. reads Redis's CPU time (`INFO cpu`: `used_cpu_sys` + `used_cpu_user`, a delta over the
+   batch) and divides by the tasks: Redis CPU seconds per 1,000 tasks, idle cost included.
+
+Redis runs commands on one thread, so one core of Redis CPU per second is its ceiling:
+capacity ~= 1,000 / (CPU seconds per 1,000 tasks) tasks/s. The projection divides that by
+what one worker host asks of Redis (its tasks per second times the cost of a task, plus
+its idle cost). This machine's 2 cores are shared by Redis, the producer and the workers,
+so tasks/s here is what the machine runs, not what Redis can take; the CPU seconds per
+task are what carries over.
+
+Results go to benchmarks/results/redis_capacity.json; the table is printed, and written
+alone with --markdown-out PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import (  # this script's directory is on sys.path
+    RUN_QUEUE,
+    Measured,
+    add_common_args,
+    run_benchmark,
+    run_header,
+    write_results,
+)
+from plain_task import PLAIN
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = REPO / "benchmarks" / "results" / "redis_capacity.json"
+COMMAND = "make benchmark-redis-capacity"
+
+PING = "bo_queue.ping"  # the built-in bo_queue handler that answers at once
+GET_TIMEOUT_S = 300.0
+# The facade's task costs Redis more than Celery's own (its record, start and finish,
+# outbox entry, cancellation check); the target bounds by how much.
+TARGET_RATIO = 2.0
+PROCESSES_PER_HOST = 8  # the projection's worker host: one worker, concurrency 8
+TASK_SECONDS = (0.1, 1.0, 10.0)  # and how long its tasks take
+
+
+def redis_counters(bq: Any) -> tuple[float, int]:
+    """Redis's CPU seconds so far (system + user) and the commands it has processed."""
+    info = bq.redis.info()
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"]), int(
+        info["total_commands_processed"])
+
+
+def command_calls(bq: Any) -> dict[str, int]:
+    """INFO commandstats: calls so far, by command (`cmdstat_evalsha` -> `evalsha`)."""
+    stats = bq.redis.info("commandstats")
+    return {key.removeprefix("cmdstat_"): int(value["calls"]) for key, value in stats.items()}
+
+
+def _check(result: Any) -> None:
+    if not (isinstance(result, dict) and result.get("pong") is True):
+        raise RuntimeError(f"unexpected result from a ping task: {result!r}")
+
+
+def facade_batch(bq: Any, n: int) -> None:
+    handles = [bq.submit(PING, {}) for _ in range(n)]
+    for h in handles:
+        _check(h.get(timeout=GET_TIMEOUT_S))
+
+
+def raw_batch(bq: Any, n: int) -> None:
+    send = bq.app.send_task
+    pending = [send(PLAIN, args=[{}], queue=RUN_QUEUE) for _ in range(n)]
+    for r in pending:
+        _check(r.get(timeout=GET_TIMEOUT_S))
+
+
+VARIANTS: dict[str, Callable[[Any, int], None]] = {"facade": facade_batch, "raw": raw_batch}
+
+
+@dataclass
+class Phase:
+    """One worker count: idle Redis CPU, and per variant every round's rate and cost."""
+
+    workers: int
+    idle_cpu_s_per_s: float
+    rates: dict[str, list[float]] = field(default_factory=dict)  # tasks/s
+    cpu_per_1000: dict[str, list[float]] = field(default_factory=dict)  # Redis CPU s
+    busy: dict[str, list[float]] = field(default_factory=dict)  # Redis CPU s per wall s
+    commands: dict[str, list[float]] = field(default_factory=dict)  # Redis commands per task
+    # per variant, command name -> calls per task, summed over the rounds then divided
+    by_command: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def median(self, what: dict[str, list[float]], variant: str) -> float:
+        return statistics.median(what[variant])
+
+
+def measure_phase(bq: Any, workers: int, n: int, rounds: int, idle_s: float,
+                  log: Callable[[str], None]) -> Phase:
+    for batch in VARIANTS.values():  # connections, pool processes, script caches
+        batch(bq, min(n, 100))
+    (cpu0, _), t0 = redis_counters(bq), time.perf_counter()
+    time.sleep(idle_s)  # a measurement window, not a wait for a condition
+    idle = (redis_counters(bq)[0] - cpu0) / (time.perf_counter() - t0)
+    phase = Phase(workers, idle)
+    log(f"  {workers} worker(s): idle Redis CPU {idle * 1000:.1f} ms/s")
+    for index in range(rounds):
+        order = list(VARIANTS) if index % 2 == 0 else list(reversed(VARIANTS))
+        for name in order:
+            calls0 = command_calls(bq)
+            (cpu0, commands0), t0 = redis_counters(bq), time.perf_counter()
+            VARIANTS[name](bq, n)
+            elapsed = time.perf_counter() - t0
+            cpu1, commands1 = redis_counters(bq)
+            by_command = phase.by_command.setdefault(name, {})
+            for command, calls in command_calls(bq).items():
+                by_command[command] = (by_command.get(command, 0.0)
+                                       + (calls - calls0.get(command, 0)) / n / rounds)
+            cpu = cpu1 - cpu0
+            phase.commands.setdefault(name, []).append((commands1 - commands0) / n)
+            phase.rates.setdefault(name, []).append(n / elapsed)
+            phase.cpu_per_1000.setdefault(name, []).append(cpu * 1000 / n)
+            phase.busy.setdefault(name, []).append(cpu / elapsed)
+            log(f"    round {index + 1} {name}: {n / elapsed:,.0f} tasks/s, "
+                f"{cpu * 1000 / n:.3f} Redis CPU s per 1,000, Redis {cpu / elapsed:.0%} busy, "
+                f"{phase.commands[name][-1]:.1f} commands per task")
+    return phase
+
+
+# -- the projection --------------------------------------------------------------------------
+
+
+def capacity_tasks_per_s(cpu_per_1000: float) -> float:
+    """Tasks/s at which Redis spends one core: its single command thread saturated."""
+    return 1000 / cpu_per_1000
+
+
+def hosts_served(cpu_per_1000: float, idle_per_worker: float, task_s: float,
+                 processes: int = PROCESSES_PER_HOST) -> float:
+    """Worker hosts (one worker of `processes` processes each, every process busy with
+    tasks of `task_s` seconds) whose Redis CPU adds up to one core."""
+    per_host = processes / task_s * cpu_per_1000 / 1000 + idle_per_worker
+    return 1 / per_host
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def markdown_table(phases: list[Phase], n: int, rounds: int) -> str:
+    lines = [
+        f"{n:,} no-op tasks per batch (submit one by one, then get each), median of "
+        f"{rounds} round(s); W separate workers, prefork concurrency 1 each; Redis with AOF, "
+        "`appendfsync always`. Redis CPU = `used_cpu_sys` + `used_cpu_user`, the delta over "
+        "the batch, idle cost included. Baseline: raw Celery (`send_task` of a plain "
+        "`@shared_task` + `AsyncResult.get`) on the same Redis and workers.",
+        "",
+        "| workers | tasks/s (facade) | tasks/s (raw Celery) | Redis CPU s per 1,000 tasks "
+        "(facade) | (raw Celery) | ratio | target | Redis commands per task (facade / raw) "
+        "| Redis busy (facade) | idle Redis CPU |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for p in phases:
+        cost, raw = p.median(p.cpu_per_1000, "facade"), p.median(p.cpu_per_1000, "raw")
+        ratio = cost / raw
+        met = "met" if ratio <= TARGET_RATIO else "NOT met"
+        lines.append(
+            f"| {p.workers} | {p.median(p.rates, 'facade'):,.0f} | {p.median(p.rates, 'raw'):,.0f} "
+            f"| {cost:.3f} | {raw:.3f} | {ratio:.2f}x | ≤ {TARGET_RATIO:g}x ({met}) "
+            f"| {p.median(p.commands, 'facade'):.1f} / {p.median(p.commands, 'raw'):.1f} "
+            f"| {p.median(p.busy, 'facade'):.0%} | {p.idle_cpu_s_per_s * 1000:.1f} ms/s |"
+        )
+    for variant, label in (("facade", "the facade"), ("raw", "raw Celery")):
+        calls = sorted(phases[0].by_command[variant].items(), key=lambda kv: -kv[1])
+        lines.append(
+            f"\nRedis commands per task through {label} ({phases[0].workers} worker(s)), the "
+            "most frequent: " + ", ".join(f"`{c}` {v:.1f}" for c, v in calls[:8] if v >= 0.05)
+        )
+    cost = statistics.median(p.median(p.cpu_per_1000, "facade") for p in phases)
+    idle_per_worker = statistics.median(p.idle_cpu_s_per_s / p.workers for p in phases)
+    per_process = statistics.median(p.median(p.rates, "facade") / p.workers for p in phases)
+    lines += [
+        "",
+        f"Projection for one master at one core of Redis CPU (median cost {cost:.3f} s per "
+        f"1,000 tasks, idle {idle_per_worker * 1000:.1f} ms/s per worker): about "
+        f"{capacity_tasks_per_s(cost):,.0f} tasks/s through it. Worker hosts it serves, each "
+        f"one `bo-queue worker --concurrency {PROCESSES_PER_HOST}` kept busy:",
+        "",
+        "| tasks take | one host's tasks/s | hosts one master serves |",
+        "|---|---:|---:|",
+        f"| no time (no-op, {per_process:,.0f} tasks/s per process here) "
+        f"| {per_process * PROCESSES_PER_HOST:,.0f} "
+        f"| {hosts_served(cost, idle_per_worker, 1 / per_process):,.1f} |",
+    ]
+    for task_s in TASK_SECONDS:
+        lines.append(
+            f"| {task_s:g} s | {PROCESSES_PER_HOST / task_s:,.1f} "
+            f"| {hosts_served(cost, idle_per_worker, task_s):,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--workers", default="1,2,4",
+                        help="worker process counts, comma-separated (default 1,2,4)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="tasks per batch (default 1000; 200 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds per worker count (default 2; 1 with --quick)")
+    parser.add_argument("--idle-s", type=float, default=None,
+                        help="seconds of idle Redis CPU measured (default 5; 2 with --quick)")
+    parser.add_argument("--no-aof", dest="aof", action="store_false",
+                        help="Redis without its AOF (default: AOF on, appendfsync always)")
+    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    add_common_args(parser, DEFAULT_JSON)
+    parser.set_defaults(concurrency=1)
+    args = parser.parse_args(argv)
+    args.workers = [int(w) for w in str(args.workers).split(",")]
+    args.n = args.n or (200 if args.quick else 1000)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.idle_s = args.idle_s or (2.0 if args.quick else 5.0)
+    if min([*args.workers, args.n, args.rounds]) < 1 or args.idle_s <= 0:
+        parser.error("--workers, --n, --rounds and --idle-s must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    phases: list[Phase] = []
+    first: Measured[Phase] | None = None
+    for workers in args.workers:
+        measured = run_benchmark(
+            args, "cap", f"N={args.n}, {args.rounds} rounds",
+            lambda bq, w=workers: measure_phase(bq, w, args.n, args.rounds, args.idle_s, log),
+            imports=["benchmarks.plain_task"], workers=workers, appendonly=args.aof,
+        )
+        if measured is None:
+            return 130
+        first = first or measured
+        phases.append(measured.value)
+    assert first is not None
+    table = markdown_table(phases, args.n, args.rounds)
+    print(table)
+    result = {
+        **run_header("redis_capacity", first),
+        "command": COMMAND if not args.quick else "redis_capacity.py --quick",
+        "config": {
+            "workers": args.workers, "n": args.n, "rounds": args.rounds, "idle_s": args.idle_s,
+            "worker_pool": args.pool, "worker_concurrency": args.concurrency,
+            "appendonly": args.aof, "appendfsync": "always", "handler": PING, "plain_task": PLAIN,
+            "target_ratio": TARGET_RATIO, "processes_per_host": PROCESSES_PER_HOST,
+        },
+        "phases": [
+            {"workers": p.workers, "idle_redis_cpu_s_per_s": p.idle_cpu_s_per_s,
+             "tasks_per_s": p.rates, "redis_cpu_s_per_1000": p.cpu_per_1000,
+             "redis_busy": p.busy, "redis_commands_per_task": p.commands,
+             "redis_calls_per_task_by_command": {
+                 variant: dict(sorted(calls.items(), key=lambda kv: -kv[1]))
+                 for variant, calls in p.by_command.items()}}
+            for p in phases
+        ],
+        "table_markdown": table,
+    }
+    write_results(args, result, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
