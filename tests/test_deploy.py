@@ -1,6 +1,7 @@
-"""docker-compose.yml cannot be run here (no Docker engine); read it and check that each
-service is what it says, that every command is a real entry point of this package, and
-that the image installs what each command needs (the extras, read off the Dockerfile)."""
+"""docker-compose.yml and docker-compose.ha.yml cannot be run here (no Docker engine);
+read them and check that each service is what it says, that every command is a real entry
+point of this package, that the image installs what each command needs (the extras, read
+off the Dockerfile), and that the HA file's Redis nodes, sentinels and services agree."""
 
 from __future__ import annotations
 
@@ -364,7 +365,8 @@ def test_ha_runs_workers_two_beats_flower_and_the_api(ha: dict[str, Any]) -> Non
     assert {args.command for args in commands.values()} >= {"flower", "api", "metrics"}
     env = ha["services"]["worker"]["environment"]
     assert ha["services"]["api"]["environment"] == env
-    assert ha["services"]["flower"]["environment"]["BO_QUEUE_NAMESPACE"] == env["BO_QUEUE_NAMESPACE"]
+    flower = ha["services"]["flower"]["environment"]
+    assert flower["BO_QUEUE_NAMESPACE"] == env["BO_QUEUE_NAMESPACE"]
     assert sentinel_nodes(env["BO_QUEUE_REDIS_URL"])[1] == "0"
     # scalable with --scale: a fixed container_name or host port would collide
     for name, args in commands.items():
