@@ -30,8 +30,10 @@ its idle cost), once at the CPU measured and once at the command time alone (a c
 a saturated Redis shares its wake-ups and writes among many clients). This machine's 2
 cores are shared by Redis, the producer and the workers, so tasks/s here is what the
 machine runs, not what Redis can take; the CPU seconds per task are what carries over,
-and on a busy machine they are inflated too (every wake-up of a mostly idle Redis pays a
-context switch).
+but they are a worst case: a mostly idle Redis pays a wake-up, socket calls and (with
+AOF) an fsync for nearly every request, a saturated one shares them among the clients it
+serves in one event-loop pass. A calibration (a SET one by one against pipelined, on the
+same server) shows the size of that gap.
 
 Results go to benchmarks/results/redis_capacity.json; the table is printed, and written
 alone with --markdown-out PATH.
@@ -120,6 +122,8 @@ class Phase:
     commands: dict[str, list[float]] = field(default_factory=dict)  # Redis commands per task
     # per variant, command name -> calls per task (the mean over the rounds)
     by_command: dict[str, dict[str, float]] = field(default_factory=dict)
+    # what a SET costs this Redis, one by one and pipelined (`calibrate`)
+    calibration: dict[str, float] = field(default_factory=dict)
 
     def median(self, what: dict[str, list[float]], variant: str = "facade") -> float:
         return statistics.median(what[variant])
@@ -146,6 +150,25 @@ def measure_batch(bq: Any, phase: Phase, name: str, n: int, rounds: int) -> str:
             f"{commands:.1f} commands per task")
 
 
+def calibrate(bq: Any, phase: Phase, n: int = 5000) -> None:
+    """Redis CPU per SET (idle cost taken out) and time running it, sent one by one and
+    in pipelines of 100: how much of a mostly idle Redis's CPU is waking up for a
+    command rather than running it, on this machine."""
+    keys = [f"{bq.settings.namespace}:bench-calibration:{i}" for i in range(100)]
+    for label, chunk in (("one_by_one", 1), ("pipelined", 100)):
+        stats0, cpu0, t0 = command_stats(bq)["set"], redis_cpu_s(bq), time.perf_counter()
+        for start in range(0, n, chunk):
+            pipe = bq.redis.pipeline(transaction=False)
+            for i in range(start, min(start + chunk, n)):
+                pipe.set(keys[i % 100], "v")
+            pipe.execute()
+        idle = phase.idle_cpu_s_per_s * (time.perf_counter() - t0)
+        calls, usec = (a - b for a, b in zip(command_stats(bq)["set"], stats0, strict=True))
+        phase.calibration[f"{label}_cpu_us"] = (redis_cpu_s(bq) - cpu0 - idle) * 1e6 / calls
+        phase.calibration[f"{label}_exec_us"] = usec / calls
+    bq.redis.delete(*keys)
+
+
 def measure_phase(bq: Any, workers: int, n: int, rounds: int, idle_s: float,
                   log: Callable[[str], None]) -> Phase:
     for batch in VARIANTS.values():  # connections, pool processes, script caches
@@ -157,6 +180,9 @@ def measure_phase(bq: Any, workers: int, n: int, rounds: int, idle_s: float,
     for index in range(rounds):
         for name in list(VARIANTS)[::1 if index % 2 == 0 else -1]:  # alternating order
             log(f"    round {index + 1} " + measure_batch(bq, phase, name, n, rounds))
+    if workers == 1:
+        calibrate(bq, phase)
+        log("    calibration: " + ", ".join(f"{k} {v:.1f}" for k, v in phase.calibration.items()))
     return phase
 
 
@@ -209,6 +235,20 @@ def markdown_table(phases: list[Phase], n: int, rounds: int, aof: bool) -> str:
             f"\nRedis commands per task through {label} ({phases[0].workers} worker(s)), the "
             "most frequent: " + ", ".join(f"`{c}` {v:.1f}" for c, v in calls[:10] if v >= 0.05)
         )
+    for p in phases:
+        if p.calibration:
+            c = p.calibration
+            aof = ("with AOF (`appendfsync always`) every event-loop pass that wrote ends in a "
+                   "write and an fsync of the AOF; " if aof else "")
+            lines.append(
+                f"\nCalibration on the same redis-server ({p.workers} worker(s) idle): a SET "
+                f"sent one by one costs Redis {c['one_by_one_cpu_us']:.1f} us of CPU "
+                f"({c['one_by_one_exec_us']:.1f} us of it running the command); pipelined 100 "
+                f"at a time, {c['pipelined_cpu_us']:.1f} us ({c['pipelined_exec_us']:.1f} us). "
+                f"The gap is paid per event-loop pass: waking up, socket calls, and {aof}a "
+                "mostly idle Redis pays it for nearly every request, a saturated one once for "
+                "all the clients it serves in a pass."
+            )
     cost = statistics.median(p.median(p.cpu_per_1000) for p in phases)
     exec_cost = statistics.median(p.median(p.exec_per_1000) for p in phases)
     idle = statistics.median(p.idle_cpu_s_per_s / p.workers for p in phases)
@@ -291,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             {"workers": p.workers, "idle_redis_cpu_s_per_s": p.idle_cpu_s_per_s,
              "tasks_per_s": p.rates, "redis_cpu_s_per_1000": p.cpu_per_1000,
              "redis_exec_s_per_1000": p.exec_per_1000, "redis_busy": p.busy,
-             "redis_commands_per_task": p.commands,
+             "redis_commands_per_task": p.commands, "calibration": p.calibration,
              "redis_calls_per_task_by_command": {
                  variant: dict(sorted(calls.items(), key=lambda kv: -kv[1]))
                  for variant, calls in p.by_command.items()}}
