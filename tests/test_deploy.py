@@ -261,20 +261,9 @@ def option(command: list[str], flag: str, count: int = 1) -> list[str]:
     return command[command.index(flag) + 1:][:count] if flag in command else []
 
 
-def ha_problems(compose: dict[str, Any]) -> list[str]:
-    """What does not fit together: the replicas and the sentinels' monitor line against the
-    master, the quorum against the sentinels, and every bo_queue service's URLs, master
-    name and dependencies against the sentinels and replicas."""
-    services = compose["services"]
-    by_role: dict[str, list[str]] = {}
-    for name, service in services.items():
-        by_role.setdefault(role(service), []).append(name)
+def redis_problems(services: dict[str, Any], master: str, replicas: list[str]) -> list[str]:
+    """Every node keeps an AOF with appendfsync always; every replica replicates the master."""
     problems = []
-    masters, replicas = by_role.get("master", []), by_role.get("replica", [])
-    sentinels = by_role.get("sentinel", [])
-    if len(masters) != 1:
-        return [f"one Redis master expected, found {masters}"]
-    master = masters[0]
     for name in [master, *replicas]:
         command = services[name]["command"]
         if option(command, "--appendonly") != ["yes"] or option(
@@ -282,9 +271,18 @@ def ha_problems(compose: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: AOF with appendfsync always expected")
         if name in replicas and option(command, "--replicaof", 2) != [master, "6379"]:
             problems.append(f"{name} does not replicate {master} 6379")
+    return problems
+
+
+def sentinel_problems(
+    services: dict[str, Any], master: str, sentinels: list[str],
+) -> tuple[list[str], str, set[tuple[str, int]]]:
+    """The sentinels' own problems, the master name they monitor, and their (name, port)s:
+    an odd number, at least 3; host names on; one and the same monitor line each, on the
+    master, with a majority quorum."""
+    problems, monitors, nodes = [], set(), set()
     if len(sentinels) < 3 or len(sentinels) % 2 == 0:
         problems.append(f"an odd number of sentinels, at least 3, expected: {sentinels}")
-    monitors, ports = set(), {}
     for name in sentinels:
         conf = sentinel_conf(services[name])
         keys = [" ".join(line[:2]) for line in conf]
@@ -295,24 +293,42 @@ def ha_problems(compose: dict[str, Any]) -> list[str]:
         if len(monitor) != 1:
             problems.append(f"{name}: one `sentinel monitor` line expected, found {monitor}")
             continue
-        if keys.index("sentinel monitor") < keys.index("sentinel resolve-hostnames"):
+        resolve = "sentinel resolve-hostnames"
+        if resolve in keys and keys.index("sentinel monitor") < keys.index(resolve):
             problems.append(f"{name}: resolve-hostnames must come before the monitor line")
         monitors.add(monitor[0])
-        ports[name] = int(next((line[1] for line in conf if line[0] == "port"), 26379))
+        nodes.add((name, int(next((line[1] for line in conf if line[0] == "port"), 26379))))
     if len(monitors) != 1:
-        return [*problems, f"the sentinels monitor different masters: {monitors}"]
+        return [*problems, f"the sentinels monitor different masters: {monitors}"], "", nodes
     master_name, host, port, quorum = next(iter(monitors))
     if (host, port) != (master, "6379"):
         problems.append(f"the sentinels monitor {host}:{port}, not {master}:6379")
     if not len(sentinels) // 2 < int(quorum) <= len(sentinels):
         problems.append(f"quorum {quorum} of {len(sentinels)} sentinels is not a majority")
-    expected = {(name, port) for name, port in ports.items()}
+    return problems, master_name, nodes
+
+
+def ha_problems(compose: dict[str, Any]) -> list[str]:
+    """What does not fit together: the replicas and the sentinels' monitor line against the
+    master, the quorum against the sentinels, and every bo_queue service's URLs, master
+    name and dependencies against the sentinels and replicas."""
+    services = compose["services"]
+    by_role: dict[str, list[str]] = {}
+    for name, service in services.items():
+        by_role.setdefault(role(service), []).append(name)
+    masters, replicas = by_role.get("master", []), by_role.get("replica", [])
+    sentinels = by_role.get("sentinel", [])
+    if len(masters) != 1:
+        return [f"one Redis master expected, found {masters}"]
+    problems = redis_problems(services, masters[0], replicas)
+    more, master_name, nodes = sentinel_problems(services, masters[0], sentinels)
+    problems += more
     for name in by_role.get("bo-queue", []):
         service = services[name]
         env = service["environment"]
         for variable in ("BO_QUEUE_REDIS_URL", "BO_QUEUE_RESULT_URL"):
-            if sentinel_nodes(env[variable])[0] != expected:
-                problems.append(f"{name}: {variable} does not name the sentinels {expected}")
+            if sentinel_nodes(env[variable])[0] != nodes:
+                problems.append(f"{name}: {variable} does not name the sentinels")
         if env.get("BO_QUEUE_SENTINEL_MASTER") != master_name:
             problems.append(f"{name}: BO_QUEUE_SENTINEL_MASTER is not {master_name!r}")
         healthy = {dep for dep, how in (service.get("depends_on") or {}).items()
@@ -338,6 +354,9 @@ def test_ha_check_finds_what_does_not_fit(ha: dict[str, Any]) -> None:
     services["worker"]["depends_on"] = {  # the anchor's mapping is shared: a new one
         dep: how for dep, how in services["worker"]["depends_on"].items() if dep != "sentinel-3"}
     services["redis-replica-2"]["command"] = ["redis-server", "--replicaof", "elsewhere", "6379"]
+    services["flower"]["environment"] = {
+        **services["flower"]["environment"],
+        "BO_QUEUE_RESULT_URL": "sentinel://sentinel-1:26379;sentinel://sentinel-2:26379/0"}
     script = services["sentinel-1"]["command"][-1]
     for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
         services[name]["command"] = ["sh", "-c", script.replace("6379 2", "6379 1")]
@@ -346,6 +365,7 @@ def test_ha_check_finds_what_does_not_fit(ha: dict[str, Any]) -> None:
         "redis-replica-2 does not replicate redis-master 6379",
         "quorum 1 of 3 sentinels is not a majority",
         "worker: starts before the sentinels and 1 replica(s) are up",
+        "flower: BO_QUEUE_RESULT_URL does not name the sentinels",
         "api: BO_QUEUE_SENTINEL_MASTER is not 'mymaster'",
     ]
     with pytest.raises(ValueError, match="not a sentinel"):
