@@ -238,16 +238,16 @@ def markdown_table(phases: list[Phase], n: int, rounds: int, aof: bool) -> str:
     for p in phases:
         if p.calibration:
             c = p.calibration
-            aof = ("with AOF (`appendfsync always`) every event-loop pass that wrote ends in a "
-                   "write and an fsync of the AOF; " if aof else "")
+            fsync = (", and with `appendfsync always` a write and an fsync of the AOF after "
+                     "every pass that wrote" if aof else "")
             lines.append(
                 f"\nCalibration on the same redis-server ({p.workers} worker(s) idle): a SET "
                 f"sent one by one costs Redis {c['one_by_one_cpu_us']:.1f} us of CPU "
                 f"({c['one_by_one_exec_us']:.1f} us of it running the command); pipelined 100 "
                 f"at a time, {c['pipelined_cpu_us']:.1f} us ({c['pipelined_exec_us']:.1f} us). "
-                f"The gap is paid per event-loop pass: waking up, socket calls, and {aof}a "
-                "mostly idle Redis pays it for nearly every request, a saturated one once for "
-                "all the clients it serves in a pass."
+                f"The gap is what each event-loop pass costs (waking up, socket calls{fsync}): "
+                "a mostly idle Redis pays it for nearly every request, a saturated one once "
+                "for all the clients it serves in a pass."
             )
     cost = statistics.median(p.median(p.cpu_per_1000) for p in phases)
     exec_cost = statistics.median(p.median(p.exec_per_1000) for p in phases)
