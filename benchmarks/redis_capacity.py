@@ -47,10 +47,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness import (  # this script's directory is on sys.path
+    REPO,
     RUN_QUEUE,
     Measured,
     add_common_args,
@@ -60,7 +60,6 @@ from harness import (  # this script's directory is on sys.path
 )
 from plain_task import PLAIN
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "redis_capacity.json"
 COMMAND = "make benchmark-redis-capacity"
 
