@@ -79,7 +79,7 @@ benchmark-early-stopping:
 
 # What one Redis master carries: tasks/s and Redis CPU per 1,000 tasks at 1, 2, 4 workers.
 benchmark-redis-capacity: $(BIN)/.installed-$(EXTRAS)
-	$(BIN)/python benchmarks/redis_capacity.py --markdown-out benchmarks/results/redis_capacity.md
+	$(BIN)/python benchmarks/redis_capacity.py -v --markdown-out benchmarks/results/redis_capacity.md
 
 # The manual (docs/, mkdocs.yml) as a site in site/; `.venv/bin/mkdocs serve` to read it live.
 .PHONY: docs

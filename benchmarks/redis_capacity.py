@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        if args.verbose:
+            print(message, file=sys.stderr, flush=True)
 
     phases: list[Phase] = []
     first: Measured[Phase] | None = None
