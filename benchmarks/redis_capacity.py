@@ -3,7 +3,7 @@ seconds per 1,000 tasks, side by side with raw Celery; then how many worker host
 master serves.
 
     .venv/bin/python benchmarks/redis_capacity.py            # workers 1,2,4; 15-20 minutes
-    .venv/bin/python benchmarks/redis_capacity.py --quick    # smoke run, about 1 minute
+    .venv/bin/python benchmarks/redis_capacity.py --quick    # smoke run, 2-3 minutes
     make benchmark-redis-capacity   # the first, writing results/redis_capacity.md too
 
 For each worker count W (`--workers`, default 1,2,4) one run starts its own redis-server
@@ -283,7 +283,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of idle Redis CPU measured (default 5; 2 with --quick)")
     parser.add_argument("--no-aof", dest="aof", action="store_false",
                         help="Redis without its AOF (default: AOF on, appendfsync always)")
-    parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a smoke run, 2-3 minutes")
     add_common_args(parser, DEFAULT_JSON)
     parser.set_defaults(concurrency=1)
     args = parser.parse_args(argv)
