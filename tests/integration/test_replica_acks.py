@@ -66,8 +66,8 @@ class Replicated:
     def close(self) -> None:
         self.on_primary.close()
         self.on_replica.close()
-        self.replica.stop()
-        self.primary.stop()
+        self.replica.close()
+        self.primary.close()
 
 
 @pytest.fixture(scope="module")
