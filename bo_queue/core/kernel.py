@@ -362,13 +362,13 @@ class Core(TaskChanges):
         try:
             while True:
                 multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                with self.write_pipeline(multi) as pipe:
+                with self._step_pipeline(multi) as pipe:
                     fill(pipe)
                     replies = pipe.execute()
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def write_pipeline(self, multi: bool) -> Any:
+    def _step_pipeline(self, multi: bool) -> Any:
         """A step's pipeline: a MULTI one waits for the replicas (replica_acks)."""
         if multi:
             return self.acks.pipeline(self.redis)
