@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,8 +31,12 @@ from bo_queue.studies.storage import StudyState
 from bo_queue.testing import RedisServer, wait_until
 from tests.conftest import Cluster, new_namespace
 
-TIMEOUT_S = 0.5
+TIMEOUT_S = 0.5  # where the replica is gone: how long a write waits for it
 ACKS = {"replica_acks": 1, "replica_ack_timeout_s": TIMEOUT_S}
+# where it is up: ample, so that a busy machine that keeps the replica from its core for
+# a moment fails no write (an acknowledgement takes well under a millisecond otherwise)
+SAFE_ACKS = {"replica_acks": 1, "replica_ack_timeout_s": 5.0}
+WORKER_ACKS = {"replica_acks": 1, "replica_ack_timeout_s": 3.0}  # both, on one worker
 
 
 class Replicated:
@@ -51,6 +56,11 @@ class Replicated:
         wait_until(lambda: self.on_replica.info("replication").get("master_link_status") == "up"
                    and self.on_primary.info("replication")["connected_slaves"] == 1,
                    20, what="the replica's link to the primary")
+        # online and acknowledging: a write it confirms (a replica that just synced
+        # counts only once its first acknowledgement arrived)
+        self.on_primary.incr("probe")
+        acked = self.on_primary.execute_command("WAIT", 1, 10_000)
+        assert acked == 1, "the attached replica acknowledged no write in 10 s"
 
     def detach(self) -> None:
         """The replica stops replicating: the primary has none left to acknowledge."""
@@ -94,7 +104,7 @@ def producer(pair: Replicated, **settings: object) -> BOQueue:
 def test_with_the_replica_up_a_submit_is_on_the_replica_when_it_returns(
     replicated: Replicated,
 ) -> None:
-    with producer(replicated, **ACKS) as bq:
+    with producer(replicated, **SAFE_ACKS) as bq:
         before = replicated.waits()
         handle = bq.submit("t.echo", {"n": 1})
         # no wait on our side: the replica already has the record and the message
@@ -137,13 +147,14 @@ def test_without_replica_acks_nothing_waits(replicated: Replicated) -> None:
 
 def test_async_submits_wait_for_the_replica_too(replicated: Replicated) -> None:
     async def scenario() -> None:
-        async with AsyncBOQueue(redis_url=replicated.primary.url, namespace=new_namespace(),
-                                **ACKS) as aq:
+        url = replicated.primary.url
+        async with AsyncBOQueue(redis_url=url, namespace=new_namespace(), **SAFE_ACKS) as aq:
             handle = await aq.submit("t.echo", {"n": 1})
             [other] = await aq.submit_many([{"handler": "t.echo", "payload": {}}])
             for task_id in (handle.id, other.id):
                 assert replicated.on_replica.exists(aq.keys.task(task_id))
-            replicated.detach()
+        replicated.detach()
+        async with AsyncBOQueue(redis_url=url, namespace=new_namespace(), **ACKS) as aq:
             with pytest.raises(ReplicaAckError):
                 await aq.submit("t.echo", {})
             with pytest.raises(ReplicaAckError):
@@ -155,7 +166,8 @@ def test_async_submits_wait_for_the_replica_too(replicated: Replicated) -> None:
 @pytest.fixture(scope="module")
 def acked_cluster(servers: Replicated) -> Iterator[Cluster]:
     """A worker (and its producer) with replica_acks=1, for the tests of this module."""
-    cluster = Cluster(servers.primary.url, new_namespace(), {k: str(v) for k, v in ACKS.items()})
+    cluster = Cluster(servers.primary.url, new_namespace(),
+                      {k: str(v) for k, v in WORKER_ACKS.items()})
     cluster.add_worker()
     yield cluster
     cluster.close()
@@ -214,7 +226,37 @@ def test_study_reports_and_saved_state_wait_for_the_replica(
         assert bq.studies.report(study.id, 0, {"loss": 0.25}) is True
         assert replicated.on_replica.hexists(store.reported_key(study.id), "0")
         replicated.detach()
-        with pytest.raises(ReplicaAckError):
-            bq.studies.load(study.id, files)
-        with pytest.raises(ReplicaAckError):
-            store.push_result(study.id, {"index": 0, "values": {"loss": 0.25}})
+        with BOQueue(redis_url=replicated.primary.url, namespace=acked_cluster.namespace,
+                     **ACKS) as short:
+            with pytest.raises(ReplicaAckError):
+                short.studies.load(study.id, files)
+            with pytest.raises(ReplicaAckError):
+                short.studies.store.push_result(study.id, {"index": 0, "values": {"loss": 0.2}})
+
+
+def test_a_primary_lost_during_the_wait_is_an_unknown_acknowledgement() -> None:
+    """The write ran, then the connection broke while WAIT blocked: the submit raises
+    ReplicaAckError (how many acknowledged is unknown) and is not sent again."""
+    with RedisServer() as primary, BOQueue(redis_url=primary.url, namespace=new_namespace(),
+                                           replica_acks=1, replica_ack_timeout_s=5) as bq:
+        watcher = redis.Redis(port=primary.port)
+        outcome: list[BaseException] = []
+
+        def submit() -> None:
+            try:
+                bq.submit("t.echo", {})
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=submit)
+        thread.start()
+        # no replica: the WAIT blocks for its 5 s, and the primary dies meanwhile
+        wait_until(lambda: watcher.info("clients")["blocked_clients"] == 1, 10,
+                   what="the submit's WAIT to block")
+        watcher.close()
+        primary.kill()
+        thread.join(10)
+        [error] = outcome
+        assert isinstance(error, ReplicaAckError)
+        assert error.acked is None
+        assert "only an unknown number of the 1 required" in str(error)
