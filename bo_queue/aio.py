@@ -165,7 +165,9 @@ class AsyncBOQueue:
             try:
                 while True:
                     multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                    async with self.redis.pipeline(transaction=multi) as pipe:
+                    pipe = (self.sync.acks.async_pipeline(self.redis) if multi
+                            else self.redis.pipeline(transaction=False))
+                    async with pipe:  # a MULTI step is the write: it waits for replicas
                         fill(pipe)
                         replies = await pipe.execute()
             except StopIteration as stop:

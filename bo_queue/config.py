@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     agent_lease_s: float = Field(default=86_400.0, gt=0)
     # workers and beat log one JSON object per line (bo_queue.monitor.logs.JsonFormatter)
     log_json: bool = False
+    # writes that must not be lost (a submit, a study report or saved state, a task's
+    # result and final record) wait until this many replicas have them (Redis WAIT), at
+    # most replica_ack_timeout_s; fewer in time is a ReplicaAckError (docs/replica-acks.md)
+    replica_acks: int = Field(default=0, ge=0)
+    replica_ack_timeout_s: float = Field(default=1.0, gt=0)
 
     _split = field_validator("imports", "queues", "capabilities", mode="before")(_split_csv)
 
@@ -197,6 +202,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"set {ENV_PREFIX}ARCHIVE_DIR or {ENV_PREFIX}ARCHIVE_URL, not both"
             )
+        # the WAIT's reply must come before the client's socket timeout (Core's clients)
+        if self.replica_ack_timeout_s >= max(self.connect_timeout_s, 10.0):
+            raise ValueError("replica_ack_timeout_s must be below the Redis socket timeout "
+                             "(connect_timeout_s, at least 10 s)")
         self._flower_auth()
         return self
 

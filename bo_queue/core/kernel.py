@@ -32,6 +32,7 @@ from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
@@ -57,7 +58,9 @@ from bo_queue.validation import (
 T = TypeVar("T")
 # What a step of a submit asks for: a pipeline (MULTI or not) filled by the function;
 # its replies are sent back in. Core.run_steps drives them on the sync client,
-# bo_queue.aio on an asyncio one: one submit, whichever client.
+# bo_queue.aio on an asyncio one: one submit, whichever client. A MULTI step is the
+# submit's write: with replica_acks, its pipeline waits for the replicas too (WAIT after
+# EXEC, in the same round trip), and raises ReplicaAckError before any handle exists.
 Step = tuple[bool, Callable[[Any], None]]
 Steps = Generator[Step, list[Any], T]
 
@@ -124,9 +127,11 @@ class Core(TaskChanges):
             socket_timeout=max(settings.connect_timeout_s, 10.0),
             **({} if retry is None else {"retry": retry}),
         )
+        # must-not-lose writes wait for this many replicas (bo_queue.core.replicas)
+        self.acks = ReplicaAcks(settings.replica_acks, settings.replica_ack_timeout_s)
         self.records = RecordStore(
             self.redis, self.keys, settings.result_expires_s, on_settled=self.settle,
-            events_max_len=settings.events_max_len,
+            events_max_len=settings.events_max_len, acks=self.acks,
         )
         self.delays = DelayedSubmissions(self.redis, self.keys)
         self.outbox = Outbox(self.redis, self.keys)
@@ -357,11 +362,17 @@ class Core(TaskChanges):
         try:
             while True:
                 multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                with self.redis.pipeline(transaction=multi) as pipe:
+                with self._step_pipeline(multi) as pipe:
                     fill(pipe)
                     replies = pipe.execute()
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _step_pipeline(self, multi: bool) -> Any:
+        """A step's pipeline: a MULTI one waits for the replicas (replica_acks)."""
+        if multi:
+            return self.acks.pipeline(self.redis)
+        return self.redis.pipeline(transaction=False)
 
     def submitting(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
