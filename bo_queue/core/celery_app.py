@@ -39,14 +39,15 @@ def sentinel_conf(settings: Settings) -> dict[str, Any]:
     Celery's config: kombu (workers, producers' control commands, Flower's queue view)
     from broker_transport_options, the result backend from its transport options, and
     redbeat (beat, bq.schedules) from its own `redis-sentinel://` scheme and options
-    (the URL only picks that branch; the sentinels come from the options)."""
+    (the URL only picks that branch; every sentinel comes from the options)."""
     conf: dict[str, Any] = {"broker": {}, "backend": {}}
     on_sentinel = {"master_name": settings.sentinel_master,
                    "sentinel_kwargs": sentinel_kwargs(settings)}
     if is_sentinel(settings.redis_url):
         conf["broker"] = on_sentinel
         target = parse_sentinel_url(settings.redis_url)
-        conf["redbeat_redis_url"] = "redis-sentinel://" + settings.redis_url[len("sentinel://"):]
+        host, port = target.sentinels[0]  # redbeat logs it: one address, no password
+        conf["redbeat_redis_url"] = f"redis-sentinel://{host}:{port}/{target.db}"
         conf["redbeat_redis_options"] = {
             "sentinels": target.sentinels, "service_name": settings.sentinel_master,
             "db": target.db, "password": target.password, "username": target.username,

@@ -52,6 +52,22 @@ def _master_options(url: str) -> dict[str, Any]:
     return options
 
 
+class _Master(redis.Redis):
+    """A client on a Sentinel master that also closes its clients of the sentinels."""
+
+    def close(self) -> None:
+        super().close()
+        for each in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            each.close()
+
+
+class _AsyncMaster(aioredis.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        for each in self.connection_pool.sentinel_manager.sentinels:  # type: ignore[attr-defined]
+            await each.aclose()
+
+
 def sentinel(settings: Settings, url: str | None = None) -> Sentinel:
     """A client of the sentinels that `url` (default: redis_url) names."""
     target = parse_sentinel_url(url or settings.redis_url)
@@ -66,7 +82,7 @@ def redis_client(settings: Settings, url: str | None = None, /, **options: Any) 
     if not is_sentinel(url):
         return redis.Redis.from_url(url, **options)
     client: redis.Redis = sentinel(settings, url).master_for(  # type: ignore[no-untyped-call]
-        master_name(settings), redis_class=redis.Redis, **_master_options(url), **options)
+        master_name(settings), redis_class=_Master, **_master_options(url), **options)
     return client
 
 
@@ -84,7 +100,7 @@ def async_redis_client(settings: Settings, url: str | None = None, *, max_connec
     sentinels = AsyncSentinel(  # type: ignore[no-untyped-call]
         target.sentinels, sentinel_kwargs=sentinel_kwargs(settings))
     client: aioredis.Redis = sentinels.master_for(
-        master_name(settings), redis_class=aioredis.Redis, **_master_options(url), **options)
+        master_name(settings), redis_class=_AsyncMaster, **_master_options(url), **options)
     return client
 
 
