@@ -94,11 +94,13 @@ SENTINEL_PORT = 26379
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
     """kombu's form, `sentinel://[:pw@]h1:26379;sentinel://h2:26379/0`: one address per
-    `;`-separated part; the database and the master's password come from the first part
-    that states them (as kombu and Celery's result backend read them)."""
+    `;`-separated part. The database and the master's password are the first part's:
+    kombu and Celery's result backend read only that one, so a later part that names
+    another database is refused rather than quietly ignored by them."""
+    parts = [p.strip() for p in url.split(";") if p.strip()]
     sentinels: list[tuple[str, int]] = []
-    db, username, password = 0, None, None
-    for part in (p.strip() for p in url.split(";") if p.strip()):
+    dbs: list[int | None] = []  # as each part states it
+    for part in parts:
         if not part.startswith("sentinel://"):
             raise ValueError(f"every part of a sentinel URL starts with sentinel://, "
                              f"got {redact(part)!r}")
@@ -111,15 +113,19 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
             raise ValueError(f"no host in {redact(part)!r}")
         sentinels.append((split.hostname, port))
         path = split.path.strip("/")
-        if path:
-            if not path.isdigit():
-                raise ValueError(f"database must be a number, got {path!r} in {redact(part)!r}")
-            db = int(path)
-        username = username or split.username or None
-        password = password or split.password or None
+        if path and not path.isdigit():
+            raise ValueError(f"database must be a number, got {path!r} in {redact(part)!r}")
+        dbs.append(int(path) if path else None)
     if not sentinels:
         raise ValueError("a sentinel URL names at least one sentinel")
-    return SentinelTarget(sentinels, db, username, password)
+    db = dbs[0] or 0
+    other = next((d for d in dbs if d is not None and d != db), None)
+    if other is not None:
+        raise ValueError(f"kombu and Celery read the database from the first part of a "
+                         f"sentinel URL only: write it there (sentinel://host:port/{other};"
+                         f"...), got {redact(url)!r}")
+    first = urlsplit(parts[0])
+    return SentinelTarget(sentinels, db, first.username or None, first.password or None)
 
 
 def is_sentinel(url: str) -> bool:
