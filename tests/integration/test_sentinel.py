@@ -80,6 +80,32 @@ def test_health_and_status_name_the_master_and_its_replicas(
     assert f"redis {expected}" in render_status(bq.monitor, width=200).splitlines()
 
 
+def test_flowers_broker_view_counts_queued_messages_through_sentinel(cluster: Cluster) -> None:
+    from flower.utils.broker import Broker  # type: ignore[import-untyped]
+
+    bq = cluster.producer()
+    app = bq.app
+    probe = bq.keys.broker_prefix + "probe"  # a queue list no worker consumes
+    bq.redis.lpush(probe, "a", "b", "c")
+
+    async def lengths() -> object:
+        # as Flower's broker view builds it (flower.views.BaseHandler.get_broker)
+        with app.connection() as conn:
+            url = conn.as_uri(include_password=True)
+        broker = Broker(url, broker_options=app.conf.broker_transport_options,
+                        broker_use_ssl=app.conf.broker_use_ssl)
+        try:
+            return await broker.queues(["probe"])
+        finally:  # Flower closes its master client, not its clients of the sentinels
+            for each in broker.redis.connection_pool.sentinel_manager.sentinels:
+                await each.aclose()
+
+    try:
+        assert asyncio.run(lengths()) == [{"name": "probe", "messages": 3}]
+    finally:
+        bq.redis.delete(probe)
+
+
 def test_beat_runs_schedules_through_sentinel(cluster: Cluster, beat: BeatProcess) -> None:
     bq = cluster.producer()
     bq.schedules.add("tick", "t.echo", {"tick": True}, every=1)
