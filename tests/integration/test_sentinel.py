@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bo_queue import AsyncBOQueue, BOQueue, BrokerUnavailableError, ConfigurationError
+from bo_queue import AsyncBOQueue, BOQueue, BrokerUnavailableError, ConfigurationError, Settings
+from bo_queue.core.connections import redis_client, replication
 from bo_queue.monitor.health import check_health
 from bo_queue.monitor.status import render_status
 from bo_queue.testing import BeatProcess, SentinelSet, wait_until
@@ -104,6 +105,21 @@ def test_flowers_broker_view_counts_queued_messages_through_sentinel(cluster: Cl
         assert asyncio.run(lengths()) == [{"name": "probe", "messages": 3}]
     finally:
         bq.redis.delete(probe)
+
+
+def test_a_plain_redis_reports_its_role_and_replicas(sentinels: SentinelSet) -> None:
+    replica = sentinels.servers[1]  # replication() on a plain URL reads INFO
+    for server, role in ((sentinels.servers[0], "master"), (replica, "replica")):
+        settings = Settings(redis_url=server.url)
+        with redis_client(settings) as client:
+            found = replication(settings, client)
+        if role == "master":
+            assert found.master == f"127.0.0.1:{server.port}"
+            assert sorted(found.replicas) == sorted(
+                f"127.0.0.1:{s.port}" for s in sentinels.servers[1:])
+        else:
+            assert found.master == f"127.0.0.1:{sentinels.servers[0].port}"
+            assert found.source == f"INFO replication: 127.0.0.1:{replica.port} is a replica"
 
 
 def test_beat_runs_schedules_through_sentinel(cluster: Cluster, beat: BeatProcess) -> None:
