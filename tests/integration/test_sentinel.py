@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kombu import Connection
 
 from bo_queue import AsyncBOQueue, BOQueue, BrokerUnavailableError, ConfigurationError, Settings
 from bo_queue.core.connections import redis_client, replication
@@ -120,6 +121,26 @@ def test_a_plain_redis_reports_its_role_and_replicas(sentinels: SentinelSet) -> 
         else:
             assert found.master == f"127.0.0.1:{sentinels.servers[0].port}"
             assert found.source == f"INFO replication: 127.0.0.1:{replica.port} is a replica"
+
+
+def test_the_workers_transport_acks_after_a_dropped_connection_via_the_sentinels(
+    sentinels: SentinelSet,
+) -> None:
+    # bo_queue.core.transport: a task that ends after its channel closed is acknowledged
+    # through a client of its own, which must find the master, not a sentinel
+    with Connection(sentinels.url, transport="bo_queue.core.transport:SentinelTransport",
+                    transport_options={"master_name": sentinels.master_name}) as conn:
+        channel = conn.channel()
+        client = channel.client_after_close()
+        try:
+            assert client.info("replication")["role"] == "master"
+            assert client.connection_pool.get_master_address() == (
+                "127.0.0.1", sentinels.master_port())
+        finally:
+            client.connection_pool.disconnect()
+            for each in client.connection_pool.sentinel_manager.sentinels:
+                each.close()
+            channel.close()
 
 
 def test_beat_runs_schedules_through_sentinel(cluster: Cluster, beat: BeatProcess) -> None:
