@@ -23,6 +23,7 @@ from bo_queue.config import Settings
 from bo_queue.core import dependencies, placement
 from bo_queue.core.celery_app import make_celery
 from bo_queue.core.changes import TaskChanges
+from bo_queue.core.connections import redis_client
 from bo_queue.core.delays import RELEASE_BATCH, DelayedSubmissions
 from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
@@ -120,8 +121,8 @@ class Core(TaskChanges):
         retry = None if ride_out_outages_s <= 0 else Retry(
             ExponentialBackoff(cap=1.0, base=0.05), retries=math.ceil(ride_out_outages_s) + 5
         )
-        self.redis = client or redis.Redis.from_url(
-            settings.redis_url,
+        self.redis = client or redis_client(
+            settings,
             decode_responses=True,
             socket_connect_timeout=settings.connect_timeout_s,
             socket_timeout=max(settings.connect_timeout_s, 10.0),
@@ -180,8 +181,8 @@ class Core(TaskChanges):
     def raw_redis(self) -> redis.Redis:
         """A client on the same server that returns bytes (for binary values)."""
         if self._raw_redis is None:
-            self._raw_redis = redis.Redis.from_url(
-                self.settings.redis_url, socket_connect_timeout=self.settings.connect_timeout_s
+            self._raw_redis = redis_client(
+                self.settings, socket_connect_timeout=self.settings.connect_timeout_s
             )
         return self._raw_redis
 
@@ -196,8 +197,8 @@ class Core(TaskChanges):
                     probe = backend.get_key_for_task("x")  # Celery's own key scheme
                     probe = probe.decode() if isinstance(probe, bytes) else probe
                     prefix = probe[: -len("x")]
-                    client = self._results_client or redis.Redis.from_url(
-                        self.settings.results_url,
+                    client = self._results_client or redis_client(
+                        self.settings, self.settings.results_url,
                         socket_connect_timeout=self.settings.connect_timeout_s,
                     )
                     self._results = ResultWaiter(client, prefix)
