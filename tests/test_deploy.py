@@ -9,6 +9,7 @@ import ast
 import copy
 import importlib
 import importlib.metadata
+import os
 import re
 import shlex
 import subprocess
@@ -403,3 +404,32 @@ def test_every_dependency_waited_for_has_a_healthcheck(path: Path) -> None:
             assert dependency in services, f"{name} depends on {dependency}, not a service"
             if how.get("condition") == "service_healthy":
                 assert "healthcheck" in services[dependency], f"{name} waits on {dependency}"
+
+
+def service_settings(service: dict[str, Any]) -> dict[str, str]:
+    """A service's BO_QUEUE_* variables, with `${VAR:-default}` read as its default (an
+    empty default, such as Flower's password, as a value the operator set)."""
+    env = service.get("environment") or {}
+    return {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", lambda m: m.group(1) or "set-by-operator",
+                      str(v))
+            for k, v in env.items() if k.startswith("BO_QUEUE_")}
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_services_settings_load(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each service's BO_QUEUE_* variables are settings bo_queue accepts together (an
+    unknown name or a sentinel URL without its master would stop the service at start)."""
+    services = yaml.safe_load(path.read_text())["services"]
+    checked = 0
+    for name, service in services.items():
+        variables = service_settings(service)
+        if not variables:
+            continue
+        for key in [k for k in os.environ if k.startswith("BO_QUEUE_")]:
+            monkeypatch.delenv(key)
+        for key, value in variables.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings.load()
+        assert settings.redis_url == variables["BO_QUEUE_REDIS_URL"], name
+        checked += 1
+    assert checked >= 4
