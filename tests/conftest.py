@@ -145,8 +145,8 @@ class Cluster:
             started = [self.add_worker(start=False, **w) for w in workers]
             for worker in started:
                 worker.start(wait=0)
-            for worker in started:
-                worker.wait_ready()
+            for worker in started:  # workers that import Ax take a minute on a busy machine
+                worker.wait_ready(timeout=120)
         except BaseException:
             self.close()
             raise
