@@ -13,17 +13,13 @@ import redis
 
 from bo_queue.api.keys import ApiKeys
 from tests.conftest import Cluster
-from tests.integration.api_server import ApiServer
+from tests.integration.api_server import ApiServer, running_api
 
 
 @pytest.fixture(scope="module")
 def api(request: pytest.FixtureRequest, redis_url: str, cluster: Cluster) -> Iterator[ApiServer]:
-    server = ApiServer(redis_url, cluster.namespace, **getattr(request.module, "API_ENV", {}))
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    with running_api(redis_url, cluster.namespace, **getattr(request.module, "API_ENV", {})) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
