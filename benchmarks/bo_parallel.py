@@ -74,7 +74,7 @@ class Sizes:
     study_trials: int
 
 
-FULL = Sizes(wall_seeds=(0, 1), wall_trials=32, sleep_s=2.0, latency_seeds=(0, 1),
+FULL = Sizes(wall_seeds=(0, 1), wall_trials=32, sleep_s=2.0, latency_seeds=(0,),
              studies=20, study_trials=8)
 QUICK = Sizes(wall_seeds=(0,), wall_trials=16, sleep_s=1.0, latency_seeds=(0,),
               studies=8, study_trials=6)
@@ -201,11 +201,15 @@ def many_studies(problem: Problem, count: int, trials: int) -> dict[str, Any]:
 # -- the report ---------------------------------------------------------------------------
 
 
-def measure(sizes: Sizes, seen: Counter[tuple[str, str, str]]) -> dict[str, Any]:
+FIGURES = ("wall", "latency", "many")
+
+
+def measure(sizes: Sizes, figures: Sequence[str], seen: Counter[tuple[str, str, str]]
+            ) -> dict[str, Any]:
     hartmann = PROBLEMS["hartmann6"]
     branin = PROBLEMS["branin"]
     out: dict[str, Any] = {"wall": [], "latency": {"ax": [], "bq": []}}
-    for seed in sizes.wall_seeds:
+    for seed in sizes.wall_seeds if "wall" in figures else ():
         with recorded_warnings(seen):
             ax = ax_sleeping(hartmann, seed, sizes.wall_trials, sizes.sleep_s)
             bq = bq_sleeping(hartmann, seed, sizes.wall_trials, sizes.sleep_s)
@@ -213,21 +217,32 @@ def measure(sizes: Sizes, seen: Counter[tuple[str, str, str]]) -> dict[str, Any]
               f" bq-p4 {bq['wall_s']:.1f} s regret {bq['regret']:.3g},"
               f" slot wait {bq['slot_wait_share']:.0%}", flush=True)
         out["wall"].append({"seed": seed, "ax": ax, "bq": bq})
-    for seed in sizes.latency_seeds:
+    for seed in sizes.latency_seeds if "latency" in figures else ():
         with recorded_warnings(seen):
             out["latency"]["ax"] += ax_latency(branin, seed)
             out["latency"]["bq"] += bq_latency(branin, seed)
         print(f"  ask/tell seed {seed} done", flush=True)
-    with recorded_warnings(seen):
-        out["many"] = many_studies(branin, sizes.studies, sizes.study_trials)
-    print(f"  many studies: {out['many']}", flush=True)
+    if "many" in figures:
+        with recorded_warnings(seen):
+            out["many"] = many_studies(branin, sizes.studies, sizes.study_trials)
+        print(f"  many studies: {out['many']}", flush=True)
     return out
 
 
 def checks(m: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str, bool]]:
     """(measure, value, target, met)."""
     rows: list[tuple[str, str, str, bool]] = []
-    wall = m["wall"]
+    if m["wall"]:
+        rows += _wall_checks(m["wall"], sizes)
+    if m["latency"]["bq"]:
+        rows += _latency_checks(m["latency"]["ax"], m["latency"]["bq"])
+    if "many" in m:
+        rows += _many_checks(m["many"])
+    return rows
+
+
+def _wall_checks(wall: list[dict[str, Any]], sizes: Sizes) -> list[tuple[str, str, str, bool]]:
+    rows: list[tuple[str, str, str, bool]] = []
     share = statistics.median(w["bq"]["slot_wait_share"] for w in wall)
     waits = [x for w in wall for x in w["bq"]["slot_waits_s"]]
     rows.append((f"slot wait, p={PARALLELISM}, {sizes.sleep_s:g} s evaluations "
@@ -245,14 +260,22 @@ def checks(m: dict[str, Any], sizes: Sizes) -> list[tuple[str, str, str, bool]]:
     ratio = bq_regret / ax_regret if ax_regret > 0 else float("inf")
     rows.append((f"median regret, same runs ({_fmt(bq_regret)} / {_fmt(ax_regret)})",
                  f"{_fmt(ratio)}x", f"<= {REGRET_RATIO_MAX:g}x", ratio <= REGRET_RATIO_MAX))
-    ax_t, bq_t = m["latency"]["ax"], m["latency"]["bq"]
+    return rows
+
+
+def _latency_checks(ax_t: list[float], bq_t: list[float]) -> list[tuple[str, str, str, bool]]:
+    rows: list[tuple[str, str, str, bool]] = []
     for label, q in (("p50", 0.5), ("p99", 0.99)):
         ours, theirs = _quantile(bq_t, q), _quantile(ax_t, q)
         limit = LATENCY_FACTOR * theirs + LATENCY_SLACK_S
         rows.append((f"suggest() {label}, Branin, {len(bq_t)} calls (Ax get_next_trials "
                      f"{theirs * 1000:.0f} ms)", f"{ours * 1000:.0f} ms",
                      f"<= 1.2x + 50 ms = {limit * 1000:.0f} ms", ours <= limit))
-    many = m["many"]
+    return rows
+
+
+def _many_checks(many: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    rows: list[tuple[str, str, str, bool]] = []
     rows.append((f"{many['studies']} studies at once: completed", f"{many['completed']}",
                  f"all {many['studies']}", many["completed"] == many["studies"]))
     rows.append((f"{many['studies']} studies: slowest / fastest wall time "
@@ -277,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (~3 min)")
     parser.add_argument("--wall-seeds", type=_seeds, default=None,
                         help="seeds of the wall-clock runs (default 0-1; --quick: 0)")
+    parser.add_argument("--figures", default=",".join(FIGURES),
+                        help=f"comma-separated, of {','.join(FIGURES)} (default all)")
     parser.add_argument("--json-out", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--markdown-out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -289,7 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_ax_logs()
     seen: Counter[tuple[str, str, str]] = Counter()
     started = time.perf_counter()
-    measured = measure(sizes, seen)
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    if unknown := set(figures) - set(FIGURES):
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; known: {', '.join(FIGURES)}")
+    measured = measure(sizes, figures, seen)
     rows = checks(measured, sizes)
     table = markdown(rows)
     print()
