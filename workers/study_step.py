@@ -166,18 +166,33 @@ class Stepper:
         one_by_one = closed and "attach" not in request
         # Trials saved by a step that died before sending their evaluations have no task
         # record: send them now rather than wait for their lease to run out.
+        ready = self.store.ready(self.study_id) if one_by_one else []
         unsent = [
             t for t in trials.values()
             if closed and t.status is TrialStatus.RUNNING and t.task_id
-            and not self.bq.records.exists(str(t.task_id))
+            and t.index not in ready and not self.bq.records.exists(str(t.task_id))
         ]
+        # A trial generated ahead whose slot is free already (its study was paused, say)
+        # goes with the unsent ones.
+        while ready and (_counts(trials.values())[TrialStatus.RUNNING] - len(ready)
+                         < strategy.parallelism):
+            index = self.store.take_ready(self.study_id)
+            if index is None or index not in ready:
+                break
+            ready.remove(index)
+            if trials[index].status is TrialStatus.RUNNING:
+                unsent.append(trials[index])
         made: list[Trial] = []
         touched = fresh
         while True:
-            ending = _ending(_counts(trials.values()), strategy)
+            counts = _counts(trials.values())
+            ending = _ending(counts, strategy)
             new = [] if ending else self._new_trials(
-                engine, study, request, _counts(trials.values()), now, 1 if one_by_one else None
+                engine, study, request, counts, now, 1 if one_by_one else None, len(ready)
             )
+            ahead = not new and one_by_one and not ending and not ready and _ahead(trials, engine)
+            if ahead:
+                new = self._new_trials(engine, study, request, counts, now, 1, -1)
             for trial in new:
                 trials[trial.index] = changed[trial.index] = trial
             made += new
@@ -185,6 +200,10 @@ class Stepper:
                 break
             study = self._save(study, trials, changed, None, drained, touched)
             changed, drained, touched = {}, 0, False
+            if ahead:  # saved: the next evaluation to end sends it (_evaluation_finished)
+                self.store.push_ready(self.study_id, new[0].index)
+                self._evaluate(study, unsent)
+                break
             self._evaluate(study, unsent + new)  # saved first: a step killed here loses none
             unsent = []
             keep_lock()
@@ -339,7 +358,10 @@ class Stepper:
         counts: dict[TrialStatus, int],
         now: datetime,
         limit: int | None = None,
+        held: int = 0,
     ) -> list[Trial]:
+        """`held`: running trials waiting for a slot (generated ahead), which hold none;
+        -1: generate one ahead, if there is room."""
         strategy = study.spec.strategy
         lease = now + timedelta(seconds=strategy.trial_lease_s)
         batch = study.iteration + 1
@@ -351,7 +373,8 @@ class Stepper:
                 raise StudyError(f"study {self.study_id} is paused")
             want = min(int(request["suggest"]), room)
         elif study.mode == "closed_loop" and study.status is not StudyStatus.PAUSED:
-            want = min(strategy.parallelism - counts[TrialStatus.RUNNING], room)
+            free = 1 if held < 0 else strategy.parallelism - counts[TrialStatus.RUNNING] + held
+            want = min(free, room)
         if limit is not None:
             want = min(want, limit)
         if want > 0:
@@ -359,7 +382,8 @@ class Stepper:
             made += engine.generate(
                 want, strategy.generation_time_limit_s, fallback_seed=(strategy.seed or 0) + batch
             )
-            self.generation_s = time.perf_counter() - generating
+            engine.last_generation_s = time.perf_counter() - generating
+            self.generation_s += engine.last_generation_s
         closed = study.mode == "closed_loop" and "suggest" not in request
         return [
             Trial(
@@ -375,29 +399,47 @@ class Stepper:
         ]
 
     def _evaluate(self, study: Study, trials: list[Trial]) -> None:
-        evaluator = study.spec.evaluator
-        assert evaluator is not None
-        plans = [
-            self.bq.check(
-                TaskRequest(
-                    handler=evaluator,
-                    tags=(STUDY_TAG.format(study.id),),
-                    # what the dashboard, Flower and tasks(metadata=) show of it
-                    name=f"trial {t.index}", description=f"study {study.name}",
-                    metadata={"study_id": study.id, "trial_index": t.index},
-                    payload={
-                        "study_id": study.id,
-                        "trial_index": t.index,
-                        "params": t.params,
-                        "options": study.spec.evaluator_options,
-                    },
-                ),
-                task_id=t.task_id,
-                study=evaluation_marker(study.id, t.index),
-            )
-            for t in trials
-        ]
-        self.bq.submit_plans(plans, durable=True)  # a step killed mid-send loses no evaluation
+        if trials:
+            send_evaluations(self.bq, study, trials)
+
+
+def send_evaluations(bq: BOQueue, study: Study, trials: list[Trial]) -> None:
+    evaluator = study.spec.evaluator
+    assert evaluator is not None
+    plans = [
+        bq.check(
+            TaskRequest(
+                handler=evaluator,
+                tags=(STUDY_TAG.format(study.id),),
+                # what the dashboard, Flower and tasks(metadata=) show of it
+                name=f"trial {t.index}", description=f"study {study.name}",
+                metadata={"study_id": study.id, "trial_index": t.index},
+                payload={
+                    "study_id": study.id,
+                    "trial_index": t.index,
+                    "params": t.params,
+                    "options": study.spec.evaluator_options,
+                },
+            ),
+            task_id=t.task_id,
+            study=evaluation_marker(study.id, t.index),
+        )
+        for t in trials
+    ]
+    bq.submit_plans(plans, durable=True)  # a step killed mid-send loses no evaluation
+
+
+def _ahead(trials: dict[int, Trial], engine: Engine) -> bool:
+    """Generate the next trial before a slot frees when evaluations take longer than a
+    generation: a freed slot then waits for no model. (With quick evaluations it would
+    only cost quality: that trial would not see the result that freed its slot.)"""
+    generation_s = engine.last_generation_s
+    recent = [t for t in sorted(trials.values(), key=lambda t: t.index)
+              if t.status is TrialStatus.COMPLETED and t.task_id and t.reported_at][-5:]
+    # from the step that made it to its result, less its generation: about its evaluation
+    spent = sorted((t.reported_at - t.created_at).total_seconds() - generation_s
+                   for t in recent if t.reported_at)
+    return bool(spent) and generation_s > 0 and spent[len(spent) // 2] > 2 * generation_s
 
 
 def _counts(trials: Any) -> dict[TrialStatus, int]:
@@ -457,9 +499,10 @@ def _evaluation_finished(
         "at": time.time(),
     }
     try:
-        spec = store.study(study_id).spec
+        study = store.study(study_id)
     except StudyNotFoundError:
         return  # deleted meanwhile
+    spec = study.spec
     if error is not None:
         entry["error"] = describe(error)
     elif not isinstance(result, dict):
@@ -470,6 +513,13 @@ def _evaluation_finished(
         except InvalidResultError as exc:
             entry["error"] = f"evaluator {task.name!r} returned bad values: {exc}"
     store.push_result(study_id, entry)
+    # The trial generated ahead for this slot goes now, before the step (saved, RUNNING;
+    # if this process dies before sending it, the next step sends it).
+    ahead = store.take_ready(study_id)
+    if ahead is not None:
+        trial = store.trial(study_id, ahead)
+        if study.status is StudyStatus.ACTIVE and trial.status is TrialStatus.RUNNING:
+            send_evaluations(task.bq, study, [trial])
     task.bq.submit(STEP, {"study_id": study_id}, queue="bo")
 
 

@@ -42,6 +42,7 @@ class Engine:
     def __init__(self, spec: StudySpec, client: Client) -> None:
         self.spec = spec
         self.client = client
+        self.last_generation_s = 0.0  # the last model-based call's (a study step sets it)
 
     @classmethod
     def create(cls, spec: StudySpec) -> Engine:

@@ -22,7 +22,7 @@ from bo_queue import (
     TrialStatus,
 )
 from bo_queue.testing import wait_until
-from tests.conftest import Cluster, make_cluster
+from tests.conftest import Cluster, new_namespace
 
 SPACE = [Range("x", 0.0, 1.0), Range("y", 0.0, 1.0)]
 QUEUES = ("default", "bo", "evaluate")
@@ -34,10 +34,17 @@ REFILL_S = 5.0
 def fragile(redis_url: str) -> Iterator[Cluster]:
     """Two workers of two processes each; a lost message is back in about 10 s. The
     kill -9 test runs last in this file."""
-    c = make_cluster(redis_url, workers=2, concurrency=2, queues=QUEUES,
-                     visibility_timeout_s="10", hold_delays_over_s="5", restore_sweep_s="1")
-    yield c
-    c.close()
+    c = Cluster(redis_url, new_namespace(), {"visibility_timeout_s": "10",
+                "hold_delays_over_s": "5", "restore_sweep_s": "1"}, queues=QUEUES)
+    try:
+        workers = [c.add_worker(concurrency=2, start=False) for _ in range(2)]
+        for worker in workers:
+            worker.start(wait=0)
+        for worker in workers:
+            worker.wait_ready(180)  # importing Ax takes a while on a loaded machine
+        yield c
+    finally:
+        c.close()
 
 
 def _started(bq: BOQueue, task_ids: list[str]) -> list[float]:
@@ -45,7 +52,7 @@ def _started(bq: BOQueue, task_ids: list[str]) -> list[float]:
     return sorted(s.timestamp() for s in starts if s is not None)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(360)
 def test_a_freed_slot_is_refilled_at_once_by_a_trial_of_its_own(fragile: Cluster) -> None:
     bq = fragile.producer()
     study = bq.studies.create(
