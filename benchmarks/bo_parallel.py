@@ -42,6 +42,7 @@ from typing import Any
 
 from bo_quality import (
     PROBLEMS,
+    REPO,
     Problem,
     _fmt,
     _git_commit,
@@ -53,7 +54,6 @@ from bo_quality import (
     recorded_warnings,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "bo_parallel.json"
 
 PARALLELISM = 4
