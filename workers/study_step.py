@@ -187,12 +187,13 @@ class Stepper:
         while True:
             counts = _counts(trials.values())
             ending = _ending(counts, strategy)
+            made_at = datetime.now(UTC)  # each trial's own: _ahead reads it
             new = [] if ending else self._new_trials(
-                engine, study, request, counts, now, 1 if one_by_one else None, len(ready)
+                engine, study, request, counts, made_at, 1 if one_by_one else None, len(ready)
             )
             ahead = not new and one_by_one and not ending and not ready and _ahead(trials, engine)
             if ahead:
-                new = self._new_trials(engine, study, request, counts, now, 1, -1)
+                new = self._new_trials(engine, study, request, counts, made_at, 1, -1)
             for trial in new:
                 trials[trial.index] = changed[trial.index] = trial
             made += new
