@@ -379,7 +379,10 @@ def run_closed_loop(problem: Problem, seed: int, parallelism: int) -> RunResult:
     values = [float(t.values[problem.name]) for t in trials]
     best = min(values)
     steps = bq.studies.step_timings(study.id)
-    generation = [st["generation_s"] for st in steps if st["generation_s"] > 0]
+    # A closed loop's step makes one generation per trial since steps record lock_s
+    # (before: one Ax call for all its trials): one entry each, so the sum stays the step's.
+    generation = [st["generation_s"] / n for st in steps if st["generation_s"] > 0
+                  for n in [st["made"] if "lock_s" in st else 1] for _ in range(n)]
     # Older steps recorded neither the lock wait nor the send: 0 for them.
     overhead = [st["total_s"] - st["generation_s"] + st.get("lock_s", 0) + st.get("send_s", 0)
                 for st in steps]
