@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # installed by the rule below when no /usr/lib/postgresql/*/bin/initdb is there.
 INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/bin/initdb)
 
-.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo benchmark-bo-outcomes benchmark-early-stopping benchmark-redis-capacity benchmark-replica-acks clean
+.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo benchmark-bo-parallel benchmark-bo-outcomes benchmark-early-stopping benchmark-redis-capacity benchmark-replica-acks clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,8 +61,13 @@ benchmark-flows: $(BIN)/.installed-$(EXTRAS)
 
 benchmark-bo:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
-	$(BIN)/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
+	$(BIN)/python benchmarks/bo_quality.py --seeds 0-9 --problems branin,hartmann6 \
 		--markdown-out benchmarks/results/bo_quality.md
+
+# Parallel studies: slot wait, wall clock with 2 s evaluations, suggest() latency, 20 studies.
+benchmark-bo-parallel:
+	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
+	$(BIN)/python benchmarks/bo_parallel.py --markdown-out benchmarks/results/bo_parallel.md
 
 # Several objectives (ZDT1 hypervolume) and outcome constraints (constrained Hartmann6).
 benchmark-bo-outcomes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from bo_queue.studies.manager import STEP, STUDY_TAG
 from bo_queue.studies.models import (
     WARM_START,
     Curve,
+    Strategy,
     Study,
     StudyStatus,
     Trial,
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 # An engine kept in this process between steps of the same study, valid while the study's
 # iteration has not moved on elsewhere (saves decoding the Ax snapshot every step).
 _engines: dict[str, tuple[int, Engine]] = {}
+
+SNAPSHOT_EVERY = 8  # trials between snapshots of the Ax state (see Stepper.run)
 
 
 class StudyBusy(Exception):
@@ -75,7 +79,14 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
     pending = store.lock_key(study_id) + ":pending"
     asked = "suggest" in payload or "attach" in payload
     request = payload
+    def keep_lock() -> None:
+        try:
+            lock.reacquire()
+        except LockError as exc:  # its lease ran out: another step may have the study
+            raise StudyBusy(f"study {study_id}: the step lost its lock") from exc
+
     while True:
+        waited = time.perf_counter()
         if asked:
             if not lock.acquire(blocking=True, blocking_timeout=lease_s):
                 raise StudyError(f"study {study_id} is busy: no step in {lease_s} s")
@@ -86,7 +97,9 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
             if not lock.acquire(blocking=False):
                 raise StudyBusy(f"study {study_id} is busy")
         try:
-            made = Stepper(bq, store, study_id).run(request)
+            made = Stepper(bq, store, study_id).run(
+                request, keep_lock, lock_s=time.perf_counter() - waited
+            )
         finally:
             try:
                 lock.release()
@@ -105,7 +118,12 @@ class Stepper:
     def __init__(self, bq: BOQueue, store: RedisStorage, study_id: str) -> None:
         self.bq, self.store, self.study_id = bq, store, study_id
 
-    def run(self, request: dict[str, Any]) -> list[int]:
+    def run(self, request: dict[str, Any], keep_lock: Callable[[], None] = lambda: None,
+            lock_s: float = 0.0) -> list[int]:
+        """A closed loop generates one trial at a time: each is saved and sent as soon as
+        it exists, then the results that arrived meanwhile are told to Ax before the next
+        (Ax conditions each on the running trials, its pending points). `keep_lock`
+        renews the study's lock between generations."""
         # A step changes its engine in place before saving: if it fails on the way, that
         # engine must not serve the next step, so it goes back in the cache only after.
         self.kept = _engines.pop(self.study_id, None)
@@ -125,17 +143,14 @@ class Stepper:
             self.store.set_status(self.study_id, StudyStatus.INITIALIZING, {StudyStatus.CREATED})
         engine = self._engine(study, state.model, state.trials, state.curves)
         trials = {t.index: t for t in state.trials}
+        before = len(trials)
+        last = trials[max(trials)].generator if trials else ""
         changed: dict[int, Trial] = {}
         if fresh and study.warm_start_from:
             for known in self._warm_start(engine, study, now):
                 trials[known.index] = changed[known.index] = known
-        entries = self.store.inbox(self.study_id)
-        curves = self.store.curves(self.study_id) if entries else {}  # read after the inbox
-        for entry in entries:
-            curve = curves.get(entry["index"], [])
-            trial = self._apply(engine, trials.get(entry["index"]), entry, curve, now)
-            if trial is not None:
-                trials[trial.index] = changed[trial.index] = trial
+        drained = self._tell(engine, trials, changed, now)
+        told = drained
         for trial in list(trials.values()):
             expired = trial.leased_until is not None and trial.leased_until < now
             if trial.status is TrialStatus.RUNNING and expired:
@@ -147,53 +162,65 @@ class Stepper:
                 if trial.task_id and self.bq.records.exists(trial.task_id):
                     self.bq.cancel(trial.task_id, terminate=True, reason=reason)
 
-        counts = _counts(trials.values())
-        ending: tuple[StudyStatus, str] | None = None
-        if _finished(counts) >= strategy.max_trials:
-            stopped = counts[TrialStatus.EARLY_STOPPED]
-            ending = (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed"
-                      + (f" ({stopped} of them early stopped)" if stopped else ""))
-        elif counts[TrialStatus.FAILED] > strategy.failure_budget:
-            ending = (
-                StudyStatus.FAILED,
-                f"{counts[TrialStatus.FAILED]} trials failed (budget {strategy.failure_budget})",
-            )
-
+        closed = study.mode == "closed_loop" and "suggest" not in request
+        one_by_one = closed and "attach" not in request
+        # Trials saved by a step that died before sending their evaluations have no task
+        # record: send them now rather than wait for their lease to run out.
+        ready = self.store.ready(self.study_id) if one_by_one else []
+        unsent = [
+            t for t in trials.values()
+            if closed and t.status is TrialStatus.RUNNING and t.task_id
+            and t.index not in ready and not self.bq.records.exists(str(t.task_id))
+        ]
+        # A trial generated ahead whose slot is free already (its study was paused, say)
+        # goes with the unsent ones.
+        while ready and (_counts(trials.values())[TrialStatus.RUNNING] - len(ready)
+                         < strategy.parallelism):
+            index = self.store.take_ready(self.study_id)
+            if index is None or index not in ready:
+                break
+            ready.remove(index)
+            if trials[index].status is TrialStatus.RUNNING:
+                unsent.append(trials[index])
         made: list[Trial] = []
-        if ending is None:
-            made = self._new_trials(engine, study, request, counts, now)
-            for trial in made:
+        touched = fresh
+        while True:
+            counts = _counts(trials.values())
+            ending = _ending(counts, strategy)
+            made_at = datetime.now(UTC)  # each trial's own: _ahead reads it
+            new = [] if ending else self._new_trials(
+                engine, study, request, counts, made_at, 1 if one_by_one else None, len(ready)
+            )
+            ahead = not new and one_by_one and not ending and not ready and _ahead(trials, engine)
+            if ahead:
+                new = self._new_trials(engine, study, request, counts, made_at, 1, -1)
+            for trial in new:
                 trials[trial.index] = changed[trial.index] = trial
-        counts = _counts(trials.values())
-        touched = bool(changed) or fresh
-        updated = study.model_copy(
-            update={
-                "completed_trials": counts[TrialStatus.COMPLETED],
-                "failed_trials": counts[TrialStatus.FAILED],
-                "running_trials": counts[TrialStatus.RUNNING],
-                "early_stopped_trials": counts[TrialStatus.EARLY_STOPPED],
-                "iteration": study.iteration + (1 if touched else 0),
-                "updated_at": now,
-            }
-        )
-        # The trial records are the log, the snapshot a checkpoint: a step that only told Ax
-        # results saves the records; the next engine loaded elsewhere catches up from them.
-        model = engine.snapshot() if made or fresh else None
-        self.store.save_step(updated, list(changed.values()), model, len(entries))
-        _engines[self.study_id] = (updated.iteration, engine)
-        self.store.record_step(
-            self.study_id,
-            {
-                "iteration": updated.iteration,
-                "at": time.time(),
-                "made": len(made),
-                "told": len(entries),
-                "generation_s": round(self.generation_s, 4),
-                "total_s": round(time.perf_counter() - started, 4),
-                "cached": self.cached,
-            },
-        )
+            made += new
+            if not (one_by_one and new):
+                break
+            study = self._save(study, trials, changed, None, drained, touched)
+            changed, drained, touched = {}, 0, False
+            if ahead:  # saved: the next evaluation to end sends it (_evaluation_finished)
+                self.store.push_ready(self.study_id, new[0].index)
+                self._evaluate(study, unsent)
+                break
+            self._evaluate(study, unsent + new)  # saved first: a step killed here loses none
+            unsent = []
+            keep_lock()
+            drained = self._tell(engine, trials, changed, datetime.now(UTC))
+            told += drained
 
+        # The trial records are the log, the snapshot a checkpoint (decoding and encoding
+        # Ax's state costs about half a generation): written when the study starts, when
+        # Ax moves to another generation node, and every SNAPSHOT_EVERY trials; a process
+        # without this engine in memory replays the records since onto the last one.
+        crossed = len(trials) // SNAPSHOT_EVERY != before // SNAPSHOT_EVERY
+        moved = any(t.generator != last for t in made)
+        snapshot = fresh or (bool(made) and (crossed or moved))
+        model = engine.snapshot() if snapshot else None
+        updated = self._save(study, trials, changed, model, drained, touched or bool(changed))
+        _engines[self.study_id] = (updated.iteration, engine)
         if study.status in (StudyStatus.CREATED, StudyStatus.INITIALIZING):
             self.store.set_status(self.study_id, StudyStatus.ACTIVE, {StudyStatus.INITIALIZING})
         if ending is not None:
@@ -202,18 +229,55 @@ class Stepper:
                 self.study_id, status, {StudyStatus.ACTIVE, StudyStatus.PAUSED}, message
             )
             self.bq.cancel_tag(STUDY_TAG.format(self.study_id))
-        if study.mode == "closed_loop" and "suggest" not in request and ending is None:
-            # Trials saved by a step that died before sending their evaluations have no
-            # task record: send them now rather than wait for their lease to run out.
-            waiting = [
-                t
-                for t in trials.values()
-                if t.status is TrialStatus.RUNNING and t.task_id and t not in made
-            ]
-            unsent = [t for t in waiting if not self.bq.records.exists(str(t.task_id))]
-            if made or unsent:
-                self._evaluate(study, made + unsent)
+        elif closed and not one_by_one and (made or unsent):
+            self._evaluate(study, made + unsent)
+        elif closed and unsent:
+            self._evaluate(study, unsent)
+        self.store.record_step(
+            self.study_id,
+            {
+                "iteration": updated.iteration,
+                "at": time.time(),
+                "made": len(made),
+                "told": told,
+                "generation_s": round(self.generation_s, 4),
+                "total_s": round(time.perf_counter() - started, 4),  # with the sends
+                "lock_s": round(lock_s, 4),
+                "cached": self.cached,
+                "snapshot": snapshot,
+            },
+        )
         return [t.index for t in made]
+
+    def _tell(self, engine: Engine, trials: dict[int, Trial], changed: dict[int, Trial],
+              now: datetime) -> int:
+        """Tell Ax the results in the inbox; returns how many entries it read."""
+        entries = self.store.inbox(self.study_id)
+        curves = self.store.curves(self.study_id) if entries else {}  # read after the inbox
+        for entry in entries:
+            curve = curves.get(entry["index"], [])
+            trial = self._apply(engine, trials.get(entry["index"]), entry, curve, now)
+            if trial is not None:
+                trials[trial.index] = changed[trial.index] = trial
+        return len(entries)
+
+    def _save(self, study: Study, trials: dict[int, Trial], changed: dict[int, Trial],
+              model: bytes | None, drained: int, touched: bool) -> Study:
+        """The changed trial records, the study's counts and the applied inbox entries,
+        in one transaction; the next iteration if anything changed."""
+        counts = _counts(trials.values())
+        updated = study.model_copy(
+            update={
+                "completed_trials": counts[TrialStatus.COMPLETED],
+                "failed_trials": counts[TrialStatus.FAILED],
+                "running_trials": counts[TrialStatus.RUNNING],
+                "early_stopped_trials": counts[TrialStatus.EARLY_STOPPED],
+                "iteration": study.iteration + (1 if touched or changed else 0),
+                "updated_at": datetime.now(UTC),
+            }
+        )
+        self.store.save_step(updated, list(changed.values()), model, drained)
+        return updated
 
     def _engine(
         self, study: Study, model: bytes | None, trials: list[Trial], curves: dict[int, Curve]
@@ -294,7 +358,11 @@ class Stepper:
         request: dict[str, Any],
         counts: dict[TrialStatus, int],
         now: datetime,
+        limit: int | None = None,
+        held: int = 0,
     ) -> list[Trial]:
+        """`held`: running trials waiting for a slot (generated ahead), which hold none;
+        -1: generate one ahead, if there is room."""
         strategy = study.spec.strategy
         lease = now + timedelta(seconds=strategy.trial_lease_s)
         batch = study.iteration + 1
@@ -306,13 +374,17 @@ class Stepper:
                 raise StudyError(f"study {self.study_id} is paused")
             want = min(int(request["suggest"]), room)
         elif study.mode == "closed_loop" and study.status is not StudyStatus.PAUSED:
-            want = min(strategy.parallelism - counts[TrialStatus.RUNNING], room)
+            free = 1 if held < 0 else strategy.parallelism - counts[TrialStatus.RUNNING] + held
+            want = min(free, room)
+        if limit is not None:
+            want = min(want, limit)
         if want > 0:
             generating = time.perf_counter()
             made += engine.generate(
                 want, strategy.generation_time_limit_s, fallback_seed=(strategy.seed or 0) + batch
             )
-            self.generation_s = time.perf_counter() - generating
+            engine.last_generation_s = time.perf_counter() - generating
+            self.generation_s += engine.last_generation_s
         closed = study.mode == "closed_loop" and "suggest" not in request
         return [
             Trial(
@@ -328,29 +400,47 @@ class Stepper:
         ]
 
     def _evaluate(self, study: Study, trials: list[Trial]) -> None:
-        evaluator = study.spec.evaluator
-        assert evaluator is not None
-        plans = [
-            self.bq.check(
-                TaskRequest(
-                    handler=evaluator,
-                    tags=(STUDY_TAG.format(study.id),),
-                    # what the dashboard, Flower and tasks(metadata=) show of it
-                    name=f"trial {t.index}", description=f"study {study.name}",
-                    metadata={"study_id": study.id, "trial_index": t.index},
-                    payload={
-                        "study_id": study.id,
-                        "trial_index": t.index,
-                        "params": t.params,
-                        "options": study.spec.evaluator_options,
-                    },
-                ),
-                task_id=t.task_id,
-                study=evaluation_marker(study.id, t.index),
-            )
-            for t in trials
-        ]
-        self.bq.submit_plans(plans, durable=True)  # a step killed mid-send loses no evaluation
+        if trials:
+            send_evaluations(self.bq, study, trials)
+
+
+def send_evaluations(bq: BOQueue, study: Study, trials: list[Trial]) -> None:
+    evaluator = study.spec.evaluator
+    assert evaluator is not None
+    plans = [
+        bq.check(
+            TaskRequest(
+                handler=evaluator,
+                tags=(STUDY_TAG.format(study.id),),
+                # what the dashboard, Flower and tasks(metadata=) show of it
+                name=f"trial {t.index}", description=f"study {study.name}",
+                metadata={"study_id": study.id, "trial_index": t.index},
+                payload={
+                    "study_id": study.id,
+                    "trial_index": t.index,
+                    "params": t.params,
+                    "options": study.spec.evaluator_options,
+                },
+            ),
+            task_id=t.task_id,
+            study=evaluation_marker(study.id, t.index),
+        )
+        for t in trials
+    ]
+    bq.submit_plans(plans, durable=True)  # a step killed mid-send loses no evaluation
+
+
+def _ahead(trials: dict[int, Trial], engine: Engine) -> bool:
+    """Generate the next trial before a slot frees when evaluations take longer than a
+    generation: a freed slot then waits for no model. (With quick evaluations it would
+    only cost quality: that trial would not see the result that freed its slot.)"""
+    generation_s = engine.last_generation_s
+    recent = [t for t in sorted(trials.values(), key=lambda t: t.index)
+              if t.status is TrialStatus.COMPLETED and t.task_id and t.reported_at][-5:]
+    # from the step that made it to its result, less its generation: about its evaluation
+    spent = sorted((t.reported_at - t.created_at).total_seconds() - generation_s
+                   for t in recent if t.reported_at)
+    return bool(spent) and generation_s > 0 and spent[len(spent) // 2] > 2 * generation_s
 
 
 def _counts(trials: Any) -> dict[TrialStatus, int]:
@@ -360,6 +450,20 @@ def _counts(trials: Any) -> dict[TrialStatus, int]:
         if trial.generator != WARM_START:
             counts[trial.status] += 1
     return counts
+
+
+def _ending(counts: dict[TrialStatus, int], strategy: Strategy) -> tuple[StudyStatus, str] | None:
+    """The status the study ends in now, with its message; None while it goes on."""
+    if _finished(counts) >= strategy.max_trials:
+        stopped = counts[TrialStatus.EARLY_STOPPED]
+        return (StudyStatus.COMPLETED, f"{strategy.max_trials} trials completed"
+                + (f" ({stopped} of them early stopped)" if stopped else ""))
+    if counts[TrialStatus.FAILED] > strategy.failure_budget:
+        return (
+            StudyStatus.FAILED,
+            f"{counts[TrialStatus.FAILED]} trials failed (budget {strategy.failure_budget})",
+        )
+    return None
 
 
 def _finished(counts: dict[TrialStatus, int]) -> int:
@@ -396,9 +500,10 @@ def _evaluation_finished(
         "at": time.time(),
     }
     try:
-        spec = store.study(study_id).spec
+        study = store.study(study_id)
     except StudyNotFoundError:
         return  # deleted meanwhile
+    spec = study.spec
     if error is not None:
         entry["error"] = describe(error)
     elif not isinstance(result, dict):
@@ -409,6 +514,13 @@ def _evaluation_finished(
         except InvalidResultError as exc:
             entry["error"] = f"evaluator {task.name!r} returned bad values: {exc}"
     store.push_result(study_id, entry)
+    # The trial generated ahead for this slot goes now, before the step (saved, RUNNING;
+    # if this process dies before sending it, the next step sends it).
+    ahead = store.take_ready(study_id)
+    if ahead is not None:
+        trial = store.trial(study_id, ahead)
+        if study.status is StudyStatus.ACTIVE and trial.status is TrialStatus.RUNNING:
+            send_evaluations(task.bq, study, [trial])
     task.bq.submit(STEP, {"study_id": study_id}, queue="bo")
 
 

@@ -42,6 +42,7 @@ class Engine:
     def __init__(self, spec: StudySpec, client: Client) -> None:
         self.spec = spec
         self.client = client
+        self.last_generation_s = 0.0  # the last model-based call's (a study step sets it)
 
     @classmethod
     def create(cls, spec: StudySpec) -> Engine:
@@ -132,14 +133,22 @@ class Engine:
         self.client.mark_trial_failed(index, failed_reason=reason)
 
     def catch_up(self, trials: Iterable[Trial], curves: Mapping[int, Curve]) -> int:
-        """Tell Ax the outcomes the trial records have and its snapshot does not yet (a
-        step that only told results saves the records, not a new snapshot). Returns how
-        many it applied."""
+        """Replay onto the snapshot what the trial records have and it does not yet: the
+        records are the log, the snapshot a checkpoint that steps write only now and then.
+        Trials it lacks are attached (at their own index, RUNNING: pending points), then
+        every outcome it lacks is told. Returns how many trials it attached or told."""
         experiment = ax_adapter.experiment(self.client)
         applied = 0
-        for trial in trials:
+        replayed = False
+        for trial in sorted(trials, key=lambda t: t.index):
             known = experiment.trials.get(trial.index)
-            if known is None or known.status.is_terminal:
+            if known is None:
+                index = self.attach(trial.params)
+                if index != trial.index:  # records and snapshot of different studies
+                    raise RuntimeError(f"replayed trial {trial.index} came back as {index}")
+                known, replayed = experiment.trials[index], True
+                applied += trial.status is TrialStatus.RUNNING
+            if known.status.is_terminal:
                 continue
             curve = curves.get(trial.index, [])
             if trial.status is TrialStatus.COMPLETED and trial.values is not None:
@@ -151,6 +160,8 @@ class Engine:
             else:
                 continue
             applied += 1
+        if replayed:
+            ax_adapter.advance(self.client)  # past the nodes the replayed trials complete
         return applied
 
     def _node_name(self) -> str:

@@ -154,6 +154,11 @@ class RedisStorage(StorageBackend):
     def model_key(self, study_id: str) -> str:
         return f"{self.meta(study_id)}:model"
 
+    def ready_key(self, study_id: str) -> str:
+        """Trials generated ahead of a free slot (closed loop), whose evaluations the next
+        ending evaluation sends."""
+        return f"{self.meta(study_id)}:ready"
+
     def curves_key(self, study_id: str) -> str:
         """Each trial's curve, as study_intermediate.lua keeps it."""
         return f"{self.meta(study_id)}:curves"
@@ -176,6 +181,7 @@ class RedisStorage(StorageBackend):
             self.reported_key(study_id),
             self.inbox_key(study_id),
             self.model_key(study_id),
+            self.ready_key(study_id),
             self.curves_key(study_id),
             self.at_step_key(study_id),
         ]
@@ -349,6 +355,17 @@ class RedisStorage(StorageBackend):
         args: builtins.list[EncodableT] = [index, step, canonical(values), repr(watched), *rule,
                 stop_marker(values), json.dumps(entry)]
         return self.acks.call(self.redis, self._intermediate, keys, args, then=_text)
+
+    def ready(self, study_id: str) -> builtins.list[int]:
+        return [int(i) for i in self.redis.lrange(self.ready_key(study_id), 0, -1)]
+
+    def push_ready(self, study_id: str, index: int) -> None:
+        self.redis.rpush(self.ready_key(study_id), index)
+
+    def take_ready(self, study_id: str) -> int | None:
+        """The oldest trial generated ahead, now taken (by one caller only)."""
+        raw = self.redis.lpop(self.ready_key(study_id))
+        return None if raw is None else int(raw)  # type: ignore[arg-type]
 
     def push_result(self, study_id: str, entry: dict[str, Any]) -> None:
         """An evaluation's outcome, from the worker that ran it (checked by the step)."""
