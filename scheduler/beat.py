@@ -23,10 +23,18 @@ class Scheduler(RedBeatScheduler):  # type: ignore[misc]
         # redbeat lets a connection error end beat (its lock's extend is not retried).
         # Beat keeps its lock token and tries again in a second instead: the lock lives
         # redbeat_lock_timeout (10 s), longer than a failover, so the same beat goes on
-        # firing from the new master; after a longer outage another beat may hold it,
-        # and the extend's LockNotOwnedError ends this one as before.
+        # firing from the new master. Replication is asynchronous, so the new master may
+        # not have the lock at all: then this beat takes it again at once. Only when
+        # another beat holds it does the extend's LockNotOwnedError end this one.
         try:
-            interval: float = super().tick(*args, **kwargs)
+            try:
+                interval: float = super().tick(*args, **kwargs)
+            except redis.exceptions.LockNotOwnedError:
+                if self.lock is None or not self.lock.acquire(blocking=False):
+                    raise
+                log.warning("beat: the lock was gone (lost with a failed master?); "
+                            "taken again")
+                return 0.0
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("beat: Redis unavailable (%s); trying again in %gs", exc,
                         OUTAGE_RETRY_S)
