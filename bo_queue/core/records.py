@@ -122,6 +122,11 @@ def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _flat(fields: Mapping[str, Any]) -> list[str]:
+    """Record fields as a script's field/value arguments."""
+    return [part for pair in _encode(fields).items() for part in pair]
+
+
 # Told what settling a task's dependents did: (released count, cancelled ids).
 OnSettled = Callable[[int, list[str]], None]
 
@@ -143,6 +148,9 @@ class RecordStore:
         self._cancel = scripts.register(client, "record_cancel.lua", MAX_EVENTS=events_max_len)
         self._transition = scripts.register(
             client, "record_transition.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
+        )
+        self._succeed = scripts.register(
+            client, "record_succeed.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
         )
         self._progress = scripts.register(client, "record_progress.lua")
         self._delete = scripts.register(client, "record_delete.lua")
@@ -223,14 +231,24 @@ class RecordStore:
         self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
     ) -> bool:
         """Move a record to `state` unless it has already ended (or is gone). False if so."""
-        flat: list[str] = []
-        for key, value in _encode(fields).items():
-            flat += [key, value]
         args: list[str | float] = [
-            self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s, *flat
+            self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s,
+            *_flat(fields),
         ]
         reply = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
         return bool(reply.value)
+
+    def succeed(self, task_id: str, result_key: str, result: str, result_ttl_s: int,
+                **fields: Any) -> bool:
+        """A successful run's ending in one script: its result stored and published as
+        Celery's Redis backend does (`result`, encoded by it, under `result_key`), then the
+        record SUCCEEDED as `transition` moves it. False if the record had already ended."""
+        keys = [self.keys.task(task_id), result_key]
+        args: list[str | float] = [
+            self.keys.namespace, task_id, time.time(), self.ttl_s, result, result_ttl_s,
+            *_flat(fields),
+        ]
+        return bool(self._settled(self._succeed(keys=keys, args=args)).value)
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""
