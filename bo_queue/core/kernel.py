@@ -378,22 +378,10 @@ class Core(TaskChanges):
         waits: list[tuple[int, str]] = []
 
         def fill(pipe: Any) -> None:
-            for plan in ordered:
+            self.records.create_many(pipe, [_record(p, now, created_by) for p in ordered])
+            for plan in ordered:  # after every record: a dependency may be in the batch
                 req = plan.request
-                waiting = bool(req.depends_on)
-                self.records.create(pipe, {
-                    "id": plan.id, "handler": req.handler, "queue": plan.queue,
-                    "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
-                    "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
-                    "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
-                    "depends_on": req.depends_on or None,
-                    "on_dependency_failure": req.on_dependency_failure if waiting else None,
-                    "name": req.name, "description": req.description,
-                    "metadata": req.metadata, "created_by": created_by,
-                    "retry": req.retry.describe() if req.retry else None,
-                    "time_limit": req.time_limit,
-                })
-                if waiting:
+                if req.depends_on:
                     waits.append((len(pipe), plan.id))
                     self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
@@ -690,6 +678,24 @@ class Core(TaskChanges):
         with self.broker_errors():
             graph = dependencies.read_graph(self.records, ids, expand=False)
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
+
+
+def _record(plan: Plan, now: float, created_by: str | None) -> dict[str, Any]:
+    """The record fields of a new task."""
+    req = plan.request
+    waiting = bool(req.depends_on)
+    return {
+        "id": plan.id, "handler": req.handler, "queue": plan.queue,
+        "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
+        "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
+        "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
+        "depends_on": req.depends_on or None,
+        "on_dependency_failure": req.on_dependency_failure if waiting else None,
+        "name": req.name, "description": req.description,
+        "metadata": req.metadata, "created_by": created_by,
+        "retry": req.retry.describe() if req.retry else None,
+        "time_limit": req.time_limit,
+    }
 
 
 def request_of(
