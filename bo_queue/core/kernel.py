@@ -62,6 +62,29 @@ Step = tuple[bool, Callable[[Any], None]]
 Steps = Generator[Step, list[Any], T]
 
 
+class Grouped:
+    """Stands in for a pipeline while a batch's messages are sent (Core.send): the
+    outbox entries become one HSET and the pushes one LPUSH per list, in the same order
+    (a worker's BRPOP takes the first pushed first), when `write` puts them on the real
+    pipeline. Two commands for a batch instead of two per message."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.lists: dict[str, list[str]] = {}
+
+    def hset(self, name: str, key: str, value: str) -> None:
+        self.hashes.setdefault(name, {})[key] = value
+
+    def lpush(self, name: str, *values: str) -> None:
+        self.lists.setdefault(name, []).extend(values)
+
+    def write(self, pipe: Any) -> None:
+        for name, mapping in self.hashes.items():
+            pipe.hset(name, mapping=mapping)
+        for name, values in self.lists.items():
+            pipe.lpush(name, *values)
+
+
 @dataclass
 class Submitted:
     """A submit's writes done: its task ids, and what Core.finish does after them."""
@@ -379,6 +402,7 @@ class Core(TaskChanges):
 
         def fill(pipe: Any) -> None:
             self.records.create_many(pipe, [_record(p, now, created_by) for p in ordered])
+            sends = Grouped()
             for plan in ordered:  # after every record: a dependency may be in the batch
                 req = plan.request
                 if req.depends_on:
@@ -387,7 +411,8 @@ class Core(TaskChanges):
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
                 elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
-                    self.send(plan.id, messages[plan.id], pipe)
+                    self.send(plan.id, messages[plan.id], sends)
+            sends.write(pipe)
 
         # One round trip, all or nothing (MULTI): the records, the outbox entries and the
         # messages themselves, each message after its record.
