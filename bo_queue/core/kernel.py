@@ -31,7 +31,7 @@ from bo_queue.core.keys import PULL_QUEUE, Keys
 from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
-from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.core.records import RecordStore, Sends, TaskInfo, TaskTree
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
@@ -60,29 +60,6 @@ T = TypeVar("T")
 # bo_queue.aio on an asyncio one: one submit, whichever client.
 Step = tuple[bool, Callable[[Any], None]]
 Steps = Generator[Step, list[Any], T]
-
-
-class Grouped:
-    """Stands in for a pipeline while a batch's messages are sent (Core.send): the
-    outbox entries become one HSET and the pushes one LPUSH per list, in the same order
-    (a worker's BRPOP takes the first pushed first), when `write` puts them on the real
-    pipeline. Two commands for a batch instead of two per message."""
-
-    def __init__(self) -> None:
-        self.hashes: dict[str, dict[str, str]] = {}
-        self.lists: dict[str, list[str]] = {}
-
-    def hset(self, name: str, key: str, value: str) -> None:
-        self.hashes.setdefault(name, {})[key] = value
-
-    def lpush(self, name: str, *values: str) -> None:
-        self.lists.setdefault(name, []).extend(values)
-
-    def write(self, pipe: Any) -> None:
-        for name, mapping in self.hashes.items():
-            pipe.hset(name, mapping=mapping)
-        for name, values in self.lists.items():
-            pipe.lpush(name, *values)
 
 
 @dataclass
@@ -401,8 +378,12 @@ class Core(TaskChanges):
         waits: list[tuple[int, str]] = []
 
         def fill(pipe: Any) -> None:
-            self.records.create_many(pipe, [_record(p, now, created_by) for p in ordered])
-            sends = Grouped()
+            sends = Sends()  # the messages sent now, written by the records' script
+            for plan in ordered:
+                if not (plan.request.depends_on or plan.held or plan.queue == PULL_QUEUE):
+                    self.send(plan.id, messages[plan.id], sends)  # kept until it starts
+            self.records.create_many(pipe, [_record(p, now, created_by) for p in ordered],
+                                     sends)
             for plan in ordered:  # after every record: a dependency may be in the batch
                 req = plan.request
                 if req.depends_on:
@@ -410,13 +391,13 @@ class Core(TaskChanges):
                     self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
-                elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
-                    self.send(plan.id, messages[plan.id], sends)
-            sends.write(pipe)
 
-        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
-        # messages themselves, each message after its record.
-        replies = yield True, fill
+        # One round trip, all or nothing: the records, the outbox entries and the messages
+        # themselves (each message after its record) in one script; MULTI around it when
+        # links, waits or holds add commands.
+        alone = all(not (p.request.depends_on or p.held or p.request.tags or p.request.parent_id)
+                    for p in plans)
+        replies = yield not alone, fill
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         return Submitted(
             ids=[plan.id for plan in plans],

@@ -127,6 +127,32 @@ def _flat(fields: Mapping[str, Any]) -> list[str]:
     return [part for pair in _encode(fields).items() for part in pair]
 
 
+class Sends:
+    """Stands in for a pipeline while a submit's messages are sent (Core.send, which
+    writes each one's outbox entry and pushes it on its queue list): collected here,
+    they are written by create_many's script after the records, each hash in one HSET
+    and each list in one LPUSH, in the order sent (a worker's BRPOP takes the first
+    pushed first)."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, list[str]] = {}
+        self.lists: dict[str, list[str]] = {}
+
+    def hset(self, name: str, key: str, value: str) -> None:
+        self.hashes.setdefault(name, []).extend((key, value))
+
+    def lpush(self, name: str, *values: str) -> None:
+        self.lists.setdefault(name, []).extend(values)
+
+    def args(self) -> list[str | int]:
+        """As record_create.lua reads them: 'hset' | 'lpush', key, count, values."""
+        out: list[str | int] = []
+        for command, groups in (("hset", self.hashes), ("lpush", self.lists)):
+            for name, values in groups.items():
+                out += [command, name, len(values), *values]
+        return out
+
+
 # Told what settling a task's dependents did: (released count, cancelled ids).
 OnSettled = Callable[[int, list[str]], None]
 
@@ -173,12 +199,14 @@ class RecordStore:
         """Queue the writes for a new record on `pipe` (see create_many)."""
         self.create_many(pipe, [fields])
 
-    def create_many(self, pipe: Any, records: Sequence[Mapping[str, Any]]) -> None:
+    def create_many(self, pipe: Any, records: Sequence[Mapping[str, Any]],
+                    sends: Sends | None = None) -> None:
         """Queue on `pipe` the writes for new records: one script that writes them all,
         each indexed and announced as set_state does every later change
-        (bo_queue.core.events), then their tag and parent links. One command for a whole
-        batch rather than four per record."""
-        args: list[str | int] = [self.keys.namespace]
+        (bo_queue.core.events), then the outbox entries and pushes of `sends` (the
+        messages sent with them), then the records' tag and parent links. One command
+        for a whole plain batch rather than six per task."""
+        args: list[str | int] = [self.keys.namespace, len(records)]
         links: list[tuple[str, str, int]] = []
         for fields in records:
             task_id = fields["id"]
@@ -190,6 +218,8 @@ class RecordStore:
             if fields.get("parent_id"):
                 owners.append(self.keys.children(fields["parent_id"]))
             links += [(link, task_id, ttl) for link in owners]
+        if sends is not None:
+            args += sends.args()
         # EVAL, not a registered script: a pipeline holding scripts first asks the server
         # which it knows (SCRIPT EXISTS), a round trip on every submit.
         pipe.eval(self._create, 0, *args)
