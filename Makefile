@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # installed by the rule below when no /usr/lib/postgresql/*/bin/initdb is there.
 INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/bin/initdb)
 
-.PHONY: demo test test-reliability lint unit integration benchmark benchmark-api benchmark-flows benchmark-bo benchmark-bo-outcomes benchmark-early-stopping clean
+.PHONY: demo test test-reliability lint unit integration benchmark benchmark-api benchmark-flows benchmark-bo benchmark-bo-outcomes benchmark-early-stopping benchmark-redis-capacity benchmark-replica-acks clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,13 @@ benchmark-early-stopping:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
 	$(BIN)/python benchmarks/early_stopping.py --seeds 0-2 \
 		--markdown-out benchmarks/results/early_stopping.md
+
+# What one Redis master carries: tasks/s and Redis CPU per 1,000 tasks at 1, 2, 4 workers.
+benchmark-redis-capacity: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python benchmarks/redis_capacity.py -v --markdown-out benchmarks/results/redis_capacity.md
+# What BO_QUEUE_REPLICA_ACKS=1 costs a submit: a primary and a replica, 0 and 1 acks.
+benchmark-replica-acks: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python benchmarks/replica_acks.py --markdown-out benchmarks/results/replica_acks.md
 
 # The manual (docs/, mkdocs.yml) as a site in site/; `.venv/bin/mkdocs serve` to read it live.
 .PHONY: docs

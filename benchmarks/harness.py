@@ -55,11 +55,12 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def run_benchmark(
     args: argparse.Namespace, name: str, banner: str, measure: Callable[[Any], T],
-    imports: Sequence[str] = (),
+    imports: Sequence[str] = (), workers: int = 1, appendonly: bool = False,
 ) -> Measured[T] | None:
-    """Start a redis-server on a free port and one `bo-queue worker` (the --pool and
-    --concurrency given, queue RUN_QUEUE, importing `imports`), call `measure(bq)` with a
-    facade on them, stop both. None if interrupted (Ctrl-C or SIGTERM), after cleaning up."""
+    """Start a redis-server on a free port (AOF on if `appendonly`) and `workers` `bo-queue
+    worker` processes (each of the --pool and --concurrency given, queue RUN_QUEUE,
+    importing `imports`), call `measure(bq)` with a facade on them, stop them all. None if
+    interrupted (Ctrl-C or SIGTERM), after cleaning up."""
     from bo_queue import BOQueue
     from bo_queue.testing import RedisServer, WorkerProcess
 
@@ -74,23 +75,30 @@ def run_benchmark(
     try:
         with ExitStack() as stack:  # closes, last first: the facade, the worker, redis-server
             try:
-                server = RedisServer()
+                server = RedisServer(appendonly=appendonly)
                 stack.callback(server.close)
                 server.start()
                 namespace = f"bench{name}{os.getpid()}"
-                worker = WorkerProcess(
-                    server.url, namespace, queues=[RUN_QUEUE], concurrency=args.concurrency,
-                    pool=args.pool, name=f"bench-{name}", imports=list(imports),
-                    # so the worker can import modules from this repository
-                    env={"PYTHONPATH": os.pathsep.join(
-                        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
-                    log_path=os.path.join(log_dir, "worker.log"),
-                )
-                stack.callback(worker.__exit__, None, None, None)  # stops it even if start fails
-                print(f"redis-server {server.url}; worker: {args.pool}, concurrency "
-                      f"{args.concurrency}, queue {RUN_QUEUE!r}; {banner}",
+                started = []
+                for i in range(workers):
+                    suffix = f"-{i + 1}" if workers > 1 else ""
+                    worker = WorkerProcess(
+                        server.url, namespace, queues=[RUN_QUEUE],
+                        concurrency=args.concurrency, pool=args.pool,
+                        name=f"bench-{name}{suffix}", imports=list(imports),
+                        # so the worker can import modules from this repository
+                        env={"PYTHONPATH": os.pathsep.join(
+                            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)},
+                        log_path=os.path.join(log_dir, f"worker{suffix}.log"),
+                    )
+                    # stops it even if start fails
+                    stack.callback(worker.__exit__, None, None, None)
+                    started.append(worker.start(wait=0))
+                print(f"redis-server {server.url}; {workers} worker(s): {args.pool}, "
+                      f"concurrency {args.concurrency}, queue {RUN_QUEUE!r}; {banner}",
                       file=sys.stderr, flush=True)
-                worker.start(wait=60)
+                for worker in started:
+                    worker.wait_ready(60)
                 bq = stack.enter_context(BOQueue(redis_url=server.url, namespace=namespace))
                 version = str(bq.redis.info("server").get("redis_version"))
                 measured = Measured(measure(bq), version, began, load_before)

@@ -25,8 +25,9 @@ from redis.utils import HIREDIS_AVAILABLE
 from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
+from bo_queue.core.connections import async_redis_client
 from bo_queue.core.handle import RECORD_RECHECK_S, Progress
-from bo_queue.core.kernel import Steps, Submitted, batch_of, request_of, with_result
+from bo_queue.core.kernel import Pipe, Steps, Submitted, batch_of, request_of, with_result
 from bo_queue.core.records import RecordStore, TaskInfo, derived_state
 from bo_queue.core.requests import Plan, TaskRequest
 from bo_queue.core.results import RECHECK_S, outcome, ready_meta
@@ -68,10 +69,10 @@ class AsyncBOQueue:
         self.sync = BOQueue(redis_url, namespace, settings=settings, **options)
         self.settings, self.keys = self.sync.settings, self.sync.keys
         connect = self.settings.connect_timeout_s
-        self.redis = _client(self.settings.redis_url, connect, decode_responses=True,
+        self.redis = _client(self.settings, self.settings.redis_url, decode_responses=True,
                              socket_timeout=max(connect, 10.0))
         # Celery's result backend, under its own key scheme (the sync waiter's prefix)
-        self.results = AsyncResults(_client(self.settings.results_url, connect),
+        self.results = AsyncResults(_client(self.settings, self.settings.results_url),
                                     self.sync.results.prefix)
         self.studies = AsyncStudies(self)
 
@@ -166,8 +167,11 @@ class AsyncBOQueue:
         with self.sync.broker_errors():
             try:
                 while True:
-                    multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                    async with self.redis.pipeline(transaction=multi) as pipe:
+                    kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                    pipe = (self.redis.pipeline(transaction=False) if kind is Pipe.READ
+                            else self.sync.acks.async_pipeline(
+                                self.redis, transaction=kind is Pipe.ATOMIC))
+                    async with pipe:  # a write step waits for the replicas (replica_acks)
                         fill(pipe)
                         replies = await pipe.execute()
             except StopIteration as stop:
@@ -227,15 +231,14 @@ class AsyncBOQueue:
         return AsyncTaskHandle(self, handle.id)
 
 
-def _client(url: str, connect_timeout_s: float, **options: Any) -> aioredis.Redis:
+def _client(settings: Settings, url: str, **options: Any) -> aioredis.Redis:
     """A client whose pool makes coroutines wait for a free connection (at most
     POOL_SIZE, however many calls are in flight) rather than fail."""
-    if url.startswith("redis://") and HIREDIS_AVAILABLE:  # TLS and sockets: their own class
+    if url.startswith("redis://") and HIREDIS_AVAILABLE:  # TLS, sockets, Sentinel: their own
         options["connection_class"] = PackedConnection
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S,
-        socket_connect_timeout=connect_timeout_s, **options)
-    return aioredis.Redis.from_pool(pool)  # closed with the client
+    return async_redis_client(
+        settings, url, max_connections=POOL_SIZE, pool_wait_s=POOL_WAIT_S,
+        socket_connect_timeout=settings.connect_timeout_s, **options)
 
 
 class PackedConnection(aioredis.Connection):

@@ -7,7 +7,7 @@ import os
 import re
 import ssl
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import pydantic
@@ -79,6 +79,59 @@ def redis_tls_options(url: str) -> dict[str, Any] | None:
     return options
 
 
+class SentinelTarget(NamedTuple):
+    """What a sentinel:// URL names: the sentinels to ask, and the master's database and
+    credentials (the sentinels' own password is Settings.sentinel_password)."""
+
+    sentinels: list[tuple[str, int]]
+    db: int
+    username: str | None
+    password: str | None
+
+
+SENTINEL_PORT = 26379
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """kombu's form, `sentinel://[:pw@]h1:26379;sentinel://h2:26379/0`: one address per
+    `;`-separated part. The database and the master's password are the first part's:
+    kombu and Celery's result backend read only that one, so a later part that names
+    another database is refused rather than quietly ignored by them."""
+    parts = [p.strip() for p in url.split(";") if p.strip()]
+    sentinels: list[tuple[str, int]] = []
+    dbs: list[int | None] = []  # as each part states it
+    for part in parts:
+        if not part.startswith("sentinel://"):
+            raise ValueError(f"every part of a sentinel URL starts with sentinel://, "
+                             f"got {redact(part)!r}")
+        split = urlsplit(part)
+        try:
+            port = split.port or SENTINEL_PORT
+        except ValueError:
+            raise ValueError(f"bad port in {redact(part)!r}") from None
+        if not split.hostname:
+            raise ValueError(f"no host in {redact(part)!r}")
+        sentinels.append((split.hostname, port))
+        path = split.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"database must be a number, got {path!r} in {redact(part)!r}")
+        dbs.append(int(path) if path else None)
+    if not sentinels:
+        raise ValueError("a sentinel URL names at least one sentinel")
+    db = dbs[0] or 0
+    other = next((d for d in dbs if d is not None and d != db), None)
+    if other is not None:
+        raise ValueError(f"kombu and Celery read the database from the first part of a "
+                         f"sentinel URL only: write it there (sentinel://host:port/{other};"
+                         f"...), got {redact(url)!r}")
+    first = urlsplit(parts[0])
+    return SentinelTarget(sentinels, db, first.username or None, first.password or None)
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith("sentinel://")
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -96,8 +149,16 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
+    # redis://, rediss://, unix://, or kombu's sentinel form
+    # sentinel://h1:26379;sentinel://h2:26379/0 (then sentinel_master names the master)
     redis_url: str = "redis://127.0.0.1:6379/0"
     result_url: str | None = None  # the result backend; defaults to redis_url
+    # Redis Sentinel: the master's name (required with a sentinel:// URL), and the
+    # sentinels' own password and TLS where they differ from the master's (the URL's
+    # password is the master's); sentinel_ssl_ca_certs turns TLS to the sentinels on
+    sentinel_master: str | None = None
+    sentinel_password: str | None = Field(default=None, repr=False)
+    sentinel_ssl_ca_certs: str | None = None
     namespace: str = "boq"  # prefixes every Redis key bo_queue and Celery write
     imports: Annotated[list[str], NoDecode] = Field(default_factory=list)  # handler modules
     queues: Annotated[list[str], NoDecode] = Field(
@@ -156,6 +217,11 @@ class Settings(BaseSettings):
     agent_lease_s: float = Field(default=86_400.0, gt=0)
     # workers and beat log one JSON object per line (bo_queue.monitor.logs.JsonFormatter)
     log_json: bool = False
+    # writes that must not be lost (a submit, a study report or saved state, a task's
+    # result and final record) wait until this many replicas have them (Redis WAIT), at
+    # most replica_ack_timeout_s; fewer in time is a ReplicaAckError (docs/replica-acks.md)
+    replica_acks: int = Field(default=0, ge=0)
+    replica_ack_timeout_s: float = Field(default=1.0, gt=0)
 
     _split = field_validator("imports", "queues", "capabilities", mode="before")(_split_csv)
 
@@ -164,10 +230,28 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, url: str | None) -> str | None:
         if url is None:
             return url
+        if is_sentinel(url):
+            parse_sentinel_url(url)
+            return url
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {redact(url)!r}")
+            raise ValueError(f"expected a redis://, rediss://, unix:// or sentinel:// URL, "
+                             f"got {redact(url)!r}")
         _check_tls(url)
         return url
+
+    @field_validator("sentinel_master")
+    @classmethod
+    def _master_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.fullmatch(value):
+            raise ValueError(f"{ENV_PREFIX}SENTINEL_MASTER: a simple name, got {value!r}")
+        return value
+
+    @field_validator("sentinel_ssl_ca_certs")
+    @classmethod
+    def _sentinel_ca(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isfile(value):
+            raise ValueError(f"{ENV_PREFIX}SENTINEL_SSL_CA_CERTS={value}: no such file")
+        return value
 
     @field_validator("namespace")
     @classmethod
@@ -197,8 +281,33 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"set {ENV_PREFIX}ARCHIVE_DIR or {ENV_PREFIX}ARCHIVE_URL, not both"
             )
+        # the WAIT's reply must come before the client's socket timeout (Core's clients)
+        if self.replica_ack_timeout_s >= max(self.connect_timeout_s, 10.0):
+            raise ValueError("replica_ack_timeout_s must be below the Redis socket timeout "
+                             "(connect_timeout_s, at least 10 s)")
         self._flower_auth()
+        self._sentinel()
         return self
+
+    def _sentinel(self) -> None:
+        on_sentinel = [n for n in ("redis_url", "result_url")
+                       if is_sentinel(getattr(self, n) or "")]
+        if on_sentinel and self.sentinel_master is None:
+            raise ValueError(
+                f"{ENV_PREFIX}{on_sentinel[0].upper()} is a sentinel:// URL: set "
+                f"{ENV_PREFIX}SENTINEL_MASTER to the name of the master the sentinels watch"
+            )
+        if not on_sentinel and (self.sentinel_master or self.sentinel_password
+                                or self.sentinel_ssl_ca_certs):
+            raise ValueError(
+                f"{ENV_PREFIX}SENTINEL_* options need a sentinel:// "
+                f"{ENV_PREFIX}REDIS_URL or {ENV_PREFIX}RESULT_URL"
+            )
+
+    @property
+    def on_sentinel(self) -> bool:
+        """True when the broker (and bo_queue's keys) are reached through Sentinel."""
+        return is_sentinel(self.redis_url)
 
     def _flower_auth(self) -> None:
         user, password = self.flower_user, self.flower_password

@@ -8,6 +8,8 @@
     │                               cannot be stored (not JSON, wrong keys, NaN, ...)
     ├── UnknownTaskError            no record for that task id (also a LookupError)
     ├── BrokerUnavailableError      Redis cannot be reached within the connect timeout
+    │   └── ReplicaAckError         fewer replicas than BO_QUEUE_REPLICA_ACKS confirmed a
+    │                               write in time: it may not survive a failover
     ├── StorageError                a study database (SQLStorage) is down or refused a write
     ├── TaskLostError               (in a worker) the task's runs died with their worker
     │                               process more often than its budget allows: a poison task
@@ -96,6 +98,25 @@ class UnknownTaskError(BOQueueError, LookupError):
 
 class BrokerUnavailableError(BOQueueError, ConnectionError):
     """Redis could not be reached in time; nothing was submitted."""
+
+
+class ReplicaAckError(BrokerUnavailableError):
+    """Fewer replicas than `replica_acks` (BO_QUEUE_REPLICA_ACKS) confirmed a write within
+    `replica_ack_timeout_s`. The write was made on the primary, but a failover now may
+    lose it: a submit that raises this returned no handle (its task is on the primary,
+    and may run; submitting it again under the same `id` says whether it is there)."""
+
+    def __init__(self, acked: int | None, required: int, timeout_s: float,
+                 detail: str = "") -> None:
+        said = "an unknown number" if acked is None else str(acked)
+        super().__init__(
+            f"only {said} of the {required} required replica(s) acknowledged the write "
+            f"within {timeout_s:g} s{detail}: it is on the primary but may not survive a "
+            "failover"
+        )
+        self.acked = acked
+        self.required = required
+        self.timeout_s = timeout_s
 
 
 class StorageError(BOQueueError):

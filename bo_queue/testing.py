@@ -18,9 +18,12 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
+from bo_queue.config import Settings
+from bo_queue.core.connections import redis_client
 from bo_queue.errors import ConfigurationError
 
 
@@ -59,9 +62,11 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.05, what: 
 class RedisServer:
     """A throw-away redis-server bound to 127.0.0.1 on a free port."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False,
+                 extra_args: Iterable[str] = ()) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)  # e.g. ["--replicaof", "127.0.0.1", "6380"]
         self.dir = tempfile.mkdtemp(prefix="bo-queue-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -77,6 +82,7 @@ class RedisServer:
             # AOF write while replies still go out, and a kill -9 then loses them
             "--appendfsync", "always",
             "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -124,6 +130,15 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _client_for(redis_url: str, env: Mapping[str, str]) -> redis.Redis:
+    """A client on what a process started with `env` reaches (a sentinel URL's master)."""
+    sentinel = {name: env[f"BO_QUEUE_{name.upper()}"]
+                for name in ("sentinel_master", "sentinel_password")
+                if env.get(f"BO_QUEUE_{name.upper()}")}
+    settings = Settings(redis_url=redis_url, **sentinel)  # type: ignore[arg-type]
+    return redis_client(settings, decode_responses=True)
 
 
 class _Process:
@@ -205,7 +220,7 @@ class WorkerProcess(_Process):
             self.args += ["--queues", ",".join(queues)]
         for module in imports:
             self.args += ["--import", module]
-        self._redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self._redis = _client_for(redis_url, self.env)
 
     def start(self, wait: float = 60) -> WorkerProcess:
         # A card left by a killed predecessor of the same name stays: the new worker
@@ -245,3 +260,148 @@ class BeatProcess(_Process):
     def start(self) -> BeatProcess:
         self._spawn([sys.executable, "-m", "bo_queue.cli", "beat", "--loglevel", "INFO"])
         return self
+
+
+class SentinelSet:
+    """A Redis Sentinel deployment on free ports: a master, `replicas` replicas and
+    `sentinels` sentinels (`redis-server --sentinel`, each with a config file of its own,
+    which it rewrites), with short timeouts so a failover ends in a few seconds.
+    `url` is kombu's sentinel form; `env` adds the master's name for worker processes."""
+
+    def __init__(self, master_name: str = "boq-master", *, replicas: int = 2,
+                 sentinels: int = 3, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> None:
+        self.master_name = master_name
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        # no 5 s wait for more replicas before a full sync (the default)
+        quick = ["--repl-diskless-sync-delay", "0"]
+        self.servers = [RedisServer(extra_args=quick)]
+        self.servers += [RedisServer(extra_args=[*quick, "--replicaof", "127.0.0.1",
+                                                 str(self.servers[0].port)])
+                         for _ in range(replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.dir = tempfile.mkdtemp(prefix="bo-queue-sentinel-")
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports) + "/0"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"BO_QUEUE_REDIS_URL": self.url, "BO_QUEUE_SENTINEL_MASTER": self.master_name}
+
+    def start(self) -> SentinelSet:
+        for server in self.servers:
+            server.start()
+        master = self.servers[0].port
+        quorum = len(self.sentinel_ports) // 2 + 1
+        for port in self.sentinel_ports:
+            conf = Path(self.dir, f"sentinel-{port}.conf")
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", "daemonize no", f"dir {self.dir}",
+                f"logfile {self.dir}/sentinel-{port}.log",
+                f"sentinel monitor {self.master_name} 127.0.0.1 {master} {quorum}",
+                f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.master_name} {self.failover_timeout_ms}",
+                f"sentinel parallel-syncs {self.master_name} {len(self.servers)}", "",
+            ]))
+            self._sentinels.append(subprocess.Popen(
+                [redis_server_binary(), str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_until(self._synced, 30, 0.05, what="the replicas' first sync")
+        wait_until(self._settled, 30, 0.1, what="sentinels to see the master, its "
+                   "replicas and each other")
+        return self
+
+    def _synced(self) -> bool:
+        for server in self.servers[1:]:
+            client = redis.Redis(port=server.port, socket_connect_timeout=0.5)
+            try:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+            finally:
+                client.close()
+        return True
+
+    def _ask(self, command: str, *args: str) -> list[Any]:
+        """`command` to every live sentinel; the replies of those that answer."""
+        replies = []
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1,
+                                 decode_responses=True)
+            try:
+                replies.append(client.execute_command(command, *args))  # type: ignore[no-untyped-call]
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                pass
+            finally:
+                client.close()
+        return replies
+
+    def _settled(self) -> bool:
+        want_replicas, want_peers = len(self.servers) - 1, len(self.sentinel_ports) - 1
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_connect_timeout=0.5, decode_responses=True)
+            try:
+                info: dict[str, Any] = client.sentinel_master(self.master_name)  # type: ignore[assignment]
+            except (redis.ConnectionError, redis.ResponseError):
+                return False
+            finally:
+                client.close()
+            if (int(info["num-slaves"]) < want_replicas
+                    or int(info["num-other-sentinels"]) < want_peers):
+                return False
+        return True
+
+    def master_port(self) -> int | None:
+        """The master's port as most live sentinels name it (None before they agree)."""
+        ports = [int(reply[1]) for reply in
+                 self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name) if reply]
+        if not ports:
+            return None
+        best = max(set(ports), key=ports.count)
+        return best if ports.count(best) > len(ports) // 2 else None
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def kill_master(self) -> int:
+        """SIGKILL the master (what it had not yet sent to a replica is lost); its port."""
+        port = self.master_port()
+        assert port is not None, "no master to kill"
+        self.server(port).kill()
+        return port
+
+    def wait_failover(self, old_port: int, timeout: float = 30) -> int:
+        """Wait until the sentinels name a new master that answers as one; its port."""
+        def promoted() -> bool:
+            port = self.master_port()
+            if port is None or port == old_port:
+                return False
+            client = redis.Redis(port=port, socket_connect_timeout=0.5)
+            try:
+                return client.info("replication").get("role") == "master"
+            except redis.ConnectionError:
+                return False
+            finally:
+                client.close()
+
+        wait_until(promoted, timeout, 0.05, what=f"a failover away from port {old_port}")
+        port = self.master_port()
+        assert port is not None
+        return port
+
+    def close(self) -> None:
+        for process in self._sentinels:
+            process.kill()
+            process.wait()
+        for server in self.servers:
+            server.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> SentinelSet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

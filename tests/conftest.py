@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.integration.handlers"
+# the queues of workers that serve studies (they import Ax before they fork: seconds)
+STUDY_QUEUES = ("default", "bo", "evaluate")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -143,8 +145,8 @@ class Cluster:
             started = [self.add_worker(start=False, **w) for w in workers]
             for worker in started:
                 worker.start(wait=0)
-            for worker in started:
-                worker.wait_ready()
+            for worker in started:  # workers that import Ax take a minute on a busy machine
+                worker.wait_ready(timeout=120)
         except BaseException:
             self.close()
             raise
@@ -160,16 +162,21 @@ class Cluster:
 
 
 def make_cluster(redis_url: str, workers: int, concurrency: int,
-                 queues: tuple[str, ...] = ("default",), **settings: str) -> Cluster:
+                 queues: tuple[str, ...] = ("default",),
+                 imports: tuple[str, ...] = (HANDLERS,), **settings: str) -> Cluster:
     cluster = Cluster(redis_url, new_namespace(), settings, queues=queues)
-    cluster.start_workers(*({"concurrency": concurrency} for _ in range(workers)))
+    cluster.start_workers(*({"concurrency": concurrency, "imports": imports}
+                            for _ in range(workers)))
     return cluster
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
-    """Two workers of concurrency 2, shared by the tests of one module."""
-    c = make_cluster(redis_server.url, workers=2, concurrency=2)
+def cluster(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Cluster]:
+    """Workers shared by the tests of one module: two of concurrency 2, unless the module's
+    CLUSTER (make_cluster's keywords) says otherwise."""
+    config: dict[str, Any] = {"workers": 2, "concurrency": 2,
+                              **getattr(request.module, "CLUSTER", {})}
+    c = make_cluster(redis_server.url, **config)
     yield c
     c.close()
 

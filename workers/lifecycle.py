@@ -36,7 +36,7 @@ from bo_queue.client import BOQueue
 from bo_queue.core import placement, transport
 from bo_queue.monitor.webhooks import Deliverer
 from bo_queue.states import TaskState
-from workers.runner import HandlerTask, check_pool, record_failure
+from workers.runner import HandlerTask, check_pool, move_record, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def _on_revoked(sender: Any = None, request: Any = None, expired: bool = False, 
     if bq is None or request is None:
         return
     state = TaskState.EXPIRED if expired else TaskState.CANCELLED
-    bq.records.transition(request.id, state, finished_at=time.time())
+    move_record(bq, request.id, state, finished_at=time.time())
 
 
 @task_failure.connect(weak=False)

@@ -35,6 +35,7 @@ from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, evaluation_of
 from bo_queue.errors import (
     ConfigurationError,
     InvalidResultError,
+    ReplicaAckError,
     TaskCancelledError,
     TaskLostError,
     TaskTimeoutError,
@@ -90,7 +91,7 @@ class HandlerTask(Task[Any, Any]):
         if getattr(self.request, "bo_store_result", False):
             store_success(self, task_id, retval, fields)
         else:
-            self.bq.records.transition(task_id, TaskState.SUCCEEDED, **fields)
+            move_record(self.bq, task_id, TaskState.SUCCEEDED, **fields)
         _hook(self.spec.on_success, self.request, retval)
 
     def on_failure(
@@ -118,21 +119,42 @@ def store_success(task: HandlerTask, task_id: str, result: Any, fields: dict[str
     try:
         key, value, ttl = backend.success(task_id, result, task.request)
         task.bq.records.succeed(task_id, key, value, ttl, **fields)
+    except ReplicaAckError as exc:  # written on the primary: as move_record says
+        _unacked(task_id, TaskState.SUCCEEDED, exc)
     except Exception:
         log.exception("storing task %s's result with its record failed; storing it apart",
                       task_id)
         backend.store_result(task_id, result, states.SUCCESS, request=task.request)
-        task.bq.records.transition(task_id, TaskState.SUCCEEDED, **fields)
+        move_record(task.bq, task_id, TaskState.SUCCEEDED, **fields)
 
 
 def record_failure(task: HandlerTask, task_id: str, exc: BaseException) -> None:
     """The one writer of a failure ending: the record says FAILED, then the handler's
     on_failure hook runs (called by the task_failure signal, workers.lifecycle)."""
-    task.bq.records.transition(
-        task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc),
+    move_record(
+        task.bq, task_id, TaskState.FAILED, finished_at=time.time(), error=describe(exc),
         **run_report(task),
     )
     _hook(task.spec.on_failure, task.request, exc)
+
+
+def move_record(bq: BOQueue, task_id: str, state: TaskState, **fields: Any) -> None:
+    """The record says how the run went (it ended, or waits for a retry). With
+    replica_acks, a write too few replicas acknowledged is logged as an error, not
+    raised: the hooks that call this run after Celery stored the result, where raising
+    would store a failure over it. At-least-once still holds: the task's message is
+    acknowledged after this write, later in the one replication stream, so a failover
+    that loses the record (and the result before it) loses that acknowledgement too,
+    and the message comes back and runs again."""
+    try:
+        bq.records.transition(task_id, state, **fields)
+    except ReplicaAckError as exc:
+        _unacked(task_id, state, exc)
+
+
+def _unacked(task_id: str, state: TaskState, exc: ReplicaAckError) -> None:
+    log.error("task %s went %s, but %s; if it is lost, the task runs again",
+              task_id, state.value, exc)
 
 
 def _notify(task: HandlerTask, args: Any, result: Any, error: BaseException | None) -> None:
@@ -221,8 +243,8 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
         return result
     except TaskCancelledError as exc:
         task.backend.mark_as_revoked(task_id, exc.reason)
-        bq.records.transition(
-            task_id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason,
+        move_record(
+            bq, task_id, TaskState.CANCELLED, finished_at=time.time(), error=exc.reason,
             **run_report(task),
         )
         raise Ignore() from None
@@ -329,8 +351,8 @@ def _retry(task: HandlerTask, policy: RetryPolicy, payload: dict[str, Any],
     task_id = str(req.id)
     delay = policy.delay_s(req.retries)
     due_at = time.time() + delay
-    bq.records.transition(
-        task_id, TaskState.RETRYING, ttl_s=bq.records.ttl_for(due_at), next_attempt_at=due_at,
+    move_record(
+        bq, task_id, TaskState.RETRYING, ttl_s=bq.records.ttl_for(due_at), next_attempt_at=due_at,
         retries=req.retries + 1, error=describe(exc), **run_report(task),
     )
     _hook(spec.on_retry, req, exc, delay)

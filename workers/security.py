@@ -86,6 +86,8 @@ def guarded_transport(app: Celery) -> str | None:
         return None
     if base is kombu_redis.Transport:  # and one that survives losing Redis
         base = transport.Transport
+    elif base is kombu_redis.SentinelTransport:
+        base = transport.SentinelTransport
     return _guarded(base)
 
 

@@ -31,6 +31,7 @@ from bo_queue.errors import (
     BrokerUnavailableError,
     DependencyError,
     InvalidTransitionError,
+    ReplicaAckError,
     ReportConflictError,
     ResultTimeoutError,
     StudyNotFoundError,
@@ -102,8 +103,8 @@ async def _bo_queue_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if isinstance(exc, TaskFailedError):  # the remote type and message, not its traceback
         return error(status, type(exc).__name__, f"{exc.remote_type}: {exc.remote_message}")
-    if isinstance(exc, BrokerUnavailableError):  # where Redis is stays in the server's log
-        return await _redis_error(request, exc)
+    if isinstance(exc, BrokerUnavailableError) and not isinstance(exc, ReplicaAckError):
+        return await _redis_error(request, exc)  # where Redis is stays in the server's log
     return error(status, type(exc).__name__, str(exc))
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, states
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu import Exchange, Queue
 
-from bo_queue.config import Settings, redis_tls_options
+from bo_queue.config import Settings, is_sentinel, parse_sentinel_url, redis_tls_options
+from bo_queue.core.connections import sentinel_kwargs
 from bo_queue.core.keys import Keys
 from bo_queue.states import Priority
 
@@ -42,6 +43,37 @@ class ResultBackend(RedisBackend):
         return key.decode() if isinstance(key, bytes) else key, value, expires
 
 
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """Celery's Sentinel result backend (the master its sentinels name), with
+    ResultBackend's changes: no SUBSCRIBE, and `success` for the worker's one-script
+    finish."""
+
+
+def sentinel_conf(settings: Settings) -> dict[str, Any]:
+    """The master's name and the sentinels' own options, for every component that reads
+    Celery's config: kombu (workers, producers' control commands, Flower's queue view)
+    from broker_transport_options, the result backend from its transport options, and
+    redbeat (beat, bq.schedules) from its own `redis-sentinel://` scheme and options
+    (the URL only picks that branch; every sentinel comes from the options)."""
+    conf: dict[str, Any] = {"broker": {}, "backend": {}}
+    on_sentinel = {"master_name": settings.sentinel_master,
+                   "sentinel_kwargs": sentinel_kwargs(settings)}
+    if is_sentinel(settings.redis_url):
+        conf["broker"] = on_sentinel
+        target = parse_sentinel_url(settings.redis_url)
+        host, port = target.sentinels[0]  # redbeat logs it: one address, no password
+        conf["redbeat_redis_url"] = f"redis-sentinel://{host}:{port}/{target.db}"
+        conf["redbeat_redis_options"] = {
+            "sentinels": target.sentinels, "service_name": settings.sentinel_master,
+            "db": target.db, "password": target.password, "username": target.username,
+            "sentinel_kwargs": sentinel_kwargs(settings),
+            "socket_timeout": max(settings.connect_timeout_s, 10.0),
+        }
+    if is_sentinel(settings.results_url):
+        conf["backend"] = on_sentinel
+    return conf
+
+
 def tls_conf(settings: Settings) -> dict[str, Any]:
     """Celery, redbeat and Flower settings for rediss:// URLs, from the URLs' own TLS
     options (bo_queue.config.TLS_PARAMS). The URLs keep them too, for the redis-py clients
@@ -60,10 +92,12 @@ def tls_conf(settings: Settings) -> dict[str, Any]:
 def make_celery(settings: Settings) -> Celery:
     keys = Keys(settings.namespace)
     visibility = settings.visibility_timeout_s
+    sentinel = sentinel_conf(settings)
+    backend = "SentinelResultBackend" if is_sentinel(settings.results_url) else "ResultBackend"
     app = Celery(
         f"bo_queue.{settings.namespace}",
         broker=settings.redis_url,
-        backend=f"{__name__}:ResultBackend+{settings.results_url}",
+        backend=f"{__name__}:{backend}+{settings.results_url}",
         set_as_current=False,
     )
     app.conf.update(
@@ -100,10 +134,12 @@ def make_celery(settings: Settings) -> Celery:
             # default: a Redis that crashed mid-sweep (the lock is in its AOF) would
             # block every sweep for five minutes after it is back
             "unacked_mutex_expire": max(10, 3 * settings.restore_sweep_s),
+            **sentinel["broker"],
         },
         result_backend_transport_options={
             "visibility_timeout": visibility,
             "global_keyprefix": keys.results_prefix,
+            **sentinel["backend"],
         },
         visibility_timeout=visibility,
         redis_socket_connect_timeout=settings.connect_timeout_s,
@@ -125,8 +161,8 @@ def make_celery(settings: Settings) -> Celery:
         timezone="UTC",
         # celery beat: schedules in Redis (celery-redbeat), under the namespace; one beat
         # holds the lock at a time and a second one waits to take over.
-        redbeat_redis_url=settings.redis_url,
-        redbeat_redis_options={},
+        redbeat_redis_url=sentinel.get("redbeat_redis_url", settings.redis_url),
+        redbeat_redis_options=sentinel.get("redbeat_redis_options", {}),
         redbeat_key_prefix=f"{settings.namespace}:redbeat:",
         redbeat_lock_timeout=10,
         beat_max_loop_interval=1,  # dynamic schedules are seen within a second

@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Self, TypeVar
 
 import kombu.exceptions
@@ -23,6 +24,7 @@ from bo_queue.config import Settings
 from bo_queue.core import dependencies, placement
 from bo_queue.core.celery_app import make_celery
 from bo_queue.core.changes import TaskChanges
+from bo_queue.core.connections import redis_client
 from bo_queue.core.delays import RELEASE_BATCH, DelayedSubmissions
 from bo_queue.core.dependencies import DependencyGraph, OnDependencyFailure
 from bo_queue.core.handle import TaskHandle
@@ -32,6 +34,7 @@ from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
 from bo_queue.core.records import RecordStore, Sends, TaskInfo, TaskTree
+from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
 from bo_queue.errors import (
@@ -55,10 +58,22 @@ from bo_queue.validation import (
 )
 
 T = TypeVar("T")
-# What a step of a submit asks for: a pipeline (MULTI or not) filled by the function;
-# its replies are sent back in. Core.run_steps drives them on the sync client,
-# bo_queue.aio on an asyncio one: one submit, whichever client.
-Step = tuple[bool, Callable[[Any], None]]
+
+
+class Pipe(Enum):
+    """The pipeline a step asks for. A write (WRITE, ATOMIC) is the submit's own: with
+    replica_acks, its pipeline waits for the replicas too (WAIT after it, in the same
+    round trip), and raises ReplicaAckError before any handle exists."""
+
+    READ = "read"  # a plain pipeline: the probes before the write
+    WRITE = "write"  # no MULTI: the write is one script (a plain submit)
+    ATOMIC = "atomic"  # MULTI ... EXEC: links, waits or holds add commands to it
+
+
+# What a step of a submit asks for: a pipeline (Pipe) filled by the function; its
+# replies are sent back in. Core.run_steps drives them on the sync client, bo_queue.aio
+# on an asyncio one: one submit, whichever client.
+Step = tuple[Pipe, Callable[[Any], None]]
 Steps = Generator[Step, list[Any], T]
 
 
@@ -117,16 +132,18 @@ class Core(TaskChanges):
         retry = None if ride_out_outages_s <= 0 else Retry(
             ExponentialBackoff(cap=1.0, base=0.05), retries=math.ceil(ride_out_outages_s) + 5
         )
-        self.redis = client or redis.Redis.from_url(
-            settings.redis_url,
+        self.redis = client or redis_client(
+            settings,
             decode_responses=True,
             socket_connect_timeout=settings.connect_timeout_s,
             socket_timeout=max(settings.connect_timeout_s, 10.0),
             **({} if retry is None else {"retry": retry}),
         )
+        # must-not-lose writes wait for this many replicas (bo_queue.core.replicas)
+        self.acks = ReplicaAcks(settings.replica_acks, settings.replica_ack_timeout_s)
         self.records = RecordStore(
             self.redis, self.keys, settings.result_expires_s, on_settled=self.settle,
-            events_max_len=settings.events_max_len,
+            events_max_len=settings.events_max_len, acks=self.acks,
         )
         self.delays = DelayedSubmissions(self.redis, self.keys)
         self.outbox = Outbox(self.redis, self.keys)
@@ -175,8 +192,8 @@ class Core(TaskChanges):
     def raw_redis(self) -> redis.Redis:
         """A client on the same server that returns bytes (for binary values)."""
         if self._raw_redis is None:
-            self._raw_redis = redis.Redis.from_url(
-                self.settings.redis_url, socket_connect_timeout=self.settings.connect_timeout_s
+            self._raw_redis = redis_client(
+                self.settings, socket_connect_timeout=self.settings.connect_timeout_s
             )
         return self._raw_redis
 
@@ -191,8 +208,8 @@ class Core(TaskChanges):
                     probe = backend.get_key_for_task("x")  # Celery's own key scheme
                     probe = probe.decode() if isinstance(probe, bytes) else probe
                     prefix = probe[: -len("x")]
-                    client = self._results_client or redis.Redis.from_url(
-                        self.settings.results_url,
+                    client = self._results_client or redis_client(
+                        self.settings, self.settings.results_url,
                         socket_connect_timeout=self.settings.connect_timeout_s,
                     )
                     self._results = ResultWaiter(client, prefix)
@@ -356,12 +373,18 @@ class Core(TaskChanges):
         replies: list[Any] | None = None
         try:
             while True:
-                multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                with self.redis.pipeline(transaction=multi) as pipe:
+                kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                with self._step_pipeline(kind) as pipe:
                     fill(pipe)
                     replies = pipe.execute()
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _step_pipeline(self, kind: Pipe) -> Any:
+        """A step's pipeline: a write's waits for the replicas (replica_acks)."""
+        if kind is Pipe.READ:
+            return self.redis.pipeline(transaction=False)
+        return self.acks.pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
 
     def submitting(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
@@ -397,7 +420,7 @@ class Core(TaskChanges):
         # links, waits or holds add commands.
         alone = all(not (p.request.depends_on or p.held or p.request.tags or p.request.parent_id)
                     for p in plans)
-        replies = yield not alone, fill
+        replies = yield Pipe.WRITE if alone else Pipe.ATOMIC, fill
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         return Submitted(
             ids=[plan.id for plan in plans],
@@ -432,7 +455,7 @@ class Core(TaskChanges):
             for task_id in outside + named:
                 pipe.exists(self.keys.task(task_id))
 
-        found = yield False, probe
+        found = yield Pipe.READ, probe
         unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
         if unknown:
             raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")

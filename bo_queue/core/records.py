@@ -21,6 +21,7 @@ from bo_queue.core import scripts
 from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
+from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
 
@@ -160,9 +161,10 @@ OnSettled = Callable[[int, list[str]], None]
 class RecordStore:
     def __init__(
         self, client: redis.Redis, keys: Keys, ttl_s: int, on_settled: OnSettled | None = None,
-        events_max_len: int = 200_000,
+        events_max_len: int = 200_000, acks: ReplicaAcks | None = None,
     ) -> None:
         self.redis = client
+        self.acks = acks or ReplicaAcks(0, 1.0)  # transition, succeed: a task's end waits for them
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_max_len = events_max_len
@@ -266,25 +268,28 @@ class RecordStore:
     def transition(
         self, task_id: str, state: TaskState, *, ttl_s: int | None = None, **fields: Any
     ) -> bool:
-        """Move a record to `state` unless it has already ended (or is gone). False if so."""
+        """Move a record to `state` unless it has already ended (or is gone). False if so.
+        With replica_acks, waits for the replicas after the write (ReplicaAckError)."""
         args: list[str | float] = [
             self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s,
             *_flat(fields),
         ]
-        reply = self._settled(self._transition(keys=[self.keys.task(task_id)], args=args))
-        return bool(reply.value)
+        return self.acks.call(self.redis, self._transition, [self.keys.task(task_id)], args,
+                              then=lambda raw: bool(self._settled(raw).value))
 
     def succeed(self, task_id: str, result_key: str, result: str, result_ttl_s: int,
                 **fields: Any) -> bool:
         """A successful run's ending in one script: its result stored and published as
         Celery's Redis backend does (`result`, encoded by it, under `result_key`), then the
-        record SUCCEEDED as `transition` moves it. False if the record had already ended."""
+        record SUCCEEDED as `transition` moves it. False if the record had already ended.
+        With replica_acks, waits for the replicas after the write (ReplicaAckError)."""
         keys = [self.keys.task(task_id), result_key]
         args: list[str | float] = [
             self.keys.namespace, task_id, time.time(), self.ttl_s, result, result_ttl_s,
             *_flat(fields),
         ]
-        return bool(self._settled(self._succeed(keys=keys, args=args)).value)
+        return self.acks.call(self.redis, self._succeed, keys, args,
+                              then=lambda raw: bool(self._settled(raw).value))
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""

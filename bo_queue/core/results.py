@@ -119,11 +119,20 @@ class ResultWaiter:
         if meta is not None:
             return meta
         deadline = None if timeout is None else time.monotonic() + timeout
-        channel = self.key(task_id)
         try:
             pubsub = self._idle.get_nowait()
         except queue.Empty:
-            pubsub = _pubsub(self.redis)
+            return self._wait(_pubsub(self.redis), task_id, deadline)
+        try:
+            return self._wait(pubsub, task_id, deadline)
+        except redis.ConnectionError:
+            # An idle connection may have died with its server (a Sentinel failover, a
+            # restart): once more, on a new one (to the new master).
+            return self._wait(_pubsub(self.redis), task_id, deadline)
+
+    def _wait(self, pubsub: redis.client.PubSub, task_id: str,
+              deadline: float | None) -> dict[str, Any] | None:
+        channel = self.key(task_id)
         healthy = True
         try:
             pubsub.subscribe(channel)

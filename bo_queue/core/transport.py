@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 import weakref
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
+import redis.sentinel
 from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -129,3 +131,32 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """The same repairs on Sentinel: after the close, a client on the master the
+    sentinels name now (kombu's own would reach the address of the old one)."""
+
+    QoS = QoS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        alternates: list[str] = self.connection.client.alt  # type: ignore[union-attr]
+        self._sentinels: list[tuple[str, int]] = [
+            (url.hostname, url.port or 26379) for url in map(urlsplit, alternates)
+            if url.scheme == "sentinel" and url.hostname
+        ]
+        self._master_params: dict[str, Any] = {
+            k: v for k, v in self._connparams(asynchronous=False).items()  # type: ignore[attr-defined]
+            if k not in ("host", "port", "connection_class")
+        }
+
+    def client_after_close(self) -> Any:
+        found = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            self._sentinels, sentinel_kwargs=getattr(self, "sentinel_kwargs", None))
+        return found.master_for(  # type: ignore[no-untyped-call]
+            getattr(self, "master_name", None), redis_class=redis.Redis, **self._master_params)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -2,6 +2,8 @@
 
 - redis: Redis answers PING within the connect timeout (if not, every other check
   fails with "redis unreachable");
+- replication: who serves: on Sentinel, the master the sentinels name (it fails if
+  none does) and its live replicas; on a plain Redis, its role and replicas (INFO);
 - workers:QUEUE: at least one live worker (a heartbeat fresher than
   `heartbeat_timeout_s`) consumes each configured queue;
 - beat: celery beat is running, i.e. celery-redbeat's lock key exists (the beat that
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import redis
 from pydantic import BaseModel
 
+from bo_queue.core.connections import replication
 from bo_queue.errors import BOQueueError
 
 if TYPE_CHECKING:
@@ -67,6 +70,7 @@ def check_health(
             checks.append(Check("beat", False, UNREACHABLE))
         checks += [Check(f"queue_age:{q}", False, UNREACHABLE) for q in queues]
         return HealthReport(ok=False, checks=checks)
+    checks += _check_replication(bq)
     checks += _check_workers(monitor, queues)
     if require_beat:
         checks.append(_check_beat(bq))
@@ -85,6 +89,17 @@ def _check_redis(bq: Core) -> Check:
     if took > limit:
         return Check("redis", False, f"PING took {took:.1f}s, over the {limit:g}s timeout")
     return Check("redis", True, f"PING {took * 1000:.1f}ms")
+
+
+def _check_replication(bq: Core) -> list[Check]:
+    """One check, or none for a plain Redis that refuses INFO."""
+    try:
+        found = replication(bq.settings, bq.redis)
+    except (redis.RedisError, OSError) as exc:  # MasterNotFoundError included
+        if isinstance(exc, redis.ResponseError) and not bq.settings.on_sentinel:
+            return []
+        return [Check("replication", False, f"no master: {exc}")]
+    return [Check("replication", True, found.describe())]
 
 
 def _check_workers(monitor: Monitor, queues: list[str]) -> list[Check]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, ConfigDict
 
+from bo_queue.core.connections import redis_client
 from bo_queue.core.events import Event, parse_event, stream_entries
 from bo_queue.core.message import Message, envelope_task_id
 from bo_queue.core.records import TaskInfo
@@ -538,8 +539,7 @@ class Subscription:
 
     def __init__(self, bq: Core, callback: Callable[[Event], None], kinds: set[str],
                  states: set[str] | None, ids: set[str] | None, since: str) -> None:
-        self._client = redis.Redis.from_url(bq.settings.redis_url, decode_responses=True,
-                                            socket_timeout=10)
+        self._client = redis_client(bq.settings, decode_responses=True, socket_timeout=10)
         self._stream = bq.keys.events
         self._callback = callback
         self._filter = (kinds, states, ids)

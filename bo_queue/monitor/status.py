@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from bo_queue.core.connections import replication
 from bo_queue.errors import BOQueueError
 from bo_queue.monitor.manager import Metrics, QueueStats, Summary, WorkerStatus
 from bo_queue.studies.models import Study, StudyStatus
@@ -44,7 +45,7 @@ def render_status(monitor: Monitor, width: int = 100) -> str:
         summary = monitor.summary()
     except (BOQueueError, redis.RedisError) as exc:
         summary = f"summary unavailable: {exc}"
-    lines = [head, ""]
+    lines = [head, *_redis_line(monitor), ""]
     lines += _queues_section(bq.settings.queues, queues)
     lines += ["", *_workers_section(workers)]
     lines += ["", *_studies_section(studies, metrics, width)]
@@ -54,6 +55,14 @@ def render_status(monitor: Monitor, width: int = 100) -> str:
 
 
 # -- sections -----------------------------------------------------------------------------
+
+
+def _redis_line(monitor: Monitor) -> list[str]:
+    """Who serves: the master and its replicas (none for a Redis that refuses INFO)."""
+    try:
+        return ["redis " + replication(monitor.bq.settings, monitor.bq.redis).describe()]
+    except (redis.RedisError, OSError):
+        return []
 
 
 def _queues_section(names: Sequence[str], stats: list[QueueStats]) -> list[str]:

@@ -88,7 +88,8 @@ class StudyManager:
 
     def __init__(self, bq: Core) -> None:
         self.bq = bq
-        self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis, bq.settings.events_max_len)
+        self.store = RedisStorage(bq.redis, bq.keys, bq.raw_redis, bq.settings.events_max_len,
+                                  acks=bq.acks)
 
     # -- creating and configuring -------------------------------------------------------
 

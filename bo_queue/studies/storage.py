@@ -30,6 +30,7 @@ from redis.typing import EncodableT, FieldT
 from bo_queue.core import scripts
 from bo_queue.core.events import EVENTS_MAX_LEN
 from bo_queue.core.keys import Keys
+from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.errors import (
     ReportConflictError,
     StudyNotFoundError,
@@ -120,8 +121,10 @@ def canonical(values: Any) -> str:
 
 class RedisStorage(StorageBackend):
     def __init__(self, client: redis.Redis, keys: Keys, raw: redis.Redis | None = None,
-                 events_max_len: int = EVENTS_MAX_LEN) -> None:
+                 events_max_len: int = EVENTS_MAX_LEN, acks: ReplicaAcks | None = None) -> None:
         self.redis = client  # decodes responses
+        # a report, an outcome and the saved state wait for the replicas (replica_acks)
+        self.acks = acks or ReplicaAcks(0, 1.0)
         self.raw = raw or client  # returns bytes: for the compressed model
         self.ns = keys.namespace
         self.events = keys.events
@@ -189,7 +192,7 @@ class RedisStorage(StorageBackend):
         study_id = state.study.id
         if not valid_id(study_id):
             raise ValidationError(f"cannot store a study with the id {shown(study_id)}")
-        with self.redis.pipeline() as pipe:
+        with self.acks.pipeline(self.redis) as pipe:
             pipe.delete(*self._data_keys(study_id))
             pipe.hset(self.meta(study_id), mapping=_meta_fields(state.study))
             if state.trials:
@@ -271,7 +274,7 @@ class RedisStorage(StorageBackend):
 
     # writes
     def create(self, study: Study) -> None:
-        with self.redis.pipeline() as pipe:
+        with self.acks.pipeline(self.redis) as pipe:
             pipe.hset(self.meta(study.id), mapping=_meta_fields(study))
             pipe.zadd(self.index_key, {study.id: study.created_at.timestamp()})
             pipe.xadd(self.events, {
@@ -307,7 +310,7 @@ class RedisStorage(StorageBackend):
         fields = _meta_fields(study)
         fields.pop("status")  # status only moves by compare-and-set
         fields.pop("message")
-        with self.redis.pipeline() as pipe:
+        with self.acks.pipeline(self.redis) as pipe:
             pipe.hset(self.meta(study.id), mapping=fields)
             if changed:
                 pipe.hset(
@@ -322,7 +325,8 @@ class RedisStorage(StorageBackend):
 
     def report(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> str:
         keys = [self.trials_key(study_id), self.reported_key(study_id), self.inbox_key(study_id)]
-        result = _text(self._report(keys=keys, args=[index, marker, json.dumps(entry)]))
+        result = self.acks.call(self.redis, self._report, keys,
+                                [index, marker, json.dumps(entry)], then=_text)
         if result == "missing":
             if not self.redis.exists(self.meta(study_id)):
                 raise StudyNotFoundError(study_id)
@@ -344,11 +348,13 @@ class RedisStorage(StorageBackend):
                 self.inbox_key(study_id), self.curves_key(study_id), self.at_step_key(study_id)]
         args: builtins.list[EncodableT] = [index, step, canonical(values), repr(watched), *rule,
                 stop_marker(values), json.dumps(entry)]
-        return _text(self._intermediate(keys=keys, args=args))
+        return self.acks.call(self.redis, self._intermediate, keys, args, then=_text)
 
     def push_result(self, study_id: str, entry: dict[str, Any]) -> None:
         """An evaluation's outcome, from the worker that ran it (checked by the step)."""
-        self.redis.rpush(self.inbox_key(study_id), json.dumps(entry))
+        with self.acks.pipeline(self.redis, transaction=False) as pipe:
+            pipe.rpush(self.inbox_key(study_id), json.dumps(entry))
+            pipe.execute()
 
     def record_step(self, study_id: str, timings: dict[str, Any], keep: int = 1000) -> None:
         """What a step did and how long it took (the newest `keep` steps are kept)."""

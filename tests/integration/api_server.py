@@ -67,18 +67,28 @@ class ApiServer:
 
 
 @contextmanager
+def running_api(redis_url: str, namespace: str, **env: str) -> Iterator[ApiServer]:
+    """A `bo-queue api` for the namespace (`env`: more settings of its own), answering;
+    stopped at the end."""
+    server = ApiServer(redis_url, namespace, **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
 def api_client(redis_url: str, namespace: str, key_name: str,
                timeout: float = 30) -> Iterator[httpx.Client]:
     """A `bo-queue api` of its own for the namespace, and a client holding a new API key
     (named `key_name`) of it; both stopped at the end."""
-    server = ApiServer(redis_url, namespace)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        server.wait_ready()
-        key = ApiKeys(client).create(namespace, name=key_name)
-        with httpx.Client(base_url=server.url, headers={"X-API-Key": key},
-                          timeout=timeout) as session:
-            yield session
+        with running_api(redis_url, namespace) as server:
+            key = ApiKeys(client).create(namespace, name=key_name)
+            with httpx.Client(base_url=server.url, headers={"X-API-Key": key},
+                              timeout=timeout) as session:
+                yield session
     finally:
-        server.stop()
         client.close()

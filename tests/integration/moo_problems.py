@@ -1,7 +1,7 @@
 """For tests/integration/test_study_moo.py: ZDT1 and constrained Hartmann6 (the bench.zdt1
 and bench.chartmann6 evaluators of workers.objectives) run by Ax in process, in a subprocess
 (`python -m tests.integration.moo_problems ...`) so torch never loads in the pytest process
-(tests/unit/test_adapters.py says why), their hypervolume, and an evaluator of a mixed space:
+(tests/unit/test_adapters.py says why), hypervolumes, and an evaluator of a mixed space:
 
     moo.mixed       params lr (log), layers (int), act (choice), dropout, momentum -> {"loss"}
 """
@@ -72,7 +72,7 @@ def hypervolume(points: list[tuple[float, float]]) -> float:
 
 
 if __name__ == "__main__":
-    # ax <problem> <trials> <initial> <seed>  |  hv (reads [[f0, f1], ...] from stdin)
+    # ax <problem> <trials> <initial> <seed>  |  hv (reads [[[f0, f1], ...], ...] from stdin)
     import torch
 
     torch.set_num_threads(1)  # as the study workers; see benchmarks/bo_quality.py
@@ -80,4 +80,5 @@ if __name__ == "__main__":
         name, n, init, s = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(ax_in_process(name, n, init, s)))
     else:
-        print(json.dumps(hypervolume([tuple(p) for p in json.loads(sys.stdin.read())])))
+        fronts = json.loads(sys.stdin.read())
+        print(json.dumps([hypervolume([tuple(p) for p in points]) for points in fronts]))

@@ -13,46 +13,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from bo_queue import Step, Workflow, ref
 from bo_queue.api.keys import ApiKeys
 from bo_queue.studies.models import Objective, Range, Strategy, StudySpec
 from bo_queue.testing import wait_until
-from tests.conftest import Cluster, make_cluster, new_namespace
+from tests.conftest import STUDY_QUEUES, new_namespace
 from tests.integration.api_server import ApiServer
 from tests.integration.test_api import problem, wait_result
 
-
-@pytest.fixture(scope="module")
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    c = make_cluster(redis_url, workers=1, concurrency=2, queues=("default", "bo", "evaluate"))
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def api(redis_url: str, cluster: Cluster) -> Iterator[ApiServer]:
-    server = ApiServer(redis_url, cluster.namespace)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def keys(redis_url: str) -> Iterator[ApiKeys]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield ApiKeys(client)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def client(api: ApiServer, cluster: Cluster, keys: ApiKeys) -> Iterator[httpx.Client]:
-    key = keys.create(cluster.namespace, name="facade")
-    with httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=90) as c:
-        yield c
+CLUSTER = {"workers": 1, "queues": STUDY_QUEUES}  # tests/conftest.py's `cluster`
 
 
 @pytest.fixture(scope="module")

@@ -32,19 +32,15 @@ from bo_queue.api.keys import ApiKeys
 from bo_queue.config import Settings
 from bo_queue.monitor.health import HealthReport
 from tests.conftest import new_namespace
-from tests.integration.api_server import ApiServer
+from tests.integration.api_server import ApiServer, running_api
 
 MAX_EXAMPLES = 15
 
 
 @pytest.fixture(scope="module")
 def api_server(redis_url: str) -> Iterator[ApiServer]:
-    server = ApiServer(redis_url, new_namespace())
-    try:
-        server.wait_ready()
+    with running_api(redis_url, new_namespace()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

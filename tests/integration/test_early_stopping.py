@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from bo_queue import (
     ValidationError,
 )
 from bo_queue.testing import wait_until
-from tests.conftest import HANDLERS, Cluster, new_namespace
+from tests.conftest import HANDLERS, STUDY_QUEUES, Cluster
 from tests.integration.api_server import api_client
 from tests.integration.curve_handlers import STOPPED_RESULT
 
@@ -37,18 +36,8 @@ STEPS = 5
 RULES = EarlyStopping(percentile=50, min_progression=1, min_curves=2, threshold=1.2)
 
 
-@pytest.fixture(scope="module")
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    c = Cluster(redis_url, new_namespace(), {}, queues=("default", "bo", "evaluate"))
-    imports = (HANDLERS, "tests.integration.curve_handlers")
-    c.start_workers(*({"concurrency": 2, "imports": imports} for _ in range(2)))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def bq(cluster: Cluster) -> BOQueue:
-    return cluster.producer()
+# tests/conftest.py's `cluster`: two workers of concurrency 2 that serve studies
+CLUSTER = {"queues": STUDY_QUEUES, "imports": (HANDLERS, "tests.integration.curve_handlers")}
 
 
 @pytest.mark.timeout(300)

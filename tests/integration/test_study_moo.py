@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -26,27 +25,18 @@ from bo_queue import (
     Trial,
     TrialStatus,
 )
-from tests.conftest import HANDLERS, ROOT, Cluster, new_namespace
+from tests.conftest import HANDLERS, ROOT, STUDY_QUEUES
 from workers.objectives import HARTMANN6_MIN, HARTMANN6_SPACE, NORM_BOUND, ZDT1_SPACE, zdt1
 
-# ZDT1 gets the issue's 25 trials (about 70 s through Ax here); constrained Hartmann6, a
-# 6-d model, 12
-ZDT1_TRIALS, TRIALS, INITIAL, SEED = 25, 12, 5, 0
+# ZDT1: 5 Sobol trials and 5 from Ax's multi-objective model (about 25 s through Ax here;
+# make benchmark-bo-outcomes compares the issue's 25 trials over three seeds); constrained
+# Hartmann6, a 6-d model, 12
+ZDT1_TRIALS, TRIALS, INITIAL, SEED = 10, 12, 5, 0
 MODEL = "MBM"  # the generator name of Ax's BoTorch node
 
 
-@pytest.fixture(scope="module")
-def cluster(redis_url: str) -> Iterator[Cluster]:
-    c = Cluster(redis_url, new_namespace(), {}, queues=("default", "bo", "evaluate"))
-    imports = (HANDLERS, "tests.integration.moo_problems")
-    c.start_workers(*({"concurrency": 2, "imports": imports} for _ in range(2)))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def bq(cluster: Cluster) -> BOQueue:
-    return cluster.producer()
+# tests/conftest.py's `cluster`: two workers of concurrency 2 that serve studies
+CLUSTER = {"queues": STUDY_QUEUES, "imports": (HANDLERS, "tests.integration.moo_problems")}
 
 
 def reference(*args: str) -> subprocess.Popen[str]:
@@ -64,10 +54,11 @@ def result(process: subprocess.Popen[str], stdin: str | None = None) -> object:
     return json.loads(out)
 
 
-def hypervolume(points: list[list[float]]) -> float:
-    value = result(reference("hv"), json.dumps(points))
-    assert isinstance(value, float)
-    return value
+def hypervolumes(*fronts: list[list[float]]) -> list[float]:
+    """Each set of points' hypervolume, in one process (torch takes seconds to import)."""
+    values = result(reference("hv"), json.dumps(fronts))
+    assert isinstance(values, list) and len(values) == len(fronts)
+    return values
 
 
 def dominates(a: Trial, b: Trial, names: list[str]) -> bool:
@@ -100,10 +91,12 @@ def test_two_objectives_run_through_ax_and_pareto_is_the_non_dominated_trials(
     assert on_front == {t.index for t in trials
                         if not any(dominates(o, t, names) for o in trials)}
 
-    ours = hypervolume([[float(t.values[n]) for n in names] for t in trials])  # type: ignore[index,arg-type]
     theirs_points = result(ax)
     assert isinstance(theirs_points, list) and len(theirs_points) == ZDT1_TRIALS
-    theirs = hypervolume([[p[n] for n in names] for p in theirs_points])
+    ours, theirs = hypervolumes(
+        [[float(t.values[n]) for n in names] for t in trials],  # type: ignore[index,arg-type]
+        [[p[n] for n in names] for p in theirs_points],
+    )
     assert ours >= 0.95 * theirs, (ours, theirs)
 
 
@@ -163,14 +156,14 @@ def test_a_mixed_space_with_a_linear_constraint_reaches_the_model_in_time(bq: BO
         [Objective("loss")], evaluator="moo.mixed",
         parameter_constraints=[LinearConstraint(coefficients={"dropout": 1.0, "momentum": 1.0},
                                                 bound=1.0)],
-        strategy=Strategy(initial_trials=3, max_trials=5, parallelism=1, seed=SEED,
+        strategy=Strategy(initial_trials=3, max_trials=4, parallelism=1, seed=SEED,
                           generation_time_limit_s=90),
     )
     bq.studies.run(study.id)
     done = bq.studies.wait(study.id, timeout=500)
     assert done.status is StudyStatus.COMPLETED, done.message
     trials = sorted(bq.studies.trials(study.id), key=lambda t: t.index)
-    assert [t.generator == MODEL for t in trials] == [False] * 3 + [True] * 2  # no fallback
+    assert [t.generator == MODEL for t in trials] == [False] * 3 + [True]  # no fallback
     for t in trials:
         p = t.params
         assert isinstance(p["layers"], int) and p["act"] in {"relu", "tanh", "gelu"}

@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 
 from bo_queue import BOQueue, TaskState, ValidationError
-from bo_queue.api.keys import ApiKeys
 from bo_queue.monitor.metadata import METADATA_LIMIT_BYTES
 from bo_queue.testing import wait_until
-from tests.conftest import Cluster, make_cluster
 from tests.integration.api_server import ApiServer
 
-
-@pytest.fixture(scope="module")
-def counted(redis_url: str) -> Iterator[Cluster]:
-    c = make_cluster(redis_url, workers=1, concurrency=2)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def bq(counted: Cluster) -> BOQueue:
-    return counted.producer()
+CLUSTER = {"workers": 1}  # tests/conftest.py's `cluster`
 
 
 def test_summary_counts_what_two_handlers_ran(bq: BOQueue) -> None:
@@ -76,25 +62,6 @@ def test_concurrent_metadata_updates_all_land(bq: BOQueue) -> None:
     merged = bq.metadata()
     assert all(merged[f"writer{i}"] == i for i in range(8))
     assert merged["last_writer"] in range(8)
-
-
-@pytest.fixture(scope="module")
-def api(redis_url: str, counted: Cluster) -> Iterator[ApiServer]:
-    server = ApiServer(redis_url, counted.namespace)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def client(api: ApiServer, counted: Cluster, redis_url: str) -> Iterator[httpx.Client]:
-    keys_client = redis.Redis.from_url(redis_url, decode_responses=True)
-    key = ApiKeys(keys_client).create(counted.namespace, name="summary")
-    keys_client.close()
-    with httpx.Client(base_url=api.url, headers={"X-API-Key": key}, timeout=30) as c:
-        yield c
 
 
 def test_summary_and_metadata_over_http(api: ApiServer, client: httpx.Client,

@@ -84,3 +84,9 @@ def slow_bowl(payload: dict[str, Any], ctx: TaskContext) -> dict[str, float]:
     """r.bowl that takes 3 s: long enough to kill its worker mid-evaluation."""
     time.sleep(3.0)
     return bowl(payload, ctx)
+
+
+@handler("r.pulse")
+def pulse(payload: dict[str, Any], ctx: TaskContext) -> None:
+    """What a schedule fires in the failover test: one run counted per firing."""
+    evidence().incr(f"rel:{os.environ['BO_QUEUE_NAMESPACE']}:pulses")

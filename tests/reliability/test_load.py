@@ -62,9 +62,20 @@ def run_wave(bq: BOQueue, evidence: redis.Redis, client: redis.Redis, tasks: int
     return peak, time.monotonic() - started
 
 
+def expiring(client: redis.Redis, namespace: str) -> int:
+    """How many task records and results of the namespace still wait for their TTL."""
+    keys = [key for pattern in (f"{namespace}:task:*", f"{namespace}:results:*")
+            for key in client.scan_iter(pattern, count=1000)]
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.pttl(key)
+        return sum(1 for ttl in pipe.execute() if ttl >= 0)
+
+
 def settle(bq: BOQueue, client: redis.Redis) -> tuple[int, int]:
     """Wait out the retention, prune the indexes as beat's purge job does; (memory, keys)."""
-    time.sleep(RETENTION_S + 2)  # records and results expire (Redis TTLs)
+    wait_until(lambda: expiring(client, bq.settings.namespace) == 0, RETENTION_S + 60, 0.5,
+               what="the records and results to expire (Redis TTLs)")
     assert bq.submit("bo_queue.maintenance.purge_indexes", {}).get(timeout=300) >= 0
     keys = sum(1 for _ in client.scan_iter(f"{bq.settings.namespace}:*", count=1000))
     return used_memory(client), keys

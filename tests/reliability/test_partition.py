@@ -17,7 +17,7 @@ from tests.reliability.proxy import PartitionProxy
 
 VISIBILITY_S = 10.0  # FAST_RECOVERY's visibility timeout
 HEARTBEAT_S = 10.0  # the default heartbeat timeout: a worker silent longer is taken for dead
-PARTITION_S = 14.0  # longer than both: the worst case
+PARTITION_S = 12.0  # longer than both: the worst case
 
 
 def runs_by_task(log: Path) -> dict[str, list[dict[str, float | str]]]:

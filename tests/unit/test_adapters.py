@@ -1,5 +1,6 @@
 """The third-party private names bo_queue relies on, checked against the pinned versions:
-kombu's Redis QoS and Channel internals (bo_queue.core.transport, workers.security) and
+kombu's Redis QoS and Channel internals (bo_queue.core.transport, workers.security),
+redis-py's pipeline execution (bo_queue.core.replicas) and
 Ax's Client snapshot, seed, experiment and generation strategy (bo_queue.studies.ax_adapter).
 An upgrade that moves one fails here."""
 
@@ -12,6 +13,8 @@ import sys
 
 import fakeredis
 import pytest
+import redis.asyncio.client
+import redis.client
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -46,6 +49,15 @@ def test_kombu_methods_bo_queue_overrides_or_calls(
     owner: type, name: str, parameters: list[str]
 ) -> None:
     assert list(inspect.signature(getattr(owner, name)).parameters) == parameters
+
+
+@pytest.mark.parametrize("pipeline", [redis.client.Pipeline, redis.asyncio.client.Pipeline])
+@pytest.mark.parametrize("name", ["_execute_transaction", "_execute_pipeline"])
+def test_redis_pipeline_methods_the_replica_acks_override(pipeline: type, name: str) -> None:
+    # core/replicas.py: each runs a pipeline's commands on the connection it is given,
+    # in one packed write, and the WAIT goes after them in that write
+    assert list(inspect.signature(getattr(pipeline, name)).parameters) == [
+        "self", "connection", "commands", "raise_on_error"]
 
 
 def test_kombu_qos_keeps_its_delivered_messages_where_the_transport_reads_them() -> None:

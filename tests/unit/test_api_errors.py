@@ -24,6 +24,7 @@ from bo_queue.errors import (
     DependencyError,
     InvalidResultError,
     InvalidTransitionError,
+    ReplicaAckError,
     ReportConflictError,
     ResultTimeoutError,
     StudyError,
@@ -55,6 +56,7 @@ ERRORS: list[tuple[BaseException, int]] = [
     (ReportConflictError("different values"), 409),
     (DependencyError("a -> b -> a"), 409),
     (BrokerUnavailableError("Redis is down"), 503),
+    (ReplicaAckError(0, 1, 1.0), 503),  # says how many replicas, never where Redis is
     (TaskFailedError("t1", "ValueError", "boom", 'Traceback ...\n  File "h.py"'), 409),
     (TaskCancelledError("t1"), 410),
     (TaskExpiredError("t1", "expired"), 410),
@@ -119,6 +121,9 @@ def test_errors_map_to_statuses_and_json_bodies(
                         "TaskTimeoutError: task t1 ran past its time limit of 1 s"}
     elif isinstance(exc, TaskFailedError):
         assert body == {"error": "TaskFailedError", "detail": "ValueError: boom"}
+    elif isinstance(exc, ReplicaAckError):
+        assert body == {"error": "ReplicaAckError", "detail": str(exc)}
+        assert "0 of the 1 required replica(s)" in body["detail"]
     elif isinstance(exc, BrokerUnavailableError):  # where Redis is (its URL) stays private
         assert body == {"error": "BrokerUnavailableError",
                         "detail": "Redis is unavailable; try again shortly"}

@@ -7,7 +7,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from bo_queue import BOQueue, ConfigurationError, Settings, ValidationError
+from bo_queue import (
+    BOQueue,
+    BrokerUnavailableError,
+    ConfigurationError,
+    ReplicaAckError,
+    Settings,
+    ValidationError,
+)
 
 # The autouse fixture in conftest.py removes every BO_QUEUE_* variable first.
 
@@ -208,3 +215,44 @@ def test_the_archive_goes_to_files_or_a_database_not_both() -> None:
         Settings.load(archive_dir="/srv/archive", archive_url=url)
     assert "hunter2" not in str(err.value)
     assert "hunter2" not in repr(Settings.load(archive_url=url))
+
+
+def test_replica_acks_default_to_none_and_are_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = Settings.load()
+    assert (defaults.replica_acks, defaults.replica_ack_timeout_s) == (0, 1.0)
+    monkeypatch.setenv("BO_QUEUE_REPLICA_ACKS", "2")
+    monkeypatch.setenv("BO_QUEUE_REPLICA_ACK_TIMEOUT_S", "0.25")
+    s = Settings.load()
+    assert (s.replica_acks, s.replica_ack_timeout_s) == (2, 0.25)
+    assert BOQueue(settings=s).acks.wait_args() == ("WAIT", 2, 250)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"replica_acks": -1}, "replica_acks"),
+        ({"replica_acks": "one"}, "replica_acks"),
+        ({"replica_ack_timeout_s": 0}, "replica_ack_timeout_s"),
+        ({"replica_ack_timeout_s": -0.5}, "replica_ack_timeout_s"),
+        # its WAIT would outlast the client's socket timeout (connect_timeout_s, >= 10 s)
+        ({"replica_ack_timeout_s": 10}, "below the Redis socket timeout"),
+        ({"replica_ack_timeout_s": 20, "connect_timeout_s": 15}, "socket timeout"),
+    ],
+    ids=repr,
+)
+def test_replica_ack_settings_that_cannot_work_are_rejected(
+    overrides: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        Settings.load(**overrides)
+
+
+def test_the_replica_ack_error_says_how_many_of_how_many() -> None:
+    error = ReplicaAckError(1, 2, 0.5)
+    assert isinstance(error, BrokerUnavailableError)  # a 503, retried like an outage
+    assert (error.acked, error.required, error.timeout_s) == (1, 2, 0.5)
+    assert str(error) == ("only 1 of the 2 required replica(s) acknowledged the write within "
+                          "0.5 s: it is on the primary but may not survive a failover")
+    assert "only an unknown number of the 1" in str(ReplicaAckError(None, 1, 1.0))

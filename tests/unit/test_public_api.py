@@ -35,6 +35,7 @@ EXPECTED_ALL = [
     "Priority",
     "Progress",
     "Range",
+    "ReplicaAckError",
     "ReportConflictError",
     "ResultTimeoutError",
     "RetryPolicy",
