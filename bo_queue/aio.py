@@ -252,6 +252,17 @@ class PackedConnection(aioredis.Connection):
         return packed
 
 
+def _honour_cancel() -> None:
+    """Raise the CancelledError of a cancel that an await below swallowed, before a wait
+    loop goes round again. On Python 3.11, asyncio.wait_for returns normally when a
+    cancel arrives as what it waits for completes (CPython gh-86296, gone in 3.12), and
+    redis.asyncio sends every command through wait_for when it has a socket_timeout: a
+    `get()` cancelled then would wait on for ever. The task still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await asyncio.to_thread(call, *args, **kwargs)
 
@@ -304,6 +315,7 @@ class AsyncTaskHandle:
         with aq.sync.broker_errors():
             meta = await aq.results.fetch(self.id)
             while meta is None:
+                _honour_cancel()
                 # A task that never ran has no stored result; its record says how it
                 # ended (re-read now and then, as TaskHandle.get does).
                 state = await aq.state(self.id)
@@ -351,6 +363,7 @@ class AsyncResults:
             if len(waiters) == 1:
                 await self._subscribe(task_id)
             while True:
+                _honour_cancel()
                 # SUBSCRIBE may take effect after a result was published, and the GET
                 # goes on another connection: look at the stored result now and then.
                 meta = await self.fetch(task_id)
