@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # installed by the rule below when no /usr/lib/postgresql/*/bin/initdb is there.
 INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/bin/initdb)
 
-.PHONY: demo test test-reliability lint unit integration benchmark benchmark-flows benchmark-bo benchmark-bo-parallel benchmark-bo-outcomes benchmark-early-stopping benchmark-redis-capacity benchmark-replica-acks clean
+.PHONY: demo test test-reliability lint unit integration benchmark benchmark-api benchmark-flows benchmark-bo benchmark-bo-parallel benchmark-bo-outcomes benchmark-early-stopping benchmark-redis-capacity benchmark-replica-acks clean
 
 $(BIN)/.installed-$(EXTRAS): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,9 @@ integration: $(BIN)/.installed-$(EXTRAS) $(CHROMIUM) $(INITDB)
 
 benchmark: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python benchmarks/throughput.py --markdown-out benchmarks/results/throughput.md
+
+benchmark-api: $(BIN)/.installed-$(EXTRAS)
+	$(BIN)/python benchmarks/api_throughput.py --markdown-out benchmarks/results/api_throughput.md
 
 benchmark-flows: $(BIN)/.installed-$(EXTRAS)
 	$(BIN)/python benchmarks/dependencies.py --markdown-out benchmarks/results/dependencies.md

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.core.connections import async_redis_client
 from bo_queue.core.handle import RECORD_RECHECK_S, Progress
-from bo_queue.core.kernel import Steps, Submitted, batch_of, request_of, with_result
+from bo_queue.core.kernel import Pipe, Steps, Submitted, batch_of, request_of, with_result
 from bo_queue.core.records import RecordStore, TaskInfo, derived_state
 from bo_queue.core.requests import Plan, TaskRequest
 from bo_queue.core.results import RECHECK_S, outcome, ready_meta
@@ -165,10 +167,11 @@ class AsyncBOQueue:
         with self.sync.broker_errors():
             try:
                 while True:
-                    multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                    pipe = (self.sync.acks.async_pipeline(self.redis) if multi
-                            else self.redis.pipeline(transaction=False))
-                    async with pipe:  # a MULTI step is the write: it waits for replicas
+                    kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                    pipe = (self.redis.pipeline(transaction=False) if kind is Pipe.READ
+                            else self.sync.acks.async_pipeline(
+                                self.redis, transaction=kind is Pipe.ATOMIC))
+                    async with pipe:  # a write step waits for the replicas (replica_acks)
                         fill(pipe)
                         replies = await pipe.execute()
             except StopIteration as stop:
@@ -231,9 +234,33 @@ class AsyncBOQueue:
 def _client(settings: Settings, url: str, **options: Any) -> aioredis.Redis:
     """A client whose pool makes coroutines wait for a free connection (at most
     POOL_SIZE, however many calls are in flight) rather than fail."""
+    if url.startswith("redis://") and HIREDIS_AVAILABLE:  # TLS, sockets, Sentinel: their own
+        options["connection_class"] = PackedConnection
     return async_redis_client(
         settings, url, max_connections=POOL_SIZE, pool_wait_s=POOL_WAIT_S,
         socket_connect_timeout=settings.connect_timeout_s, **options)
+
+
+class PackedConnection(aioredis.Connection):
+    """redis.asyncio's connection, packing commands in C with hiredis as redis-py's sync
+    client does (redis.asyncio packs them in Python: most of a submit's CPU time)."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
+
+
+def _honour_cancel() -> None:
+    """Raise the CancelledError of a cancel that an await below swallowed, before a wait
+    loop goes round again. On Python 3.11, asyncio.wait_for returns normally when a
+    cancel arrives as what it waits for completes (CPython gh-86296, gone in 3.12), and
+    redis.asyncio sends every command through wait_for when it has a socket_timeout: a
+    `get()` cancelled then would wait on for ever. The task still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -288,6 +315,7 @@ class AsyncTaskHandle:
         with aq.sync.broker_errors():
             meta = await aq.results.fetch(self.id)
             while meta is None:
+                _honour_cancel()
                 # A task that never ran has no stored result; its record says how it
                 # ended (re-read now and then, as TaskHandle.get does).
                 state = await aq.state(self.id)
@@ -335,6 +363,7 @@ class AsyncResults:
             if len(waiters) == 1:
                 await self._subscribe(task_id)
             while True:
+                _honour_cancel()
                 # SUBSCRIBE may take effect after a result was published, and the GET
                 # goes on another connection: look at the stored result now and then.
                 meta = await self.fetch(task_id)

@@ -18,10 +18,10 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pydantic
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.app.task import Context
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
@@ -30,6 +30,7 @@ from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.context import TaskContext
 from bo_queue.core.admission import Gate
+from bo_queue.core.celery_app import ResultBackend
 from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, evaluation_of
 from bo_queue.errors import (
     ConfigurationError,
@@ -86,10 +87,11 @@ class HandlerTask(Task[Any, Any]):
     # study that never heard.
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         _notify(self, args, retval, None)
-        move_record(
-            self.bq, task_id, TaskState.SUCCEEDED, finished_at=time.time(), progress=1.0,
-            **run_report(self),
-        )
+        fields = {"finished_at": time.time(), "progress": 1.0, **run_report(self)}
+        if getattr(self.request, "bo_store_result", False):
+            store_success(self, task_id, retval, fields)
+        else:
+            move_record(self.bq, task_id, TaskState.SUCCEEDED, **fields)
         _hook(self.spec.on_success, self.request, retval)
 
     def on_failure(
@@ -97,6 +99,33 @@ class HandlerTask(Task[Any, Any]):
     ) -> None:
         # Celery sends task_failure right after this: record_failure ends the record.
         _notify(self, args, None, exc)
+
+
+def defer_result(task: HandlerTask) -> None:
+    """Leave the success's result to `store_success` (called from on_success, after Celery
+    would have stored it): one script instead of Celery's GET and SETEX + PUBLISH, then our
+    record's. Only when results and records share the Redis, and for a task that is not
+    part of a Celery chord (whose counter reads the stored results as it goes)."""
+    req, settings = task.request, task.bq.settings
+    if req.chord is None and not req.ignore_result and settings.results_url == settings.redis_url:
+        req.ignore_result = True  # read by Celery's mark_as_done, after the task returns
+        setattr(req, "bo_store_result", True)  # noqa: B010
+
+
+def store_success(task: HandlerTask, task_id: str, result: Any, fields: dict[str, Any]) -> None:
+    """The result stored and the record SUCCEEDED in one script (RecordStore.succeed); if
+    that fails (a result Celery's backend refuses), Celery's own store, then the record."""
+    backend = cast(ResultBackend, task.backend)
+    try:
+        key, value, ttl = backend.success(task_id, result, task.request)
+        task.bq.records.succeed(task_id, key, value, ttl, **fields)
+    except ReplicaAckError as exc:  # written on the primary: as move_record says
+        _unacked(task_id, TaskState.SUCCEEDED, exc)
+    except Exception:
+        log.exception("storing task %s's result with its record failed; storing it apart",
+                      task_id)
+        backend.store_result(task_id, result, states.SUCCESS, request=task.request)
+        move_record(task.bq, task_id, TaskState.SUCCEEDED, **fields)
 
 
 def record_failure(task: HandlerTask, task_id: str, exc: BaseException) -> None:
@@ -120,8 +149,12 @@ def move_record(bq: BOQueue, task_id: str, state: TaskState, **fields: Any) -> N
     try:
         bq.records.transition(task_id, state, **fields)
     except ReplicaAckError as exc:
-        log.error("task %s went %s, but %s; if it is lost, the task runs again",
-                  task_id, state.value, exc)
+        _unacked(task_id, state, exc)
+
+
+def _unacked(task_id: str, state: TaskState, exc: ReplicaAckError) -> None:
+    log.error("task %s went %s, but %s; if it is lost, the task runs again",
+              task_id, state.value, exc)
 
 
 def _notify(task: HandlerTask, args: Any, result: Any, error: BaseException | None) -> None:
@@ -206,6 +239,7 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
         if ctx.cancel_seen:
             raise TaskCancelledError(task_id, "cancelled while running")
         _check_json(spec.name, result)
+        defer_result(task)
         return result
     except TaskCancelledError as exc:
         task.backend.mark_as_revoked(task_id, exc.reason)

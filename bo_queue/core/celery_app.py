@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, states
 from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
 from kombu import Exchange, Queue
 
 from bo_queue.config import Settings, is_sentinel, parse_sentinel_url, redis_tls_options
@@ -25,13 +26,27 @@ class ResultBackend(RedisBackend):
     def on_task_call(self, producer: Any, task_id: str) -> None:
         return None
 
+    def success(self, task_id: str, result: Any, request: Any) -> tuple[str, str, int]:
+        """What `store_result` writes for a success, to write it ourselves with the
+        task's record (workers.runner): (key, encoded meta, retention in s, 0 for none).
+        (The ignores: celery-types lacks these attributes of RedisBackend.)"""
+        meta = self._get_result_meta(  # type: ignore[attr-defined]
+            result=self.encode_result(result, states.SUCCESS),
+            state=states.SUCCESS, traceback=None, request=request)
+        meta["task_id"] = task_id
+        encoded: str | bytes = self.encode(meta)
+        value = encoded.decode() if isinstance(encoded, bytes) else encoded
+        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]
+            raise BackendStoreError("value too large for Redis backend")
+        key: str | bytes = self.get_key_for_task(task_id)
+        expires = int(self.expires or 0)  # type: ignore[attr-defined]
+        return key.decode() if isinstance(key, bytes) else key, value, expires
 
-class SentinelResultBackend(SentinelBackend):
-    """Celery's Sentinel result backend (the master its sentinels name), minus the same
-    SUBSCRIBE as ResultBackend's."""
 
-    def on_task_call(self, producer: Any, task_id: str) -> None:
-        return None
+class SentinelResultBackend(ResultBackend, SentinelBackend):
+    """Celery's Sentinel result backend (the master its sentinels name), with
+    ResultBackend's changes: no SUBSCRIBE, and `success` for the worker's one-script
+    finish."""
 
 
 def sentinel_conf(settings: Settings) -> dict[str, Any]:

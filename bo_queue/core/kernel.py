@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Self, TypeVar
 
 import kombu.exceptions
@@ -32,7 +33,7 @@ from bo_queue.core.keys import PULL_QUEUE, Keys
 from bo_queue.core.message import HARD_LIMIT_GRACE_S, Message, kwargsrepr
 from bo_queue.core.outbox import Outbox
 from bo_queue.core.pull import PullQueue
-from bo_queue.core.records import RecordStore, TaskInfo, TaskTree
+from bo_queue.core.records import RecordStore, Sends, TaskInfo, TaskTree
 from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
@@ -57,12 +58,22 @@ from bo_queue.validation import (
 )
 
 T = TypeVar("T")
-# What a step of a submit asks for: a pipeline (MULTI or not) filled by the function;
-# its replies are sent back in. Core.run_steps drives them on the sync client,
-# bo_queue.aio on an asyncio one: one submit, whichever client. A MULTI step is the
-# submit's write: with replica_acks, its pipeline waits for the replicas too (WAIT after
-# EXEC, in the same round trip), and raises ReplicaAckError before any handle exists.
-Step = tuple[bool, Callable[[Any], None]]
+
+
+class Pipe(Enum):
+    """The pipeline a step asks for. A write (WRITE, ATOMIC) is the submit's own: with
+    replica_acks, its pipeline waits for the replicas too (WAIT after it, in the same
+    round trip), and raises ReplicaAckError before any handle exists."""
+
+    READ = "read"  # a plain pipeline: the probes before the write
+    WRITE = "write"  # no MULTI: the write is one script (a plain submit)
+    ATOMIC = "atomic"  # MULTI ... EXEC: links, waits or holds add commands to it
+
+
+# What a step of a submit asks for: a pipeline (Pipe) filled by the function; its
+# replies are sent back in. Core.run_steps drives them on the sync client, bo_queue.aio
+# on an asyncio one: one submit, whichever client.
+Step = tuple[Pipe, Callable[[Any], None]]
 Steps = Generator[Step, list[Any], T]
 
 
@@ -362,18 +373,18 @@ class Core(TaskChanges):
         replies: list[Any] | None = None
         try:
             while True:
-                multi, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                with self._step_pipeline(multi) as pipe:
+                kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
+                with self._step_pipeline(kind) as pipe:
                     fill(pipe)
                     replies = pipe.execute()
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _step_pipeline(self, multi: bool) -> Any:
-        """A step's pipeline: a MULTI one waits for the replicas (replica_acks)."""
-        if multi:
-            return self.acks.pipeline(self.redis)
-        return self.redis.pipeline(transaction=False)
+    def _step_pipeline(self, kind: Pipe) -> Any:
+        """A step's pipeline: a write's waits for the replicas (replica_acks)."""
+        if kind is Pipe.READ:
+            return self.redis.pipeline(transaction=False)
+        return self.acks.pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
 
     def submitting(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
@@ -390,32 +401,26 @@ class Core(TaskChanges):
         waits: list[tuple[int, str]] = []
 
         def fill(pipe: Any) -> None:
+            sends = Sends()  # the messages sent now, written by the records' script
             for plan in ordered:
+                if not (plan.request.depends_on or plan.held or plan.queue == PULL_QUEUE):
+                    self.send(plan.id, messages[plan.id], sends)  # kept until it starts
+            self.records.create_many(pipe, [_record(p, now, created_by) for p in ordered],
+                                     sends)
+            for plan in ordered:  # after every record: a dependency may be in the batch
                 req = plan.request
-                waiting = bool(req.depends_on)
-                self.records.create(pipe, {
-                    "id": plan.id, "handler": req.handler, "queue": plan.queue,
-                    "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
-                    "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
-                    "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
-                    "depends_on": req.depends_on or None,
-                    "on_dependency_failure": req.on_dependency_failure if waiting else None,
-                    "name": req.name, "description": req.description,
-                    "metadata": req.metadata, "created_by": created_by,
-                    "retry": req.retry.describe() if req.retry else None,
-                    "time_limit": req.time_limit,
-                })
-                if waiting:
+                if req.depends_on:
                     waits.append((len(pipe), plan.id))
                     self.records.wait_for(pipe, plan.id, req.depends_on, messages[plan.id])
                 elif plan.held:
                     self.delays.hold(pipe, plan.id, plan.due_at or now, messages[plan.id])
-                elif plan.queue != PULL_QUEUE:  # kept until a worker starts it
-                    self.send(plan.id, messages[plan.id], pipe)
 
-        # One round trip, all or nothing (MULTI): the records, the outbox entries and the
-        # messages themselves, each message after its record.
-        replies = yield True, fill
+        # One round trip, all or nothing: the records, the outbox entries and the messages
+        # themselves (each message after its record) in one script; MULTI around it when
+        # links, waits or holds add commands.
+        alone = all(not (p.request.depends_on or p.held or p.request.tags or p.request.parent_id)
+                    for p in plans)
+        replies = yield Pipe.WRITE if alone else Pipe.ATOMIC, fill
         verdicts = {task_id: str(replies[index][0]) for index, task_id in waits}
         return Submitted(
             ids=[plan.id for plan in plans],
@@ -450,7 +455,7 @@ class Core(TaskChanges):
             for task_id in outside + named:
                 pipe.exists(self.keys.task(task_id))
 
-        found = yield False, probe
+        found = yield Pipe.READ, probe
         unknown = [d for d, ok in zip(outside, found, strict=False) if not ok]
         if unknown:
             raise DependencyError(f"unknown dependencies (no such task): {', '.join(unknown)}")
@@ -702,6 +707,24 @@ class Core(TaskChanges):
         with self.broker_errors():
             graph = dependencies.read_graph(self.records, ids, expand=False)
         return dependencies.layers({i: graph.depends_on.get(i, []) for i in ids})
+
+
+def _record(plan: Plan, now: float, created_by: str | None) -> dict[str, Any]:
+    """The record fields of a new task."""
+    req = plan.request
+    waiting = bool(req.depends_on)
+    return {
+        "id": plan.id, "handler": req.handler, "queue": plan.queue,
+        "priority": req.priority, "tags": req.tags, "parent_id": req.parent_id,
+        "state": TaskState.PENDING if plan.held or waiting else TaskState.QUEUED,
+        "created_at": now, "due_at": plan.due_at, "expires_at": plan.expires_at,
+        "depends_on": req.depends_on or None,
+        "on_dependency_failure": req.on_dependency_failure if waiting else None,
+        "name": req.name, "description": req.description,
+        "metadata": req.metadata, "created_by": created_by,
+        "retry": req.retry.describe() if req.retry else None,
+        "time_limit": req.time_limit,
+    }
 
 
 def request_of(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,8 @@ HARD_LIMIT_GRACE_S = 5.0  # the soft time limit raises in the handler; the hard 
 ARGSREPR_MAX, REPR_MAXLEVELS = 1024, 3  # Celery's argsrepr_maxsize, task_repr_maxlevels
 # Celery's embedded options of a task with no callbacks, no chain and no chord
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED_JSON = json.dumps(_EMBED)
+_ORIGIN: dict[int, str] = {}  # Celery's anon_nodename() of this process, by pid (forks)
 
 
 class Message(BaseModel):
@@ -119,7 +122,8 @@ class Message(BaseModel):
         is none)."""
         now = time.time() if now is None else now
         args = [self.payload]
-        body = json.dumps([args, {}, _EMBED]).encode()
+        # json.dumps([args, {}, _EMBED]), with the constant part encoded once
+        body = f"[[{json.dumps(self.payload)}], {{}}, {_EMBED_JSON}]".encode()
         headers: dict[str, Any] = {
             "lang": "py", "task": self.handler, "id": task_id, "shadow": None,
             "eta": utc(self.due_at).isoformat() if self.due_at and self.due_at > now else None,
@@ -130,7 +134,7 @@ class Message(BaseModel):
             "root_id": task_id, "parent_id": self.parent_id,
             "argsrepr": saferepr(args, ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS),
             "kwargsrepr": self.kwargsrepr if self.kwargsrepr is not None else "{}",
-            "origin": anon_nodename(), "ignore_result": None, "replaced_task_nesting": 0,
+            "origin": _origin(), "ignore_result": None, "replaced_task_nesting": 0,
             "stamped_headers": None, "stamps": {},
             **(self.headers() or {}),
         }
@@ -145,6 +149,14 @@ class Message(BaseModel):
                 "delivery_tag": str(uuid.uuid4()),
             },
         })
+
+
+def _origin() -> str:
+    pid = os.getpid()
+    if pid not in _ORIGIN:
+        _ORIGIN.clear()
+        _ORIGIN[pid] = anon_nodename()
+    return _ORIGIN[pid]
 
 
 def kwargsrepr(**fields: Any) -> str | None:

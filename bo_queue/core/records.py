@@ -123,6 +123,37 @@ def _encode(fields: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _flat(fields: Mapping[str, Any]) -> list[str]:
+    """Record fields as a script's field/value arguments."""
+    return [part for pair in _encode(fields).items() for part in pair]
+
+
+class Sends:
+    """Stands in for a pipeline while a submit's messages are sent (Core.send, which
+    writes each one's outbox entry and pushes it on its queue list): collected here,
+    they are written by create_many's script after the records, each hash in one HSET
+    and each list in one LPUSH, in the order sent (a worker's BRPOP takes the first
+    pushed first)."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, list[str]] = {}
+        self.lists: dict[str, list[str]] = {}
+
+    def hset(self, name: str, key: str, value: str) -> None:
+        self.hashes.setdefault(name, []).extend((key, value))
+
+    def lpush(self, name: str, *values: str) -> None:
+        self.lists.setdefault(name, []).extend(values)
+
+    def args(self) -> list[str | int]:
+        """As record_create.lua reads them: 'hset' | 'lpush', key, count, values."""
+        out: list[str | int] = []
+        for command, groups in (("hset", self.hashes), ("lpush", self.lists)):
+            for name, values in groups.items():
+                out += [command, name, len(values), *values]
+        return out
+
+
 # Told what settling a task's dependents did: (released count, cancelled ids).
 OnSettled = Callable[[int, list[str]], None]
 
@@ -133,7 +164,7 @@ class RecordStore:
         events_max_len: int = 200_000, acks: ReplicaAcks | None = None,
     ) -> None:
         self.redis = client
-        self.acks = acks or ReplicaAcks(0, 1.0)  # transition: a task's end waits for them
+        self.acks = acks or ReplicaAcks(0, 1.0)  # transition, succeed: a task's end waits for them
         self.keys = keys
         self.ttl_s = ttl_s
         self.events_max_len = events_max_len
@@ -146,9 +177,13 @@ class RecordStore:
         self._transition = scripts.register(
             client, "record_transition.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
         )
+        self._succeed = scripts.register(
+            client, "record_succeed.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
+        )
         self._progress = scripts.register(client, "record_progress.lua")
         self._delete = scripts.register(client, "record_delete.lua")
         self._extend = scripts.text("record_extend.lua")
+        self._create = scripts.text("record_create.lua", MAX_EVENTS=events_max_len)
         self._pause = scripts.register(client, "record_pause.lua", MAX_EVENTS=events_max_len)
         self._resume = scripts.register(client, "record_resume.lua", MAX_EVENTS=events_max_len)
         self._resume_queue = scripts.register(client, "queue_resume.lua")
@@ -163,26 +198,35 @@ class RecordStore:
         return self.ttl_s + math.ceil(wait)
 
     def create(self, pipe: Any, fields: Mapping[str, Any]) -> None:
-        """Queue the writes for a new record (and its tag and parent links) on `pipe`."""
-        task_id = fields["id"]
-        key = self.keys.task(task_id)
-        ttl = self.ttl_for(fields.get("due_at"))
-        pipe.hset(key, mapping=_encode(fields))
-        pipe.expire(key, ttl)
-        # What set_state does for every later change (bo_queue.core.events): index, announce.
-        state, now = str(fields["state"]), float(fields["created_at"])
-        pipe.zadd(self.keys.state_index(state), {task_id: now})
-        pipe.xadd(self.keys.events, {
-            "kind": "task", "id": task_id, "state": state, "at": now,
-            "handler": fields["handler"], "queue": fields["queue"], "attempt": 0,
-        }, maxlen=self.events_max_len, approximate=True)
-        links = [self.keys.tag(tag) for tag in fields.get("tags") or ()]
-        if fields.get("parent_id"):
-            links.append(self.keys.children(fields["parent_id"]))
-        for link in links:
+        """Queue the writes for a new record on `pipe` (see create_many)."""
+        self.create_many(pipe, [fields])
+
+    def create_many(self, pipe: Any, records: Sequence[Mapping[str, Any]],
+                    sends: Sends | None = None) -> None:
+        """Queue on `pipe` the writes for new records: one script that writes them all,
+        each indexed and announced as set_state does every later change
+        (bo_queue.core.events), then the outbox entries and pushes of `sends` (the
+        messages sent with them), then the records' tag and parent links. One command
+        for a whole plain batch rather than six per task."""
+        args: list[str | int] = [self.keys.namespace, len(records)]
+        links: list[tuple[str, str, int]] = []
+        for fields in records:
+            task_id = fields["id"]
+            ttl = self.ttl_for(fields.get("due_at"))
+            flat = _flat(fields)
+            args += [task_id, ttl, str(fields["state"]), repr(float(fields["created_at"])),
+                     fields["handler"], fields["queue"], len(flat), *flat]
+            owners = [self.keys.tag(tag) for tag in fields.get("tags") or ()]
+            if fields.get("parent_id"):
+                owners.append(self.keys.children(fields["parent_id"]))
+            links += [(link, task_id, ttl) for link in owners]
+        if sends is not None:
+            args += sends.args()
+        # EVAL, not a registered script: a pipeline holding scripts first asks the server
+        # which it knows (SCRIPT EXISTS), a round trip on every submit.
+        pipe.eval(self._create, 0, *args)
+        for link, task_id, ttl in links:
             pipe.sadd(link, task_id)
-            # EVAL, not a registered script: a pipeline holding scripts first asks the
-            # server which it knows (SCRIPT EXISTS), a round trip on every submit.
             pipe.eval(self._extend, 1, link, ttl)
 
     def wait_for(
@@ -226,13 +270,25 @@ class RecordStore:
     ) -> bool:
         """Move a record to `state` unless it has already ended (or is gone). False if so.
         With replica_acks, waits for the replicas after the write (ReplicaAckError)."""
-        flat: list[str] = []
-        for key, value in _encode(fields).items():
-            flat += [key, value]
         args: list[str | float] = [
-            self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s, *flat
+            self.keys.namespace, task_id, state.value, time.time(), ttl_s or self.ttl_s,
+            *_flat(fields),
         ]
         return self.acks.call(self.redis, self._transition, [self.keys.task(task_id)], args,
+                              then=lambda raw: bool(self._settled(raw).value))
+
+    def succeed(self, task_id: str, result_key: str, result: str, result_ttl_s: int,
+                **fields: Any) -> bool:
+        """A successful run's ending in one script: its result stored and published as
+        Celery's Redis backend does (`result`, encoded by it, under `result_key`), then the
+        record SUCCEEDED as `transition` moves it. False if the record had already ended.
+        With replica_acks, waits for the replicas after the write (ReplicaAckError)."""
+        keys = [self.keys.task(task_id), result_key]
+        args: list[str | float] = [
+            self.keys.namespace, task_id, time.time(), self.ttl_s, result, result_ttl_s,
+            *_flat(fields),
+        ]
+        return self.acks.call(self.redis, self._succeed, keys, args,
                               then=lambda raw: bool(self._settled(raw).value))
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
