@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ax import ChoiceParameterConfig, Client, RangeParameterConfig
+from ax.exceptions.core import DataRequiredError
 
 from bo_queue.studies import ax_adapter
 from bo_queue.studies.models import (
@@ -76,8 +77,9 @@ class Engine:
     def generate(
         self, count: int, time_limit_s: float, fallback_seed: int
     ) -> list[tuple[int, dict[str, Value], str]]:
-        """`count` new trials as (index, params, generator). Past the time limit the rest
-        come from a scrambled Sobol sequence instead, and say so."""
+        """Up to `count` new trials as (index, params, generator). Past the time limit the
+        rest come from a scrambled Sobol sequence instead, and say so; fewer, or none, while
+        Ax waits for the data of running trials."""
         made: list[tuple[int, dict[str, Value], str]] = []
         try:
             with _time_box(time_limit_s):
@@ -86,15 +88,29 @@ class Engine:
                     if self.spec.strategy.batch_size:
                         want = min(want, self.spec.strategy.batch_size)
                     batch = self.client.get_next_trials(max_trials=want)
+                    if not batch:  # Ax paused its node (too many awaiting data)
+                        return made
                     node = self._node_name()  # Ax moves to the generating node first
                     made.extend((index, dict(params), node) for index, params in batch.items())
         except GenerationTimeout:
             log.warning(
                 "generation passed %.1f s; Sobol for %d trial(s)", time_limit_s, count - len(made)
             )
-            for params in sobol_points(self.spec, count - len(made), fallback_seed):
-                made.append((self.client.attach_trial(params), params, "sobol-fallback"))
+        except DataRequiredError:
+            # The initial design is all generated but too few of it COMPLETED (early-stopped
+            # and failed trials are not observations to Ax). Results still to come may
+            # satisfy it: wait for them. With none to come, waiting would stall the study.
+            if self._running():
+                return made
+            log.warning("Ax needs more observed trials; Sobol for %d trial(s)", count - len(made))
+        for params in sobol_points(self.spec, count - len(made), fallback_seed):
+            made.append((self.client.attach_trial(params), params, "sobol-fallback"))
         return made
+
+    def _running(self) -> bool:
+        """Whether any trial still waits for its data (Ax's pending points)."""
+        return any(not t.status.is_terminal
+                   for t in ax_adapter.experiment(self.client).trials.values())
 
     def attach(self, params: Mapping[str, Value]) -> int:
         return self.client.attach_trial(dict(params))
@@ -221,6 +237,8 @@ def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
 def sobol_points(spec: StudySpec, count: int, seed: int) -> list[dict[str, Value]]:
     """Scrambled Sobol points in the space (log scales, integers and choices mapped),
     keeping only those that satisfy the linear constraints."""
+    if count <= 0:
+        return []
     from scipy.stats import qmc  # type: ignore[import-untyped]
 
     sampler = qmc.Sobol(d=len(spec.parameters), scramble=True, seed=seed)

@@ -1,0 +1,80 @@
+"""The Ax engine when Ax's initial design is all generated but too few of its trials
+COMPLETED (early-stopped ones are no observations to Ax): it waits for running trials'
+data, falls back to Sobol when none is to come, and replaying such a study onto a
+snapshot does not raise. (Ax in process, no Redis: what a study step calls.)"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime
+
+import pytest
+
+from bo_queue import Objective, Range, Strategy
+from bo_queue.studies.models import StudySpec, Trial, TrialStatus
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # Ax's and BoTorch's, at import
+    from bo_queue.studies import ax_adapter
+    from bo_queue.studies.engine import Engine
+
+# Ax calls its own deprecated methods (add_tracking_metric, ...); pytest makes them errors.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+SPEC = StudySpec(
+    name="data-required", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
+    strategy=Strategy(initial_trials=4, max_trials=8, seed=0),
+)
+
+
+def initial_design_mostly_stopped() -> tuple[Engine, list[tuple[int, dict[str, float], str]]]:
+    """Four Sobol trials: one COMPLETED, two EARLY_STOPPED, one still running. Ax's
+    initial design needs two observed trials before its model node."""
+    engine = Engine.create(SPEC)
+    made = engine.generate(4, time_limit_s=60, fallback_seed=1)
+    assert [generator for _, _, generator in made] == ["Sobol"] * 4
+    engine.complete(0, {"loss": 0.5})
+    engine.early_stop(1, [(0, {"loss": 2.0})])
+    engine.early_stop(2, [(0, {"loss": 3.0})])
+    return engine, made
+
+
+def test_it_waits_for_a_running_trials_data_rather_than_fail() -> None:
+    engine, _ = initial_design_mostly_stopped()
+    assert engine.generate(1, time_limit_s=60, fallback_seed=1) == []
+    engine.complete(3, {"loss": 0.4})  # the second observation: the model may go on
+    [(index, _, generator)] = engine.generate(1, time_limit_s=60, fallback_seed=1)
+    assert index == 4 and generator != "sobol-fallback"
+
+
+def test_with_no_data_to_come_the_rest_is_sobol() -> None:
+    engine, _ = initial_design_mostly_stopped()
+    engine.early_stop(3, [(0, {"loss": 4.0})])
+    made = engine.generate(2, time_limit_s=60, fallback_seed=1)
+    assert [(index, generator) for index, _, generator in made] == [
+        (4, "sobol-fallback"), (5, "sobol-fallback")
+    ]
+    assert all(0.0 <= float(params["x"]) <= 1.0 for _, params, _ in made)
+
+
+def test_replaying_onto_a_snapshot_stays_at_the_initial_node() -> None:
+    """What a step on another worker does: the snapshot was taken before any result, the
+    trial records carry the outcomes since."""
+    engine = Engine.create(SPEC)
+    made = engine.generate(4, time_limit_s=60, fallback_seed=1)
+    snapshot = engine.snapshot()
+    now = datetime.now(UTC)
+    statuses = [TrialStatus.COMPLETED, TrialStatus.EARLY_STOPPED, TrialStatus.EARLY_STOPPED,
+                TrialStatus.RUNNING]
+    records = [
+        Trial(index=index, params=params, status=status, generator=generator, created_at=now,
+              values={"loss": float(index)} if status is not TrialStatus.RUNNING else None)
+        for (index, params, generator), status in zip(made, statuses, strict=True)
+    ]
+    replayed = Engine.load(SPEC, snapshot)
+    curves = {1: [(0, {"loss": 2.0})], 2: [(0, {"loss": 3.0})]}
+    assert replayed.catch_up(records, curves) == 3
+    assert ax_adapter.generation_node(replayed.client) == "Sobol"
+    trials = ax_adapter.experiment(replayed.client).trials
+    assert [trials[i].status.name for i in range(4)] == [s.name for s in statuses]
+    assert replayed.generate(1, time_limit_s=60, fallback_seed=1) == []
