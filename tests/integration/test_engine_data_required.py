@@ -1,8 +1,8 @@
 """The Ax engine when Ax's initial design is all generated but too few of its trials
 COMPLETED (early-stopped ones are no observations to Ax): it waits for running trials'
 data, falls back to Sobol when none is to come, and replaying such a study onto a
-snapshot does not raise. (Ax in process, no Redis: what a study step calls. Not a unit test: tests/unit
-asserts that the facade never imports Ax, in its own process.)"""
+snapshot does not raise. (Ax in process, no Redis: what a study step calls. Not among
+the unit tests: they assert, in their process, that the facade never imports Ax.)"""
 
 from __future__ import annotations
 
