@@ -39,6 +39,9 @@ def _worker(args: argparse.Namespace) -> int:
     argv = [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--queues", ",".join(queues), "--loglevel", args.loglevel, "--pool", args.pool,
+        # Mingle syncs Celery's in-memory revoked set from the other workers, a second at
+        # every start; bo_queue's cancel lives in the task's record, which a run reads.
+        "--without-mingle",
     ]
     if settings.log_json:  # no banner: every line of the log is a JSON object
         argv.insert(3, "--quiet")
