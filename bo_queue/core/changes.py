@@ -170,18 +170,19 @@ class TaskChanges:
     def resume(self, task_id: str) -> TaskState:
         """Let a PAUSED task run: it is QUEUED again (sent again if a worker held its
         message back), or PENDING if it waits on dependencies or is not due yet.
-        Returns its state; ValidationError if it is not PAUSED, UnknownTaskError if unknown."""
+        Returns the state it resumed to (a worker may have started it by the time the
+        caller looks); ValidationError if it is not PAUSED, UnknownTaskError if unknown."""
         known_id(task_id)
         with self.broker_errors():
             outcome = self.records.resume(task_id)
             if outcome is None:
                 raise UnknownTaskError(task_id)
-            prior, send = outcome
+            prior, send, resumed = outcome
             if prior is not TaskState.PAUSED:
                 raise ValidationError(f"task {task_id} is not paused ({prior})")
             if send:
                 self.settle(1, [])
-            return self.records.state(task_id) or TaskState.QUEUED
+            return resumed
 
     def pause_queue(self, queue: str) -> None:
         """Pause a configured queue (with its capability and version queues): no worker

