@@ -31,6 +31,28 @@ HANDLERS = "tests.integration.handlers"
 STUDY_QUEUES = ("default", "bo", "evaluate")
 
 
+# The files whose tests spend CPU on Ax (its model fits, in the workers and in process):
+# `make test` runs them one after another on one xdist worker, first, while the other
+# workers run the rest, which mostly waits on processes and Redis. Two of these at once
+# on a 2-core machine only slow each other down.
+AX_HEAVY = frozenset({
+    "test_study_moo.py", "test_studies.py", "test_study_recovery.py", "test_warm_start.py",
+    "test_early_stopping.py", "test_study_parallel.py", "test_study_sql.py",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`: each file is a group of its own (module-scoped clusters
+    stay one per file), except the Ax-heavy ones, which share one, scheduled first."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    for item in items:
+        heavy = item.path.name in AX_HEAVY
+        item.add_marker(pytest.mark.xdist_group("ax" if heavy else str(item.path)))
+    items.sort(key=lambda item: item.path.name not in AX_HEAVY)  # stable: order kept
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):  # the controlling process, or a run without xdist
         report.reset()  # this run's reliability figures start afresh
