@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from bo_queue import BOQueue, Workflow
 from bo_queue.testing import wait_until
 from tests.integration.api_server import ApiServer
 
@@ -18,7 +19,7 @@ CLUSTER = {"workers": 1, "concurrency": 2}  # tests/conftest.py's `cluster`
 IN_FLIGHT = 200
 # More than anyio's default thread limiter (40 tokens), which FastAPI's sync routes share.
 BLOCKERS = 48
-INSPECT_S = 10.0  # how long each blocker holds its thread (the route's maximum)
+HOLD_S = 40.0  # the longest a blocker may hold its thread
 
 
 def test_many_concurrent_requests_all_succeed(client: httpx.Client) -> None:
@@ -64,39 +65,47 @@ def test_many_concurrent_requests_all_succeed(client: httpx.Client) -> None:
 
 
 def test_hot_routes_answer_while_the_thread_pool_is_full(
-    api: ApiServer, client: httpx.Client
+    api: ApiServer, client: httpx.Client, bq: BOQueue
 ) -> None:
     headers = dict(client.headers)
     done = client.post("/tasks", json={"handler": "t.echo", "payload": {"x": 1}}).json()["id"]
     wait_until(lambda: client.get(f"/tasks/{done}/result").status_code == 200, timeout=60)
+    # a run that waits on vars.approved: POST /workflows/{id}/wait (a sync route) holds a
+    # pool thread until it ends
+    flow = (Workflow("held").step("first", "t.echo", {})
+            .wait(until="vars.approved == true", name="approval")
+            .step("last", "t.echo", {}).spec().model_dump(mode="json"))
+    run_id = client.post("/workflows", json={"definition": flow}).json()["id"]
 
-    def get(path: str, **params: Any) -> httpx.Response:
-        return httpx.get(api.url + path, params=params, headers=headers, timeout=60)
+    def call(method: str, path: str, **params: Any) -> httpx.Response:
+        return httpx.request(method, api.url + path, params=params, headers=headers,
+                             timeout=60)
 
     with ThreadPoolExecutor(BLOCKERS + 8) as pool:
-        # a sync route that holds a pool thread for INSPECT_S (Celery's inspect waits that
-        # long for replies); BLOCKERS of them take every thread
-        blockers = [pool.submit(get, "/monitor/workers", inspect="true", timeout=INSPECT_S)
+        blockers = [pool.submit(call, "POST", f"/workflows/{run_id}/wait", timeout=HOLD_S)
                     for _ in range(BLOCKERS)]
         probes: list[Future[httpx.Response]] = []
 
         def pool_is_full() -> bool:
             """A sync route (it needs a thread) still unanswered after a second."""
-            probes.append(pool.submit(get, "/failed"))
+            probes.append(pool.submit(call, "GET", "/failed"))
             return not concurrent.futures.wait(probes[-1:], timeout=1.0).done
 
-        wait_until(pool_is_full, timeout=INSPECT_S - 4)
-        probe = probes[-1]
-        with httpx.Client(base_url=api.url, headers=headers, timeout=5) as hot:
-            for i in range(5):
-                made = hot.post("/tasks", json={"handler": "t.echo", "payload": {"i": i}})
-                assert made.status_code == 201, made.text
-                assert hot.get(f"/tasks/{made.json()['id']}").status_code == 200
-                batch = hot.post("/tasks/batch", json=[{"handler": "t.echo"}])
-                assert batch.status_code == 201, batch.text
-                result = hot.get(f"/tasks/{done}/result")
-                assert result.status_code == 200 and result.json()["result"] == {"x": 1}
-        # answered while the sync routes could still get no thread
-        assert not probe.done() and not any(b.done() for b in blockers)
+        try:
+            wait_until(pool_is_full, timeout=HOLD_S / 2, what="every pool thread taken")
+            probe = probes[-1]
+            with httpx.Client(base_url=api.url, headers=headers, timeout=5) as hot:
+                for i in range(5):
+                    made = hot.post("/tasks", json={"handler": "t.echo", "payload": {"i": i}})
+                    assert made.status_code == 201, made.text
+                    assert hot.get(f"/tasks/{made.json()['id']}").status_code == 200
+                    batch = hot.post("/tasks/batch", json=[{"handler": "t.echo"}])
+                    assert batch.status_code == 201, batch.text
+                    result = hot.get(f"/tasks/{done}/result")
+                    assert result.status_code == 200 and result.json()["result"] == {"x": 1}
+            # answered while the sync routes could still get no thread
+            assert not probe.done() and not any(b.done() for b in blockers)
+        finally:  # end the run (in process: PATCH .../vars would wait for a thread too)
+            bq.workflows.set_vars(run_id, approved=True)
         assert probe.result().status_code == 200  # it runs once a thread is free
-        assert all(b.result().status_code == 200 for b in blockers)
+        assert all(b.result().json()["status"] == "SUCCEEDED" for b in blockers)
