@@ -66,20 +66,36 @@ class AsyncBOQueue:
         self, redis_url: str | None = None, namespace: str | None = None, *,
         settings: Settings | None = None, **options: Any,
     ) -> None:
-        self.sync = BOQueue(redis_url, namespace, settings=settings, **options)
+        self._setup(BOQueue(redis_url, namespace, settings=settings, **options), owns_sync=True)
+
+    def _setup(self, sync: BOQueue, *, owns_sync: bool, client: aioredis.Redis | None = None,
+               results_client: aioredis.Redis | None = None) -> None:
+        self.sync, self._owns_sync = sync, owns_sync
         self.settings, self.keys = self.sync.settings, self.sync.keys
         connect = self.settings.connect_timeout_s
-        self.redis = _client(self.settings, self.settings.redis_url, decode_responses=True,
-                             socket_timeout=max(connect, 10.0))
+        self.redis = client or _client(self.settings, self.settings.redis_url,
+                                       decode_responses=True, socket_timeout=max(connect, 10.0))
         # Celery's result backend, under its own key scheme (the sync waiter's prefix)
-        self.results = AsyncResults(_client(self.settings, self.settings.results_url),
-                                    self.sync.results.prefix)
+        self.results = AsyncResults(
+            results_client or _client(self.settings, self.settings.results_url),
+            self.sync.results.prefix)
         self.studies = AsyncStudies(self)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
         """Settings from BO_QUEUE_* environment variables (see Settings)."""
         return cls(settings=Settings.load(**overrides))
+
+    @classmethod
+    def over(cls, sync: BOQueue, *, client: aioredis.Redis | None = None,
+             results_client: aioredis.Redis | None = None) -> Self:
+        """An asyncio facade on an existing BOQueue (its settings, keys, handler directory),
+        with asyncio clients of its own (`client`, text, and `results_client`, bytes, for
+        tests). close() closes those and leaves `sync` open: its owner closes it. The
+        clients connect on first use, on the loop that awaits them."""
+        aq = cls.__new__(cls)
+        cls._setup(aq, sync, owns_sync=False, client=client, results_client=results_client)
+        return aq
 
     async def __aenter__(self) -> Self:
         return self
@@ -88,10 +104,12 @@ class AsyncBOQueue:
         await self.close()
 
     async def close(self) -> None:
-        """Close every connection (the shared result listener's too)."""
+        """Close every connection (the shared result listener's too; the sync facade's
+        unless it was given to `over`)."""
         await self.results.close()
         await self.redis.aclose()
-        self.sync.close()
+        if self._owns_sync:
+            self.sync.close()
 
     # -- submitting -------------------------------------------------------------------
 

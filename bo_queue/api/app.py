@@ -197,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await namespaces.aclose()  # on the loop whose connections they are
         namespaces.close()
 
     app = FastAPI(

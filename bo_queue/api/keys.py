@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from bo_queue.errors import ValidationError
 
@@ -47,8 +48,7 @@ class ApiKeys:
         """A key's id (as `list()` shows it), namespace, name and creation time; None if
         it is not a key."""
         hashed = digest(key)
-        raw = self.redis.hget(KEYS_HASH, hashed)
-        return None if raw is None else {"id": hashed[:12], **json.loads(raw)}
+        return _entry(hashed, self.redis.hget(KEYS_HASH, hashed))
 
     def list(self) -> list[dict[str, Any]]:
         """Every key's digest prefix, namespace, name and creation time (never the key)."""
@@ -68,3 +68,20 @@ class ApiKeys:
         if len(matches) > 1:
             raise ValidationError(f"{key_or_id!r} matches {len(matches)} keys; give more of it")
         return bool(matches) and bool(self.redis.hdel(KEYS_HASH, matches[0]))
+
+
+class AsyncApiKeys:
+    """The lookup the API does per request, on a `redis.asyncio` client: one HGET awaited
+    on the serving loop, no worker thread."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    async def entry(self, key: str) -> dict[str, Any] | None:
+        """As ApiKeys.entry."""
+        hashed = digest(key)
+        return _entry(hashed, await self.redis.hget(KEYS_HASH, hashed))
+
+
+def _entry(hashed: str, raw: str | bytes | None) -> dict[str, Any] | None:
+    return None if raw is None else {"id": hashed[:12], **json.loads(raw)}

@@ -1,5 +1,6 @@
 """What the routers share: the caller's BOQueue as a dependency (documented in OpenAPI as
-an API-key scheme) and the error responses each operation declares."""
+an API-key scheme), its AsyncBOQueue for the routes served on the loop, and the error
+responses each operation declares."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Annotated, Any
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from bo_queue.api.deps import current_bq, key_name
+from bo_queue.aio import AsyncBOQueue
+from bo_queue.api.deps import current_aq, current_bq, key_name
 from bo_queue.api.models import ErrorBody
 from bo_queue.client import BOQueue
 
@@ -49,13 +51,24 @@ def caller(request: Request, _key: Annotated[str | None, Security(_key_header)])
 Caller = Annotated[BOQueue, Depends(caller)]
 
 
-def creator(request: Request, _bq: Caller) -> str | None:
+# The same, for `async def` routes: every dependency here is a coroutine function, so
+# FastAPI runs none of them in its thread pool and the request never leaves the loop.
+async def async_caller(request: Request, _key: Annotated[str | None, Security(_key_header)]
+                       ) -> AsyncBOQueue:
+    """The AsyncBOQueue of the namespace the request's API key maps to (401 without one)."""
+    return await current_aq(request)
+
+
+AsyncCaller = Annotated[AsyncBOQueue, Depends(async_caller)]
+
+
+async def async_creator(request: Request, _aq: AsyncCaller) -> str | None:
     """The name of the caller's API key, recorded as a task's `created_by`. It depends on
-    `caller` (run once per request), whose key lookup found the name."""
+    `async_caller` (run once per request), whose key lookup found the name."""
     return key_name(request)
 
 
-Creator = Annotated[str | None, Depends(creator)]
+AsyncCreator = Annotated[str | None, Depends(async_creator)]
 
 # Every router that needs a key: 400/401/422/503 can come from any of its operations.
 COMMON = responses(400, 401, 422, 503)

@@ -1,4 +1,9 @@
-"""Tasks: submit, look up, wait for results, cancel, delete, list, and the failed registry."""
+"""Tasks: submit, look up, wait for results, cancel, delete, list, and the failed registry.
+
+The hot routes (submit, submit a batch, a record, a result) are `async def` on the
+caller's AsyncBOQueue, so a request never leaves the loop; the rest are plain `def` on
+its BOQueue, run in FastAPI's thread pool.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 from fastapi.responses import JSONResponse
 
 from bo_queue.api.models import CancelledTasks, DependencyBody, TaskResult
-from bo_queue.api.routing import COMMON, Caller, Creator, responses
+from bo_queue.api.routing import COMMON, AsyncCaller, AsyncCreator, Caller, responses
 from bo_queue.client import TaskRequest
 from bo_queue.core.records import TaskInfo
 from bo_queue.core.requests import MAX_METADATA_BYTES, TaskUpdate
@@ -27,30 +32,30 @@ Terminate = Annotated[bool, Query(description="kill a RUNNING task (SIGTERM) ins
 
 @router.post("/tasks", status_code=201, response_model=TaskInfo,
              responses=responses(409), summary="Submit a task")
-def submit(bq: Caller, request: TaskRequest, created_by: Creator) -> TaskInfo:
+async def submit(aq: AsyncCaller, request: TaskRequest, created_by: AsyncCreator) -> TaskInfo:
     """Queue one task. An unknown handler or queue, a bad priority, a payload over the
     limit, an eta in the past, ... are 422 and nothing is queued; an unknown dependency
     is 409 (DependencyError). The record keeps `name`, `description` and `metadata`, and
     the API key's name as `created_by`."""
     try:
-        handle = bq.submit_many([request], created_by=created_by)[0]
+        handle = (await aq.submit_many([request], created_by=created_by))[0]
     except ValidationError as exc:  # submit_many names the request's index; there is one
         exc.args = (str(exc).removeprefix("request 0: "),)
         raise
-    return bq.info(handle.id)
+    return await aq.info(handle.id)
 
 
 @router.post("/tasks/batch", status_code=201, response_model=list[TaskInfo],
              responses=responses(409), summary="Submit many tasks (all or none)")
-def submit_batch(
-    bq: Caller, requests: Annotated[list[TaskRequest], Body(max_length=10_000)],
-    created_by: Creator,
+async def submit_batch(
+    aq: AsyncCaller, requests: Annotated[list[TaskRequest], Body(max_length=10_000)],
+    created_by: AsyncCreator,
 ) -> list[TaskInfo]:
     """Queue many tasks in one call: all are validated first, and one bad request rejects
     the batch (422, naming its index). Requests may name their `id` and depend on each
     other: a whole DAG in one call."""
-    handles = bq.submit_many(requests, created_by=created_by)
-    return [bq.info(h.id) for h in handles]
+    handles = await aq.submit_many(requests, created_by=created_by)
+    return [await aq.info(h.id) for h in handles]
 
 
 @router.get("/tasks", response_model=list[TaskInfo], summary="List tasks")
@@ -103,8 +108,8 @@ def cancel_tag(
 
 @router.get("/tasks/{task_id}", response_model=TaskInfo, responses=responses(404),
             summary="A task's record")
-def get_task(bq: Caller, task_id: TaskId) -> TaskInfo:
-    return bq.info(task_id)
+async def get_task(aq: AsyncCaller, task_id: TaskId) -> TaskInfo:
+    return await aq.info(task_id)
 
 
 @router.get(
@@ -113,17 +118,18 @@ def get_task(bq: Caller, task_id: TaskId) -> TaskInfo:
                **responses(404, 409, 410)},
     summary="A task's result",
 )
-def task_result(bq: Caller, task_id: TaskId, response: Response) -> TaskResult | JSONResponse:
+async def task_result(aq: AsyncCaller, task_id: TaskId, response: Response
+                      ) -> TaskResult | JSONResponse:
     """200 with `result` once the task SUCCEEDED; 202 with its state while it has not
     ended (poll again). A task that FAILED is 409 (`TaskFailedError`, with the handler's
     exception type and message; never its traceback); one CANCELLED or EXPIRED is 410
     (`TaskCancelledError`, `TaskExpiredError`): it has no result and never will."""
-    info = bq.info(task_id)
+    info = await aq.info(task_id)
     if not info.state.terminal:
         response.status_code = 202
         return TaskResult(id=task_id, state=info.state)
     try:  # TaskFailedError, TaskCancelledError, TaskExpiredError: the app's handlers
-        value = bq.handle(task_id).get(timeout=0)
+        value = await aq.handle(task_id).get(timeout=0)
     except ResultTimeoutError:  # ended, but its stored result is past retention
         return JSONResponse({"error": "ResultExpiredError",
                              "detail": f"task {task_id} has no stored result any more"},

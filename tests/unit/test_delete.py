@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 
+import fakeredis
 import pytest
 
 from bo_queue import (
@@ -17,11 +18,12 @@ from bo_queue import (
     ValidationError,
 )
 from bo_queue.agents import AgentManager
+from bo_queue.aio import AsyncBOQueue
 from bo_queue.api.app import create_app
-from bo_queue.api.routing import caller
+from bo_queue.api.routing import async_caller, caller
 from bo_queue.config import Settings
 
-from .fakes import UNREACHABLE_URL
+from .fakes import UNREACHABLE_URL, fake_aq
 
 with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2 over httpx; either works
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
@@ -151,15 +153,23 @@ def test_only_the_holder_may_cancel(bq: BOQueue, agents: AgentManager) -> None:
 
 
 @pytest.fixture
-def http(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    # Celery keeps one result backend per thread; the routes run in a thread pool, where
-    # a new one would connect to the URL. They get this thread's (on fakeredis).
+def http(bq: BOQueue, server: fakeredis.FakeServer,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    # Celery keeps one result backend per thread; the sync routes run in a thread pool,
+    # where a new one would connect to the URL. They get this thread's (on fakeredis).
     backend = bq.app.backend
     monkeypatch.setattr(type(bq.app), "backend", property(lambda _app: backend))
     app = create_app(Settings.load(redis_url=UNREACHABLE_URL, namespace="unit"))
+    aq = fake_aq(bq, server)  # for the async routes (a record, a result): the same server
+
+    async def async_bq() -> AsyncBOQueue:
+        return aq
+
     app.dependency_overrides[caller] = lambda: bq
+    app.dependency_overrides[async_caller] = async_bq
     with TestClient(app) as client:
         yield client
+        client.portal.call(aq.close)
 
 
 def test_delete_over_http(bq: BOQueue, agents: AgentManager, http: TestClient) -> None:

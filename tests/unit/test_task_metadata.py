@@ -9,17 +9,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import fakeredis
 import pytest
 from fastapi import FastAPI
 
 import bo_queue
 from bo_queue import BOQueue, Priority, TaskRequest, TaskState, ValidationError
-from bo_queue.api.keys import ApiKeys, digest
+from bo_queue.aio import AsyncBOQueue
+from bo_queue.api.keys import ApiKeys, AsyncApiKeys, digest
 from bo_queue.api.tasks import router as tasks_router
 
 with warnings.catch_warnings():  # Starlette >= 1.x asks for httpx2 over httpx; either works
     warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     from fastapi.testclient import TestClient
+
+from .fakes import fake_aq
 
 
 @bo_queue.handler("unit.meta.echo")
@@ -185,17 +189,23 @@ def test_a_retry_keeps_them(
 
 
 class _Namespaces:
-    """What current_bq reads from the app: the key store and a BOQueue per namespace."""
+    """What current_aq reads from the app (the submit routes are async): the key store and
+    an AsyncBOQueue per namespace, on one fake server."""
 
-    def __init__(self, bq: BOQueue, keys: ApiKeys) -> None:
-        self.bq, self.keys = bq, keys
+    def __init__(self, aq: AsyncBOQueue) -> None:
+        self.aq = aq
 
-    def get(self, namespace: str) -> BOQueue:
+    def async_keys(self) -> AsyncApiKeys:
+        return AsyncApiKeys(self.aq.redis)
+
+    def aget(self, namespace: str) -> AsyncBOQueue:
         assert namespace == "unit"
-        return self.bq
+        return self.aq
 
 
-def test_the_api_records_its_keys_name_as_created_by(bq: BOQueue, sent: list[str]) -> None:
+def test_the_api_records_its_keys_name_as_created_by(
+    bq: BOQueue, server: fakeredis.FakeServer, sent: list[str]
+) -> None:
     keys = ApiKeys(bq.redis)
     named, unnamed = keys.create("unit", name="lab-7"), keys.create("unit")
     entry = keys.entry(unnamed)
@@ -203,8 +213,10 @@ def test_the_api_records_its_keys_name_as_created_by(bq: BOQueue, sent: list[str
     assert keys.entry("boq_nope") is None and keys.namespace_of(named) == "unit"
     app = FastAPI()
     app.include_router(tasks_router)
-    app.state.namespaces = _Namespaces(bq, keys)
+    aq = fake_aq(bq, server)
+    app.state.namespaces = _Namespaces(aq)
     with TestClient(app) as client:
+        assert client.portal.call(AsyncApiKeys(aq.redis).entry, unnamed) == entry
         made = client.post("/tasks", headers={"X-API-Key": named}, json={
             "handler": "unit.meta.echo", "name": "n", "metadata": {"k": [1]}})
         assert made.status_code == 201, made.text
@@ -213,4 +225,7 @@ def test_the_api_records_its_keys_name_as_created_by(bq: BOQueue, sent: list[str
                             json=[{"handler": "unit.meta.echo"}])
         assert batch.json()[0]["created_by"] == entry["id"]
         assert client.post("/tasks", json={"handler": "unit.meta.echo"}).status_code == 401
+        assert client.post("/tasks", headers={"X-API-Key": "boq_nope"},
+                           json={"handler": "unit.meta.echo"}).status_code == 401
+        client.portal.call(aq.close)
     assert bq.info(made.json()["id"]).created_by == "lab-7"
