@@ -18,9 +18,13 @@ from bo_queue.api.models import CancelledTasks, DependencyBody, TaskResult
 from bo_queue.api.routing import COMMON, AsyncCaller, AsyncCreator, Caller, responses
 from bo_queue.client import TaskRequest
 from bo_queue.core.records import TaskInfo
-from bo_queue.core.requests import MAX_METADATA_BYTES, TaskUpdate
+from bo_queue.core.requests import TaskUpdate
 from bo_queue.errors import ResultTimeoutError, ValidationError
 from bo_queue.states import TaskState
+
+# A filter in the URL, not the metadata itself: percent-encoded, 1,024 characters stay
+# within what servers and proxies take in a request line (uvicorn: 16 KiB, nginx: 8 KiB).
+MAX_METADATA_FILTER = 1024
 
 router = APIRouter(tags=["tasks"], responses={**COMMON, **responses(413)})
 
@@ -70,7 +74,7 @@ def list_tasks(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     name: Annotated[str | None, Query(max_length=200)] = None,
     metadata: Annotated[str | None, Query(
-        max_length=MAX_METADATA_BYTES,
+        max_length=MAX_METADATA_FILTER,
         description='a JSON object; a task matches if every key has that value, '
                     'e.g. {"experiment": "e7"}')] = None,
 ) -> list[TaskInfo]:
