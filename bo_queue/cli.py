@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    """Become `celery -A workers.app worker` with bo_queue's settings (exec, same pid)."""
+    """Become `celery -A workers.app worker` with bo_queue's settings (same pid)."""
     env = dict(os.environ)
     imports = [m for m in env.get(f"{ENV_PREFIX}IMPORTS", "").split(",") if m.strip()]
     imports += [m for group in args.imports for m in group.split(",") if m.strip()]
@@ -49,8 +49,7 @@ def _worker(args: argparse.Namespace) -> int:
         argv += ["--concurrency", str(args.concurrency)]
     if args.hostname:
         argv += ["--hostname", args.hostname]
-    sys.stdout.flush()
-    os.execvpe(argv[0], argv, env)
+    return _celery(argv)
     return 0  # not reached
 
 
@@ -113,7 +112,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _beat(args: argparse.Namespace) -> int:
-    """Become `celery -A scheduler.app beat` with the redbeat scheduler (exec, same pid)."""
+    """Become `celery -A scheduler.app beat` with the redbeat scheduler (same pid)."""
     settings = Settings.load()  # fail here, clearly, rather than inside celery
     argv = [
         sys.executable, "-m", "celery", "-A", "scheduler.app", "beat",
@@ -121,8 +120,20 @@ def _beat(args: argparse.Namespace) -> int:
     ]
     if settings.log_json:  # no banner: every line of the log is a JSON object
         argv.insert(3, "--quiet")
-    sys.stdout.flush()
-    os.execvpe(argv[0], argv, dict(os.environ))
+    return _celery(argv)
+
+
+def _celery(argv: list[str]) -> int:
+    """Run `python -m celery ...` (argv) in this process, as its command line would: an
+    exec would start a second interpreter that imports bo_queue again (a second of CPU
+    at every worker start). Celery exits the process when it stops."""
+    from celery.__main__ import main as celery_main
+
+    sys.argv = ["celery", *argv[3:]]  # what follows `python -m celery`
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `python -m` imports the handlers' modules from there
+    celery_main()
+    return 0
     return 0  # not reached
 
 
