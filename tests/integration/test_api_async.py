@@ -28,7 +28,10 @@ def test_many_concurrent_requests_all_succeed(client: httpx.Client) -> None:
     async def burst() -> list[tuple[str, httpx.Response]]:
         async with httpx.AsyncClient(base_url=str(client.base_url), headers=headers,
                                      timeout=60,
-                                     limits=httpx.Limits(max_connections=IN_FLIGHT)) as http:
+                                     # a connection each: a kept-alive one the server
+                                     # closed after its 5 s idle time would fail a POST
+                                     limits=httpx.Limits(max_connections=IN_FLIGHT,
+                                                         max_keepalive_connections=0)) as http:
             async def one(i: int) -> tuple[str, httpx.Response]:
                 made = await http.post("/tasks", json={"handler": "t.echo",
                                                        "payload": {"i": i}})
@@ -87,9 +90,13 @@ def test_hot_routes_answer_while_the_thread_pool_is_full(
         probes: list[Future[httpx.Response]] = []
 
         def pool_is_full() -> bool:
-            """A sync route (it needs a thread) still unanswered after a second."""
+            """No sync route (each needs a thread, for its key lookup, then for itself)
+            answered for two seconds: every thread is held by a blocker, not still
+            changing hands between the blockers' dependencies and their waits."""
+            answered = sum(p.done() for p in probes)
             probes.append(pool.submit(call, "GET", "/failed"))
-            return not concurrent.futures.wait(probes[-1:], timeout=1.0).done
+            concurrent.futures.wait(probes[-1:], timeout=2.0)
+            return sum(p.done() for p in probes) == answered
 
         try:
             wait_until(pool_is_full, timeout=HOLD_S / 2, what="every pool thread taken")
