@@ -31,25 +31,26 @@ HANDLERS = "tests.integration.handlers"
 STUDY_QUEUES = ("default", "bo", "evaluate")
 
 
-# The files whose tests spend CPU on Ax (its model fits, in the workers and in process):
-# `make test` runs them one after another on one xdist worker, first, while the other
-# workers run the rest, which mostly waits on processes and Redis. Two of these at once
-# on a 2-core machine only slow each other down.
-AX_HEAVY = frozenset({
-    "test_study_moo.py", "test_studies.py", "test_study_recovery.py", "test_warm_start.py",
-    "test_early_stopping.py", "test_study_parallel.py", "test_study_sql.py",
-})
+# The files whose tests spend CPU on Ax (its model fits, in the workers and in process),
+# in two groups of about 8 minutes each: `make test` runs each group's files one after
+# another on one xdist worker, first, while the third runs the rest, which mostly waits
+# on processes and Redis. More of these at once on a 2-core machine only slow each other.
+AX_HEAVY = {
+    "test_study_moo.py": "ax-1", "test_study_parallel.py": "ax-1", "test_study_sql.py": "ax-1",
+    "test_studies.py": "ax-2", "test_study_recovery.py": "ax-2", "test_warm_start.py": "ax-2",
+    "test_early_stopping.py": "ax-2",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup`: each file is a group of its own (module-scoped clusters
-    stay one per file), except the Ax-heavy ones, which share one, scheduled first."""
+    stay one per file), except the Ax-heavy ones, which share theirs, scheduled first."""
     if getattr(config.option, "dist", "no") != "loadgroup":
         return
     for item in items:
-        heavy = item.path.name in AX_HEAVY
-        item.add_marker(pytest.mark.xdist_group("ax" if heavy else str(item.path)))
+        group = AX_HEAVY.get(item.path.name, str(item.path))
+        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.path.name not in AX_HEAVY)  # stable: order kept
 
 
