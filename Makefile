@@ -75,9 +75,12 @@ benchmark-bo-parallel:
 # Several objectives (ZDT1 hypervolume) and outcome constraints (constrained Hartmann6).
 benchmark-bo-outcomes:
 	$(MAKE) EXTRAS=dev,bo,bench $(BIN)/.installed-dev,bo,bench
-	$(BIN)/python benchmarks/bo_quality.py --seeds 0-2 --problems zdt1,chartmann6 \
-		--json-out benchmarks/results/bo_quality_outcomes.json \
-		--markdown-out benchmarks/results/bo_quality_outcomes.md
+	$(BIN)/python benchmarks/bo_quality.py --seeds 0-2 --problems zdt1 \
+		--json-out benchmarks/results/bo_quality_moo.json \
+		--markdown-out benchmarks/results/bo_quality_moo.md
+	$(BIN)/python benchmarks/bo_quality.py --seeds 0-9 --problems chartmann6 \
+		--json-out benchmarks/results/bo_quality_constrained.json \
+		--markdown-out benchmarks/results/bo_quality_constrained.md
 
 # Early stopping on SGDClassifier/digits: bo_queue with and without it, Optuna's MedianPruner.
 benchmark-early-stopping:

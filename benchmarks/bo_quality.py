@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/bo_quality.py --quick          # Branin, seeds 0..2 (~30 s)
     .venv/bin/python benchmarks/bo_quality.py --seeds 0-4 --problems branin,hartmann6 \
         --markdown-out /tmp/bo_quality.md
-    .venv/bin/python benchmarks/bo_quality.py --seeds 0-2 --problems zdt1,chartmann6 \
-        --json-out benchmarks/results/bo_quality_outcomes.json \
-        --markdown-out benchmarks/results/bo_quality_outcomes.md
+    .venv/bin/python benchmarks/bo_quality.py --seeds 0-9 --problems chartmann6 \
+        --json-out benchmarks/results/bo_quality_constrained.json \
+        --markdown-out benchmarks/results/bo_quality_constrained.md
 
 Problems (minimised; the objectives and their spaces come from workers.objectives):
 

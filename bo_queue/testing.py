@@ -15,10 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any, ClassVar, Protocol
 
 import redis
 
@@ -141,9 +141,31 @@ def _client_for(redis_url: str, env: Mapping[str, str]) -> redis.Redis:
     return redis_client(settings, decode_responses=True)
 
 
+class ProcessHandle(Protocol):
+    """What `_Process` needs of a started process: the part of `subprocess.Popen` it uses."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+def popen(args: list[str], env: Mapping[str, str], log: IO[bytes]) -> ProcessHandle:
+    """Start `args` in a session of its own, its output into `log`."""
+    return subprocess.Popen(args, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
 class _Process:
     """A bo-queue command in a subprocess, in its own process group (so it is killed
     whole, pool processes included), with its output in a log file."""
+
+    # How commands start. bo_queue's own test suite sets a fork server here
+    # (tests/forkserver.py) that saves each worker the imports.
+    launch: ClassVar[Callable[[list[str], Mapping[str, str], IO[bytes]], ProcessHandle]] = \
+        staticmethod(popen)
 
     def __init__(self, redis_url: str, namespace: str, env: Mapping[str, str] | None,
                  log_path: str | None, label: str) -> None:
@@ -157,13 +179,11 @@ class _Process:
             fd, log_path = tempfile.mkstemp(prefix=f"bo-queue-{label}-", suffix=".log")
             os.close(fd)
         self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ProcessHandle | None = None
 
     def _spawn(self, args: list[str]) -> None:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            self.process = type(self).launch(args, self.env, log)
 
     def log(self) -> str:
         path = Path(self.log_path)

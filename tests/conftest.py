@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from bo_queue import BOQueue
-from bo_queue.testing import RedisServer, WorkerProcess
+from bo_queue.testing import RedisServer, WorkerProcess, _Process, popen
+from tests import forkserver
 from tests.reliability import report
 
 if TYPE_CHECKING:
@@ -90,6 +91,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for path in [p for p in logs if os.path.getmtime(p) >= since][-6:]:
         text = path.read_text(errors="replace")
         rep.sections.append((f"log {path.name} (last 6000 characters)", text[-6000:]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server() -> Iterator[None]:
+    """Worker and beat processes forked from one interpreter that has their imports done
+    (tests/forkserver.py); `TEST_FORK_SERVER=0` exec's each instead."""
+    if not forkserver.enabled():
+        yield
+        return
+    server = forkserver.ForkServer()
+    _Process.launch = server.launch  # type: ignore[assignment]
+    yield
+    _Process.launch = staticmethod(popen)  # type: ignore[assignment]
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import httpx
 import redis
 
 from bo_queue.api.keys import ApiKeys
-from bo_queue.testing import free_port
+from bo_queue.testing import ProcessHandle, _Process, free_port
 from tests.conftest import ROOT
 
 
@@ -31,12 +31,10 @@ class ApiServer:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("BO_QUEUE_")}
         environ.update({"PYTHONPATH": str(ROOT), "BO_QUEUE_REDIS_URL": redis_url,
                         "BO_QUEUE_NAMESPACE": namespace, **env})
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
+        with open(self.log_path, "ab") as log:  # forked as the workers are (conftest)
+            self.process: ProcessHandle = _Process.launch(
                 [sys.executable, "-m", "bo_queue.cli", "api", "--port", str(self.port),
-                 "--address", "127.0.0.1", "--log-level", "warning"],
-                env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+                 "--address", "127.0.0.1", "--log-level", "warning"], environ, log)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
