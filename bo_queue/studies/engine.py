@@ -13,6 +13,7 @@ import math
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -90,8 +91,8 @@ class Engine:
                     batch = self.client.get_next_trials(max_trials=want)
                     if not batch:  # Ax paused its node (too many awaiting data)
                         return made
-                    node = self._node_name()  # Ax moves to the generating node first
-                    made.extend((index, dict(params), node) for index, params in batch.items())
+                    made.extend((index, dict(params), self._drawn_by(index))
+                                for index, params in batch.items())
         except GenerationTimeout:
             log.warning(
                 "generation passed %.1f s; Sobol for %d trial(s)", time_limit_s, count - len(made)
@@ -156,6 +157,7 @@ class Engine:
         experiment = ax_adapter.experiment(self.client)
         applied = 0
         replayed = False
+        draws: Counter[str] = Counter()  # of the replayed trials, by the node that drew them
         for trial in sorted(trials, key=lambda t: t.index):
             known = experiment.trials.get(trial.index)
             if known is None:
@@ -163,6 +165,7 @@ class Engine:
                 if index != trial.index:  # records and snapshot of different studies
                     raise RuntimeError(f"replayed trial {trial.index} came back as {index}")
                 known, replayed = experiment.trials[index], True
+                draws[trial.generator or ""] += 1
                 applied += trial.status is TrialStatus.RUNNING
             if known.status.is_terminal:
                 continue
@@ -177,11 +180,13 @@ class Engine:
                 continue
             applied += 1
         if replayed:
+            ax_adapter.skip_draws(self.client, draws)  # Sobol: past the points replayed
             ax_adapter.advance(self.client)  # past the nodes the replayed trials complete
         return applied
 
-    def _node_name(self) -> str:
-        return ax_adapter.generation_node(self.client) or "ax"
+    def _drawn_by(self, index: int) -> str:
+        """The generation node that drew trial `index` (one batch may span two)."""
+        return ax_adapter.drawn_by(self.client, index) or "ax"
 
 
 def _parameter(p: Range | Choice) -> RangeParameterConfig | ChoiceParameterConfig:

@@ -1,7 +1,8 @@
 """The Ax engine when Ax's initial design is all generated but too few of its trials
 COMPLETED (early-stopped ones are no observations to Ax): it waits for running trials'
 data, falls back to Sobol when none is to come, and replaying such a study onto a
-snapshot does not raise. (Ax in process, no Redis: what a study step calls. Not among
+snapshot does not raise; and a replay onto an older snapshot moves Sobol past the points
+it replays. (Ax in process, no Redis: what a study step calls. Not among
 the unit tests: they assert, in their process, that the facade never imports Ax.)"""
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ SPEC = StudySpec(
 
 
 def initial_design_mostly_stopped() -> tuple[Engine, list[tuple[int, dict[str, float], str]]]:
-    """Four Sobol trials: one COMPLETED, two EARLY_STOPPED, one still running. Ax's
-    initial design needs two observed trials before its model node."""
+    """The initial design (the center, three Sobol points; each trial names the node that
+    drew it, though one batch spans both): one COMPLETED, two EARLY_STOPPED, one still
+    running. Ax's initial design needs two observed trials before its model node."""
     engine = Engine.create(SPEC)
     made = engine.generate(4, time_limit_s=60, fallback_seed=1)
-    assert [generator for _, _, generator in made] == ["Sobol"] * 4
+    assert [generator for _, _, generator in made] == ["CenterOfSearchSpace"] + ["Sobol"] * 3
     engine.complete(0, {"loss": 0.5})
     engine.early_stop(1, [(0, {"loss": 2.0})])
     engine.early_stop(2, [(0, {"loss": 3.0})])
@@ -79,3 +81,28 @@ def test_replaying_onto_a_snapshot_stays_at_the_initial_node() -> None:
     trials = ax_adapter.experiment(replayed.client).trials
     assert [trials[i].status.name for i in range(4)] == [s.name for s in statuses]
     assert replayed.generate(1, time_limit_s=60, fallback_seed=1) == []
+
+
+@pytest.mark.parametrize("before", [0, 2], ids=["no-draw-in-the-snapshot", "two-draws"])
+def test_a_replay_onto_an_older_snapshot_moves_sobol_past_the_replayed_draws(
+    before: int,
+) -> None:
+    """Steps whose snapshot was lost (a worker killed after saving their trials) drew
+    Sobol points that come back as replayed trials; Ax dedups only against trials that
+    did not fail, so without moving Sobol on it would draw a failed trial's point again."""
+    spec = SPEC.model_copy(update={"strategy": Strategy(initial_trials=8, max_trials=8, seed=3)})
+    engine = Engine.create(spec)
+    engine.generate(before, time_limit_s=60, fallback_seed=1)
+    older = engine.snapshot()
+    lost = engine.generate(3, time_limit_s=60, fallback_seed=1)  # its snapshot is lost
+    now = datetime.now(UTC)
+    records = [Trial(index=i, params=p, generator=g, created_at=now,
+                     status=TrialStatus.FAILED, error="lease ran out") for i, p, g in lost]
+    replayed = Engine.load(spec, older)
+    replayed.catch_up(records, {})
+    again = replayed.generate(3, time_limit_s=60, fallback_seed=1)
+    assert [index for index, _, _ in again] == [before + 3, before + 4, before + 5]
+    seen = {tuple(params.values()) for _, params, _ in lost}
+    assert not seen & {tuple(params.values()) for _, params, _ in again}
+    continued = engine.generate(3, time_limit_s=60, fallback_seed=1)  # as if never lost
+    assert [p for _, p, _ in again] == [p for _, p, _ in continued]
