@@ -23,8 +23,8 @@ from bo_queue import (
     UnknownHandlerError,
     ValidationError,
 )
-from bo_queue.testing import BeatProcess, wait_until
-from tests.conftest import ROOT, Cluster, make_cluster
+from bo_queue.testing import BeatProcess, RedisServer, WorkerProcess, free_port, wait_until
+from tests.conftest import HANDLERS, ROOT, Cluster, make_cluster, new_namespace
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +285,23 @@ def test_purge_drops_index_entries_whose_records_expired(
     assert not evidence.hexists(bq.delays.specs, "orphan-spec")
     succeeded = set(evidence.zrange(bq.keys.state_index("SUCCEEDED"), 0, -1))
     assert kept.id in succeeded and expired.id not in succeeded  # the state index too
+
+
+@pytest.mark.timeout(120)
+def test_beat_started_before_redis_waits_for_it_then_runs_schedules() -> None:
+    """As a compose file may start it: beat up first, Redis a few seconds later."""
+    port = free_port()
+    url, namespace = f"redis://127.0.0.1:{port}/0", new_namespace()
+    beat = BeatProcess(url, namespace, env={"PYTHONPATH": str(ROOT)}).start()
+    try:
+        wait_until(lambda: "Redis unavailable at start" in beat.log(), 60,
+                   what="beat to find Redis down")
+        with RedisServer(port=port), WorkerProcess(url, namespace, imports=(HANDLERS,),
+                                                   env={"PYTHONPATH": str(ROOT)}):
+            bq = BOQueue(redis_url=url, namespace=namespace)
+            bq.schedules.add("late", "t.echo", {"late": True}, every=1)
+            wait_until(lambda: len(runs(bq, "late")) >= 2, 60, what="two runs")
+            assert beat.process is not None and beat.process.poll() is None
+            bq.close()
+    finally:
+        beat.stop()
