@@ -230,17 +230,19 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     limit = time_limit(req, spec, bq)
     if limit is not None and not (spec.is_async or sync_limits_enforced):
         raise ConfigurationError(unenforceable(spec.name, limit))  # fails it; no retry
+    of = "" if limit is None else f" of {limit:g} s"
     try:
         try:
             result = run_handler(spec, payload, ctx, limit)
         except SoftTimeLimitExceeded:  # Celery's signal, or the async handler's loop
-            of = "" if limit is None else f" of {limit:g} s"
             raise TaskTimeoutError(task_id, f"task {task_id} ran past its time limit{of}") from None
         if ctx.cancel_seen:
             raise TaskCancelledError(task_id, "cancelled while running")
         _check_json(spec.name, result)
         defer_result(task)
         return result
+    except SoftTimeLimitExceeded:  # the other of the two, landing in the lines above
+        raise TaskTimeoutError(task_id, f"task {task_id} ran past its time limit{of}") from None
     except TaskCancelledError as exc:
         task.backend.mark_as_revoked(task_id, exc.reason)
         move_record(
