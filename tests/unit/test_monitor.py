@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 import pytest
 
 from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue.core.kernel import Submitted
+from bo_queue.core.steps import Steps
 from bo_queue.monitor import webhooks
 from bo_queue.monitor.manager import Event, WebhookSink
 from bo_queue.testing import free_port
@@ -70,14 +72,21 @@ def test_listings_page_through_indexes_newest_first_and_find_expired(bq: BOQueue
 def test_retry_is_claimed_once(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     create(bq, "f")
     bq.records.transition("f", TaskState.FAILED, error="ValueError: no")
-    monkeypatch.setattr(bq.results, "fetch", lambda task_id: {"args": [{"x": 1}]})
+    bq.results.redis.set(bq.results.key("f"), json.dumps(
+        {"status": "FAILURE", "result": {}, "args": [{"x": 1}]}))
     submitted: list[dict[str, Any]] = []
 
-    def submit(handler: str, payload: dict[str, Any], **options: Any) -> Any:
-        submitted.append(payload)
-        return type("H", (), {"id": "new"})()
+    def checking(request: Any) -> Steps[Any]:  # the submit's steps, stood in for
+        return request
+        yield
 
-    monkeypatch.setattr(bq, "submit", submit)
+    def submitting(plans: list[Any], *args: Any) -> Steps[Submitted]:
+        submitted.append(plans[0].payload)
+        return Submitted(ids=["new"], released=0, cancelled=[], offers=[])
+        yield
+
+    monkeypatch.setattr(bq, "checking", checking)
+    monkeypatch.setattr(bq, "submitting", submitting)
     assert bq.retry("f").id == "new"
     with pytest.raises(ValidationError, match="retried already"):
         bq.retry("f")
