@@ -362,16 +362,24 @@ class Core(TaskChanges):
         kind, fill = step
         if kind is Pipe.CALL:
             return [fill(None)]
+        if kind is Pipe.RESULTS:  # on Celery's client, with its retry policy, as its writes
+            backend: Any = self.app.backend
+            replies: list[Any] = backend.ensure(self._execute_results, (fill,))
+            return replies
         with self._step_pipeline(kind) as pipe:
+            fill(pipe)
+            replies = pipe.execute()
+        return replies
+
+    def _execute_results(self, fill: Any) -> list[Any]:
+        backend: Any = self.app.backend
+        with backend.client.pipeline(transaction=True) as pipe:
             fill(pipe)
             replies: list[Any] = pipe.execute()
         return replies
 
     def _step_pipeline(self, kind: Pipe) -> Any:
-        """A step's pipeline: a write's waits for the replicas (replica_acks); a RESULTS
-        one is a MULTI on the result backend's client, as Celery's own writes are."""
-        if kind is Pipe.RESULTS:
-            return self.results.redis.pipeline(transaction=True)
+        """A step's pipeline: a write's waits for the replicas (replica_acks)."""
         if kind in (Pipe.READ, Pipe.PLAIN):
             return self.redis.pipeline(transaction=False)
         return self.acks.pipeline(self.redis, transaction=kind is Pipe.ATOMIC)

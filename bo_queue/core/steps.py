@@ -23,7 +23,9 @@ class Pipe(Enum):
     PLAIN = "plain"  # a plain pipeline for writes that wait for no replica (a cancel)
     WRITE = "write"  # no MULTI: the write is one script (a plain submit)
     ATOMIC = "atomic"  # MULTI ... EXEC: links, waits or holds add commands to it
-    RESULTS = "results"  # MULTI ... EXEC on the result backend's client (Celery's keys)
+    # MULTI ... EXEC on the result backend's server (Celery's keys), as Celery's own
+    # writes: the sync driver uses Celery's client and its retry policy (backend.ensure)
+    RESULTS = "results"
     # No pipeline: `fill(None)` is a blocking call that is no Redis command of ours
     # (Celery's broadcast, a lease loop of the sync facade); its reply is [what it
     # returned]. A sync driver calls it; an asyncio one in a worker thread, off the loop.
