@@ -327,6 +327,35 @@ def test_cancel_listings_and_retry_never_leave_the_loop(
     keys.close()
 
 
+def test_terminate_is_the_one_cancel_in_a_thread(
+    cluster: Cluster, evidence: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cancel(terminate=True) of a running task: Celery's remote control (a kombu
+    broadcast) in a worker thread, the rest of the cancel on the loop."""
+    threaded: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(call)
+        return await to_thread(call, *args, **kwargs)
+
+    async def scenario() -> None:
+        async with aq_of(cluster) as aq:
+            h = await aq.submit("t.sleep", {"seconds": 60})
+            for _ in range(400):
+                if evidence.exists(f"evidence:started:{h.id}"):
+                    break
+                await asyncio.sleep(0.05)
+            monkeypatch.setattr(asyncio, "to_thread", counted)
+            assert await aq.cancel(h.id, terminate=True) is TaskState.RUNNING
+            assert len(threaded) == 1
+            monkeypatch.setattr(asyncio, "to_thread", to_thread)
+            with pytest.raises(TaskCancelledError):
+                await h.get(timeout=15)
+
+    run(scenario())
+
+
 # -- every error of the sync facade, from the async one ----------------------------------------
 
 Sync = Callable[[BOQueue], Any]

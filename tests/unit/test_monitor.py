@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -10,13 +11,15 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+import redis
 
-from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue import BOQueue, BrokerUnavailableError, Priority, TaskState, ValidationError
 from bo_queue.core.kernel import Submitted
-from bo_queue.core.steps import Steps
+from bo_queue.core.steps import Pipe, Steps
 from bo_queue.monitor import webhooks
 from bo_queue.monitor.manager import Event, WebhookSink
 from bo_queue.testing import free_port
+from tests.unit.fakes import fake_aq
 
 
 def create(bq: BOQueue, task_id: str, *, state: TaskState = TaskState.QUEUED,
@@ -130,3 +133,43 @@ def test_webhook_retries_server_errors_only(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+def test_a_retry_whose_submit_fails_is_not_retried_after_all(
+    bq: BOQueue, server: Any, monkeypatch: pytest.MonkeyPatch, facade: str
+) -> None:
+    """An error executing a step is raised inside the steps (bo_queue.core.steps.drive,
+    and AsyncBOQueue._run alike): the retry puts the task back in the failed registry."""
+    create(bq, "f")
+    bq.records.transition("f", TaskState.FAILED, error="ValueError: no")
+    bq.results.redis.set(bq.results.key("f"), json.dumps(
+        {"status": "FAILURE", "result": {}, "args": [{"x": 1}]}))
+
+    def checking(request: Any) -> Steps[Any]:
+        return request
+        yield
+
+    def lost(pipe: Any) -> None:
+        raise redis.ConnectionError("lost")
+
+    def submitting(plans: list[Any], *args: Any) -> Steps[Submitted]:
+        yield Pipe.ATOMIC, lost
+        raise AssertionError("the write failed")
+
+    monkeypatch.setattr(bq, "checking", checking)
+    monkeypatch.setattr(bq, "submitting", submitting)
+    with pytest.raises(BrokerUnavailableError, match="lost"):
+        if facade == "sync":
+            bq.retry("f")
+        else:
+            async def retry() -> None:
+                aq = fake_aq(bq, server)
+                try:
+                    await aq.retry("f")
+                finally:
+                    await aq.close()
+
+            asyncio.run(retry())
+    assert bq.redis.zscore(bq.keys.failed, "f") is not None
+    assert bq.info("f").retried_as is None
