@@ -1,11 +1,19 @@
 """AsyncBOQueue: the producer facade for asyncio services (FastAPI, aiohttp, ...).
 
-A submit is the sync facade's own (Core.check, then Core.submitting: the same
-validation, errors, records and commands), its pipelines executed on a `redis.asyncio`
-client; results are awaited on one shared pub/sub connection, so hundreds of `get()`s
-wait on the loop, with no thread each. The rest of what a producer does runs on the sync
-facade (`sync`): reads and writes that are not on the hot path run there in a worker
-thread (asyncio.to_thread), as marked below, so they never block the loop either.
+Each call is the sync facade's own, written once as sans-IO steps (bo_queue.core.steps:
+the pipelines it needs, and what it makes of their replies), and driven here on a
+`redis.asyncio` client: a submit (Core.check, then Core.submitting), a cancel
+(Core.cancelling, cancelling_tag), the listings (Monitor.listing, failing), a retry
+(Monitor.retrying) and the reads: the same validation, errors, records and commands.
+Results are awaited on one shared pub/sub connection, so hundreds of `get()`s wait on
+the loop, with no thread each.
+
+What is no Redis command of ours is a CALL step, made in a worker thread
+(asyncio.to_thread) so that it never blocks the loop: Celery's remote control (a kombu
+broadcast) for cancel(terminate=True) of a running task, the check of a submit whose
+placement reads the workers' heartbeats, and the sync facade's lease loop that sends
+dependents a cancel or a submit released, and pull offers. The studies (AsyncStudies)
+run on the sync facade in a worker thread: Ax's steps are CPU work.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis.asyncio as aioredis
@@ -27,7 +35,7 @@ from bo_queue.client import BOQueue
 from bo_queue.config import Settings
 from bo_queue.core.connections import async_redis_client
 from bo_queue.core.handle import RECORD_RECHECK_S, Progress
-from bo_queue.core.kernel import Pipe, Steps, Submitted, batch_of, request_of, with_result
+from bo_queue.core.kernel import Pipe, Step, Steps, batch_of, request_of, with_result
 from bo_queue.core.records import RecordStore, TaskInfo, derived_state
 from bo_queue.core.requests import Plan, TaskRequest
 from bo_queue.core.results import RECHECK_S, outcome, ready_meta
@@ -35,7 +43,6 @@ from bo_queue.errors import (
     ResultTimeoutError,
     TaskCancelledError,
     TaskExpiredError,
-    UnknownHandlerError,
     UnknownTaskError,
 )
 from bo_queue.states import TaskState
@@ -145,55 +152,51 @@ class AsyncBOQueue:
                 return [self.sync.check(requests[0])]  # type: ignore[arg-type]
             return self.sync.check_all(requests)
 
-        if any(self._places(r) for r in requests):
+        if any(self.sync.places(r) for r in requests):
             return await asyncio.to_thread(check)
         return check()
 
     def _known(self, handler: str) -> bool:
         return registry.get(handler) is not None or handler in self.sync.handler_directory()
 
-    def _places(self, request: TaskRequest | Mapping[str, Any]) -> bool:
-        """Whether checking `request` reads the workers' heartbeats (or records a placed
-        queue): a version, resources, or a handler that requires capabilities."""
-        def field(name: str) -> Any:
-            return request.get(name) if isinstance(request, Mapping) else getattr(request, name)
-
-        if field("version") or field("resources"):
-            return True
-        try:
-            entry = self.sync.handler_entry(str(field("handler")))
-        except UnknownHandlerError:  # check_all says so, with the request's index
-            return False
-        return bool(entry.get("requires") or entry.get("resources"))
-
     async def _submit(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
     ) -> list[AsyncTaskHandle]:
         done = await self._run(self.sync.submitting(plans, durable, created_by))
         if done.released or done.cancelled or done.offers:
-            # dependents and pull offers: the sync facade's scripts, off the loop
-            await asyncio.to_thread(self._finish, done)
+            await self._run(self.sync.finishing(done))  # dependents and pull offers
         return [AsyncTaskHandle(self, task_id) for task_id in done.ids]
 
-    def _finish(self, done: Submitted) -> None:
-        with self.sync.broker_errors():
-            self.sync.finish(done)
-
     async def _run(self, steps: Steps[T]) -> T:
-        """Core.run_steps on the asyncio client: each pipeline the steps ask for."""
-        replies: list[Any] | None = None
+        """Core.run_steps (bo_queue.core.steps.drive) on the asyncio clients: each
+        pipeline the steps ask for, an error raised inside them where they asked."""
         with self.sync.broker_errors():
             try:
+                step = next(steps)
                 while True:
-                    kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                    pipe = (self.redis.pipeline(transaction=False) if kind is Pipe.READ
-                            else self.sync.acks.async_pipeline(
-                                self.redis, transaction=kind is Pipe.ATOMIC))
-                    async with pipe:  # a write step waits for the replicas (replica_acks)
-                        fill(pipe)
-                        replies = await pipe.execute()
+                    try:
+                        replies = await self._execute(step)
+                    except BaseException as exc:  # a cancel of the awaiting task too
+                        step = steps.throw(exc)
+                    else:
+                        step = steps.send(replies)
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
+
+    async def _execute(self, step: Step) -> list[Any]:
+        kind, fill = step
+        if kind is Pipe.CALL:  # no Redis command of ours (see the module's docstring)
+            return [await asyncio.to_thread(fill, None)]
+        if kind is Pipe.RESULTS:  # Celery's result backend, as its own writes: MULTI
+            pipe = self.results.redis.pipeline(transaction=True)
+        elif kind in (Pipe.READ, Pipe.PLAIN):
+            pipe = self.redis.pipeline(transaction=False)
+        else:  # a write step waits for the replicas (replica_acks)
+            pipe = self.sync.acks.async_pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
+        async with pipe:
+            fill(pipe)
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     # -- looking ------------------------------------------------------------------------
 
@@ -223,30 +226,31 @@ class AsyncBOQueue:
             return None
         return derived_state(TaskState(str(state)), None if expires is None else str(expires))
 
-    # -- on the sync facade, in a worker thread -----------------------------------------
+    # -- cancelling, listings, retry: the sync facade's steps -------------------------
 
     async def cancel(self, task_id: str, *, terminate: bool = False,
                      reason: str = "cancelled") -> TaskState:
-        """BOQueue.cancel (in a worker thread)."""
-        return await _off_loop(self.sync.cancel, task_id, terminate=terminate, reason=reason)
+        """BOQueue.cancel, awaited (Core.cancelling). Only terminate=True's kill of a
+        running task, a broadcast of Celery's remote control, goes to a worker thread."""
+        return await self._run(self.sync.cancelling(task_id, terminate=terminate,
+                                                    reason=reason))
 
     async def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
-        """BOQueue.cancel_tag (in a worker thread)."""
-        return await _off_loop(self.sync.cancel_tag, tag, terminate=terminate)
+        """BOQueue.cancel_tag, awaited (Core.cancelling_tag)."""
+        return await self._run(self.sync.cancelling_tag(tag, terminate=terminate))
 
     async def tasks(self, state: TaskState | str | None = None,
                     **filters: Any) -> list[TaskInfo]:
-        """BOQueue.tasks (in a worker thread)."""
-        return await _off_loop(self.sync.tasks, state, **filters)
+        """BOQueue.tasks, awaited (Monitor.listing)."""
+        return await self._run(self.sync.monitor.listing(state, **filters))
 
     async def failed(self, limit: int = 100) -> list[TaskInfo]:
-        """BOQueue.failed (in a worker thread)."""
-        return await _off_loop(self.sync.failed, limit)
+        """BOQueue.failed, awaited (Monitor.failing)."""
+        return await self._run(self.sync.monitor.failing(limit))
 
     async def retry(self, task_id: str) -> AsyncTaskHandle:
-        """BOQueue.retry (in a worker thread)."""
-        handle = await _off_loop(self.sync.retry, task_id)
-        return AsyncTaskHandle(self, handle.id)
+        """BOQueue.retry, awaited (Monitor.retrying)."""
+        return AsyncTaskHandle(self, await self._run(self.sync.monitor.retrying(task_id)))
 
 
 def _client(settings: Settings, url: str, **options: Any) -> aioredis.Redis:
@@ -279,10 +283,6 @@ def _honour_cancel() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-async def _off_loop(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 class AsyncTaskHandle:

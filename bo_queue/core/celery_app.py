@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend, SentinelBackend
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, TaskRevokedError
 from kombu import Exchange, Queue
 
 from bo_queue.config import Settings, is_sentinel, parse_sentinel_url, redis_tls_options
@@ -41,6 +41,31 @@ class ResultBackend(RedisBackend):
         key: str | bytes = self.get_key_for_task(task_id)
         expires = int(self.expires or 0)  # type: ignore[attr-defined]
         return key.decode() if isinstance(key, bytes) else key, value, expires
+
+    def revoked(self, task_id: str, reason: str) -> tuple[str, str, int]:
+        """What `mark_as_revoked(task_id, reason)` writes (Celery's store_result of a
+        TaskRevokedError, REVOKED, no request), as `success` gives it: (key, encoded
+        meta, retention in s, 0 for none). Core._revoking writes it, SET and PUBLISHed
+        in one MULTI as RedisBackend._set does, unless `succeeded` says otherwise."""
+        meta = self._get_result_meta(  # type: ignore[attr-defined]
+            result=self.encode_result(TaskRevokedError(reason), states.REVOKED),
+            state=states.REVOKED, traceback=None, request=None)
+        meta["task_id"] = task_id
+        encoded: str | bytes = self.encode(meta)
+        value = encoded.decode() if isinstance(encoded, bytes) else encoded
+        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]
+            raise BackendStoreError("value too large for Redis backend")
+        key: str | bytes = self.get_key_for_task(task_id)
+        expires = int(self.expires or 0)  # type: ignore[attr-defined]
+        return key.decode() if isinstance(key, bytes) else key, value, expires
+
+    def succeeded(self, stored: bytes | str | None) -> bool:
+        """Whether a stored result (GET of its key) is a success: Celery's _store_result
+        then writes nothing over it."""
+        if not stored:  # as Celery's _get_task_meta_for: PENDING
+            return False
+        raw = stored.encode() if isinstance(stored, str) else stored
+        return bool(self.decode_result(raw)["status"] == states.SUCCESS)
 
 
 class SentinelResultBackend(ResultBackend, SentinelBackend):

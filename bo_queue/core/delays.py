@@ -41,9 +41,13 @@ class DelayedSubmissions:
 
     def drop(self, task_id: str) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.zset, task_id)
-            pipe.hdel(self.specs, task_id)
+            self.dropping(pipe, task_id)
             pipe.execute()
+
+    def dropping(self, pipe: Any, task_id: str) -> None:
+        """Queue `drop`'s commands on `pipe` (sync or asyncio)."""
+        pipe.zrem(self.zset, task_id)
+        pipe.hdel(self.specs, task_id)
 
     def pending(self) -> int:
         return int(self.redis.zcard(self.zset))

@@ -6,11 +6,10 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any, Self, TypeVar
 
 import kombu.exceptions
@@ -37,6 +36,7 @@ from bo_queue.core.records import RecordStore, Sends, TaskInfo, TaskTree
 from bo_queue.core.replicas import ReplicaAcks
 from bo_queue.core.requests import Plan, TaskRequest, task_request
 from bo_queue.core.results import CallbackDispatcher, ResultWaiter, final_fields
+from bo_queue.core.steps import Pipe, Step, Steps, drive
 from bo_queue.errors import (
     BrokerUnavailableError,
     DependencyError,
@@ -59,22 +59,7 @@ from bo_queue.validation import (
 
 T = TypeVar("T")
 
-
-class Pipe(Enum):
-    """The pipeline a step asks for. A write (WRITE, ATOMIC) is the submit's own: with
-    replica_acks, its pipeline waits for the replicas too (WAIT after it, in the same
-    round trip), and raises ReplicaAckError before any handle exists."""
-
-    READ = "read"  # a plain pipeline: the probes before the write
-    WRITE = "write"  # no MULTI: the write is one script (a plain submit)
-    ATOMIC = "atomic"  # MULTI ... EXEC: links, waits or holds add commands to it
-
-
-# What a step of a submit asks for: a pipeline (Pipe) filled by the function; its
-# replies are sent back in. Core.run_steps drives them on the sync client, bo_queue.aio
-# on an asyncio one: one submit, whichever client.
-Step = tuple[Pipe, Callable[[Any], None]]
-Steps = Generator[Step, list[Any], T]
+__all__ = ["Core", "Pipe", "Step", "Steps", "Submitted", "batch_of", "request_of", "with_result"]
 
 
 @dataclass
@@ -369,20 +354,33 @@ class Core(TaskChanges):
         return [TaskHandle(self, task_id) for task_id in done.ids]
 
     def run_steps(self, steps: Steps[T]) -> T:
-        """Drive `steps` on this client: each pipeline it asks for, filled, executed."""
-        replies: list[Any] | None = None
-        try:
-            while True:
-                kind, fill = steps.send(replies)  # type: ignore[arg-type]  # first: None
-                with self._step_pipeline(kind) as pipe:
-                    fill(pipe)
-                    replies = pipe.execute()
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        """Drive `steps` on this client: each pipeline it asks for, filled, executed
+        (a CALL step called); bo_queue.aio drives the same steps on an asyncio client."""
+        return drive(steps, self._execute_step)
+
+    def _execute_step(self, step: Step) -> list[Any]:
+        kind, fill = step
+        if kind is Pipe.CALL:
+            return [fill(None)]
+        if kind is Pipe.RESULTS:  # on Celery's client, with its retry policy, as its writes
+            backend: Any = self.app.backend
+            replies: list[Any] = backend.ensure(self._execute_results, (fill,))
+            return replies
+        with self._step_pipeline(kind) as pipe:
+            fill(pipe)
+            replies = pipe.execute()
+        return replies
+
+    def _execute_results(self, fill: Any) -> list[Any]:
+        backend: Any = self.app.backend
+        with backend.client.pipeline(transaction=True) as pipe:
+            fill(pipe)
+            replies: list[Any] = pipe.execute()
+        return replies
 
     def _step_pipeline(self, kind: Pipe) -> Any:
         """A step's pipeline: a write's waits for the replicas (replica_acks)."""
-        if kind is Pipe.READ:
+        if kind in (Pipe.READ, Pipe.PLAIN):
             return self.redis.pipeline(transaction=False)
         return self.acks.pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
 
@@ -433,9 +431,17 @@ class Core(TaskChanges):
     def finish(self, done: Submitted) -> None:
         """What a submit leaves after its writes: settle the dependents it released or
         cancelled, and offer pull tasks to their agents (bo_queue.core.pull)."""
+        self.run_steps(self.finishing(done))
+
+    def finishing(self, done: Submitted) -> Steps[None]:
+        """`finish` as steps (bo_queue.aio awaits them)."""
         if done.released or done.cancelled:
-            self.settle(done.released, done.cancelled)
-        for task_id, message in done.offers:
+            yield from self.settling(done.released, done.cancelled)
+        if done.offers:  # the pull store's scripts, on the sync client (CALL)
+            yield Pipe.CALL, lambda _: self._offer(done.offers)
+
+    def _offer(self, offers: list[tuple[str, Message]]) -> None:
+        for task_id, message in offers:
             self.send(task_id, message)
 
     def _dependency_order(self, plans: list[Plan]) -> Steps[list[Plan]]:
@@ -467,16 +473,51 @@ class Core(TaskChanges):
     def settle(self, released: int, cancelled: list[str]) -> None:
         """Ending a task settled its dependents: send those released, and wake anyone
         waiting on those cancelled (their record already says why)."""
+        self.run_steps(self.settling(released, cancelled))
+
+    def settling(self, released: int, cancelled: list[str]) -> Steps[None]:
+        """`settle` as steps (bo_queue.aio awaits them)."""
         if cancelled:
-            with self.redis.pipeline(transaction=False) as pipe:
+            def reasons(pipe: Any) -> None:
                 for task_id in cancelled:
                     pipe.hget(self.keys.task(task_id), "error")
-                reasons = pipe.execute()
-            for task_id, reason in zip(cancelled, reasons, strict=True):
-                self.app.backend.mark_as_revoked(task_id, reason or "dependency failed")
-        if released:
-            while self.delays.release_due(self.send) >= RELEASE_BATCH:
-                pass
+
+            found = yield Pipe.READ, reasons
+            yield from self._revoking([(task_id, reason or "dependency failed")
+                                       for task_id, reason in zip(cancelled, found, strict=True)])
+        if released:  # claims under a lease, then sends: a loop of the sync client's (CALL)
+            yield Pipe.CALL, lambda _: self._send_released()
+
+    def _send_released(self) -> None:
+        while self.delays.release_due(self.send) >= RELEASE_BATCH:
+            pass
+
+    def _revoking(self, revoked: list[tuple[str, str]]) -> Steps[None]:
+        """What Celery's `backend.mark_as_revoked(task_id, reason)` writes on its Redis
+        backend, for each (task id, reason): the REVOKED meta that Celery encodes
+        (ResultBackend.revoked), SET with the results' retention and PUBLISHed in one
+        MULTI, unless the stored result is already a success (Celery's _store_result
+        reads it first, and leaves a success alone). It wakes get() and then()."""
+        backend: Any = self.app.backend
+        writes = [backend.revoked(task_id, reason) for task_id, reason in revoked]
+
+        def stored(pipe: Any) -> None:
+            for key, _, _ in writes:
+                pipe.get(key)
+
+        current = yield Pipe.RESULTS, stored
+
+        def store(pipe: Any) -> None:
+            for (key, value, expires), raw in zip(writes, current, strict=True):
+                if backend.succeeded(raw):
+                    continue
+                if expires:
+                    pipe.setex(key, expires, value)
+                else:
+                    pipe.set(key, value)
+                pipe.publish(key, value)
+
+        yield Pipe.RESULTS, store
 
     def _message(self, plan: Plan, created_by: str | None = None) -> Message:
         req = plan.request
@@ -536,7 +577,7 @@ class Core(TaskChanges):
         if spec is not None:
             return spec.describe()
         entry = self._directory.get(name)
-        if entry is None and time.monotonic() - self._directory_read_at > 0.5:
+        if entry is None and self._directory_stale():
             self.refresh_handlers()
             entry = self._directory.get(name)
         if entry is None:
@@ -575,6 +616,37 @@ class Core(TaskChanges):
                 self.redis.sadd(self.keys.placed_queues, target)
             self._announced.add(target)
         return target
+
+    def _directory_stale(self) -> bool:
+        """Whether a handler not in the directory makes it be read again."""
+        return time.monotonic() - self._directory_read_at > 0.5
+
+    def checking(self, request: TaskRequest) -> Steps[Plan]:
+        """`check` as steps: the handler directory re-read as a step when `check` would
+        re-read it, and a check that reads the workers' heartbeats (`places`) as a CALL,
+        so that an asyncio caller makes it in a worker thread."""
+        if (registry.get(request.handler) is None
+                and request.handler not in self._directory and self._directory_stale()):
+            [raw] = yield Pipe.READ, lambda pipe: pipe.hgetall(self.keys.handlers)
+            self.learn_handlers(raw)
+        if self.places(request):
+            [plan] = yield Pipe.CALL, lambda _: self.check(request)
+            return plan  # type: ignore[no-any-return]
+        return self.check(request)
+
+    def places(self, request: TaskRequest | Mapping[str, Any]) -> bool:
+        """Whether checking `request` reads the workers' heartbeats (or records a placed
+        queue): a version, resources, or a handler that requires capabilities."""
+        def field(name: str) -> Any:
+            return request.get(name) if isinstance(request, Mapping) else getattr(request, name)
+
+        if field("version") or field("resources"):
+            return True
+        try:
+            entry = self.handler_entry(str(field("handler")))
+        except UnknownHandlerError:  # check says so (check_all with the request's index)
+            return False
+        return bool(entry.get("requires") or entry.get("resources"))
 
     def handler_directory(self) -> dict[str, dict[str, Any]]:
         """The handler directory as last read (refresh_handlers re-reads it)."""
@@ -626,48 +698,63 @@ class Core(TaskChanges):
         on it. Returns the task's state after the call: CANCELLED, RUNNING (stopping), or
         the state it had already ended in.
         """
-        known_id(task_id)
         with self.broker_errors():
-            prior, after = self._cancel(task_id, terminate, reason)
-            if not prior.terminal:  # a finished parent's live subtasks are theirs to finish
-                self._cancel_descendants(task_id, terminate)
+            return self.run_steps(self.cancelling(task_id, terminate=terminate, reason=reason))
+
+    def cancelling(
+        self, task_id: str, *, terminate: bool = False, reason: str = "cancelled"
+    ) -> Steps[TaskState]:
+        """`cancel` as steps (bo_queue.aio awaits them)."""
+        known_id(task_id)
+        prior, after = yield from self._cancelling(task_id, terminate, reason)
+        if not prior.terminal:  # a finished parent's live subtasks are theirs to finish
+            yield from self._cancelling_descendants(task_id, terminate)
         return after
 
-    def _cancel_descendants(self, task_id: str, terminate: bool) -> None:
-        for child in self.records.descendants(task_id):
+    def _cancelling_descendants(self, task_id: str, terminate: bool) -> Steps[None]:
+        for child in (yield from self.records.descending(task_id)):
             try:
-                self._cancel(child, terminate, f"ancestor {task_id} cancelled")
+                yield from self._cancelling(child, terminate, f"ancestor {task_id} cancelled")
             except UnknownTaskError:  # past its retention: nothing left to cancel
                 continue
 
-    def _cancel(self, task_id: str, terminate: bool, reason: str) -> tuple[TaskState, TaskState]:
+    def _cancelling(
+        self, task_id: str, terminate: bool, reason: str
+    ) -> Steps[tuple[TaskState, TaskState]]:
         """(state before, state after) of a cancellation."""
-        prior = self.records.cancel(task_id, reason)
+        prior, settled = yield from self.records.cancelling(task_id, reason)
+        if settled.released or settled.cancelled:  # what RecordStore.cancel settles
+            yield from self.settling(settled.released, settled.cancelled)
         if prior is None:
             raise UnknownTaskError(task_id)
         if prior.terminal:
             return prior, prior
         if prior is TaskState.RUNNING:
-            if terminate:
-                self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+            if terminate:  # Celery's remote control, a kombu broadcast to the workers: CALL
+                yield Pipe.CALL, lambda _: self.app.control.revoke(
+                    task_id, terminate=True, signal="SIGTERM")
             return prior, TaskState.RUNNING
-        self.delays.drop(task_id)
-        self.app.backend.mark_as_revoked(task_id, reason)  # wakes get() and then()
+        yield Pipe.PLAIN, lambda pipe: self.delays.dropping(pipe, task_id)
+        yield from self._revoking([(task_id, reason)])  # wakes get() and then()
         return prior, TaskState.CANCELLED
 
     def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
         """Cancel every unfinished task carrying `tag`; returns the ids it cancelled."""
+        with self.broker_errors():
+            return self.run_steps(self.cancelling_tag(tag, terminate=terminate))
+
+    def cancelling_tag(self, tag: str, *, terminate: bool = False) -> Steps[list[str]]:
+        """`cancel_tag` as steps (bo_queue.aio awaits them)."""
         if not isinstance(tag, str) or not tag or not encodable(tag):
             raise ValidationError(f"a tag is a non-empty UTF-8 string, not {shown(tag)}")
         cancelled = []
-        with self.broker_errors():
-            tagged = sorted(self.records.tagged(tag))
+        tagged = sorted((yield from self.records.tagging(tag)))
         for task_id in tagged:
             try:
-                with self.broker_errors():
-                    prior, _ = self._cancel(task_id, terminate, f"tag {tag!r} cancelled")
-                    if not prior.terminal:
-                        self._cancel_descendants(task_id, terminate)
+                prior, _ = yield from self._cancelling(task_id, terminate,
+                                                       f"tag {tag!r} cancelled")
+                if not prior.terminal:
+                    yield from self._cancelling_descendants(task_id, terminate)
             except UnknownTaskError:  # its record expired; nothing left to cancel
                 continue
             if not prior.terminal:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict
@@ -22,9 +22,11 @@ from bo_queue.core.dependencies import SettledReply, settled_reply
 from bo_queue.core.keys import Keys
 from bo_queue.core.message import Message
 from bo_queue.core.replicas import ReplicaAcks
+from bo_queue.core.steps import Pipe, Step, Steps, drive
 from bo_queue.retry import RetryPolicy
 from bo_queue.states import Priority, TaskState
 
+T = TypeVar("T")
 MAX_RUNS = 50  # runs kept per task (lua/runs.lua), the latest
 
 
@@ -173,7 +175,8 @@ class RecordStore:
         self._start = scripts.register(
             client, "record_start.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
         )
-        self._cancel = scripts.register(client, "record_cancel.lua", MAX_EVENTS=events_max_len)
+        # EVAL'd, as `_create`: a script in a pipeline (`cancelling`) costs a SCRIPT EXISTS
+        self._cancel = scripts.text("record_cancel.lua", MAX_EVENTS=events_max_len)
         self._transition = scripts.register(
             client, "record_transition.lua", MAX_EVENTS=events_max_len, MAX_RUNS=MAX_RUNS
         )
@@ -293,10 +296,18 @@ class RecordStore:
 
     def cancel(self, task_id: str, reason: str) -> TaskState | None:
         """Persist a cancellation. Returns the state before it, or None for an unknown id."""
+        prior, reply = self._run(self.cancelling(task_id, reason))
+        self._notify(reply)
+        return prior
+
+    def cancelling(self, task_id: str, reason: str) -> Steps[tuple[TaskState | None, SettledReply]]:
+        """`cancel` as a step: (the state before, the script's reply), settling the
+        dependents it released or cancelled left to the caller (Core.settling)."""
         keys = [self.keys.task(task_id), self.keys.cancelled(task_id)]
         args: list[str | float] = [self.keys.namespace, task_id, time.time(), self.ttl_s, reason]
-        prior = self._settled(self._cancel(keys=keys, args=args)).value
-        return None if prior is None else TaskState(prior)
+        [raw] = yield Pipe.PLAIN, lambda pipe: pipe.eval(self._cancel, len(keys), *keys, *args)
+        reply = settled_reply(raw)
+        return (None if reply.value is None else TaskState(reply.value)), reply
 
     def pause(self, task_id: str) -> TaskState | None:
         """PENDING or QUEUED -> PAUSED (lua/record_pause.lua). The state before (any other
@@ -360,10 +371,25 @@ class RecordStore:
 
     def _settled(self, raw: list[Any]) -> SettledReply:
         """Read a script's reply; hand what settling dependents did to `on_settled`."""
-        reply = settled_reply(raw)
+        return self._notify(settled_reply(raw))
+
+    def _notify(self, reply: SettledReply) -> SettledReply:
         if (reply.released or reply.cancelled) and self.on_settled is not None:
             self.on_settled(reply.released, reply.cancelled)
         return reply
+
+    def _run(self, steps: Steps[T]) -> T:
+        """Drive read steps (and PLAIN writes) on this client (Core.run_steps does all)."""
+        return drive(steps, self._execute)
+
+    def _execute(self, step: Step) -> list[Any]:
+        kind, fill = step
+        if kind not in (Pipe.READ, Pipe.PLAIN):
+            raise ValueError(f"RecordStore runs plain pipelines, not {kind}")
+        with self.redis.pipeline(transaction=False) as pipe:
+            fill(pipe)
+            replies: list[Any] = pipe.execute()
+        return replies
 
     def dependents(self, task_ids: Sequence[str]) -> list[set[str]]:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -391,9 +417,12 @@ class RecordStore:
 
     def get(self, task_id: str) -> TaskInfo | None:
         """The record with its runs (TaskInfo.runs)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            self.read(pipe, task_id)
-            return self.from_replies(pipe.execute())
+        return self._run(self.getting(task_id))
+
+    def getting(self, task_id: str) -> Steps[TaskInfo | None]:
+        """`get` as a step."""
+        replies = yield Pipe.READ, lambda pipe: self.read(pipe, task_id)
+        return self.from_replies(replies)
 
     def read(self, pipe: Any, task_id: str) -> None:
         """Queue on `pipe` (sync or asyncio) the reads `from_replies` makes a record of."""
@@ -410,11 +439,16 @@ class RecordStore:
 
     def get_many(self, task_ids: Sequence[str]) -> list[TaskInfo | None]:
         """Records without their runs (listings; `get` reads them)."""
-        with self.redis.pipeline(transaction=False) as pipe:
+        return self._run(self.getting_many(task_ids))
+
+    def getting_many(self, task_ids: Sequence[str]) -> Steps[list[TaskInfo | None]]:
+        """`get_many` as a step."""
+        def fill(pipe: Any) -> None:
             for task_id in task_ids:
                 pipe.hgetall(self.keys.task(task_id))
                 pipe.smembers(self.keys.children(task_id))
-            replies = pipe.execute()
+
+        replies = yield Pipe.READ, fill
         return [  # None: gone, or only fragments of one left
             parse_record(raw, kids) if raw and "state" in raw and "handler" in raw else None
             for raw, kids in zip(replies[::2], replies[1::2], strict=True)
@@ -427,12 +461,17 @@ class RecordStore:
 
     def descendants(self, task_id: str) -> list[str]:
         """Every subtask below a task, breadth first (a link cycle cannot loop it)."""
+        return self._run(self.descending(task_id))
+
+    def descending(self, task_id: str) -> Steps[list[str]]:
+        """`descendants` as steps, a level of the tree each."""
         seen, frontier, out = {task_id}, [task_id], []
         while frontier:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for parent in frontier:
+            def fill(pipe: Any, parents: list[str] = frontier) -> None:
+                for parent in parents:
                     pipe.smembers(self.keys.children(parent))
-                found = pipe.execute()
+
+            found = yield Pipe.READ, fill
             frontier = sorted({str(c) for kids in found for c in kids} - seen)
             seen.update(frontier)
             out += frontier
@@ -448,7 +487,12 @@ class RecordStore:
         return TaskTree(task=info, children=tuple(k for k in kids if k is not None))
 
     def tagged(self, tag: str) -> set[str]:
-        return {str(member) for member in self.redis.smembers(self.keys.tag(tag))}
+        return self._run(self.tagging(tag))
+
+    def tagging(self, tag: str) -> Steps[set[str]]:
+        """`tagged` as a step."""
+        [members] = yield Pipe.READ, lambda pipe: pipe.smembers(self.keys.tag(tag))
+        return {str(member) for member in members}
 
     def exists(self, task_id: str) -> bool:
         return bool(self.redis.exists(self.keys.task(task_id)))

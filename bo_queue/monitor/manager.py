@@ -9,13 +9,12 @@ appends to (bo_queue.core.events).
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import statistics
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,12 @@ from pydantic import BaseModel, ConfigDict
 
 from bo_queue.core.connections import redis_client
 from bo_queue.core.events import Event, parse_event, stream_entries
+from bo_queue.core.handle import TaskHandle
+from bo_queue.core.kernel import request_of
 from bo_queue.core.message import Message, envelope_task_id
 from bo_queue.core.records import TaskInfo
+from bo_queue.core.results import ready_meta
+from bo_queue.core.steps import Pipe, Steps
 from bo_queue.errors import StudyNotFoundError, UnknownTaskError, ValidationError
 from bo_queue.monitor.metadata import NamespaceMetadata
 from bo_queue.monitor.webhooks import Webhooks
@@ -36,7 +39,6 @@ from bo_queue.studies import scoring
 from bo_queue.validation import utc
 
 if TYPE_CHECKING:
-    from bo_queue.core.handle import TaskHandle
     from bo_queue.core.kernel import Core
     from bo_queue.studies.manager import StudyManager
 
@@ -155,6 +157,32 @@ def _task_filter(
 def _equal(found: Any, wanted: Any) -> bool:
     """As JSON compares them: true is not 1 (Python says it is)."""
     return found == wanted and isinstance(found, bool) == isinstance(wanted, bool)
+
+
+class _IndexPages:
+    """A state index read newest first, a page of PAGE ids at a time (Monitor.listing)."""
+
+    PAGE = 500
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.items: deque[tuple[float, str]] = deque()  # (-score, id) read, not yet taken
+        self.offset = 0
+        self.done = False  # its last page is read
+
+
+def _reading(pages: list[_IndexPages], low: str | float) -> Steps[None]:
+    """The next page of each index, in one step."""
+    def fill(pipe: Any) -> None:
+        for index in pages:
+            pipe.zrevrangebyscore(index.key, "+inf", low, start=index.offset,
+                                  num=_IndexPages.PAGE, withscores=True)
+
+    replies = yield Pipe.READ, fill
+    for index, page in zip(pages, replies, strict=True):
+        index.items.extend((-float(score), str(task_id)) for task_id, score in page)
+        index.offset += _IndexPages.PAGE
+        index.done = len(page) < _IndexPages.PAGE
 
 
 def _percentile(values: Sequence[float], pct: float) -> float:
@@ -280,6 +308,18 @@ class Monitor:
         `since` (when they reached their state), `name` (equal to the one submitted) and
         `metadata` (every key given has the value given). Reads the per-state indexes a
         page at a time, newest first, and stops once it has `limit`."""
+        with self.bq.broker_errors():
+            return self.bq.run_steps(self.listing(
+                state, tag=tag, queue=queue, handler=handler, since=since, limit=limit,
+                name=name, metadata=metadata))
+
+    def listing(
+        self, state: TaskState | str | None = None, *, tag: str | None = None,
+        queue: str | None = None, handler: str | None = None,
+        since: datetime | float | None = None, limit: int = 100,
+        name: str | None = None, metadata: Mapping[str, Any] | None = None,
+    ) -> Steps[list[TaskInfo]]:
+        """`tasks` as steps (bo_queue.aio awaits them)."""
         wanted = {TaskState(state)} if state is not None else set(TaskState)
         read = set(wanted)
         if TaskState.EXPIRED in wanted:  # a task whose `expires` passed unstarted still
@@ -287,38 +327,33 @@ class Monitor:
         low = "-inf" if since is None else (
             since.timestamp() if isinstance(since, datetime) else float(since))
         bq = self.bq
-        tagged = None if tag is None else bq.records.tagged(tag)
+        tagged = None if tag is None else (yield from bq.records.tagging(tag))
         fits = _task_filter(queue, handler, name, metadata)
-        pages = [self._index_pages(bq.keys.state_index(s), low) for s in sorted(read)]
+        # The indexes merged newest first (as heapq.merge would: on a tie, the first
+        # index's), each read a page at a time, the next page once its last is taken.
+        pages = [_IndexPages(bq.keys.state_index(s)) for s in sorted(read)]
+        yield from _reading(pages, low)
         out: list[TaskInfo] = []
-        with bq.broker_errors():
-            batch: list[str] = []
-            for _, task_id in heapq.merge(*pages):
-                if tagged is None or task_id in tagged:
-                    batch.append(task_id)
-                if len(batch) >= 200:
-                    out += self._matching(batch, wanted, fits)
-                    batch = []
-                    if len(out) >= limit:
-                        return out[:limit]
-            out += self._matching(batch, wanted, fits)
+        batch: list[str] = []
+        while live := [p for p in pages if p.items]:
+            head = min(live, key=lambda p: p.items[0])
+            _, task_id = head.items.popleft()
+            if tagged is None or task_id in tagged:
+                batch.append(task_id)
+            if len(batch) >= 200:
+                out += yield from self._matching(batch, wanted, fits)
+                batch = []
+                if len(out) >= limit:
+                    return out[:limit]
+            if not head.items and not head.done:
+                yield from _reading([head], low)
+        out += yield from self._matching(batch, wanted, fits)
         return out[:limit]
 
-    def _index_pages(self, key: str, low: str | float) -> Iterator[tuple[float, str]]:
-        """(-score, id) of a state index, newest first, read 500 at a time."""
-        offset = 0
-        while True:
-            page: Any = self.bq.redis.zrevrangebyscore(key, "+inf", low, start=offset, num=500,
-                                                  withscores=True)
-            yield from ((-float(score), str(task_id)) for task_id, score in page)
-            if len(page) < 500:
-                return
-            offset += 500
-
     def _matching(self, ids: list[str], wanted: set[TaskState],
-                  fits: Callable[[TaskInfo], bool]) -> list[TaskInfo]:
+                  fits: Callable[[TaskInfo], bool]) -> Steps[list[TaskInfo]]:
         return [
-            info for info in self.bq.records.get_many(ids)
+            info for info in (yield from self.bq.records.getting_many(ids))
             if info is not None and info.state in wanted  # gone, or moved on meanwhile
             and fits(info)
         ]
@@ -326,43 +361,61 @@ class Monitor:
     def failed(self, limit: int = 100) -> list[TaskInfo]:
         """The failed-task registry, newest first: tasks that FAILED and were not retried
         (Celery on Redis keeps no dead-letter list). Each carries its error."""
+        with self.bq.broker_errors():
+            return self.bq.run_steps(self.failing(limit))
+
+    def failing(self, limit: int = 100) -> Steps[list[TaskInfo]]:
+        """`failed` as steps (bo_queue.aio awaits them)."""
         bq = self.bq
-        with bq.broker_errors():
-            ids = [str(i) for i in bq.redis.zrevrange(bq.keys.failed, 0, limit - 1)]
-            return [info for info in bq.records.get_many(ids) if info is not None]
+        [found] = yield Pipe.READ, lambda pipe: pipe.zrevrange(bq.keys.failed, 0, limit - 1)
+        infos = yield from bq.records.getting_many([str(i) for i in found])
+        return [info for info in infos if info is not None]
 
     def retry(self, task_id: str) -> TaskHandle:
         """Run a FAILED task again: a new task with the same handler, payload, queue,
         priority, tags, parent, name, description, metadata, and the submit's own retry
         policy and time limit. The failed one leaves the registry, and its record names
         the new one (`retried_as`)."""
+        with self.bq.broker_errors():
+            return TaskHandle(self.bq, self.bq.run_steps(self.retrying(task_id)))
+
+    def retrying(self, task_id: str) -> Steps[str]:
+        """`retry` as steps (bo_queue.aio awaits them): the new task's id."""
         bq = self.bq
-        with bq.broker_errors():
-            info = bq.records.get(task_id)
-            if info is None:
-                raise UnknownTaskError(task_id)
-            if info.state is not TaskState.FAILED:
-                raise ValidationError(f"task {task_id} is {info.state}; only FAILED tasks retry")
-            meta = bq.results.fetch(task_id) or {}
-            args = meta.get("args")
-            if not isinstance(args, list) or not args or not isinstance(args[0], dict):
-                raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
-            if not bq.redis.zrem(bq.keys.failed, task_id):  # the claim: one retry wins
-                raise ValidationError(f"task {task_id} was retried already ({info.retried_as})")
-            # a capability or version queue is chosen again by submit (bo_queue.core.placement)
-            queue = info.queue if info.queue in bq.settings.queues else None
-            try:
-                handle = bq.submit(info.handler, args[0], queue=queue,
-                                   priority=info.priority, tags=info.tags,
-                                   parent_id=info.parent_id, name=info.name,
-                                   description=info.description, metadata=info.metadata,
-                                   retry=info.retry, time_limit=info.time_limit)
-            except BaseException:
-                bq.redis.zadd(bq.keys.failed, {task_id: time.time()})  # not retried after all
-                raise
-            if bq.redis.exists(bq.keys.task(task_id)):  # no fragment of an expired record
-                bq.redis.hset(bq.keys.task(task_id), "retried_as", handle.id)
-        return handle
+        info = yield from bq.records.getting(task_id)
+        if info is None:
+            raise UnknownTaskError(task_id)
+        if info.state is not TaskState.FAILED:
+            raise ValidationError(f"task {task_id} is {info.state}; only FAILED tasks retry")
+        [stored] = yield Pipe.RESULTS, lambda pipe: pipe.get(bq.results.key(task_id))
+        meta = ready_meta(stored) or {}
+        args = meta.get("args")
+        if not isinstance(args, list) or not args or not isinstance(args[0], dict):
+            raise ValidationError(f"task {task_id}'s payload is gone (its result expired)")
+        # the claim: one retry wins
+        [claimed] = yield Pipe.PLAIN, lambda pipe: pipe.zrem(bq.keys.failed, task_id)
+        if not claimed:
+            raise ValidationError(f"task {task_id} was retried already ({info.retried_as})")
+        # a capability or version queue is chosen again by submit (bo_queue.core.placement)
+        queue = info.queue if info.queue in bq.settings.queues else None
+        try:  # Core.submit's own steps
+            request = request_of(info.handler, args[0], queue=queue,
+                                 priority=info.priority, tags=info.tags,
+                                 parent_id=info.parent_id, name=info.name,
+                                 description=info.description, metadata=info.metadata,
+                                 retry=info.retry, time_limit=info.time_limit)
+            plan = yield from bq.checking(request)
+            done = yield from bq.submitting([plan])
+            yield from bq.finishing(done)
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):  # not retried after all
+                yield Pipe.PLAIN, lambda pipe: pipe.zadd(bq.keys.failed, {task_id: time.time()})
+            raise
+        [new_id] = done.ids
+        [alive] = yield Pipe.READ, lambda pipe: pipe.exists(bq.keys.task(task_id))
+        if alive:  # no fragment of an expired record
+            yield Pipe.PLAIN, lambda pipe: pipe.hset(bq.keys.task(task_id), "retried_as", new_id)
+        return new_id
 
     # -- events -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
 import threading
 import time
@@ -26,8 +27,11 @@ from bo_queue import (
     Range,
     Strategy,
     StudyStatus,
+    TaskCancelledError,
     TaskState,
     TrialNotFoundError,
+    UnknownTaskError,
+    ValidationError,
     handler,
 )
 from bo_queue.testing import wait_until
@@ -219,6 +223,137 @@ def test_cancelling_an_awaiting_get_stops_the_wait_not_the_task(cluster: Cluster
 
     run(scenario())
     results.close()
+
+
+# -- cancel, cancel_tag, tasks, failed, retry: on the loop, never in a thread ----------------
+
+
+def _no_thread(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a call of AsyncBOQueue left the loop for a thread")
+
+
+def _meta_of(keys: redis.Redis, key: str) -> dict[str, Any]:
+    """A stored result's meta, less what differs by nature (its id, its time)."""
+    raw = keys.get(key)
+    assert raw is not None, key
+    meta = json.loads(raw)
+    assert meta.pop("date_done") and meta.pop("task_id")
+    return dict(meta)
+
+
+def test_cancel_listings_and_retry_never_leave_the_loop(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bq = cluster.producer()
+    keys = redis.Redis.from_url(cluster.redis_url)
+    tag = f"native-{uuid.uuid4().hex}"
+    log = f"l-{uuid.uuid4().hex}"
+    failing = [bq.submit("t.node", {"log": log, "fail": True}, tags=(tag,)) for _ in range(2)]
+    done = bq.submit("t.echo", {"done": 1}, tags=(tag,))
+    for h in failing:
+        wait_until(lambda h=h: bq.info(h.id).state is TaskState.FAILED, timeout=30)
+    assert done.get(timeout=30) == {"done": 1}
+    wait_until(lambda: bq.info(done.id).state is TaskState.SUCCEEDED, timeout=10)
+    # Celery's own mark_as_revoked, to compare what the steps write with
+    bq.app.backend.mark_as_revoked("celery-own", "cancelled")
+    celery_meta = _meta_of(keys, bq.results.key("celery-own"))
+    sync_held = bq.submit("t.echo", {}, countdown=600, tags=(tag,))
+    assert bq.cancel(sync_held.id) is TaskState.CANCELLED
+
+    monkeypatch.setattr(asyncio, "to_thread", _no_thread)
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "run_in_executor", _no_thread)
+
+    async def scenario() -> None:
+        async with aq_of(cluster) as aq:
+            # listings: the sync facade's, for the same state
+            assert await aq.failed() == bq.failed()
+            assert await aq.tasks(tag=tag) == bq.tasks(tag=tag)
+            assert await aq.tasks("FAILED", tag=tag, limit=1) == bq.tasks(
+                "FAILED", tag=tag, limit=1)
+            assert {t.id for t in await aq.tasks(TaskState.FAILED, tag=tag)} == {
+                h.id for h in failing}
+            assert await aq.tasks(handler="t.echo", tag=tag) == bq.tasks(
+                handler="t.echo", tag=tag)
+            # a failed task retried once; a second retry is the sync facade's error
+            again = await aq.retry(failing[0].id)
+            assert isinstance(again, AsyncTaskHandle)
+            assert bq.info(failing[0].id).retried_as == again.id
+            assert failing[0].id not in {t.id for t in await aq.failed(limit=1000)}
+            expected = outcome_of(lambda: bq.retry(failing[0].id))
+            assert expected[0] is ValidationError and "retried already" in expected[1]
+            assert await _async_outcome(aq.retry(failing[0].id)) == expected
+            with pytest.raises(BOQueueError, match="fails as asked"):
+                await again.get(timeout=30)
+            info = await aq.info(again.id)
+            assert (info.handler, info.tags) == ("t.node", (tag,))
+            # only FAILED tasks retry, as in sync
+            assert await _async_outcome(aq.retry(done.id)) == outcome_of(
+                lambda: bq.retry(done.id))
+            # cancel: an unknown id, an ended task, a queued one
+            expected = outcome_of(lambda: bq.cancel("no-such-task"))
+            assert expected[0] is UnknownTaskError
+            assert await _async_outcome(aq.cancel("no-such-task")) == expected
+            assert await aq.cancel(done.id) is TaskState.SUCCEEDED
+            held = await aq.submit("t.echo", {}, countdown=600, tags=(tag,))
+            assert await held.cancel() is TaskState.CANCELLED
+            assert await held.state() is TaskState.CANCELLED
+            expected = outcome_of(lambda: bq.handle(held.id).get(timeout=5))
+            assert expected == (TaskCancelledError, f"task {held.id} was cancelled: cancelled")
+            assert await _async_outcome(held.get(timeout=5)) == expected
+            assert keys.zscore(bq.keys.delayed, held.id) is None  # its held send dropped
+            # what Celery's mark_as_revoked writes, from either facade
+            assert _meta_of(keys, aq.results.key(held.id)) == celery_meta
+            assert _meta_of(keys, aq.results.key(sync_held.id)) == celery_meta
+            # a cascade: its subtask and its dependent, the dependent woken
+            parent = await aq.submit("t.echo", {}, countdown=600)
+            child = await aq.submit("t.echo", {}, countdown=600, parent_id=parent.id)
+            dependent = await aq.submit("t.echo", {}, depends_on=[parent.id])
+            assert await aq.cancel(parent.id, reason="stop") is TaskState.CANCELLED
+            assert (await child.info()).error == f"ancestor {parent.id} cancelled"
+            assert await dependent.state() is TaskState.CANCELLED
+            with pytest.raises(TaskCancelledError):
+                await dependent.get(timeout=5)
+            # cancel_tag: the unfinished ones carrying the tag
+            tagged = [await aq.submit("t.echo", {}, countdown=600, tags=(f"{tag}-x",))
+                      for _ in range(3)]
+            assert await aq.cancel_tag(f"{tag}-x") == sorted(h.id for h in tagged)
+            assert await aq.cancel_tag(f"{tag}-x") == bq.cancel_tag(f"{tag}-x") == []
+            assert await _async_outcome(aq.cancel_tag("")) == outcome_of(
+                lambda: bq.cancel_tag(""))
+            for h in tagged:
+                assert (await h.info()).error == f"tag {tag + '-x'!r} cancelled"
+
+    run(scenario())
+    keys.close()
+
+
+def test_terminate_is_the_one_cancel_in_a_thread(
+    cluster: Cluster, evidence: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cancel(terminate=True) of a running task: Celery's remote control (a kombu
+    broadcast) in a worker thread, the rest of the cancel on the loop."""
+    threaded: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(call: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        threaded.append(call)
+        return await to_thread(call, *args, **kwargs)
+
+    async def scenario() -> None:
+        async with aq_of(cluster) as aq:
+            h = await aq.submit("t.sleep", {"seconds": 60})
+            for _ in range(400):
+                if evidence.exists(f"evidence:started:{h.id}"):
+                    break
+                await asyncio.sleep(0.05)
+            monkeypatch.setattr(asyncio, "to_thread", counted)
+            assert await aq.cancel(h.id, terminate=True) is TaskState.RUNNING
+            assert len(threaded) == 1
+            monkeypatch.setattr(asyncio, "to_thread", to_thread)
+            with pytest.raises(TaskCancelledError):
+                await h.get(timeout=15)
+
+    run(scenario())
 
 
 # -- every error of the sync facade, from the async one ----------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -10,11 +11,15 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+import redis
 
-from bo_queue import BOQueue, Priority, TaskState, ValidationError
+from bo_queue import BOQueue, BrokerUnavailableError, Priority, TaskState, ValidationError
+from bo_queue.core.kernel import Submitted
+from bo_queue.core.steps import Pipe, Steps
 from bo_queue.monitor import webhooks
 from bo_queue.monitor.manager import Event, WebhookSink
 from bo_queue.testing import free_port
+from tests.unit.fakes import fake_aq
 
 
 def create(bq: BOQueue, task_id: str, *, state: TaskState = TaskState.QUEUED,
@@ -70,14 +75,21 @@ def test_listings_page_through_indexes_newest_first_and_find_expired(bq: BOQueue
 def test_retry_is_claimed_once(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     create(bq, "f")
     bq.records.transition("f", TaskState.FAILED, error="ValueError: no")
-    monkeypatch.setattr(bq.results, "fetch", lambda task_id: {"args": [{"x": 1}]})
+    bq.results.redis.set(bq.results.key("f"), json.dumps(
+        {"status": "FAILURE", "result": {}, "args": [{"x": 1}]}))
     submitted: list[dict[str, Any]] = []
 
-    def submit(handler: str, payload: dict[str, Any], **options: Any) -> Any:
-        submitted.append(payload)
-        return type("H", (), {"id": "new"})()
+    def checking(request: Any) -> Steps[Any]:  # the submit's steps, stood in for
+        return request
+        yield
 
-    monkeypatch.setattr(bq, "submit", submit)
+    def submitting(plans: list[Any], *args: Any) -> Steps[Submitted]:
+        submitted.append(plans[0].payload)
+        return Submitted(ids=["new"], released=0, cancelled=[], offers=[])
+        yield
+
+    monkeypatch.setattr(bq, "checking", checking)
+    monkeypatch.setattr(bq, "submitting", submitting)
     assert bq.retry("f").id == "new"
     with pytest.raises(ValidationError, match="retried already"):
         bq.retry("f")
@@ -121,3 +133,43 @@ def test_webhook_retries_server_errors_only(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("facade", ["sync", "async"])
+def test_a_retry_whose_submit_fails_is_not_retried_after_all(
+    bq: BOQueue, server: Any, monkeypatch: pytest.MonkeyPatch, facade: str
+) -> None:
+    """An error executing a step is raised inside the steps (bo_queue.core.steps.drive,
+    and AsyncBOQueue._run alike): the retry puts the task back in the failed registry."""
+    create(bq, "f")
+    bq.records.transition("f", TaskState.FAILED, error="ValueError: no")
+    bq.results.redis.set(bq.results.key("f"), json.dumps(
+        {"status": "FAILURE", "result": {}, "args": [{"x": 1}]}))
+
+    def checking(request: Any) -> Steps[Any]:
+        return request
+        yield
+
+    def lost(pipe: Any) -> None:
+        raise redis.ConnectionError("lost")
+
+    def submitting(plans: list[Any], *args: Any) -> Steps[Submitted]:
+        yield Pipe.ATOMIC, lost
+        raise AssertionError("the write failed")
+
+    monkeypatch.setattr(bq, "checking", checking)
+    monkeypatch.setattr(bq, "submitting", submitting)
+    with pytest.raises(BrokerUnavailableError, match="lost"):
+        if facade == "sync":
+            bq.retry("f")
+        else:
+            async def retry() -> None:
+                aq = fake_aq(bq, server)
+                try:
+                    await aq.retry("f")
+                finally:
+                    await aq.close()
+
+            asyncio.run(retry())
+    assert bq.redis.zscore(bq.keys.failed, "f") is not None
+    assert bq.info("f").retried_as is None

@@ -3,6 +3,7 @@ read back by info() (records written before them too), and filtered by bq.tasks(
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -182,7 +183,8 @@ def test_a_retry_keeps_them(
                        metadata={"k": "v"})
     bq.records.transition(failed.id, TaskState.FAILED, error="ValueError: boom")
     bq.redis.zadd(bq.keys.failed, {failed.id: time.time()})
-    monkeypatch.setattr(bq.results, "fetch", lambda task_id: {"args": [{"x": 1}]})
+    bq.results.redis.set(bq.results.key(failed.id), json.dumps(
+        {"status": "FAILURE", "result": {}, "args": [{"x": 1}]}))  # Celery's (result_extended)
     again = bq.records.get(bq.retry(failed.id).id)
     assert again is not None
     assert (again.name, again.description, again.metadata) == ("n", "d", {"k": "v"})
