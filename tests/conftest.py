@@ -33,9 +33,9 @@ STUDY_QUEUES = ("default", "bo", "evaluate")
 
 
 # The files whose tests spend CPU on Ax (its model fits, in the workers and in process),
-# in two groups of about 8 minutes each: `make test` runs each group's files one after
-# another on one xdist worker, first, while the third runs the rest, which mostly waits
-# on processes and Redis. More of these at once on a 2-core machine only slow each other.
+# in two groups of 3-5 minutes: `make test` runs each group's files one after another on
+# one xdist worker, first, while the other two run the rest, which mostly waits on
+# processes and Redis. More of these at once on a 2-core machine only slow each other.
 AX_HEAVY = {
     "test_study_moo.py": "ax-1", "test_study_parallel.py": "ax-1", "test_study_sql.py": "ax-1",
     "test_studies.py": "ax-2", "test_study_recovery.py": "ax-2", "test_warm_start.py": "ax-2",
