@@ -28,28 +28,24 @@ class ResultBackend(RedisBackend):
 
     def success(self, task_id: str, result: Any, request: Any) -> tuple[str, str, int]:
         """What `store_result` writes for a success, to write it ourselves with the
-        task's record (workers.runner): (key, encoded meta, retention in s, 0 for none).
-        (The ignores: celery-types lacks these attributes of RedisBackend.)"""
-        meta = self._get_result_meta(  # type: ignore[attr-defined]
-            result=self.encode_result(result, states.SUCCESS),
-            state=states.SUCCESS, traceback=None, request=request)
-        meta["task_id"] = task_id
-        encoded: str | bytes = self.encode(meta)
-        value = encoded.decode() if isinstance(encoded, bytes) else encoded
-        if len(value) > self._MAX_STR_VALUE_SIZE:  # type: ignore[attr-defined]
-            raise BackendStoreError("value too large for Redis backend")
-        key: str | bytes = self.get_key_for_task(task_id)
-        expires = int(self.expires or 0)  # type: ignore[attr-defined]
-        return key.decode() if isinstance(key, bytes) else key, value, expires
+        task's record (workers.runner): (key, encoded meta, retention in s, 0 for none)."""
+        return self._stored(task_id, result, states.SUCCESS, request)
 
     def revoked(self, task_id: str, reason: str) -> tuple[str, str, int]:
         """What `mark_as_revoked(task_id, reason)` writes (Celery's store_result of a
-        TaskRevokedError, REVOKED, no request), as `success` gives it: (key, encoded
-        meta, retention in s, 0 for none). Core._revoking writes it, SET and PUBLISHed
-        in one MULTI as RedisBackend._set does, unless `succeeded` says otherwise."""
+        TaskRevokedError, REVOKED, no request), as `success` gives it. Core._revoking
+        writes it, SET and PUBLISHed in one MULTI as RedisBackend._set does, unless
+        `succeeded` says otherwise."""
+        return self._stored(task_id, TaskRevokedError(reason), states.REVOKED, None)
+
+    def _stored(self, task_id: str, result: Any, state: str,
+                request: Any) -> tuple[str, str, int]:
+        """Celery's encoding of a result meta for its Redis key: (key, encoded meta,
+        retention in s, 0 for none). (The ignores: celery-types lacks these attributes
+        of RedisBackend.)"""
         meta = self._get_result_meta(  # type: ignore[attr-defined]
-            result=self.encode_result(TaskRevokedError(reason), states.REVOKED),
-            state=states.REVOKED, traceback=None, request=None)
+            result=self.encode_result(result, state), state=state, traceback=None,
+            request=request)
         meta["task_id"] = task_id
         encoded: str | bytes = self.encode(meta)
         value = encoded.decode() if isinstance(encoded, bytes) else encoded
