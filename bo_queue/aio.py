@@ -4,7 +4,9 @@ Each call is the sync facade's own, written once as sans-IO steps (bo_queue.core
 the pipelines it needs, and what it makes of their replies), and driven here on a
 `redis.asyncio` client: a submit (Core.check, then Core.submitting), a cancel
 (Core.cancelling, cancelling_tag), the listings (Monitor.listing, failing), a retry
-(Monitor.retrying) and the reads: the same validation, errors, records and commands.
+(Monitor.retrying) and the reads: the same validation, errors, records and commands,
+on connections held between calls (bo_queue.core.aio_redis: redis.asyncio's pool alone
+cost more than the round trip).
 Results are awaited on one shared pub/sub connection, so hundreds of `get()`s wait on
 the loop, with no thread each.
 
@@ -27,13 +29,11 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.connection import HiredisRespSerializer
-from redis.utils import HIREDIS_AVAILABLE
 
 from bo_queue import registry
 from bo_queue.client import BOQueue
 from bo_queue.config import Settings
-from bo_queue.core.connections import async_redis_client
+from bo_queue.core.aio_redis import HeldConnections, HeldPipeline, async_client
 from bo_queue.core.handle import RECORD_RECHECK_S, Progress
 from bo_queue.core.kernel import Pipe, Step, Steps, batch_of, request_of, with_result
 from bo_queue.core.records import RecordStore, TaskInfo, derived_state
@@ -55,8 +55,6 @@ __all__ = ["AsyncBOQueue", "AsyncStudies", "AsyncTaskHandle"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-POOL_SIZE = 50  # connections per client, shared by every call in flight
-POOL_WAIT_S = 20.0  # how long a call waits for one (then ConnectionError)
 
 
 class AsyncBOQueue:
@@ -80,13 +78,14 @@ class AsyncBOQueue:
         self.sync, self._owns_sync = sync, owns_sync
         self.settings, self.keys = self.sync.settings, self.sync.keys
         connect = self.settings.connect_timeout_s
-        self.redis = client or _client(self.settings, self.settings.redis_url,
+        self.redis = client or async_client(self.settings, self.settings.redis_url,
                                        decode_responses=True, socket_timeout=max(connect, 10.0))
         # Celery's result backend, under its own key scheme (the sync waiter's prefix)
         self.results = AsyncResults(
-            results_client or _client(self.settings, self.settings.results_url),
+            results_client or async_client(self.settings, self.settings.results_url),
             self.sync.results.prefix)
         self.studies = AsyncStudies(self)
+        self._held = HeldConnections(self.redis)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
@@ -114,6 +113,7 @@ class AsyncBOQueue:
         """Close every connection (the shared result listener's too; the sync facade's
         unless it was given to `over`)."""
         await self.results.close()
+        await self._held.close()
         await self.redis.aclose()
         if self._owns_sync:
             self.sync.close()
@@ -189,12 +189,14 @@ class AsyncBOQueue:
             return [await asyncio.to_thread(fill, None)]
         if kind is Pipe.RESULTS:  # Celery's result backend, as its own writes: MULTI
             pipe = self.results.redis.pipeline(transaction=True)
-        elif kind in (Pipe.READ, Pipe.PLAIN):
-            pipe = self.redis.pipeline(transaction=False)
+        elif kind in (Pipe.READ, Pipe.PLAIN) or not self.sync.acks.enabled:
+            pipe = self._held.pipeline(transaction=kind is Pipe.ATOMIC)
         else:  # a write step waits for the replicas (replica_acks)
             pipe = self.sync.acks.async_pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
+        fill(pipe)
+        if isinstance(pipe, HeldPipeline):
+            return await self._held.execute(pipe)
         async with pipe:
-            fill(pipe)
             replies: list[Any] = await pipe.execute()
         return replies
 
@@ -208,9 +210,9 @@ class AsyncBOQueue:
         """BOQueue.info: the record (with the stored result over it, as there)."""
         known_id(task_id)
         with self.sync.broker_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self.sync.records.read(pipe, task_id)
-                record = RecordStore.from_replies(await pipe.execute())
+            pipe = self._held.pipeline(transaction=False)
+            self.sync.records.read(pipe, task_id)
+            record = RecordStore.from_replies(await self._held.execute(pipe))
             if record is None:
                 raise UnknownTaskError(task_id)
             if record.state.terminal:
@@ -251,27 +253,6 @@ class AsyncBOQueue:
     async def retry(self, task_id: str) -> AsyncTaskHandle:
         """BOQueue.retry, awaited (Monitor.retrying)."""
         return AsyncTaskHandle(self, await self._run(self.sync.monitor.retrying(task_id)))
-
-
-def _client(settings: Settings, url: str, **options: Any) -> aioredis.Redis:
-    """A client whose pool makes coroutines wait for a free connection (at most
-    POOL_SIZE, however many calls are in flight) rather than fail."""
-    if url.startswith("redis://") and HIREDIS_AVAILABLE:  # TLS, sockets, Sentinel: their own
-        options["connection_class"] = PackedConnection
-    return async_redis_client(
-        settings, url, max_connections=POOL_SIZE, pool_wait_s=POOL_WAIT_S,
-        socket_connect_timeout=settings.connect_timeout_s, **options)
-
-
-class PackedConnection(aioredis.Connection):
-    """redis.asyncio's connection, packing commands in C with hiredis as redis-py's sync
-    client does (redis.asyncio packs them in Python: most of a submit's CPU time)."""
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self._packer.pack(*args)
-        return packed
 
 
 def _honour_cancel() -> None:

@@ -116,7 +116,7 @@ def test_master_killed_during_tasks_a_study_and_a_schedule(
         wait_until(lambda: len(submitter.accepted) >= tasks // 3, 60, what="submits")
         killed_at = time.monotonic()
         old = sentinels.kill_master()
-        new = sentinels.wait_failover(old)
+        sentinels.wait_failover(old)
         failover_s = time.monotonic() - killed_at
         pulses_then = int(evidence.get(pulses) or 0)
         producer.join(120)
@@ -150,7 +150,12 @@ def test_master_killed_during_tasks_a_study_and_a_schedule(
         wait_until(lambda: int(evidence.get(pulses) or 0) >= pulses_then + 3, 60,
                    what="the schedule after the failover")
         assert beat.process is not None and beat.process.poll() is None
-        assert f"master 127.0.0.1:{new}," in check_health(bq.monitor).render()
+        # the health check names the master the sentinels name now. Not always `new`: on
+        # a loaded machine the promoted replica can miss pings for down-after-ms, and
+        # the sentinels fail over once more, to the other replica.
+        now = sentinels.master_port()
+        assert now is not None and now != old
+        assert f"master 127.0.0.1:{now}," in check_health(bq.monitor).render()
         report.record(
             "Faults", f"Sentinel failover: the master `kill -9`ed during {tasks} tasks, a "
             f"closed-loop study and a 1 s schedule (replica acks {replica_acks})",
