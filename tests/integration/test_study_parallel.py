@@ -100,6 +100,48 @@ def test_a_freed_slot_is_refilled_at_once_by_a_trial_of_its_own(fragile: Cluster
     assert starts[1] < freed[0]
 
 
+# The trials one engine draws in a row for the same spec, in a process of its own.
+DRAWS = """
+import json, sys
+from bo_queue import BOQueue
+from bo_queue.studies.engine import Engine
+
+url, namespace, study_id, count = sys.argv[1:]
+spec = BOQueue(redis_url=url, namespace=namespace).studies.get(study_id).spec
+engine = Engine.create(spec)
+print(json.dumps([engine.generate(1, time_limit_s=60, fallback_seed=1)[0][1]
+                  for _ in range(int(count))]))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_steps_on_processes_whose_engine_is_behind_draw_what_one_engine_draws(
+    fragile: Cluster,
+) -> None:
+    """Ask/tell steps land on any of the four worker processes. One whose engine in memory
+    is some iterations behind replays the trial records onto it (no snapshot decoded):
+    the trials are exactly those one engine draws in a row (Sobol: deterministic)."""
+    bq = fragile.producer()
+    count = 10
+    study = bq.studies.create(
+        name="caught-up", parameters=SPACE, objectives=[Objective("loss")],
+        strategy=Strategy(initial_trials=count, max_trials=count, seed=7),
+    )
+    suggested = []
+    for _ in range(count):
+        (trial,) = bq.studies.suggest(study.id)
+        suggested.append(trial.params)
+        bq.studies.report(study.id, trial.index, {"loss": float(trial.params["x"])})
+    bq.studies.wait(study.id, timeout=120, poll_s=0.1)
+    steps = bq.studies.step_timings(study.id)
+    assert any(step["caught_up"] for step in steps), steps
+    drawn = subprocess.run(
+        [sys.executable, "-c", DRAWS, fragile.redis_url, fragile.namespace, study.id,
+         str(count)], capture_output=True, text=True, check=True, timeout=180,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert suggested == json.loads(drawn.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.timeout(240)
 def test_four_producers_and_a_kill_9_lose_and_duplicate_no_trial(fragile: Cluster) -> None:
     bq = fragile.producer()
