@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # An engine kept in this process between steps of the same study, valid while the study's
 # iteration has not moved on elsewhere (saves decoding the Ax snapshot every step).
 _engines: dict[str, tuple[int, Engine]] = {}
+# Studies whose snapshot this process takes after its step's reply (write_snapshots), by
+# the iteration its engine is at: a snapshot is a checkpoint, not the log.
+_snapshots_due: dict[str, int] = {}
 
 SNAPSHOT_EVERY = 8  # trials between snapshots of the Ax state (see Stepper.run)
 LOCK_POLL_S = 0.01
@@ -70,7 +73,19 @@ def lock_lease_s(generation_time_limit_s: float) -> float:
 BUSY = RetryPolicy(max_retries=10_000, backoff=0.5, backoff_max=5.0, jitter=True, on=(StudyBusy,))
 
 
-@handler(STEP, queue="bo", retry=BUSY)
+def write_snapshots(ctx: TaskContext, made: Any) -> None:
+    """After a step's result is stored (a suggest() has its trials), and outside the
+    study's lock: the snapshots its steps were due, encoded (about half a generation) and
+    written unless a later one is there (RedisStorage.save_snapshot)."""
+    store = ctx.bq.studies.store
+    for study_id, due in list(_snapshots_due.items()):
+        del _snapshots_due[study_id]
+        kept = _engines.get(study_id)  # none after a failed step: nothing to take
+        if kept is not None and kept[0] >= due:
+            store.save_snapshot(study_id, kept[0], kept[1].snapshot())
+
+
+@handler(STEP, queue="bo", retry=BUSY, on_success=write_snapshots)
 def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
     bq, study_id = ctx.bq, str(payload["study_id"])
     store = bq.studies.store
@@ -218,12 +233,17 @@ class Stepper:
         # Ax's state costs about half a generation): written when the study starts, when
         # Ax moves to another generation node, and every SNAPSHOT_EVERY trials; a process
         # without this engine in memory replays the records since onto the last one.
+        # Only the first is written here, under the lock: a process with no engine takes
+        # a study without one as new. The others are taken after the step's reply
+        # (write_snapshots), off the suggest()'s path and the lock's.
         crossed = len(trials) // SNAPSHOT_EVERY != before // SNAPSHOT_EVERY
         moved = any(t.generator != last for t in made)
         snapshot = fresh or (bool(made) and (crossed or moved))
-        model = engine.snapshot() if snapshot else None
+        model = engine.snapshot() if fresh else None
         updated = self._save(study, trials, changed, model, drained, touched or bool(changed))
         _engines[self.study_id] = (updated.iteration, engine)
+        if snapshot and not fresh:
+            _snapshots_due[self.study_id] = updated.iteration
         if study.status in (StudyStatus.CREATED, StudyStatus.INITIALIZING):
             self.store.set_status(self.study_id, StudyStatus.ACTIVE, {StudyStatus.INITIALIZING})
         if ending is not None:

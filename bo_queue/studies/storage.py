@@ -154,6 +154,10 @@ class RedisStorage(StorageBackend):
     def model_key(self, study_id: str) -> str:
         return f"{self.meta(study_id)}:model"
 
+    def model_iteration_key(self, study_id: str) -> str:
+        """The iteration of the step after which the snapshot was taken."""
+        return f"{self.meta(study_id)}:model:iteration"
+
     def ready_key(self, study_id: str) -> str:
         """Trials generated ahead of a free slot (closed loop), whose evaluations the next
         ending evaluation sends."""
@@ -181,6 +185,7 @@ class RedisStorage(StorageBackend):
             self.reported_key(study_id),
             self.inbox_key(study_id),
             self.model_key(study_id),
+            self.model_iteration_key(study_id),
             self.ready_key(study_id),
             self.curves_key(study_id),
             self.at_step_key(study_id),
@@ -211,6 +216,7 @@ class RedisStorage(StorageBackend):
                     pipe.hset(self.reported_key(study_id), mapping=_fields(done))
             if state.model is not None:
                 pipe.set(self.model_key(study_id), state.model)
+                pipe.set(self.model_iteration_key(study_id), state.study.iteration)
             if state.curves:
                 curves, at_step = _curve_fields(state)
                 pipe.hset(self.curves_key(study_id), mapping=_fields(curves))
@@ -325,9 +331,31 @@ class RedisStorage(StorageBackend):
                 )
             if model is not None:
                 pipe.set(self.model_key(study.id), model)
+                pipe.set(self.model_iteration_key(study.id), study.iteration)
             if drained:
                 pipe.ltrim(self.inbox_key(study.id), drained, -1)
             pipe.execute()
+
+    def save_snapshot(self, study_id: str, iteration: int, model: bytes) -> bool:
+        """A snapshot taken after the step that saved `iteration`, written outside the
+        study's lock: unless the study is gone or one taken later is there already. (Any
+        snapshot is a valid checkpoint: a load replays the trial records it lacks.)"""
+        written = False
+
+        def write(pipe: Any) -> None:
+            nonlocal written
+            written = False  # (called again if a watched key changed before EXEC)
+            stored = pipe.get(self.model_iteration_key(study_id))
+            if not pipe.exists(self.meta(study_id)) or (
+                    stored is not None and int(stored) >= iteration):
+                return
+            pipe.multi()
+            pipe.set(self.model_key(study_id), model)
+            pipe.set(self.model_iteration_key(study_id), iteration)
+            written = True
+
+        self.redis.transaction(write, self.model_iteration_key(study_id), self.meta(study_id))
+        return written
 
     def report(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> str:
         keys = [self.trials_key(study_id), self.reported_key(study_id), self.inbox_key(study_id)]

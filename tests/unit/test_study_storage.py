@@ -368,6 +368,7 @@ def test_delete_removes_every_key(store: RedisStorage, fake: fakeredis.FakeRedis
         "t:study:s1:reported",
         "t:study:s1:inbox",
         "t:study:s1:model",
+        "t:study:s1:model:iteration",
         "t:study:s1:lock",
     }
 
@@ -476,3 +477,21 @@ def test_file_rejects_unsafe_ids(tmp_path: Path, study_id: str) -> None:
     with pytest.raises(StudyNotFoundError):
         storage.delete(study_id)
     assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_snapshot_written_after_its_step_never_replaces_a_later_one(
+    store: RedisStorage,
+) -> None:
+    study = make_study().model_copy(update={"iteration": 4})
+    store.create(study)
+    store.save_step(study, [], MODEL, 0)  # taken under the lock, at iteration 4
+    assert store.save_snapshot("s1", 3, b"older") is False
+    assert store.model("s1") == MODEL
+    assert store.save_snapshot("s1", 6, b"later") is True
+    assert store.model("s1") == b"later"
+    assert store.save_snapshot("s1", 5, b"between") is False
+    assert store.model("s1") == b"later"
+    store.delete("s1")
+    assert store.save_snapshot("s1", 9, b"after delete") is False
+    assert store.model("s1") is None
+    assert not store.redis.keys("*s1*")
