@@ -43,11 +43,20 @@ def redis_server_binary() -> str:
     return binary
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on, and that this process has not handed out before: the
+    server it is for binds it later, and two calls in a row could otherwise get the same
+    one (a sentinel was once given its own master's port)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.05, what: str = "") -> None:
@@ -313,6 +322,13 @@ class SentinelSet:
         return {"BO_QUEUE_REDIS_URL": self.url, "BO_QUEUE_SENTINEL_MASTER": self.master_name}
 
     def start(self) -> SentinelSet:
+        try:
+            return self._start()
+        except BaseException:
+            self.close()  # no server or sentinel left running for the next test
+            raise
+
+    def _start(self) -> SentinelSet:
         for server in self.servers:
             server.start()
         master = self.servers[0].port
