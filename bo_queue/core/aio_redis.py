@@ -55,12 +55,20 @@ class HeldPipeline(aioredis.client.Pipeline):
         """What `execute()` does once it has a connection: load the scripts it calls,
         send the commands, read and parse the replies (raising the first error), and
         retry by the connection's Retry, reconnecting after each failure."""
-        if self.scripts:
-            await self.load_scripts()  # type: ignore[no-untyped-call]
-        run = self._execute_transaction if self.is_transaction else self._execute_pipeline
-        stack = self.command_stack
-        replies: list[Any] = await conn.retry.call_with_retry(
-            lambda: _bounded(conn, run(conn, stack, True)), lambda _error: conn.disconnect())
+        # load_scripts asks on the pipeline's connection, or takes one from the pool that
+        # only reset() would give back: it asks on the held one
+        self.connection = conn
+        try:
+            if self.scripts:
+                await self.load_scripts()  # type: ignore[no-untyped-call]
+            transaction = self.is_transaction or self.explicit_transaction
+            run = self._execute_transaction if transaction else self._execute_pipeline
+            stack = self.command_stack
+            replies: list[Any] = await conn.retry.call_with_retry(
+                lambda: _bounded(conn, run(conn, stack, True)),
+                lambda _error: conn.disconnect())
+        finally:
+            self.connection = None  # held: not the pipeline's to give back
         return replies
 
 

@@ -115,3 +115,23 @@ def test_at_most_held_connections_are_kept_and_the_pool_serves_the_rest(
         assert await asyncio.wait_for(pings, 3) == [None] * others
 
     on_loop(redis_url, scenario)
+
+
+def test_pipelines_that_call_scripts_take_no_connection_of_their_own(redis_url: str) -> None:
+    """A pipeline with a script first asks the server whether it has it: on the held
+    connection, or the pool loses a connection a call (only a pipeline's reset() gives
+    it back) and hangs once POOL_SIZE calls have run."""
+    async def scenario(held: HeldConnections) -> None:
+        script = held.client.register_script("return 7")
+
+        async def call() -> Any:
+            pipe = held.pipeline(transaction=False)
+            await script(keys=[], args=[], client=pipe)  # queued on the pipeline
+            [reply] = await held.execute(pipe)
+            return reply
+
+        replies = [await asyncio.wait_for(call(), 5) for _ in range(POOL_SIZE + 10)]
+        assert replies == [7] * (POOL_SIZE + 10)
+        assert len(held.idle) == 1
+
+    on_loop(redis_url, scenario)
