@@ -261,7 +261,7 @@ def test_add_dependency_refuses_cycles_unknown_ids_and_started_tasks(
     with pytest.raises(ValidationError, match="has started or ended"):
         bq.add_dependency(done.id, a.id)
     assert bq.info(done.id).depends_on == ()
-    failed = bq.submit("t.echo", {})
+    failed = bq.submit("t.echo", {}, countdown=600)  # cancelled before any worker runs it
     bq.cancel(failed.id)
     with pytest.raises(DependencyError, match="already ended CANCELLED"):
         bq.add_dependency(a.id, failed.id)

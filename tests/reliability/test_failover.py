@@ -29,6 +29,7 @@ from bo_queue import (
     Strategy,
     StudyStatus,
     TrialStatus,
+    ValidationError,
 )
 from bo_queue.monitor.health import check_health
 from bo_queue.testing import BeatProcess, SentinelSet, wait_until
@@ -50,7 +51,10 @@ def sentinels() -> Iterator[SentinelSet]:
 @dataclass
 class Submitter:
     """Submits `total` r.effect tasks one by one from a thread, as a producer service
-    would, counting refusals (each must be a BrokerUnavailableError, and prompt)."""
+    would, counting refusals (each must be a BrokerUnavailableError, and prompt). A
+    refused submit is retried under the same task id: a refusal can come after the write
+    landed (the master killed before its reply, the replica kept it), and a second id
+    would then be a second task. "Already in use" on a retry means the first went in."""
 
     bq: BOQueue
     total: int
@@ -61,18 +65,27 @@ class Submitter:
     errors: list[BaseException] = field(default_factory=list)
 
     def run(self) -> None:
-        i = 0
+        i, retrying = 0, False
         try:
             while len(self.accepted) < self.total:
                 start = time.monotonic()
+                task_id = f"failover-{id(self)}-{i}"
                 try:
-                    handle = self.bq.submit("r.effect", {"i": i, "ms": 20})
-                    self.accepted.append(handle.id)
-                    i += 1
+                    self.bq.submit_many([{"handler": "r.effect", "id": task_id,
+                                          "payload": {"i": i, "ms": 20}}])
                 except BrokerUnavailableError:
                     self.refused += 1
                     self.refused_at.append(time.monotonic())
+                    retrying = True
                     time.sleep(0.02)  # a producer's retry loop
+                except ValidationError as exc:
+                    if not (retrying and "already in use" in str(exc)):
+                        raise
+                    self.accepted.append(task_id)  # the refused one had gone in
+                    i, retrying = i + 1, False
+                else:
+                    self.accepted.append(task_id)
+                    i, retrying = i + 1, False
                 self.slowest_s = max(self.slowest_s, time.monotonic() - start)
                 time.sleep(0.005)
         except BaseException as exc:  # anything else fails the test
