@@ -14,8 +14,8 @@ What is no Redis command of ours is a CALL step, made in a worker thread
 (asyncio.to_thread) so that it never blocks the loop: Celery's remote control (a kombu
 broadcast) for cancel(terminate=True) of a running task, the check of a submit whose
 placement reads the workers' heartbeats, and the sync facade's lease loop that sends
-dependents a cancel or a submit released, and pull offers. The studies (AsyncStudies)
-run on the sync facade in a worker thread: Ax's steps are CPU work.
+dependents a cancel or a submit released, and pull offers. The studies' calls
+(AsyncStudies) are steps too: Ax runs on the workers, never in the producer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis.asyncio as aioredis
@@ -43,13 +43,23 @@ from bo_queue.errors import (
     ResultTimeoutError,
     TaskCancelledError,
     TaskExpiredError,
+    TaskFailedError,
     UnknownTaskError,
 )
 from bo_queue.states import TaskState
+from bo_queue.studies.manager import ended, step_failed
 from bo_queue.validation import known_id
 
 if TYPE_CHECKING:
-    from bo_queue.studies.models import Study, Trial
+    from bo_queue.studies.models import (
+        Choice,
+        Objective,
+        Range,
+        Strategy,
+        Study,
+        StudySpec,
+        Trial,
+    )
 
 __all__ = ["AsyncBOQueue", "AsyncStudies", "AsyncTaskHandle"]
 
@@ -162,12 +172,12 @@ class AsyncBOQueue:
     async def _submit(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
     ) -> list[AsyncTaskHandle]:
-        done = await self._run(self.sync.submitting(plans, durable, created_by))
+        done = await self.run_steps(self.sync.submitting(plans, durable, created_by))
         if done.released or done.cancelled or done.offers:
-            await self._run(self.sync.finishing(done))  # dependents and pull offers
+            await self.run_steps(self.sync.finishing(done))  # dependents and pull offers
         return [AsyncTaskHandle(self, task_id) for task_id in done.ids]
 
-    async def _run(self, steps: Steps[T]) -> T:
+    async def run_steps(self, steps: Steps[T]) -> T:
         """Core.run_steps (bo_queue.core.steps.drive) on the asyncio clients: each
         pipeline the steps ask for, an error raised inside them where they asked."""
         with self.sync.broker_errors():
@@ -234,25 +244,25 @@ class AsyncBOQueue:
                      reason: str = "cancelled") -> TaskState:
         """BOQueue.cancel, awaited (Core.cancelling). Only terminate=True's kill of a
         running task, a broadcast of Celery's remote control, goes to a worker thread."""
-        return await self._run(self.sync.cancelling(task_id, terminate=terminate,
+        return await self.run_steps(self.sync.cancelling(task_id, terminate=terminate,
                                                     reason=reason))
 
     async def cancel_tag(self, tag: str, *, terminate: bool = False) -> list[str]:
         """BOQueue.cancel_tag, awaited (Core.cancelling_tag)."""
-        return await self._run(self.sync.cancelling_tag(tag, terminate=terminate))
+        return await self.run_steps(self.sync.cancelling_tag(tag, terminate=terminate))
 
     async def tasks(self, state: TaskState | str | None = None,
                     **filters: Any) -> list[TaskInfo]:
         """BOQueue.tasks, awaited (Monitor.listing)."""
-        return await self._run(self.sync.monitor.listing(state, **filters))
+        return await self.run_steps(self.sync.monitor.listing(state, **filters))
 
     async def failed(self, limit: int = 100) -> list[TaskInfo]:
         """BOQueue.failed, awaited (Monitor.failing)."""
-        return await self._run(self.sync.monitor.failing(limit))
+        return await self.run_steps(self.sync.monitor.failing(limit))
 
     async def retry(self, task_id: str) -> AsyncTaskHandle:
         """BOQueue.retry, awaited (Monitor.retrying)."""
-        return AsyncTaskHandle(self, await self._run(self.sync.monitor.retrying(task_id)))
+        return AsyncTaskHandle(self, await self.run_steps(self.sync.monitor.retrying(task_id)))
 
 
 def _honour_cancel() -> None:
@@ -414,45 +424,75 @@ class AsyncResults:
 
 
 class AsyncStudies:
-    """The ask/tell side of studies for asyncio: BOQueue.studies' calls, each in a worker
-    thread (Ax's steps are CPU work that must not run on the loop, nor its import)."""
+    """The ask/tell side of studies for asyncio: BOQueue.studies' own calls, written once
+    as steps (StudyManager.creating, asking, reporting, ...) and awaited here on the
+    asyncio client; a suggest's answer awaited on the shared pub/sub connection. No thread:
+    Ax runs on the workers, and nothing here imports it."""
 
     def __init__(self, aq: AsyncBOQueue) -> None:
         self._aq = aq
+        self._manager = aq.sync.studies
 
-    async def _call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(
-            lambda: getattr(self._aq.sync.studies, method)(*args, **kwargs))
+    async def create(
+        self,
+        name: str,
+        parameters: Sequence[Range | Choice],
+        objectives: Sequence[Objective],
+        strategy: Strategy | None = None,
+        evaluator: str | None = None,
+        **options: Any,
+    ) -> Study:
+        """StudyManager.create (its keyword options: parameter_constraints,
+        outcome_constraints, evaluator_options, description, metadata, warm_start_from)."""
+        return await self._aq.run_steps(self._manager.creating(
+            name, parameters, objectives, strategy, evaluator, **options))
 
-    async def create(self, *args: Any, **kwargs: Any) -> Study:
-        """StudyManager.create."""
-        study: Study = await self._call("create", *args, **kwargs)
-        return study
+    async def create_from_spec(self, spec: StudySpec | Mapping[str, Any], **options: Any
+                               ) -> Study:
+        """StudyManager.create_from_spec."""
+        return await self._aq.run_steps(self._manager.creating_from_spec(spec, **options))
 
     async def get(self, study_id: str) -> Study:
         """StudyManager.get."""
-        study: Study = await self._call("get", study_id)
-        return study
+        return await self._aq.run_steps(self._manager.store.studying(study_id))
 
-    async def suggest(self, study_id: str, *args: Any, **kwargs: Any) -> list[Trial]:
-        """StudyManager.suggest."""
-        trials: list[Trial] = await self._call("suggest", study_id, *args, **kwargs)
-        return trials
+    async def trials(self, study_id: str) -> list[Trial]:
+        """The study's trials, by index (StudyManager.trials without its filter)."""
+        await self.get(study_id)  # StudyNotFoundError
+        return await self._aq.run_steps(self._manager.store.trials_reading(study_id))
 
-    async def report(self, study_id: str, index: int, values: Mapping[str, Any]) -> bool:
+    async def suggest(self, study_id: str, count: int = 1, timeout: float | None = 300
+                      ) -> list[Trial]:
+        """StudyManager.suggest: the step's answer awaited, with no thread."""
+        step = await self._aq.run_steps(self._manager.asking(study_id, count, timeout))
+        try:
+            indices: list[int] = await self._aq.handle(step).get(timeout=timeout)
+        except TaskFailedError as exc:
+            raise step_failed(exc) from exc
+        return await self._aq.run_steps(self._manager.store.trials_reading(study_id, indices))
+
+    async def report(self, study_id: str, index: int, values: Mapping[str, Any],
+                     metadata: Mapping[str, Any] | None = None) -> bool:
         """StudyManager.report."""
-        return bool(await self._call("report", study_id, index, values))
+        return await self._aq.run_steps(self._manager.reporting(study_id, index, values, metadata))
 
     async def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
         """StudyManager.report_failure."""
-        return bool(await self._call("report_failure", study_id, index, reason))
+        return await self._aq.run_steps(self._manager.reporting_failure(study_id, index, reason))
+
+    async def report_intermediate(self, study_id: str, trial_index: int, step: int,
+                                  values: Mapping[str, Any]) -> bool:
+        """StudyManager.report_intermediate: True when the trial should stop now."""
+        return await self._aq.run_steps(
+            self._manager.reporting_intermediate(study_id, trial_index, step, values))
 
     async def best(self, study_id: str) -> Trial | None:
         """StudyManager.best."""
-        trial: Trial | None = await self._call("best", study_id)
-        return trial
+        return await self._aq.run_steps(self._manager.best_reading(study_id))
 
-    async def wait(self, study_id: str, timeout: float = 600) -> Study:
-        """StudyManager.wait."""
-        study: Study = await self._call("wait", study_id, timeout)
+    async def wait(self, study_id: str, timeout: float = 600, poll_s: float = 0.25) -> Study:
+        """StudyManager.wait, polling on the loop."""
+        deadline = time.monotonic() + timeout
+        while not ended(study := await self.get(study_id), deadline, timeout):
+            await asyncio.sleep(poll_s)
         return study

@@ -379,10 +379,7 @@ class Core(TaskChanges):
         return replies
 
     def _step_pipeline(self, kind: Pipe) -> Any:
-        """A step's pipeline: a write's waits for the replicas (replica_acks)."""
-        if kind in (Pipe.READ, Pipe.PLAIN):
-            return self.redis.pipeline(transaction=False)
-        return self.acks.pipeline(self.redis, transaction=kind is Pipe.ATOMIC)
+        return self.acks.step_pipeline(self.redis, kind)
 
     def submitting(
         self, plans: list[Plan], durable: bool = False, created_by: str | None = None
@@ -625,14 +622,28 @@ class Core(TaskChanges):
         """`check` as steps: the handler directory re-read as a step when `check` would
         re-read it, and a check that reads the workers' heartbeats (`places`) as a CALL,
         so that an asyncio caller makes it in a worker thread."""
-        if (registry.get(request.handler) is None
-                and request.handler not in self._directory and self._directory_stale()):
-            [raw] = yield Pipe.READ, lambda pipe: pipe.hgetall(self.keys.handlers)
-            self.learn_handlers(raw)
+        yield from self.learning(request.handler)
         if self.places(request):
             [plan] = yield Pipe.CALL, lambda _: self.check(request)
             return plan  # type: ignore[no-any-return]
         return self.check(request)
+
+    def learning(self, handler: str) -> Steps[None]:
+        """The handler directory re-read, as a step, when `handler_entry(handler)` would
+        re-read it: what checking a name of it then needs is in memory."""
+        if (registry.get(handler) is None
+                and handler not in self._directory and self._directory_stale()):
+            [raw] = yield Pipe.READ, lambda pipe: pipe.hgetall(self.keys.handlers)
+            self.learn_handlers(raw)
+
+    def submitting_one(self, request: TaskRequest) -> Steps[str]:
+        """A whole submit of one request as steps, from its check to what `finish` does:
+        its task id."""
+        plan = yield from self.checking(request)
+        done = yield from self.submitting([plan])
+        if done.released or done.cancelled or done.offers:
+            yield from self.finishing(done)
+        return done.ids[0]
 
     def places(self, request: TaskRequest | Mapping[str, Any]) -> bool:
         """Whether checking `request` reads the workers' heartbeats (or records a placed

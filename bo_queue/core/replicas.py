@@ -26,6 +26,7 @@ import redis.asyncio.client
 import redis.client
 from redis.commands.core import Script
 
+from bo_queue.core.steps import Pipe
 from bo_queue.errors import ReplicaAckError
 
 T = TypeVar("T")
@@ -58,6 +59,13 @@ class ReplicaAcks:
             return client.pipeline(transaction=transaction)
         return AckedPipeline(self, client.connection_pool, client.response_callbacks,
                              transaction, None)
+
+    def step_pipeline(self, client: redis.Redis, kind: Pipe) -> redis.client.Pipeline:
+        """The pipeline a step asks for (bo_queue.core.steps): a write's waits for the
+        replicas."""
+        if kind in (Pipe.READ, Pipe.PLAIN):
+            return client.pipeline(transaction=False)
+        return self.pipeline(client, transaction=kind is Pipe.ATOMIC)
 
     def async_pipeline(
         self, client: redis.asyncio.Redis, transaction: bool = True

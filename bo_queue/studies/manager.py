@@ -16,7 +16,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
+from bo_queue.core.handle import TaskHandle
+from bo_queue.core.kernel import request_of
 from bo_queue.core.keys import PULL_QUEUE
+from bo_queue.core.steps import Pipe, Steps
 from bo_queue.errors import (
     InvalidTransitionError,
     StudyError,
@@ -68,6 +71,7 @@ MAX_METADATA = 65_536  # bytes of a study's metadata as JSON
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _redis_errors(method: F) -> F:
@@ -117,6 +121,29 @@ class StudyManager:
         completed trials inside the new space are attached before its first generation
         (generator "warm-start", not counted towards max_trials); the quasi-random initial
         design shrinks by as many."""
+        return self._drive(self.creating(
+            name, parameters, objectives, strategy, evaluator,
+            parameter_constraints=parameter_constraints, outcome_constraints=outcome_constraints,
+            evaluator_options=evaluator_options, description=description, metadata=metadata,
+            warm_start_from=warm_start_from,
+        ))
+
+    def creating(
+        self,
+        name: str,
+        parameters: Sequence[Range | Choice],
+        objectives: Sequence[Objective],
+        strategy: Strategy | None = None,
+        evaluator: str | None = None,
+        *,
+        parameter_constraints: Sequence[LinearConstraint] = (),
+        outcome_constraints: Sequence[OutcomeConstraint] = (),
+        evaluator_options: Mapping[str, Any] | None = None,
+        description: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        warm_start_from: Sequence[str] = (),
+    ) -> Steps[Study]:
+        """`create` as steps (bo_queue.aio.AsyncStudies awaits them)."""
         spec = StudySpec(
             name=name,
             parameters=_listed(parameters),
@@ -130,9 +157,9 @@ class StudyManager:
                 else {} if evaluator_options is None else evaluator_options
             ),
         )
-        return self.create_from_spec(
+        return (yield from self.creating_from_spec(
             spec, description=description, metadata=metadata, warm_start_from=warm_start_from
-        )
+        ))
 
     @_redis_errors
     def create_from_spec(
@@ -140,18 +167,27 @@ class StudyManager:
         metadata: Mapping[str, Any] | None = None, warm_start_from: Sequence[str] = (),
     ) -> Study:
         """A study from a StudySpec, or from its fields as a JSON client sends them."""
+        return self._drive(self.creating_from_spec(
+            spec, description=description, metadata=metadata, warm_start_from=warm_start_from))
+
+    def creating_from_spec(
+        self, spec: StudySpec | Mapping[str, Any], *, description: str = "",
+        metadata: Mapping[str, Any] | None = None, warm_start_from: Sequence[str] = (),
+    ) -> Steps[Study]:
+        """`create_from_spec` as steps."""
         description, metadata = _described(description, metadata)
         spec = parse_spec(spec)
         if spec.strategy.seed is None:
             spec = StudySpec(**{**spec.model_dump(), "strategy": _seeded(spec.strategy)})
         spec.check_runnable()
         if spec.evaluator is not None:
+            yield from self.bq.learning(spec.evaluator)
             self.check_evaluator(spec.evaluator)
-        sources = self._warm_sources(spec, warm_start_from)
+        sources = yield from self._warm_sources(spec, warm_start_from)
         now = datetime.now(UTC)
         study = Study(id=uuid.uuid4().hex[:16], spec=spec, created_at=now, updated_at=now,
                       description=description, metadata=metadata, warm_start_from=sources)
-        self.store.create(study)
+        yield from self.store.creating(study)
         return study
 
     @_redis_errors
@@ -172,7 +208,7 @@ class StudyManager:
             metadata=described.get("metadata", source.metadata), warm_start_from=[source.id],
         )
 
-    def _warm_sources(self, spec: StudySpec, sources: Sequence[str]) -> builtins.list[str]:
+    def _warm_sources(self, spec: StudySpec, sources: Sequence[str]) -> Steps[builtins.list[str]]:
         """The ids of studies a new study can start from; StudyNotFoundError (another
         namespace's study is not found in this one) or ValidationError otherwise."""
         if isinstance(sources, str) or not isinstance(sources, Sequence):
@@ -181,7 +217,7 @@ class StudyManager:
         for study_id in ids:
             if not valid_id(study_id):
                 raise ValidationError(f"warm_start_from: {shown(study_id)} is not a study id")
-            source = self.store.study(study_id)  # StudyNotFoundError
+            source = yield from self.store.studying(study_id)  # StudyNotFoundError
             missing = set(spec.metric_names) - set(source.spec.metric_names)
             if missing:
                 raise ValidationError(
@@ -269,8 +305,12 @@ class StudyManager:
     def best(self, study_id: str) -> Trial | None:
         """The best completed trial as observed (single objective), or None if none is
         (bo_queue.studies.scoring says which is best)."""
-        study = self.get(study_id)
-        return scoring.best(study.spec, self.store.trials(study_id))
+        return self._drive(self.best_reading(study_id))
+
+    def best_reading(self, study_id: str) -> Steps[Trial | None]:
+        """`best` as steps."""
+        study = yield from self.store.studying(study_id)
+        return scoring.best(study.spec, (yield from self.store.trials_reading(study_id)))
 
     @_redis_errors
     def pareto(self, study_id: str) -> builtins.list[Trial]:
@@ -337,18 +377,24 @@ class StudyManager:
     ) -> builtins.list[Trial]:
         """`count` new trials to evaluate, generated by Ax on a worker. Report each with
         report() (or report_failure()) before its lease runs out."""
+        step = self._drive(self.asking(study_id, count, timeout))
+        indices = answer(TaskHandle(self.bq, step), timeout)
+        return self._drive(self.store.trials_reading(study_id, indices))
+
+    def asking(self, study_id: str, count: int, timeout: float | None) -> Steps[str]:
+        """The first half of `suggest` as steps: the step that generates `count` trials
+        is submitted, its task id returned; its answer (`answer`) is their indices."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValidationError(
                 f"count must be a whole number of at least 1, not {shown(count)}"
             )
         _check_timeout(timeout)
-        study = self.get(study_id)
+        study = yield from self.store.studying(study_id)
         if study.status.terminal:
             raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
         if study.status is StudyStatus.PAUSED:
             raise StudyError(f"study {study_id} is paused; resume() it first")
-        indices = self._ask(study_id, {"suggest": count}, timeout)
-        return [self.store.trial(study_id, i) for i in indices]
+        return (yield from self._stepping(study_id, {"suggest": count}))
 
     @_redis_errors
     def add_design_points(
@@ -360,8 +406,9 @@ class StudyManager:
         if study.status.terminal:  # as suggest: a conflict, not a step that fails
             raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
         checked = [study.spec.check_params(p) for p in _listed(points, "points")]
-        indices = self._ask(study_id, {"attach": checked}, timeout)
-        return [self.store.trial(study_id, i) for i in indices]
+        step = self._drive(self._stepping(study_id, {"attach": checked}))
+        indices = answer(TaskHandle(self.bq, step), timeout)
+        return self._drive(self.store.trials_reading(study_id, indices))
 
     @_redis_errors
     def report(
@@ -372,23 +419,36 @@ class StudyManager:
         measured) kept on the trial with the time it was reported. Idempotent: the same
         values and metadata again change nothing (and return False); a different result
         for a trial that has one raises."""
+        return self._drive(self.reporting(study_id, index, values, metadata))
+
+    def reporting(
+        self, study_id: str, index: int, values: Mapping[str, Any],
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Steps[bool]:
+        """`report` as steps."""
         index = _index(index)
-        study = self.get(study_id)
+        study = yield from self.store.studying(study_id)
         checked = study.spec.check_values(values)
         entry: dict[str, Any] = {"index": index, "values": checked, "at": time.time()}
         if metadata is not None:
             entry["metadata"] = _metadata(metadata, "result metadata")
-        return self._tell(study_id, index, entry, result_marker(checked, entry.get("metadata")))
+        marker = result_marker(checked, entry.get("metadata"))
+        return (yield from self._telling(study, index, entry, marker))
 
     @_redis_errors
     def report_failure(self, study_id: str, index: int, reason: str = "") -> bool:
         """Record that a trial could not be evaluated; the study goes on without it."""
+        return self._drive(self.reporting_failure(study_id, index, reason))
+
+    def reporting_failure(self, study_id: str, index: int, reason: str = "") -> Steps[bool]:
+        """`report_failure` as steps."""
         index = _index(index)
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise ValidationError(f"reason must be a string of at most {MAX_REASON} characters")
-        self.get(study_id)
+        study = yield from self.store.studying(study_id)
         entry = {"index": index, "error": reason or "reported failed", "at": time.time()}
-        return self._tell(study_id, index, entry, canonical({"failed": entry["error"]}))
+        return (yield from self._telling(study, index, entry,
+                                         canonical({"failed": entry["error"]})))
 
     @_redis_errors
     def add_results(
@@ -426,8 +486,14 @@ class StudyManager:
         stopped trial ends EARLY_STOPPED with these values, and its evaluation task (in a
         closed loop) is cancelled. The same step with the same values again is a no-op
         that answers as before."""
+        return self._drive(self.reporting_intermediate(study_id, trial_index, step, values))
+
+    def reporting_intermediate(
+        self, study_id: str, trial_index: int, step: int, values: Mapping[str, Any]
+    ) -> Steps[bool]:
+        """`report_intermediate` as steps."""
         index, step = _index(trial_index), _step_number(step)
-        study = self.get(study_id)
+        study = yield from self.store.studying(study_id)
         if study.status.terminal:
             raise InvalidTransitionError(f"study {study_id} has ended ({study.status})")
         given = study.spec.check_values(values)
@@ -444,13 +510,13 @@ class StudyManager:
         entry = {"index": index, "early_stopped": True, "step": step, "values": checked,
                  "at": time.time()}
         watched = mean(given[objective.name])
-        outcome = self.store.report_intermediate(
+        outcome = yield from self.store.reporting_intermediate(
             study_id, index, step, checked, watched, rule, entry
         )
-        if outcome == "missing":
-            self.store.trial(study_id, index)  # StudyNotFoundError or TrialNotFoundError
+        if outcome in ("missing", "ended", "stop"):  # TrialNotFoundError when missing
+            [trial] = yield from self.store.trials_reading(study_id, [index])
         if outcome == "ended":
-            status = self.store.trial(study_id, index).status  # RUNNING: told, not yet stepped
+            status = trial.status  # RUNNING: told, not yet stepped
             shown_status = "" if status is TrialStatus.RUNNING else f" ({status})"
             raise ValidationError(
                 f"trial {index} has ended{shown_status}: it takes no more intermediate values"
@@ -462,10 +528,13 @@ class StudyManager:
                 f"step {step} goes backwards: trial {index} is at step {outcome[10:]}"
             )
         if outcome == "stop":
-            task_id = self.store.trial(study_id, index).task_id
-            if task_id is not None and self.bq.records.exists(task_id):
-                self.bq.cancel(task_id, reason=f"early stopped at step {step}")
-            self._step(study_id, {})
+            task_id = trial.task_id
+            if task_id is not None:
+                record = self.bq.keys.task(task_id)
+                [exists] = yield Pipe.READ, lambda pipe: pipe.exists(record)
+                if exists:
+                    yield from self.bq.cancelling(task_id, reason=f"early stopped at step {step}")
+            yield from self._stepping(study_id, {})
         return outcome in ("stop", "stopped")
 
     @_redis_errors
@@ -478,18 +547,21 @@ class StudyManager:
         self.store.trial(study_id, index)  # StudyNotFoundError or TrialNotFoundError
         return self.store.curve(study_id, index)
 
-    def _tell(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> bool:
-        if self.get(study_id).status.terminal:
-            registered = self.store.redis.hget(self.store.reported_key(study_id), str(index))
+    def _telling(self, study: Study, index: int, entry: dict[str, Any], marker: str
+                 ) -> Steps[bool]:
+        study_id = study.id
+        if study.status.terminal:
+            reported = self.store.reported_key(study_id)
+            [registered] = yield Pipe.READ, lambda pipe: pipe.hget(reported, str(index))
             if registered == marker:
                 return False  # a repeat of a result it had: still a no-op
             raise InvalidTransitionError(f"study {study_id} has ended; it takes no more results")
-        outcome = self.store.report(study_id, index, entry, marker)
+        outcome = yield from self.store.reporting(study_id, index, entry, marker)
         if outcome.startswith("closed:"):
-            trial = self.store.trial(study_id, index)
+            [trial] = yield from self.store.trials_reading(study_id, [index])
             raise StudyError(f"trial {index} is {trial.status}: {trial.error or 'closed'}")
         if outcome == "new":
-            self._step(study_id, {})
+            yield from self._stepping(study_id, {})
         return outcome == "new"
 
     # -- closed loop and lifecycle ------------------------------------------------------
@@ -549,16 +621,9 @@ class StudyManager:
     def wait(self, study_id: str, timeout: float = 600, poll_s: float = 0.25) -> Study:
         """Block until the study is COMPLETED or FAILED."""
         deadline = time.monotonic() + timeout
-        while True:
-            study = self.get(study_id)
-            if study.status.terminal:
-                return study
-            if time.monotonic() > deadline:
-                raise StudyTimeoutError(
-                    f"study {study_id} still {study.status} after {timeout} s "
-                    f"({study.completed_trials}/{study.spec.strategy.max_trials} trials)"
-                )
+        while not ended(study := self.get(study_id), deadline, timeout):
             time.sleep(poll_s)
+        return study
 
     @_redis_errors
     def delete(self, study_id: str) -> bool:
@@ -581,18 +646,43 @@ class StudyManager:
         self.store.save(state)
         return self.get(study_id)
 
-    def _ask(
-        self, study_id: str, request: dict[str, Any], timeout: float | None
-    ) -> builtins.list[int]:
-        """A step whose answer we wait for; its failure is a StudyError here."""
-        try:
-            indices: builtins.list[int] = self._step(study_id, request).get(timeout=timeout)
-        except TaskFailedError as exc:
-            raise StudyError(f"the study step failed: {exc.remote_message}") from exc
-        return indices
+    def _drive(self, steps: Steps[T]) -> T:
+        return self.bq.run_steps(steps)
 
-    def _step(self, study_id: str, request: dict[str, Any]) -> Any:
-        return self.bq.submit(STEP, {"study_id": study_id, **request}, queue="bo")
+    def _step(self, study_id: str, request: dict[str, Any]) -> TaskHandle:
+        return TaskHandle(self.bq, self._drive(self._stepping(study_id, request)))
+
+    def _stepping(self, study_id: str, request: dict[str, Any]) -> Steps[str]:
+        """A study step submitted (on the `bo` queue), as steps: its task id."""
+        return self.bq.submitting_one(
+            request_of(STEP, {"study_id": study_id, **request}, queue="bo"))
+
+
+def answer(step: TaskHandle, timeout: float | None) -> builtins.list[int]:
+    """The indices of the trials a step generated or attached, once it has; its failure
+    is a StudyError here."""
+    try:
+        indices: builtins.list[int] = step.get(timeout=timeout)
+    except TaskFailedError as exc:
+        raise step_failed(exc) from exc
+    return indices
+
+
+def ended(study: Study, deadline: float, timeout: float) -> bool:
+    """Whether `wait` is over: the study has ended (True), or StudyTimeoutError once the
+    monotonic clock passes `deadline`."""
+    if study.status.terminal:
+        return True
+    if time.monotonic() > deadline:
+        raise StudyTimeoutError(
+            f"study {study.id} still {study.status} after {timeout} s "
+            f"({study.completed_trials}/{study.spec.strategy.max_trials} trials)"
+        )
+    return False
+
+
+def step_failed(exc: TaskFailedError) -> StudyError:
+    return StudyError(f"the study step failed: {exc.remote_message}")
 
 
 def parse_spec(spec: Any) -> StudySpec:

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from redis.typing import EncodableT, FieldT
@@ -31,6 +31,7 @@ from bo_queue.core import scripts
 from bo_queue.core.events import EVENTS_MAX_LEN
 from bo_queue.core.keys import Keys
 from bo_queue.core.replicas import ReplicaAcks
+from bo_queue.core.steps import Pipe, Step, Steps, drive
 from bo_queue.errors import (
     ReportConflictError,
     StudyNotFoundError,
@@ -48,6 +49,8 @@ from bo_queue.studies.models import (
     mean,
     outcomes,
 )
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -132,8 +135,9 @@ class RedisStorage(StorageBackend):
         self._set_status = scripts.register(
             client, "study_set_status.lua", MAX_EVENTS=events_max_len
         )
-        self._report = scripts.register(client, "study_report.lua")
-        self._intermediate = scripts.register(client, "study_intermediate.lua")
+        # EVAL, not a registered script: its steps run on asyncio clients too (bo_queue.aio)
+        self._report = scripts.text("study_report.lua")
+        self._intermediate = scripts.text("study_intermediate.lua")
 
     # key names: every one goes through meta(), which refuses an id that could name
     # another study's key ("<id>:trials" would be that study's trials hash)
@@ -248,9 +252,25 @@ class RedisStorage(StorageBackend):
             removed, _ = pipe.execute()
         return bool(removed)
 
+    # The producer's reads and reports are steps (bo_queue.core.steps): written once, run
+    # here on this client, and awaited on an asyncio one by bo_queue.aio.AsyncStudies.
+    def _run(self, steps: Steps[T]) -> T:
+        return drive(steps, self._execute)
+
+    def _execute(self, step: Step) -> builtins.list[Any]:
+        kind, fill = step
+        with self.acks.step_pipeline(self.redis, kind) as pipe:
+            fill(pipe)
+            return list(pipe.execute())
+
     # reads that do not need the whole state
     def study(self, study_id: str) -> Study:
-        meta = self.redis.hgetall(self.meta(study_id))
+        return self._run(self.studying(study_id))
+
+    def studying(self, study_id: str) -> Steps[Study]:
+        """`study` as steps."""
+        key = self.meta(study_id)
+        [meta] = yield Pipe.READ, lambda pipe: pipe.hgetall(key)
         if not meta:
             raise StudyNotFoundError(study_id)
         return _study(meta)
@@ -263,14 +283,28 @@ class RedisStorage(StorageBackend):
         return [_study(m) for m in metas if m]
 
     def trials(self, study_id: str) -> builtins.list[Trial]:
-        raws = self.redis.hvals(self.trials_key(study_id))
-        return sorted((Trial.model_validate_json(t) for t in raws), key=lambda t: t.index)
+        return self._run(self.trials_reading(study_id))
 
     def trial(self, study_id: str, index: int) -> Trial:
-        raw = self.redis.hget(self.trials_key(study_id), str(index))
-        if raw is None:
-            raise TrialNotFoundError(study_id, index)
-        return Trial.model_validate_json(raw)
+        [trial] = self._run(self.trials_reading(study_id, [index]))
+        return trial
+
+    def trials_reading(
+        self, study_id: str, indices: builtins.list[int] | None = None
+    ) -> Steps[builtins.list[Trial]]:
+        """The study's trials by index (TrialNotFoundError for one it lacks), or all of
+        them (None), as steps."""
+        key = self.trials_key(study_id)
+        if indices is None:
+            [raws] = yield Pipe.READ, lambda pipe: pipe.hvals(key)
+            return sorted((Trial.model_validate_json(t) for t in raws), key=lambda t: t.index)
+        if not indices:
+            return []
+        [raws] = yield Pipe.READ, lambda pipe: pipe.hmget(key, [str(i) for i in indices])
+        for index, raw in zip(indices, raws, strict=True):
+            if raw is None:
+                raise TrialNotFoundError(study_id, index)
+        return [Trial.model_validate_json(raw) for raw in raws]
 
     def curve(self, study_id: str, index: int) -> Curve:
         raw = self.redis.hget(self.curves_key(study_id), str(index))
@@ -286,14 +320,19 @@ class RedisStorage(StorageBackend):
 
     # writes
     def create(self, study: Study) -> None:
-        with self.acks.pipeline(self.redis) as pipe:
+        self._run(self.creating(study))
+
+    def creating(self, study: Study) -> Steps[None]:
+        """`create` as steps."""
+        def fill(pipe: Any) -> None:
             pipe.hset(self.meta(study.id), mapping=_meta_fields(study))
             pipe.zadd(self.index_key, {study.id: study.created_at.timestamp()})
             pipe.xadd(self.events, {
                 "kind": "study", "id": study.id, "state": study.status.value,
                 "at": study.created_at.timestamp(), "message": "created",
             }, maxlen=self.events_max_len, approximate=True)
-            pipe.execute()
+
+        yield Pipe.ATOMIC, fill
 
     def set_spec(self, study_id: str, spec: StudySpec) -> None:
         self.redis.hset(
@@ -358,11 +397,22 @@ class RedisStorage(StorageBackend):
         return written
 
     def report(self, study_id: str, index: int, entry: dict[str, Any], marker: str) -> str:
+        return self._run(self.reporting(study_id, index, entry, marker))
+
+    def reporting(
+        self, study_id: str, index: int, entry: dict[str, Any], marker: str
+    ) -> Steps[str]:
+        """A trial's result (or failure) into the study's inbox, once (study_report.lua),
+        as steps: 'new', 'same' or 'closed:<status>'; ReportConflictError for another
+        result of the same trial."""
         keys = [self.trials_key(study_id), self.reported_key(study_id), self.inbox_key(study_id)]
-        result = self.acks.call(self.redis, self._report, keys,
-                                [index, marker, json.dumps(entry)], then=_text)
+        [reply] = yield Pipe.WRITE, lambda pipe: pipe.eval(
+            self._report, len(keys), *keys, index, marker, json.dumps(entry))
+        result = _text(reply)
         if result == "missing":
-            if not self.redis.exists(self.meta(study_id)):
+            meta = self.meta(study_id)
+            [exists] = yield Pipe.READ, lambda pipe: pipe.exists(meta)
+            if not exists:
                 raise StudyNotFoundError(study_id)
             raise TrialNotFoundError(study_id, index)
         if result == "conflict":
@@ -378,11 +428,21 @@ class RedisStorage(StorageBackend):
         """Record one point of a trial's curve and decide, atomically, whether the trial
         stops (study_intermediate.lua): `rule` is [minimize, percentile, threshold,
         min_progression, min_curves] as the script takes them."""
+        return self._run(self.reporting_intermediate(
+            study_id, index, step, values, watched, rule, entry))
+
+    def reporting_intermediate(
+        self, study_id: str, index: int, step: int, values: Mapping[str, Any],
+        watched: float, rule: builtins.list[str], entry: dict[str, Any],
+    ) -> Steps[str]:
+        """`report_intermediate` as steps."""
         keys = [self.trials_key(study_id), self.reported_key(study_id),
                 self.inbox_key(study_id), self.curves_key(study_id), self.at_step_key(study_id)]
         args: builtins.list[EncodableT] = [index, step, canonical(values), repr(watched), *rule,
                 stop_marker(values), json.dumps(entry)]
-        return self.acks.call(self.redis, self._intermediate, keys, args, then=_text)
+        [reply] = yield Pipe.WRITE, lambda pipe: pipe.eval(
+            self._intermediate, len(keys), *keys, *args)
+        return _text(reply)
 
     def ready(self, study_id: str) -> builtins.list[int]:
         return [int(i) for i in self.redis.lrange(self.ready_key(study_id), 0, -1)]

@@ -1,9 +1,10 @@
 """The early-stopping rules (study_intermediate.lua through bq.studies.report_intermediate)
-on fakeredis with no workers: `_step` is replaced by a recorder, so trials stay as the
-test puts them and only the decision at report time runs."""
+on fakeredis with no workers: `_stepping` (the submit of a study step) is replaced by a
+recorder, so trials stay as the test puts them and only the decision at report time runs."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,11 @@ def studies(
 ) -> StudyManager:
     manager = bq.studies
     manager.store.raw = fakeredis.FakeRedis(server=server)
-    monkeypatch.setattr(manager, "_step", lambda study_id, asked: steps.append((study_id, asked)))
+    def stepping(study_id: str, asked: dict[str, Any]) -> Iterator[Any]:
+        steps.append((study_id, asked))
+        return iter(())  # no pipeline: nothing is submitted
+
+    monkeypatch.setattr(manager, "_stepping", stepping)
     return manager
 
 

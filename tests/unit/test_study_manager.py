@@ -1,11 +1,12 @@
 """StudyManager (`bq.studies`) on fakeredis, with no workers: only what needs no study step
-runs for real; `_step` (which submits a step task) is replaced by a recorder."""
+runs for real; `_stepping` (which submits a step task) is replaced by a recorder."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,10 +57,11 @@ def studies(
     manager.store.raw = fakeredis.FakeRedis(server=server)
     assert isinstance(manager.store.redis, fakeredis.FakeRedis)
 
-    def record_step(study_id: str, request: dict[str, Any]) -> None:
+    def record_step(study_id: str, request: dict[str, Any]) -> Iterator[Any]:
         steps.append((study_id, request))
+        return iter(())  # no pipeline: nothing is submitted
 
-    monkeypatch.setattr(manager, "_step", record_step)
+    monkeypatch.setattr(manager, "_stepping", record_step)
     return manager
 
 
