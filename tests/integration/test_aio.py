@@ -29,7 +29,7 @@ from bo_queue import (
     StudyStatus,
     TaskCancelledError,
     TaskState,
-    TrialNotFoundError,
+    TrialStatus,
     UnknownTaskError,
     ValidationError,
     handler,
@@ -505,16 +505,30 @@ def study_cluster(redis_url: str) -> Iterator[Cluster]:
     c.close()
 
 
-def test_a_study_asked_and_told_from_asyncio(study_cluster: Cluster) -> None:
+def test_a_study_asked_and_told_from_asyncio_never_leaves_the_loop(
+    study_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bq = study_cluster.producer()
+    monkeypatch.setattr(asyncio, "to_thread", _no_thread)
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "run_in_executor", _no_thread)
+
     async def scenario() -> None:
         async with aq_of(study_cluster) as aq:
             study = await aq.studies.create(
                 name="aio", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
-                strategy=Strategy(initial_trials=3, max_trials=3, seed=0))
-            assert (await aq.studies.get(study.id)).id == study.id
-            with pytest.raises(TrialNotFoundError):  # the sync facade's errors, as they are
-                await aq.studies.report(study.id, 999, {"loss": 1.0})
-            told = 0
+                strategy=Strategy(initial_trials=3, max_trials=3, seed=0),
+                metadata={"owner": "aio"})
+            assert await aq.studies.get(study.id) == bq.studies.get(study.id)
+            first, second = await aq.studies.suggest(study.id, count=2, timeout=120)
+            assert {first.status, second.status} == {TrialStatus.RUNNING}
+            assert await aq.studies.report_intermediate(
+                study.id, first.index, 1, {"loss": 0.9}) is False  # no rule: never stops
+            assert [step for step, _ in bq.studies.intermediate(study.id, first.index)] == [1]
+            assert await aq.studies.report(study.id, first.index, {"loss": first.params["x"]})
+            assert not await aq.studies.report(  # the same again: a no-op
+                study.id, first.index, {"loss": first.params["x"]})
+            assert await aq.studies.report_failure(study.id, second.index, "the rig broke")
+            told = 1
             while told < 3:
                 for trial in await aq.studies.suggest(study.id, timeout=120):
                     assert await aq.studies.report(study.id, trial.index,
@@ -522,8 +536,72 @@ def test_a_study_asked_and_told_from_asyncio(study_cluster: Cluster) -> None:
                     told += 1
             done = await aq.studies.wait(study.id, timeout=120)
             assert done.status is StudyStatus.COMPLETED and done.completed_trials == 3
+            trials = await aq.studies.trials(study.id)
+            assert trials == bq.studies.trials(study.id)
+            assert next(t for t in trials if t.index == second.index).status is TrialStatus.FAILED
             best = await aq.studies.best(study.id)
+            assert best == bq.studies.best(study.id)
             assert best is not None and best.values["loss"] == min(
-                t.params["x"] for t in study_cluster.producer().studies.trials(study.id))
+                t.values["loss"] for t in trials if t.status is TrialStatus.COMPLETED)
 
     run(scenario())
+
+
+def test_every_sync_study_error_has_its_async_twin(
+    study_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bq = study_cluster.producer()
+    x = Range("x", 0.0, 1.0)
+    spec: dict[str, Any] = {"name": "twins", "parameters": [x], "objectives": [Objective("loss")],
+                            "strategy": Strategy(initial_trials=2, max_trials=2, seed=0)}
+    live = bq.studies.create(**spec)
+    [told] = bq.studies.suggest(live.id, timeout=120)
+    assert bq.studies.report(live.id, told.index, {"loss": 0.5})
+    [running] = bq.studies.suggest(live.id, timeout=120)
+    paused = bq.studies.create(**spec)
+    bq.studies.suggest(paused.id, timeout=120)
+    bq.studies.pause(paused.id)
+    ended = bq.studies.create(**spec)
+    bq.studies.fail(ended.id, "stopped by the test")
+    unknown = "0123456789abcdef"
+    cases: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {
+        "get an unknown study": ("get", (unknown,), {}),
+        "get a bad id": ("get", ("not/an id",), {}),
+        "create with an unknown evaluator": ("create", (), {**spec, "evaluator": "t.nobody"}),
+        "create from an unknown study": ("create", (), {**spec, "warm_start_from": [unknown]}),
+        "create with a parameter twice": ("create", (), {**spec, "parameters": [x, x]}),
+        "suggest none": ("suggest", (live.id, 0), {}),
+        "suggest with a bad timeout": ("suggest", (live.id, 1), {"timeout": -1}),
+        "suggest from a paused study": ("suggest", (paused.id,), {}),
+        "suggest from an ended study": ("suggest", (ended.id,), {}),
+        "report an unknown trial": ("report", (live.id, 999, {"loss": 1.0}), {}),
+        "report a bad index": ("report", (live.id, -1, {"loss": 1.0}), {}),
+        "report no metric of the study": ("report", (live.id, running.index, {"gain": 1.0}), {}),
+        "report another result": ("report", (live.id, told.index, {"loss": 0.25}), {}),
+        "report to an ended study": ("report", (ended.id, 0, {"loss": 1.0}), {}),
+        "report to an unknown study": ("report", (unknown, 0, {"loss": 1.0}), {}),
+        "report a failure too long": ("report_failure", (live.id, running.index, "x" * 5000), {}),
+        "report a told trial failed": ("report_failure", (live.id, told.index), {}),
+        "an intermediate at a bad step": (
+            "report_intermediate", (live.id, running.index, -1, {"loss": 1.0}), {}),
+        "an intermediate of a told trial": (
+            "report_intermediate", (live.id, told.index, 1, {"loss": 1.0}), {}),
+        "an intermediate of an unknown trial": (
+            "report_intermediate", (live.id, 999, 1, {"loss": 1.0}), {}),
+        "best of an unknown study": ("best", (unknown,), {}),
+        "wait past its timeout": ("wait", (live.id,), {"timeout": 0.2}),
+    }
+    before = (bq.studies.trials(live.id), len(bq.studies.list()))
+    monkeypatch.setattr(asyncio, "to_thread", _no_thread)
+    monkeypatch.setattr(asyncio.base_events.BaseEventLoop, "run_in_executor", _no_thread)
+
+    async def scenario() -> None:
+        async with aq_of(study_cluster) as aq:
+            for name, (method, args, kwargs) in cases.items():
+                expected = outcome_of(
+                    lambda: getattr(bq.studies, method)(*args, **kwargs))  # noqa: B023
+                got = await _async_outcome(getattr(aq.studies, method)(*args, **kwargs))
+                assert got == expected, name
+
+    run(scenario())
+    assert (bq.studies.trials(live.id), len(bq.studies.list())) == before  # nothing written
