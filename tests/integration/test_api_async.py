@@ -1,6 +1,7 @@
 """The hot task routes served on the loop, against a real `bo-queue api` and a real worker:
 many requests at once all succeed, and those routes answer while every thread of the
-server's pool is taken by sync routes that block."""
+server's pool is taken by sync routes that block; suggests wait on the loop, taking no
+thread."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from bo_queue import BOQueue, Workflow
+from bo_queue import BOQueue, TaskState, Workflow
+from bo_queue.studies.manager import STEP
 from bo_queue.testing import wait_until
 from tests.integration.api_server import ApiServer
 
@@ -116,3 +118,35 @@ def test_hot_routes_answer_while_the_thread_pool_is_full(
             bq.workflows.set_vars(run_id, approved=True)
         assert probe.result().status_code == 200  # it runs once a thread is free
         assert all(b.result().json()["status"] == "SUCCEEDED" for b in blockers)
+
+
+def test_suggests_wait_on_the_loop_not_in_the_thread_pool(
+    api: ApiServer, client: httpx.Client, bq: BOQueue
+) -> None:
+    """More suggests at once than the pool has threads, each waiting for a study step that
+    no worker runs (this module's workers serve only `default`, not `bo`): a sync route
+    still answers at once, and each suggest ends 504 at its timeout."""
+    headers = dict(client.headers)
+    spec = {"name": "waits", "parameters": [{"kind": "range", "name": "x", "low": 0.0,
+                                             "high": 1.0}],
+            "objectives": [{"name": "loss"}]}
+    made = client.post("/studies", json=spec)
+    assert made.status_code == 201, made.text
+    study_id = made.json()["id"]
+
+    def steps_waiting() -> int:
+        return len(bq.tasks(TaskState.QUEUED, handler=STEP, limit=1000))
+
+    def suggest() -> httpx.Response:
+        return httpx.post(f"{api.url}/studies/{study_id}/suggest", params={"timeout": HOLD_S / 4},
+                          headers=headers, timeout=HOLD_S)
+
+    with ThreadPoolExecutor(BLOCKERS) as pool:
+        suggests = [pool.submit(suggest) for _ in range(BLOCKERS)]
+        wait_until(lambda: steps_waiting() == BLOCKERS, timeout=HOLD_S / 4,
+                   what="every suggest's step queued")
+        probe = httpx.get(f"{api.url}/failed", headers=headers, timeout=5)
+        assert probe.status_code == 200, probe.text
+        assert not any(s.done() for s in suggests)  # answered while they all still wait
+        answers = [s.result() for s in suggests]
+    assert {a.status_code for a in answers} == {504}, answers[0].text
