@@ -121,7 +121,6 @@ class Message(BaseModel):
         Celery sets it; `now`: the clock an eta is judged by (a due time already past
         is none)."""
         now = time.time() if now is None else now
-        args = [self.payload]
         # json.dumps([args, {}, _EMBED]), with the constant part encoded once
         body = f"[[{json.dumps(self.payload)}], {{}}, {_EMBED_JSON}]".encode()
         headers: dict[str, Any] = {
@@ -132,7 +131,7 @@ class Message(BaseModel):
             "timelimit": ([self.time_limit + HARD_LIMIT_GRACE_S, self.time_limit]
                           if self.time_limit is not None else [None, None]),
             "root_id": task_id, "parent_id": self.parent_id,
-            "argsrepr": saferepr(args, ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS),
+            "argsrepr": argsrepr(self.payload),
             "kwargsrepr": self.kwargsrepr if self.kwargsrepr is not None else "{}",
             "origin": _origin(), "ignore_result": None, "replaced_task_nesting": 0,
             "stamped_headers": None, "stamps": {},
@@ -157,6 +156,48 @@ def _origin() -> str:
         _ORIGIN.clear()
         _ORIGIN[pid] = anon_nodename()
     return _ORIGIN[pid]
+
+
+def argsrepr(payload: Any) -> str:
+    """The `argsrepr` of a task whose one argument is `payload`, as Celery's send_task
+    writes it: saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS). A JSON payload
+    whose repr fits is written here directly, by saferepr's rules (saferepr cuts nothing
+    then; its token stream cost a quarter of a batched submit); the rest by saferepr."""
+    parts: list[str] = []
+    if _render([payload], 0, parts) and sum(map(len, parts)) < ARGSREPR_MAX:
+        return "".join(parts)
+    return saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS)
+
+
+def _render(value: Any, depth: int, parts: list[str]) -> bool:
+    """saferepr's text of a JSON value inside `depth` open containers, uncut, onto
+    `parts`; False for a value that is not JSON (saferepr renders it instead)."""
+    if isinstance(value, str):
+        parts.append("'" + value.replace("'", "\\'") + "'")  # not repr's quoting
+    elif value is None:
+        parts.append("None")
+    elif isinstance(value, bool | int | float):
+        parts.append(str(value))
+    elif isinstance(value, dict | list):
+        ends = "{}" if isinstance(value, dict) else "[]"
+        if depth >= REPR_MAXLEVELS:  # saferepr's cut of a container this deep
+            parts.append(ends[0] + "..." + ends[1])
+            return True
+        parts.append(ends[0])
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for i, (key, item) in enumerate(items):
+            if i:
+                parts.append(", ")
+            if isinstance(value, dict):
+                if not isinstance(key, str):
+                    return False
+                parts.append("'" + key.replace("'", "\\'") + "': ")
+            if not _render(item, depth + 1, parts):
+                return False
+        parts.append(ends[1])
+    else:
+        return False
+    return True
 
 
 def kwargsrepr(**fields: Any) -> str | None:

@@ -11,11 +11,20 @@ from typing import Any
 import fakeredis
 import pydantic
 import pytest
+from celery.utils.saferepr import saferepr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bo_queue import ValidationError
 from bo_queue.core.delays import DelayedSubmissions
 from bo_queue.core.keys import Keys
-from bo_queue.core.message import Message, envelope_task_id
+from bo_queue.core.message import (
+    ARGSREPR_MAX,
+    REPR_MAXLEVELS,
+    Message,
+    argsrepr,
+    envelope_task_id,
+)
 from bo_queue.core.outbox import Outbox
 
 KEYS = Keys("t")
@@ -148,3 +157,39 @@ def test_the_envelope_carries_the_task_and_its_headers() -> None:
     assert envelope["properties"]["priority"] == 3
     # due already: no eta, so a worker runs it at once
     assert json.loads(message.envelope("t-1", now=2_000_000_001.0))["headers"]["eta"] is None
+
+
+# -- argsrepr: saferepr's text, written directly -------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+    | st.sampled_from(["it's", "a\nb", "back\\slash", "'", '"', "x" * 1100]),
+    lambda inner: st.lists(inner, max_size=6)
+    | st.dictionaries(st.text(max_size=8) | st.sampled_from(["k'ey", "a b"]), inner, max_size=6),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), JSON, max_size=8))
+def test_argsrepr_is_what_celerys_saferepr_writes(payload: dict[str, Any]) -> None:
+    """Whether it fits or is cut, nested past saferepr's levels or not."""
+    assert argsrepr(payload) == saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS)
+
+
+@pytest.mark.parametrize("payload", [
+    {}, {"x": 1}, {"s": "it's"}, {"deep": {"a": {"b": {"c": 1}}}}, {"e": [[], {}]},
+    {"long": "y" * 1021}, {"long": "y" * 1017}, {"t": (1, 2)}, {1: "int key"}, {"b": b"x"},
+])
+def test_argsrepr_at_the_edges(payload: dict[Any, Any]) -> None:
+    """At saferepr's length limit, and for what JSON has not (a tuple, an int key, bytes),
+    which saferepr renders itself."""
+    assert argsrepr(payload) == saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS)
+
+
+def test_argsrepr_of_a_payload_that_fits_needs_no_saferepr(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = {"x": 1, "s": "it's", "nested": {"a": [1.5, None, True]}}
+    expected = saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS)
+    monkeypatch.setattr("bo_queue.core.message.saferepr", None)  # called: a TypeError
+    assert argsrepr(payload) == expected
