@@ -21,8 +21,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import LockError
-
 from bo_queue.client import BOQueue, TaskRequest
 from bo_queue.context import TaskContext
 from bo_queue.core.message import evaluation_of
@@ -42,6 +40,7 @@ from bo_queue.studies.models import (
 )
 from bo_queue.studies.storage import RedisStorage
 from workers.runner import HandlerTask, describe, finish_listeners
+from workers.study_lock import LockLost, StudyLock
 
 if TYPE_CHECKING:
     from bo_queue.studies.engine import Engine
@@ -56,20 +55,20 @@ _engines: dict[str, tuple[int, Engine]] = {}
 _snapshots_due: dict[str, int] = {}
 
 SNAPSHOT_EVERY = 8  # trials between snapshots of the Ax state (see Stepper.run)
-LOCK_POLL_S = 0.01
 
 
 class StudyBusy(Exception):
     """Another step holds the study's lock; this one tries again shortly."""
 
 
-def lock_lease_s(generation_time_limit_s: float) -> float:
-    """How long a step may hold a study: generation is time-boxed, the rest is quick."""
+def lock_hold_s(generation_time_limit_s: float) -> float:
+    """How long a step may hold a study between generations: generation is time-boxed,
+    the rest is quick."""
     return generation_time_limit_s * 1.5 + 15
 
 
 # A step that finds the study busy retries with backoff until it gets in: if the holder
-# died, its lock lease runs out and one of these steps carries on.
+# died, its lock lapses within study_lock.LEASE_S and one of these steps carries on.
 BUSY = RetryPolicy(max_retries=10_000, backoff=0.5, backoff_max=5.0, jitter=True, on=(StudyBusy,))
 
 
@@ -90,28 +89,26 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
     bq, study_id = ctx.bq, str(payload["study_id"])
     store = bq.studies.store
     strategy = store.study(study_id).spec.strategy
-    lease_s = lock_lease_s(strategy.generation_time_limit_s)
-    # a suggest() waiting for the lock looks every LOCK_POLL_S (redis-py's default, 0.1 s,
-    # added 50 ms to the average suggest that found a report's step at work)
-    lock = bq.redis.lock(store.lock_key(study_id), timeout=lease_s, sleep=LOCK_POLL_S)
+    hold_s = lock_hold_s(strategy.generation_time_limit_s)
+    lock = StudyLock(bq.redis, store.lock_key(study_id), hold_s)
     pending = store.lock_key(study_id) + ":pending"
     asked = "suggest" in payload or "attach" in payload
     request = payload
     def keep_lock() -> None:
         try:
-            lock.reacquire()
-        except LockError as exc:  # its lease ran out: another step may have the study
+            lock.keep()
+        except LockLost as exc:  # another step may have the study
             raise StudyBusy(f"study {study_id}: the step lost its lock") from exc
 
     while True:
         waited = time.perf_counter()
         if asked:
-            if not lock.acquire(blocking=True, blocking_timeout=lease_s):
-                raise StudyError(f"study {study_id} is busy: no step in {lease_s} s")
+            if not lock.acquire(blocking=True):
+                raise StudyError(f"study {study_id} is busy: no step in {hold_s} s")
         elif not lock.acquire(blocking=False):
             # Another step holds the study. Leave a note it reads after releasing, then try
             # once more in case it released before the note was there.
-            bq.redis.set(pending, 1, ex=int(lease_s))
+            bq.redis.set(pending, 1, ex=int(hold_s))
             if not lock.acquire(blocking=False):
                 raise StudyBusy(f"study {study_id} is busy")
         try:
@@ -119,10 +116,7 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
                 request, keep_lock, lock_s=time.perf_counter() - waited
             )
         finally:
-            try:
-                lock.release()
-            except LockError:
-                log.warning("the lock of study %s expired during a step", study_id)
+            lock.release()
         if asked:
             return made
         if not bq.redis.getdel(pending) and store.inbox_size(study_id) == 0:
