@@ -12,7 +12,8 @@ One run starts its own redis-server and one worker (benchmarks/harness.py), then
 1. `POST /tasks` (a submit to a queue no worker consumes) against the sync facade's own
    `bq.submit` one by one in this process: what the HTTP layer costs a submit;
 2. `GET /tasks/{id}` (a task's record) against `bq.info`;
-3. `GET /tasks/{id}/result` of finished tasks against `TaskHandle.get`.
+3. `GET /tasks/{id}/result` of finished tasks against `TaskHandle.get`;
+4. `GET /studies/{id}` (a study's record) against `bq.studies.get`.
 
 Each variant runs once per round, in an order that rotates; the table gives the median
 of the rounds. Results go to benchmarks/results/api_throughput.json.
@@ -125,6 +126,9 @@ def variants(bq: Any, api: Api, n: int, in_flight: int) -> dict[str, Callable[[]
     done = [h.id for h in bq.submit_many([{"handler": PING, "payload": {}}] * n)]
     for task_id in done:
         bq.handle(task_id).get(timeout=120)
+    from bo_queue import Objective, Range
+
+    study = bq.studies.create("api-bench", [Range("x", 0.0, 1.0)], [Objective("loss")]).id
 
     def timed(call: Callable[[], Any]) -> float:
         start = time.perf_counter()
@@ -140,6 +144,8 @@ def variants(bq: Any, api: Api, n: int, in_flight: int) -> dict[str, Callable[[]
         "api_result": lambda: load(api, [("GET", f"/tasks/{i}/result", None) for i in done],
                                    in_flight),
         "facade_result": lambda: timed(lambda: [bq.handle(i).get(timeout=60) for i in done]),
+        "api_study": lambda: load(api, [("GET", f"/studies/{study}", None)] * n, in_flight),
+        "facade_study": lambda: timed(lambda: [bq.studies.get(study) for _ in range(n)]),
     }
 
 
@@ -149,6 +155,8 @@ ROWS = [  # key, metric, API variant, facade variant
     ("info", "`GET /tasks/{id}` — baseline: `bq.info`, in process", "api_info", "facade_info"),
     ("result", "`GET /tasks/{id}/result` of finished tasks — baseline: `TaskHandle.get`",
      "api_result", "facade_result"),
+    ("study", "`GET /studies/{id}` — baseline: `bq.studies.get`, in process",
+     "api_study", "facade_study"),
 ]
 
 
