@@ -40,7 +40,7 @@ from bo_queue.studies.models import (
 )
 from bo_queue.studies.storage import RedisStorage
 from workers.runner import HandlerTask, describe, finish_listeners
-from workers.study_lock import LockLost, StudyLock
+from workers.study_lock import LockLost, StudyLock, lease_for
 
 if TYPE_CHECKING:
     from bo_queue.studies.engine import Engine
@@ -68,7 +68,8 @@ def lock_hold_s(generation_time_limit_s: float) -> float:
 
 
 # A step that finds the study busy retries with backoff until it gets in: if the holder
-# died, its lock lapses within study_lock.LEASE_S and one of these steps carries on.
+# died, its lock lapses within its lease (study_lock.lease_for) and one of these steps
+# carries on.
 BUSY = RetryPolicy(max_retries=10_000, backoff=0.5, backoff_max=5.0, jitter=True, on=(StudyBusy,))
 
 
@@ -90,7 +91,8 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
     store = bq.studies.store
     strategy = store.study(study_id).spec.strategy
     hold_s = lock_hold_s(strategy.generation_time_limit_s)
-    lock = StudyLock(bq.redis, store.lock_key(study_id), hold_s)
+    lock = StudyLock(bq.redis, store.lock_key(study_id), hold_s,
+                     lease_for(bq.settings.worker_outage_s))
     pending = store.lock_key(study_id) + ":pending"
     asked = "suggest" in payload or "attach" in payload
     request = payload

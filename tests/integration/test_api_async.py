@@ -138,7 +138,7 @@ def test_suggests_wait_on_the_loop_not_in_the_thread_pool(
         return len(bq.tasks(TaskState.QUEUED, handler=STEP, limit=1000))
 
     def suggest() -> httpx.Response:
-        return httpx.post(f"{api.url}/studies/{study_id}/suggest", params={"timeout": HOLD_S / 4},
+        return httpx.post(f"{api.url}/studies/{study_id}/suggest", params={"timeout": HOLD_S / 2},
                           headers=headers, timeout=HOLD_S)
 
     with ThreadPoolExecutor(BLOCKERS) as pool:

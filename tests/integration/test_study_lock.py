@@ -1,6 +1,7 @@
-"""workers.study_lock on a real Redis: a step's lock outlives its short lease while the
-step runs, lapses within that lease once the process holding it is `kill -9`ed, and is
-given up by a step that stays past its bound."""
+"""workers.study_lock on a real Redis: a step's lock outlives its lease while the step
+runs (and its bound while the step says it is alive), lapses within that lease once the
+process holding it is `kill -9`ed, is given up by a step that stays past its bound, and
+is taken for lost once renewals have failed for a lease."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from bo_queue.testing import RedisServer, wait_until
 from workers.study_lock import LockLost, StudyLock
 
 ROOT = Path(__file__).resolve().parents[2]
-LEASE_S = 1.0  # the lease these tests give: the production one is 15 s
+LEASE_S = 1.0  # the lease these tests give: the production one is worker_outage_s, 60 s
 
 # A process that takes the lock and keeps it (its renewing thread runs), until killed.
 HOLDER = """
@@ -92,3 +94,45 @@ def test_a_step_past_its_bound_gives_the_study_up(redis_url: str) -> None:
     finally:
         stuck.release()  # its lock is gone: a warning, no error
         client.close()
+
+
+def test_a_step_that_says_it_is_alive_holds_the_lock_past_its_bound(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    name = key()
+    step = StudyLock(client, name, hold_s=LEASE_S, lease_s=LEASE_S)
+    other = StudyLock(client, name, hold_s=60, lease_s=LEASE_S)
+    assert step.acquire(blocking=False)
+    try:
+        for _ in range(12):  # generations, one every 0.25 s: three bounds in all
+            time.sleep(LEASE_S / 4)
+            step.keep()
+        assert not other.acquire(blocking=False)
+    finally:
+        step.release()
+        client.close()
+
+
+def test_a_lock_whose_renewals_fail_for_a_lease_is_taken_for_lost() -> None:
+    """Redis gone (its server stopped): the step cannot know whether its lease ran out
+    there, so after a lease without a renewal its next keep() says the lock is lost."""
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url, socket_timeout=0.2,
+                                      socket_connect_timeout=0.2)
+        step = StudyLock(client, key(), hold_s=60, lease_s=LEASE_S)
+        assert step.acquire(blocking=False)
+        server.stop()
+        started = time.monotonic()
+        try:
+
+            def lost() -> bool:
+                try:
+                    step.keep()
+                except LockLost:
+                    return True
+                return False
+
+            wait_until(lost, timeout=10 * LEASE_S, what="keep() to say the lock is lost")
+            assert time.monotonic() - started >= LEASE_S * 0.9  # not before a lease passed
+        finally:
+            step.release()  # Redis is gone: the release fails, logged, not raised
+            client.close()

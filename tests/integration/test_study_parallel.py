@@ -152,7 +152,8 @@ def test_four_producers_and_a_kill_9_lose_and_duplicate_no_trial(fragile: Cluste
         # Quasi-random only (the bookkeeping is under test, not the model); a trial whose
         # step died with its worker after saving it is failed by its lease and replaced.
         # A step killed while it holds the study's lock stops renewing it: the lock lapses
-        # within its 15 s lease (workers/study_lock.py), with the default time box.
+        # within its lease, worker_outage_s (workers/study_lock.py), with the default
+        # time box.
         strategy=Strategy(initial_trials=max_trials, max_trials=max_trials, parallelism=2,
                           seed=5, trial_lease_s=20),
     )

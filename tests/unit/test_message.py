@@ -181,6 +181,7 @@ def test_argsrepr_is_what_celerys_saferepr_writes(payload: dict[str, Any]) -> No
 @pytest.mark.parametrize("payload", [
     {}, {"x": 1}, {"s": "it's"}, {"deep": {"a": {"b": {"c": 1}}}}, {"e": [[], {}]},
     {"long": "y" * 1021}, {"long": "y" * 1017}, {"t": (1, 2)}, {1: "int key"}, {"b": b"x"},
+    {"long": "y" * 1009}, {"long": "y" * 1010},  # 1,023 and 1,024 characters: the edge
 ])
 def test_argsrepr_at_the_edges(payload: dict[Any, Any]) -> None:
     """At saferepr's length limit, and for what JSON has not (a tuple, an int key, bytes),
@@ -189,7 +190,9 @@ def test_argsrepr_at_the_edges(payload: dict[Any, Any]) -> None:
 
 
 def test_argsrepr_of_a_payload_that_fits_needs_no_saferepr(monkeypatch: pytest.MonkeyPatch) -> None:
-    payload = {"x": 1, "s": "it's", "nested": {"a": [1.5, None, True]}}
-    expected = saferepr([payload], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS)
+    payloads = [{"x": 1, "s": "it's", "nested": {"a": [1.5, None, True]}},
+                {"long": "y" * 1009}]  # the longest that fits: 1,023 characters
+    expected = [saferepr([p], ARGSREPR_MAX, maxlevels=REPR_MAXLEVELS) for p in payloads]
+    assert len(expected[1]) == ARGSREPR_MAX - 1
     monkeypatch.setattr("bo_queue.core.message.saferepr", None)  # called: a TypeError
-    assert argsrepr(payload) == expected
+    assert [argsrepr(p) for p in payloads] == expected
