@@ -229,7 +229,7 @@ def test_cancelling_an_awaiting_get_stops_the_wait_not_the_task(cluster: Cluster
 
 
 def _no_thread(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("a call of AsyncBOQueue left the loop for a thread")
+    raise AssertionError("a call of AsyncBOQueue left the loop (a thread, or a sync socket)")
 
 
 def _meta_of(keys: redis.Redis, key: str) -> dict[str, Any]:
@@ -505,6 +505,13 @@ def study_cluster(redis_url: str) -> Iterator[Cluster]:
     c.close()
 
 
+def _no_sync_redis(aq: AsyncBOQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any command of the sync facade underneath (a blocking socket call on the loop)
+    fails the test."""
+    for client in {id(c): c for c in (aq.sync.redis, aq.sync.raw_redis)}.values():
+        monkeypatch.setattr(client.connection_pool, "get_connection", _no_thread)
+
+
 def test_a_study_asked_and_told_from_asyncio_never_leaves_the_loop(
     study_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -514,6 +521,7 @@ def test_a_study_asked_and_told_from_asyncio_never_leaves_the_loop(
 
     async def scenario() -> None:
         async with aq_of(study_cluster) as aq:
+            _no_sync_redis(aq, monkeypatch)
             study = await aq.studies.create(
                 name="aio", parameters=[Range("x", 0.0, 1.0)], objectives=[Objective("loss")],
                 strategy=Strategy(initial_trials=3, max_trials=3, seed=0),
@@ -597,6 +605,7 @@ def test_every_sync_study_error_has_its_async_twin(
 
     async def scenario() -> None:
         async with aq_of(study_cluster) as aq:
+            _no_sync_redis(aq, monkeypatch)
             for name, (method, args, kwargs) in cases.items():
                 expected = outcome_of(
                     lambda: getattr(bq.studies, method)(*args, **kwargs))  # noqa: B023
