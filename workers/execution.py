@@ -4,7 +4,9 @@ An `async def` handler runs on an event loop of its own in the worker process (o
 thread) that took the task. While it runs, a watcher polls for cancellation and cancels
 the coroutine, so `await` points are where it stops; its time limit is enforced on the
 loop (`asyncio.timeout`), which also works in the threads pool, where Celery's signal
-based limits do not.
+based limits do not. In a prefork child, where Celery's signal stops the run at the
+limit, the loop's own comes SIGNAL_FIRST_S later, as a backstop: both at once, the
+second landed in Celery's code after the first's TaskTimeoutError, and replaced it.
 """
 
 from __future__ import annotations
@@ -23,15 +25,20 @@ from bo_queue.errors import TaskCancelledError
 from bo_queue.registry import HandlerSpec
 
 CANCEL_POLL_S = 0.2
+# An async handler's own limit, past Celery's signal when one stops the run (prefork)
+SIGNAL_FIRST_S = 1.0
 
 
 def run_handler(spec: HandlerSpec, payload: dict[str, Any], ctx: TaskContext,
-                time_limit_s: float | None) -> Any:
-    """Call the handler; `ctx.usage` says what the run cost, whatever the outcome."""
+                time_limit_s: float | None, signalled: bool = False) -> Any:
+    """Call the handler; `ctx.usage` says what the run cost, whatever the outcome.
+    `signalled`: Celery's soft time limit stops this run at `time_limit_s` (prefork), and
+    an async handler's loop keeps its own only as a backstop, SIGNAL_FIRST_S later."""
     started, cpu_started = time.perf_counter(), _cpu_time()
     try:
         if spec.is_async:
-            return asyncio.run(_run_async(spec, payload, ctx, time_limit_s))
+            own = time_limit_s + SIGNAL_FIRST_S if signalled and time_limit_s else time_limit_s
+            return asyncio.run(_run_async(spec, payload, ctx, own))
         return spec.fn(payload, ctx)
     finally:
         ctx.usage = {

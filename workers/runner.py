@@ -233,7 +233,7 @@ def _start_and_run(task: HandlerTask, payload: dict[str, Any], task_id: str) -> 
     of = "" if limit is None else f" of {limit:g} s"
     try:
         try:
-            result = run_handler(spec, payload, ctx, limit)
+            result = run_handler(spec, payload, ctx, limit, signalled=_signalled(req, limit))
         except SoftTimeLimitExceeded:  # Celery's signal, or the async handler's loop
             raise TaskTimeoutError(task_id, f"task {task_id} ran past its time limit{of}") from None
         if ctx.cancel_seen:
@@ -293,6 +293,15 @@ def unenforceable(handler: str, limit: float) -> str:
             "this worker's pool cannot enforce (only prefork enforces limits on plain "
             "handlers): serve it from a prefork worker, make it `async def`, or drop its "
             "time limit")
+
+
+def _signalled(req: Any, limit: float | None) -> bool:
+    """Whether Celery's own soft time limit (a signal, in a prefork child) stops this run
+    at `limit`: then an async handler's loop keeps its own limit as a backstop only, so
+    that the two never both fire (the second would land after the first's TaskTimeoutError,
+    in Celery's code, and be stored in its place)."""
+    soft = (getattr(req, "timelimit", None) or (None, None))[1]
+    return sync_limits_enforced and limit is not None and soft is not None and soft <= limit
 
 
 def check_pool(bq: BOQueue, enforces: bool, queues: set[str] | None) -> None:
