@@ -36,10 +36,12 @@ REFILL_S = 5.0
 
 @pytest.fixture(scope="module")
 def fragile(redis_url: str) -> Iterator[Cluster]:
-    """Two workers of two processes each; a lost message is back in about 10 s. The
-    kill -9 test runs last in this file."""
+    """Two workers of two processes each; a lost message is back in about 10 s, and a
+    killed step's study lock lapses within 15 s (its lease: worker_outage_s). The kill -9
+    test runs last in this file."""
     c = Cluster(redis_url, new_namespace(), {"visibility_timeout_s": "10",
-                "hold_delays_over_s": "5", "restore_sweep_s": "1"}, queues=QUEUES)
+                "hold_delays_over_s": "5", "restore_sweep_s": "1",
+                "worker_outage_s": "15"}, queues=QUEUES)
     try:
         workers = [c.add_worker(concurrency=2, start=False) for _ in range(2)]
         for worker in workers:
@@ -152,8 +154,7 @@ def test_four_producers_and_a_kill_9_lose_and_duplicate_no_trial(fragile: Cluste
         # Quasi-random only (the bookkeeping is under test, not the model); a trial whose
         # step died with its worker after saving it is failed by its lease and replaced.
         # A step killed while it holds the study's lock stops renewing it: the lock lapses
-        # within its lease, worker_outage_s (workers/study_lock.py), with the default
-        # time box.
+        # within its lease, worker_outage_s (workers/study_lock.py), whatever the time box.
         strategy=Strategy(initial_trials=max_trials, max_trials=max_trials, parallelism=2,
                           seed=5, trial_lease_s=20),
     )
@@ -166,7 +167,8 @@ def test_four_producers_and_a_kill_9_lose_and_duplicate_no_trial(fragile: Cluste
         try:
             while not bq.studies.get(study.id).status.terminal:
                 try:
-                    got = bq.studies.suggest(study.id, timeout=60)
+                    # longer than a killed step's lock may hold the study, with room
+                    got = bq.studies.suggest(study.id, timeout=120)
                     for trial in got:
                         with guard:
                             handed.append(trial.index)
