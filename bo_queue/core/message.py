@@ -173,7 +173,7 @@ def _render(value: Any, depth: int, parts: list[str]) -> bool:
     """saferepr's text of a JSON value inside `depth` open containers, uncut, onto
     `parts`; False for a value that is not JSON (saferepr renders it instead)."""
     if isinstance(value, str):
-        parts.append("'" + value.replace("'", "\\'") + "'")  # not repr's quoting
+        parts.append(_quoted(value))
     elif value is None:
         parts.append("None")
     elif isinstance(value, bool | int | float):
@@ -184,20 +184,26 @@ def _render(value: Any, depth: int, parts: list[str]) -> bool:
             parts.append(ends[0] + "..." + ends[1])
             return True
         parts.append(ends[0])
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for i, (key, item) in enumerate(items):
+        keyed = isinstance(value, dict)
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        for i, (key, item) in enumerate(pairs):
             if i:
                 parts.append(", ")
-            if isinstance(value, dict):
+            if keyed:
                 if not isinstance(key, str):
                     return False
-                parts.append("'" + key.replace("'", "\\'") + "': ")
+                parts.append(_quoted(key) + ": ")
             if not _render(item, depth + 1, parts):
                 return False
         parts.append(ends[1])
     else:
         return False
     return True
+
+
+def _quoted(text: str) -> str:
+    """saferepr's quoting of a string: single quotes, only they escaped (not repr's)."""
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def kwargsrepr(**fields: Any) -> str | None:
