@@ -102,12 +102,21 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
         except LockLost as exc:  # another step may have the study
             raise StudyBusy(f"study {study_id}: the step lost its lock") from exc
 
+    def told() -> bool:
+        """An ask/tell report's step whose result a step since told Ax (a suggest's,
+        usually): the inbox is emptied only by the step that applied it."""
+        return "told" in request and store.inbox_size(study_id) == 0
+
     while True:
         waited = time.perf_counter()
+        if told():
+            return []
         if asked:
             if not lock.acquire(blocking=True):
                 raise StudyError(f"study {study_id} is busy: no step in {hold_s} s")
         elif not lock.acquire(blocking=False):
+            if told():  # told while this step waited for its turn
+                return []
             # Another step holds the study. Leave a note it reads after releasing, then try
             # once more in case it released before the note was there.
             bq.redis.set(pending, 1, ex=int(hold_s))

@@ -65,6 +65,10 @@ if TYPE_CHECKING:
 
 STEP = "bo_queue.study.step"
 STUDY_TAG = "study:{}"
+# How long an ask/tell report's step waits: long enough for the suggest() a producer sends
+# right after its report (that step tells Ax the result first), short enough that
+# trials() and wait() see the result about as soon as before.
+TELL_AFTER_S = 0.25
 MAX_REASON = 2000  # characters of a report_failure reason (as the HTTP API allows)
 MAX_DESCRIPTION = 10_000  # characters
 MAX_METADATA = 65_536  # bytes of a study's metadata as JSON
@@ -560,8 +564,13 @@ class StudyManager:
         if outcome.startswith("closed:"):
             [trial] = yield from self.store.trials_reading(study_id, [index])
             raise StudyError(f"trial {index} is {trial.status}: {trial.error or 'closed'}")
-        if outcome == "new":
+        if outcome == "new" and study.mode == "closed_loop":
             yield from self._stepping(study_id, {})
+        elif outcome == "new":
+            # ask/tell: the producer's next suggest() usually follows at once, and its step
+            # tells Ax this result itself; this step, a moment later, only tells what no
+            # step has yet (a suggest's step no longer waits behind one that just tells)
+            yield from self._stepping(study_id, {"told": index}, countdown=TELL_AFTER_S)
         return outcome == "new"
 
     # -- closed loop and lifecycle ------------------------------------------------------
@@ -652,10 +661,11 @@ class StudyManager:
     def _step(self, study_id: str, request: dict[str, Any]) -> TaskHandle:
         return TaskHandle(self.bq, self._drive(self._stepping(study_id, request)))
 
-    def _stepping(self, study_id: str, request: dict[str, Any]) -> Steps[str]:
+    def _stepping(self, study_id: str, request: dict[str, Any], countdown: float | None = None
+                  ) -> Steps[str]:
         """A study step submitted (on the `bo` queue), as steps: its task id."""
-        return self.bq.submitting_one(
-            request_of(STEP, {"study_id": study_id, **request}, queue="bo"))
+        return self.bq.submitting_one(request_of(
+            STEP, {"study_id": study_id, **request}, queue="bo", countdown=countdown))
 
 
 def answer(step: TaskHandle, timeout: float | None) -> builtins.list[int]:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,6 +27,7 @@ from bo_queue import (
     StudyNotFoundError,
     StudyStatus,
     TaskFailedError,
+    TaskState,
     TrialNotFoundError,
     TrialStatus,
     UnknownHandlerError,
@@ -352,3 +354,40 @@ def test_results_arriving_after_the_end_are_dropped_and_the_step_returns(bq: BOQ
     assert bq.studies.store.inbox_size(study.id) == 0
     with pytest.raises(InvalidTransitionError, match="takes no more results"):
         bq.studies.report(study.id, trial.index, {"loss": 1.0})
+
+
+@pytest.mark.timeout(300)
+def test_a_suggest_right_after_a_report_tells_it_in_its_own_step(
+    bq: BOQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ask/tell report's step waits (TELL_AFTER_S) so that the suggest() sent right
+    after it tells Ax the result in its own step, instead of waiting for the study's lock
+    behind a step that only tells; that step then finds the result told and does nothing.
+    A report that no suggest follows is told by its own step."""
+    from bo_queue.studies import manager
+    from bo_queue.testing import wait_until
+
+    monkeypatch.setattr(manager, "TELL_AFTER_S", 3.0)  # the suggest's step surely comes first
+    study = bq.studies.create(name="tell-after", parameters=SPACE, objectives=LOSS,
+                              strategy=sobol_only(2))
+    earlier = {t.id for t in bq.tasks(handler=manager.STEP, limit=100_000)}  # other tests'
+    [first] = bq.studies.suggest(study.id, timeout=120)
+    assert bq.studies.report(study.id, first.index, {"loss": 0.5}) is True
+    [second] = bq.studies.suggest(study.id, timeout=120)
+    answered = bq.studies.step_timings(study.id)
+    assert [(s["made"], s["told"]) for s in answered] == [(1, 0), (1, 1)]
+
+    def told_steps() -> list[Any]:
+        return [t for t in bq.tasks(handler=manager.STEP, limit=100_000)
+                if t.due_at is not None and t.id not in earlier]
+
+    wait_until(lambda: len(told_steps()) == 1 and told_steps()[0].state is TaskState.SUCCEEDED, 30,
+               what="the first report's step")
+    assert bq.handle(told_steps()[0].id).get(timeout=5) == []  # nothing left to tell
+    assert bq.studies.step_timings(study.id) == answered  # it took no step
+
+    assert bq.studies.report(study.id, second.index, {"loss": 0.25}) is True
+    done = bq.studies.wait(study.id, timeout=60)
+    assert done.status is StudyStatus.COMPLETED and done.completed_trials == 2
+    assert [(s["made"], s["told"]) for s in bq.studies.step_timings(study.id)[2:]] == [(0, 1)]
+    assert bq.studies.trial(study.id, second.index).status is TrialStatus.COMPLETED

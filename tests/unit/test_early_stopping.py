@@ -37,7 +37,8 @@ def studies(
 ) -> StudyManager:
     manager = bq.studies
     manager.store.raw = fakeredis.FakeRedis(server=server)
-    def stepping(study_id: str, asked: dict[str, Any]) -> Iterator[Any]:
+    def stepping(study_id: str, asked: dict[str, Any], countdown: float | None = None
+                 ) -> Iterator[Any]:
         steps.append((study_id, asked))
         return iter(())  # no pipeline: nothing is submitted
 

@@ -80,7 +80,7 @@ def no_send(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def studies(bq: BOQueue, monkeypatch: pytest.MonkeyPatch) -> StudyManager:
     manager = bq.studies
-    monkeypatch.setattr(manager, "_stepping", lambda study_id, request: iter(()))
+    monkeypatch.setattr(manager, "_stepping", lambda study_id, request, countdown=None: iter(()))
     return manager
 
 

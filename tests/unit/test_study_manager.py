@@ -22,7 +22,7 @@ from bo_queue.errors import (
     UnknownHandlerError,
     ValidationError,
 )
-from bo_queue.studies.manager import StudyManager, StudyTimeoutError
+from bo_queue.studies.manager import TELL_AFTER_S, StudyManager, StudyTimeoutError
 from bo_queue.studies.models import (
     Choice,
     LinearConstraint,
@@ -57,8 +57,10 @@ def studies(
     manager.store.raw = fakeredis.FakeRedis(server=server)
     assert isinstance(manager.store.redis, fakeredis.FakeRedis)
 
-    def record_step(study_id: str, request: dict[str, Any]) -> Iterator[Any]:
-        steps.append((study_id, request))
+    def record_step(study_id: str, request: dict[str, Any], countdown: float | None = None
+                    ) -> Iterator[Any]:
+        # a delayed step shows its delay with its request
+        steps.append((study_id, request if countdown is None else {**request, "in": countdown}))
         return iter(())  # no pipeline: nothing is submitted
 
     monkeypatch.setattr(manager, "_stepping", record_step)
@@ -367,13 +369,14 @@ def test_report_writes_once_and_asks_for_one_step(
     studies: StudyManager, running: Study, steps: list[tuple[str, dict[str, Any]]]
 ) -> None:
     assert studies.report(running.id, 0, {"loss": 0.31}) is True
-    assert steps == [(running.id, {})]
+    # ask/tell: a moment later, so that the next suggest's step tells it first
+    assert steps == [(running.id, {"told": 0, "in": TELL_AFTER_S})]
     [entry] = studies.store.inbox(running.id)
     assert entry.pop("at") == pytest.approx(time.time(), abs=60)  # when it was reported
     assert entry == {"index": 0, "values": {"loss": 0.31}}
 
     assert studies.report(running.id, 0, {"loss": 0.31}) is False
-    assert steps == [(running.id, {})]  # no second step
+    assert len(steps) == 1  # no second step
     assert studies.store.inbox_size(running.id) == 1
 
 
