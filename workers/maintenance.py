@@ -8,7 +8,7 @@ from typing import Any
 from bo_queue.context import TaskContext
 from bo_queue.registry import handler
 from bo_queue.states import TaskState
-from bo_queue.studies import FileStorage, StorageBackend, StudyStatus, TrialStatus
+from bo_queue.studies import FileStorage, StorageBackend, Study, StudyStatus, TrialStatus
 from bo_queue.studies.manager import STEP
 
 
@@ -20,18 +20,30 @@ def release_delayed(payload: dict[str, Any], ctx: TaskContext) -> int:
 
 @handler("bo_queue.maintenance.sweep_studies")
 def sweep_studies(payload: dict[str, Any], ctx: TaskContext) -> list[str]:
-    """Ask for a step in every live study with a RUNNING trial past its lease: the step
-    fails the trial (and, in a closed loop, replaces it). Returns those studies' ids."""
+    """Ask for a step in every live study with a RUNNING trial past its lease (the step
+    fails the trial and, in a closed loop, replaces it), and in every closed loop that is
+    stalled. Returns those studies' ids."""
     now = datetime.now(UTC)
     swept = []
     for study in ctx.bq.studies.list():
-        if study.status not in (StudyStatus.ACTIVE, StudyStatus.PAUSED) or not study.running_trials:
-            continue
-        running = ctx.bq.studies.trials(study.id, TrialStatus.RUNNING)
-        if any(t.leased_until is not None and t.leased_until < now for t in running):
+        if study.status in (StudyStatus.ACTIVE, StudyStatus.PAUSED) and study.running_trials:
+            running = ctx.bq.studies.trials(study.id, TrialStatus.RUNNING)
+            due = any(t.leased_until is not None and t.leased_until < now for t in running)
+        else:
+            due = stalled(study, now)
+        if due:
             ctx.bq.submit(STEP, {"study_id": study.id}, queue="bo")
             swept.append(study.id)
     return swept
+
+
+def stalled(study: Study, now: datetime) -> bool:
+    """A closed loop with no trial running and unchanged for a trial lease: only a step
+    moves it on, and the one it had died with its worker (before saving a first trial,
+    say, leaving it INITIALIZING). A step too many is harmless: steps take turns."""
+    quiet = now - study.updated_at > timedelta(seconds=study.spec.strategy.trial_lease_s)
+    live = study.status in (StudyStatus.INITIALIZING, StudyStatus.ACTIVE)
+    return study.mode == "closed_loop" and live and not study.running_trials and quiet
 
 
 @handler("bo_queue.maintenance.archive_studies")

@@ -59,6 +59,22 @@ def ax_in_process(problem: str, trials: int, initial: int, seed: int) -> list[di
     return outcomes
 
 
+def outcome_constraints(snapshot_hex: str) -> list[list[Any]]:
+    """The outcome constraints in the optimization config of a study's Ax snapshot (as
+    RedisStorage holds it, zlib-compressed JSON), as [metric, "<=" or ">=", bound]."""
+    import zlib
+
+    from ax.core.types import ComparisonOp
+
+    from bo_queue.studies import ax_adapter
+
+    state = json.loads(zlib.decompress(bytes.fromhex(snapshot_hex)))
+    config = ax_adapter.experiment(ax_adapter.restore(state, None)).optimization_config
+    assert config is not None
+    return [[*c.metric_names, "<=" if c.op is ComparisonOp.LEQ else ">=", c.bound]
+            for c in config.outcome_constraints]
+
+
 def hypervolume(points: list[tuple[float, float]]) -> float:
     """botorch's hypervolume of minimised (f0, f1) points against ZDT1's reference point."""
     import torch
@@ -73,12 +89,15 @@ def hypervolume(points: list[tuple[float, float]]) -> float:
 
 if __name__ == "__main__":
     # ax <problem> <trials> <initial> <seed>  |  hv (reads [[[f0, f1], ...], ...] from stdin)
+    #  |  constraints (reads a study's Ax snapshot, hex, from stdin)
     import torch
 
     torch.set_num_threads(1)  # as the study workers; see benchmarks/bo_quality.py
     if sys.argv[1] == "ax":
         name, n, init, s = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
         print(json.dumps(ax_in_process(name, n, init, s)))
+    elif sys.argv[1] == "constraints":
+        print(json.dumps(outcome_constraints(sys.stdin.read())))
     else:
         fronts = json.loads(sys.stdin.read())
         print(json.dumps([hypervolume([tuple(p) for p in points]) for points in fronts]))

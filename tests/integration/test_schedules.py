@@ -19,6 +19,7 @@ from bo_queue import (
     Objective,
     Range,
     Strategy,
+    StudyStatus,
     TaskState,
     UnknownHandlerError,
     ValidationError,
@@ -214,6 +215,33 @@ def test_the_lease_sweep_fails_an_orphaned_trial_and_the_study_goes_on(
         for trial in bq.studies.suggest(study.id, count=2, timeout=120):  # it goes on
             bq.studies.report(study.id, trial.index, {"loss": 0.5})
         assert bq.studies.wait(study.id, timeout=60).completed_trials == 2
+    finally:
+        cluster.close()
+
+
+@pytest.mark.timeout(180)
+def test_the_sweep_steps_a_closed_loop_whose_first_step_died(redis_url: str) -> None:
+    cluster = make_cluster(redis_url, workers=1, concurrency=2,
+                           queues=("default", "bo", "evaluate"))
+    try:
+        bq = cluster.producer()
+        space, objectives = [Range("x", 0.0, 1.0)], [Objective("loss")]
+        strategy = Strategy(initial_trials=2, max_trials=2, seed=0, trial_lease_s=1)
+        study = bq.studies.create(name="stalled", parameters=space, objectives=objectives,
+                                  evaluator="t.quadratic", strategy=strategy)
+        idle = bq.studies.create(name="never run", parameters=space, objectives=objectives,
+                                 evaluator="t.quadratic", strategy=strategy)
+        # What run() and a step killed before it saved a trial leave: a closed loop,
+        # INITIALIZING, no trial, and no step on its way.
+        store = bq.studies.store
+        store.redis.hset(store.meta(study.id), "mode", "closed_loop")
+        store.set_status(study.id, StudyStatus.INITIALIZING, {StudyStatus.CREATED})
+        time.sleep(1.5)  # quiet for longer than a trial lease: the sweep is about time
+        swept = bq.submit("bo_queue.maintenance.sweep_studies", {}).get(timeout=60)
+        assert swept == [study.id]  # not the study nobody ran
+        done = bq.studies.wait(study.id, timeout=120)
+        assert done.status is StudyStatus.COMPLETED and done.completed_trials == 2
+        assert bq.studies.get(idle.id).status is StudyStatus.CREATED
     finally:
         cluster.close()
 

@@ -38,6 +38,14 @@ def effects_of(evidence: redis.Redis, namespace: str) -> tuple[int, int, int]:
     return records, int(evidence.get(effects) or 0), int(evidence.get(runs) or 0)
 
 
+def task_states(bq: BOQueue, task_ids: list[str]) -> list[str | None]:
+    """Each task's state as stored, in one round trip."""
+    with bq.redis.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.hget(bq.keys.task(task_id), "state")
+        return list(pipe.execute())
+
+
 def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
     """For a failure message: how many of `task_ids` are in each state, and where the
     messages of the unfinished ones are (a queue list, unacknowledged, held, the outbox)."""
