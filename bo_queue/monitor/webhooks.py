@@ -11,7 +11,8 @@ every webhook's group, so XREADGROUP hands each new event to one worker. It POST
 event as JSON (signed `X-BoQueue-Signature: sha256=<hex>`, the HMAC-SHA256 of the body
 with the webhook's secret, when it has one) and XACKs it. A failed attempt leaves the
 event pending in the group: its delivery count is the attempts made, and once it has been
-idle for the backoff (RetryPolicy.delay_s) a worker XCLAIMs it and tries again. A dead
+idle for the backoff (RetryPolicy.delay_s) since the failure a worker XCLAIMs it and tries
+again. A dead
 worker's events are claimed the same way, once idle for longer than the webhook's timeout
 too (so an attempt still in flight is not doubled). After the last retry, or at once when
 the receiver refuses the event (a 4xx other than 408 and 429), it goes to the webhook's
@@ -397,7 +398,11 @@ class Deliverer:
         log.info("webhook %s, event %s, attempt %d: %s", webhook_id, stream_id, attempt,
                  outcome.error)
         if outcome.retry and attempt <= spec.retries:
-            return  # stays pending: claimed again after the backoff
+            # Stays pending, idle from now (JUSTID: not counted as a delivery), so the
+            # backoff runs from the failure, however long the attempt took.
+            bq.redis.xclaim(bq.keys.events, _group(webhook_id), self.consumer, 0, [stream_id],
+                            justid=True)
+            return
         letter = DeadLetter(webhook_id=webhook_id, event=event, attempts=attempt,
                             error=outcome.error, at=utc(time.time())).model_dump_json()
         dead = bq.keys.webhook_dead(webhook_id)
