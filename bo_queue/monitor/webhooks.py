@@ -12,11 +12,11 @@ event as JSON (signed `X-BoQueue-Signature: sha256=<hex>`, the HMAC-SHA256 of th
 with the webhook's secret, when it has one) and XACKs it. A failed attempt leaves the
 event pending in the group: its delivery count is the attempts made, and once it has been
 idle for the backoff (RetryPolicy.delay_s) since the failure a worker XCLAIMs it and tries
-again. A dead
-worker's events are claimed the same way, once idle for longer than the webhook's timeout
-too (so an attempt still in flight is not doubled). After the last retry, or at once when
-the receiver refuses the event (a 4xx other than 408 and 429), it goes to the webhook's
-dead-letter list with the last error and is acknowledged, in one MULTI.
+again. A dead worker's events are claimed the same way, once idle for longer than the
+webhook's timeout too (so an attempt still in flight is not doubled). After the last
+retry, or at once when the receiver refuses the event (a 4xx other than 408 and 429), it
+goes to the webhook's dead-letter list with the last error and is acknowledged, in one
+MULTI.
 
 Delivery is at least once (a worker killed between the POST and the XACK sends the event
 again) and not in order (a retry comes after later events): receivers deduplicate by

@@ -50,17 +50,15 @@ def whereabouts(bq: BOQueue, task_ids: list[str]) -> str:
     """For a failure message: how many of `task_ids` are in each state, and where the
     messages of the unfinished ones are (a queue list, unacknowledged, held, the outbox)."""
     prefix = bq.keys.broker_prefix
+    states = dict(zip(task_ids, task_states(bq, task_ids), strict=True))
     with bq.redis.pipeline(transaction=False) as pipe:
-        for task_id in task_ids:
-            pipe.hget(bq.keys.task(task_id), "state")
         for priority in range(10):
             pipe.lrange(f"{prefix}default" + (f":{priority}" if priority else ""), 0, -1)
         pipe.hvals(prefix + "unacked")
         pipe.hkeys(bq.keys.delayed_specs)
         pipe.hkeys(bq.keys.outbox)
         replies = pipe.execute()
-    states = dict(zip(task_ids, replies[:len(task_ids)], strict=True))
-    queued = {envelope_task_id(m) for reply in replies[len(task_ids):-3] for m in reply}
+    queued = {envelope_task_id(m) for reply in replies[:-3] for m in reply}
     unacked = {envelope_task_id(m) for m in replies[-3]}
     held, outbox = set(replies[-2]), set(replies[-1])
     places: Counter[str] = Counter()
