@@ -30,6 +30,8 @@ from bo_queue.testing import free_port, wait_until
 from tests.conftest import ROOT, Cluster, make_cluster
 from tests.integration.api_server import ApiServer
 
+SLOW_S = 1.0  # how long /slow takes to fail the first attempt at an event
+
 
 @dataclass
 class Hit:
@@ -48,7 +50,8 @@ class Hit:
 class Receiver:
     """A loopback HTTP server recording every POST. By path: /ok answers 200, /flaky 503
     to the first two attempts at each event, /down 500, /refuse 400, /hang holds the
-    first request open until `release` (then 200 to every one)."""
+    first request open until `release` (then 200 to every one), /slow answers the first
+    attempt at each event 503 after SLOW_S and the later ones 200."""
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
@@ -66,11 +69,14 @@ class Receiver:
                                == self.headers.get("X-BoQueue-Event"))
                     hung = path == "/hang" and not any(h.path == "/hang" for h in receiver.hits)
                 status = {"/ok": 200, "/down": 500, "/refuse": 400, "/hang": 200,
-                          "/flaky": 503 if seen < 2 else 200}[path]
+                          "/flaky": 503 if seen < 2 else 200,
+                          "/slow": 503 if seen < 1 else 200}[path]
                 with receiver.lock:
                     receiver.hits.append(Hit(path, dict(self.headers), body, time.time(), status))
                 if hung:
                     receiver.release.wait(30)
+                if path == "/slow" and status == 503:
+                    time.sleep(SLOW_S)
                 try:
                     self.send_response(status)
                     self.end_headers()
@@ -193,6 +199,20 @@ def test_a_failing_receiver_is_retried_with_backoff_until_it_takes_the_event(
     gaps = [b.at - a.at for a, b in itertools.pairwise(hits)]
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6, gaps
     assert bq.monitor.webhooks.dead_letters(hook.id) == []
+    bq.monitor.webhooks.remove(hook.id)
+
+
+def test_the_backoff_runs_from_the_end_of_a_slow_failed_attempt(
+    bq: BOQueue, receiver: Receiver
+) -> None:
+    hook = bq.monitor.webhooks.add(receiver.url("/slow"), events=["task"],
+                                   states=["SUCCEEDED"], retries=1, backoff_s=0.5)
+    handle = bq.submit("t.echo", {"slow": True})
+    wait_until(lambda: len(receiver.at("/slow", handle.id)) == 2, 30, what="the retry")
+    first, second = receiver.at("/slow", handle.id)
+    # the first attempt took SLOW_S to fail: counted from its claim, the backoff would
+    # have passed by then and the retry gone out at once
+    assert second.at - first.at >= SLOW_S + 0.5, second.at - first.at
     bq.monitor.webhooks.remove(hook.id)
 
 
