@@ -87,17 +87,18 @@ def test_hot_routes_answer_while_the_thread_pool_is_full(
                              timeout=60)
 
     with ThreadPoolExecutor(BLOCKERS + 8) as pool:
-        blockers = [pool.submit(call, "POST", f"/workflows/{run_id}/wait", timeout=HOLD_S)
+        # each holds for the route's longest wait (60 s): the run ends in `finally`
+        blockers = [pool.submit(call, "POST", f"/workflows/{run_id}/wait", timeout=60)
                     for _ in range(BLOCKERS)]
         probes: list[Future[httpx.Response]] = []
 
         def pool_is_full() -> bool:
             """No sync route (each needs a thread, for its key lookup, then for itself)
-            answered for two seconds: every thread is held by a blocker, not still
+            answered for three seconds: every thread is held by a blocker, not still
             changing hands between the blockers' dependencies and their waits."""
             answered = sum(p.done() for p in probes)
             probes.append(pool.submit(call, "GET", "/failed"))
-            concurrent.futures.wait(probes[-1:], timeout=2.0)
+            concurrent.futures.wait(probes[-1:], timeout=3.0)
             return sum(p.done() for p in probes) == answered
 
         try:
@@ -113,7 +114,8 @@ def test_hot_routes_answer_while_the_thread_pool_is_full(
                     result = hot.get(f"/tasks/{done}/result")
                     assert result.status_code == 200 and result.json()["result"] == {"x": 1}
             # answered while the sync routes could still get no thread
-            assert not probe.done() and not any(b.done() for b in blockers)
+            assert not any(b.done() for b in blockers), "a blocker gave its thread back"
+            assert not probe.done(), "a sync route got a thread: the pool was not full"
         finally:  # end the run (in process: PATCH .../vars would wait for a thread too)
             bq.workflows.set_vars(run_id, approved=True)
         assert probe.result().status_code == 200  # it runs once a thread is free

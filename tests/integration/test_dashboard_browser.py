@@ -146,9 +146,9 @@ def test_dashboard_updates_live_in_headless_chromium(redis_url: str, tmp_path: P
             path.write_bytes(png)
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
             width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-            # the page's own width: the 1280 px viewport less a scrollbar if it is taller
-            layout = tab.evaluate("document.documentElement.clientWidth")
-            assert width == layout and 1250 <= width <= 1280 and height >= 600, (width, height)
+            # the 1280 px viewport, less a scrollbar when the page is taller than it (the
+            # page's clientWidth may not count that scrollbar: 1280 beside a 1265 shot)
+            assert 1250 <= width <= 1280 and height >= 600, (width, height)
             assert path.stat().st_size > 20_000  # a rendered page, not a blank one
     finally:
         admin.close()
