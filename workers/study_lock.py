@@ -63,6 +63,13 @@ class StudyLock:
             self._renewer.start()
         return bool(taken)
 
+    @property
+    def fence(self) -> tuple[str, str]:
+        """The key and this holder's token: what a write checks it still holds
+        (RedisStorage.save_step), since a lock can lapse between `keep()` and a write."""
+        token = self._lock.local.token
+        return self.key, token.decode() if isinstance(token, bytes) else str(token)
+
     def keep(self) -> None:
         """The step is alive: hold the lock `hold_s` more; LockLost if it lapsed, or may
         have (no renewal reached Redis for a lease)."""

@@ -123,7 +123,7 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
             if not lock.acquire(blocking=False):
                 raise StudyBusy(f"study {study_id} is busy")
         try:
-            made = Stepper(bq, store, study_id).run(
+            made = Stepper(bq, store, study_id, lock.fence).run(
                 request, keep_lock, lock_s=time.perf_counter() - waited
             )
         finally:
@@ -138,8 +138,10 @@ def step(payload: dict[str, Any], ctx: TaskContext) -> list[int]:
 class Stepper:
     """One step of one study, run under its lock."""
 
-    def __init__(self, bq: BOQueue, store: RedisStorage, study_id: str) -> None:
+    def __init__(self, bq: BOQueue, store: RedisStorage, study_id: str,
+                 fence: tuple[str, str] | None = None) -> None:
         self.bq, self.store, self.study_id = bq, store, study_id
+        self.fence = fence  # the study lock its saves check (StudyLock.fence)
 
     def run(self, request: dict[str, Any], keep_lock: Callable[[], None] = lambda: None,
             lock_s: float = 0.0) -> list[int]:
@@ -156,7 +158,7 @@ class Stepper:
         study, now = state.study, datetime.now(UTC)
         if study.status.terminal:
             # Results that arrive after the end are dropped: nothing will tell Ax again.
-            self.store.save_step(study, [], None, self.store.inbox_size(self.study_id))
+            self._write(study, [], None, self.store.inbox_size(self.study_id))
             if "suggest" in request or "attach" in request:
                 raise StudyError(f"study {self.study_id} has ended ({study.status})")
             return []
@@ -305,8 +307,15 @@ class Stepper:
                 "updated_at": datetime.now(UTC),
             }
         )
-        self.store.save_step(updated, list(changed.values()), model, drained)
+        self._write(updated, list(changed.values()), model, drained)
         return updated
+
+    def _write(self, study: Study, changed: list[Trial], model: bytes | None,
+               drained: int) -> None:
+        """save_step, fenced: a step whose lock lapsed writes nothing and goes again
+        (StudyBusy), so a stalled step cannot undo what the step after it saved."""
+        if not self.store.save_step(study, changed, model, drained, self.fence):
+            raise StudyBusy(f"study {self.study_id}: the step's lock lapsed before it saved")
 
     def _engine(
         self, study: Study, model: bytes | None, trials: list[Trial], curves: dict[int, Curve]

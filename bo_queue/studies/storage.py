@@ -355,25 +355,40 @@ class RedisStorage(StorageBackend):
         return StudyStatus(_text(result))
 
     def save_step(
-        self, study: Study, changed: builtins.list[Trial], model: bytes | None, drained: int
-    ) -> None:
-        """What one step changed, in one transaction; the inbox entries it applied go too."""
+        self, study: Study, changed: builtins.list[Trial], model: bytes | None, drained: int,
+        fence: tuple[str, str] | None = None,
+    ) -> bool:
+        """What one step changed, in one transaction; the inbox entries it applied go too.
+        With `fence` (the study lock's key and the step's token): only while that lock is
+        still the step's, checked in the transaction (WATCH). False, with nothing written,
+        when it is not: the lock lapsed (a process stalled past its lease, say) and
+        another step may have moved the study on since this one loaded it."""
         fields = _meta_fields(study)
         fields.pop("status")  # status only moves by compare-and-set
         fields.pop("message")
         with self.acks.pipeline(self.redis) as pipe:
-            pipe.hset(self.meta(study.id), mapping=fields)
-            if changed:
-                pipe.hset(
-                    self.trials_key(study.id),
-                    mapping={str(t.index): t.model_dump_json() for t in changed},
-                )
-            if model is not None:
-                pipe.set(self.model_key(study.id), model)
-                pipe.set(self.model_iteration_key(study.id), study.iteration)
-            if drained:
-                pipe.ltrim(self.inbox_key(study.id), drained, -1)
-            pipe.execute()
+            while True:
+                if fence is not None:
+                    pipe.watch(fence[0])  # type: ignore[no-untyped-call]
+                    if _text(pipe.get(fence[0])) != fence[1]:
+                        return False
+                    pipe.multi()
+                pipe.hset(self.meta(study.id), mapping=fields)
+                if changed:
+                    pipe.hset(
+                        self.trials_key(study.id),
+                        mapping={str(t.index): t.model_dump_json() for t in changed},
+                    )
+                if model is not None:
+                    pipe.set(self.model_key(study.id), model)
+                    pipe.set(self.model_iteration_key(study.id), study.iteration)
+                if drained:
+                    pipe.ltrim(self.inbox_key(study.id), drained, -1)
+                try:
+                    pipe.execute()
+                    return True
+                except redis.WatchError:  # the lock's renewal touched it: look again
+                    continue
 
     def save_snapshot(self, study_id: str, iteration: int, model: bytes) -> bool:
         """A snapshot taken after the step that saved `iteration`, written outside the
