@@ -250,9 +250,15 @@ def test_a_primary_lost_during_the_wait_is_an_unknown_acknowledgement() -> None:
 
         thread = threading.Thread(target=submit)
         thread.start()
-        # no replica: the WAIT blocks for its 5 s, and the primary dies meanwhile
-        wait_until(lambda: watcher.info("clients")["blocked_clients"] == 1, 10,
-                   what="the submit's WAIT to block")
+        # no replica: the WAIT blocks for its 5 s, and the primary dies meanwhile. Blocked,
+        # and the script's reply written out (an empty output buffer): Redis writes replies
+        # after the commands of its loop, so a kill just after the WAIT blocked could
+        # otherwise lose the script's reply too, and the write would seem not to have run.
+        def waiting() -> bool:
+            return any("b" in c["flags"] and c["obl"] == "0" and c["oll"] == "0"
+                       for c in watcher.client_list())
+
+        wait_until(waiting, 10, what="the submit's WAIT to block, its script's reply sent")
         watcher.close()
         primary.kill()
         thread.join(10)
