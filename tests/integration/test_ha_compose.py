@@ -7,8 +7,8 @@ over when the master dies."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,7 +17,7 @@ import pytest
 import redis
 import yaml
 
-from bo_queue.testing import free_port, redis_server_binary, wait_until
+from bo_queue.testing import free_port, redis_server_binary, sentinel_dir, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MASTER_NAME = "mymaster"
@@ -79,12 +79,13 @@ class Nodes:
 @pytest.fixture
 def nodes() -> Iterator[Nodes]:
     services = yaml.safe_load((ROOT / "docker-compose.ha.yml").read_text())["services"]
-    with tempfile.TemporaryDirectory(prefix="bo-queue-ha-") as workdir:
-        running = Nodes(services, workdir)
-        try:
-            yield running
-        finally:
-            running.close()
+    workdir = sentinel_dir("bo-queue-ha-")
+    running = Nodes(services, workdir)
+    try:
+        yield running
+    finally:
+        running.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _up(client: redis.Redis) -> bool:

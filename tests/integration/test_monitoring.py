@@ -180,7 +180,11 @@ def test_a_killed_worker_leaves_workers_within_the_heartbeat_window(redis_url: s
         victim.kill()
         wait_until(lambda: victim.hostname not in {w.hostname for w in bq.monitor.workers()},
                    3 + 3, what="the killed worker to disappear")
-        assert {w.hostname for w in bq.monitor.workers()} == {cluster.workers[1].hostname}
+        # and the other one stays listed: on a loaded machine its own beat may run a
+        # window late too, and it is listed again at the next one
+        survivor = {cluster.workers[1].hostname}
+        wait_until(lambda: {w.hostname for w in bq.monitor.workers()} == survivor, 3 + 3,
+                   what="the live worker to be listed alone")
     finally:
         cluster.close()
 
