@@ -770,9 +770,9 @@ def markdown(rows: Sequence[dict[str, Any]], checks: Sequence[dict[str, Any]],
     if checks:
         lines += ["", "| problem | target | value | met |", "|---|---|---:|---|"]
         for c in checks:
-            met = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
-            if "(a reading, no target)" in c["target"] and c["value"] is not None:
-                met = "-"  # a reading beside the targets, not one of them
+            # met None with a value: a reading beside the targets, not one of them
+            met = ("-" if c["met"] is None and c["value"] is not None
+                   else {True: "met", False: "NOT met", None: "not measured"}[c["met"]])
             value = c["value"]
             if isinstance(value, float) and "overhead" in c["target"]:
                 shown = f"{value:.0%}"

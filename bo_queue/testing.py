@@ -48,11 +48,11 @@ _handed_out: set[int] = set()
 
 def sentinel_dir(prefix: str) -> str:
     """A new directory for sentinels' config files and logs, in memory (/dev/shm) where
-    there is one. A sentinel writes and fsyncs its config as it learns its peers; on a
-    disk busy with other tests' fsyncs it stalled for 30 s, came back in TILT mode (30 s
-    more of observing only), and by then no replica was recent enough to promote: the
-    failover never came. What a sentinel does with a stalled host is Redis's own logic;
-    the tests are about bo_queue's."""
+    there is one. A sentinel writes and fsyncs its config as it learns its peers. In a
+    loaded run all three stalled for 30 s (most likely on a disk busy with other tests'
+    fsyncs), came back in TILT mode (30 s more of observing only), and by then no replica
+    was recent enough to promote: the failover never came. What a sentinel does with a
+    stalled host is Redis's own logic; the tests are about bo_queue's."""
     ram = "/dev/shm"
     return tempfile.mkdtemp(prefix=prefix, dir=ram if os.path.isdir(ram) else None)
 
