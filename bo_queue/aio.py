@@ -360,10 +360,8 @@ class AsyncResults:
         return ready_meta(await self.redis.get(self.key(task_id)))
 
     async def wait(self, task_id: str, timeout: float) -> dict[str, Any] | None:
-        """The meta once the task is finished, or None after `timeout` seconds."""
-        meta = await self.fetch(task_id)
-        if meta is not None:
-            return meta
+        """The meta once the task is finished, or None after `timeout` seconds (the caller
+        has looked at the stored result already)."""
         deadline = time.monotonic() + timeout
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         waiters = self._waiting.setdefault(task_id, set())

@@ -192,10 +192,19 @@ class Consumer(CeleryConsumer):
 
     def connection_for_read(self, heartbeat: float | None = None) -> Any:
         """The consuming connection (tasks, remote control, gossip) on the guarded
-        transport; what the worker publishes goes through kombu's own, as elsewhere."""
+        transport."""
         transport = guarded_transport(self.app)
         return self.ensure_connected(
             self.app.connection_for_read(heartbeat=heartbeat, transport=transport))
+
+    def connection_for_write(self, url: str | None = None,
+                             heartbeat: float | None = None) -> Any:
+        """The connection the worker publishes its events on, on the same transport: its
+        one Redis client (bo_queue.core.transport.OneClient) instead of a new one for
+        each of the three events a task sends."""
+        transport = guarded_transport(self.app)
+        return self.ensure_connected(
+            self.app.connection_for_write(url=url, heartbeat=heartbeat, transport=transport))
 
     def create_task_handler(self, promise: Any = promise) -> Callable[[Any], None]:
         handle = super().create_task_handler(promise)

@@ -114,21 +114,20 @@ class ResultWaiter:
         return [ready_meta(raw) for raw in raws]
 
     def wait(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
-        """Block until the task is finished (meta) or the timeout passes (None)."""
-        meta = self.fetch(task_id)
-        if meta is not None:
-            return meta
+        """Block until the task is finished (meta) or the timeout passes (None). The caller
+        has looked at the stored result already: this one reads it once its subscription
+        is confirmed (whatever was published before that is stored by then), then listens."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             pubsub = self._idle.get_nowait()
         except queue.Empty:
-            return self._wait(_pubsub(self.redis), task_id, deadline)
+            return self._wait(_pubsub(self.redis, confirmations=True), task_id, deadline)
         try:
             return self._wait(pubsub, task_id, deadline)
         except redis.ConnectionError:
             # An idle connection may have died with its server (a Sentinel failover, a
             # restart): once more, on a new one (to the new master).
-            return self._wait(_pubsub(self.redis), task_id, deadline)
+            return self._wait(_pubsub(self.redis, confirmations=True), task_id, deadline)
 
     def _wait(self, pubsub: redis.client.PubSub, task_id: str,
               deadline: float | None) -> dict[str, Any] | None:
@@ -136,19 +135,22 @@ class ResultWaiter:
         healthy = True
         try:
             pubsub.subscribe(channel)
-            meta = self.fetch(task_id)  # it may have finished before we subscribed
+            meta = None
             while meta is None:
                 left = RECHECK_S if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     return None
                 message = pubsub.get_message(timeout=min(left, RECHECK_S))
-                if message is not None and _text(message["channel"]) == channel:
-                    meta = ready_meta(message["data"])
-                elif message is None:
-                    # Quiet, or our subscription was just confirmed. SUBSCRIBE returns
-                    # before Redis has processed it and the GET above went on another
-                    # connection, so a result published in between was missed: look.
+                if message is None:  # quiet for a while: the stored result is the truth
                     meta = self.fetch(task_id)
+                elif _text(message["channel"]) != channel:
+                    continue  # the last wait's unsubscribe confirmed, or its late message
+                elif message["type"] == "subscribe":
+                    # SUBSCRIBE returned before Redis processed it: a result published
+                    # before this confirmation was missed, but it is stored.
+                    meta = self.fetch(task_id)
+                elif message["type"] == "message":
+                    meta = ready_meta(message["data"])
             return meta
         except redis.RedisError:
             healthy = False  # a broken connection: the next wait opens a new one
@@ -171,9 +173,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pubsub(client: redis.Redis) -> redis.client.PubSub:
+def _pubsub(client: redis.Redis, confirmations: bool = False) -> redis.client.PubSub:
+    """A pub/sub connection; `confirmations`: get_message returns (un)subscribe
+    confirmations too, rather than None for them."""
     pubsub: redis.client.PubSub = client.pubsub(  # type: ignore[no-untyped-call]
-        ignore_subscribe_messages=True
+        ignore_subscribe_messages=not confirmations
     )
     return pubsub
 

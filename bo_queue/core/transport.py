@@ -1,5 +1,6 @@
-"""kombu's Redis transport, with two repairs for a worker whose connection to Redis drops.
-Workers consume through it (workers.security picks it); producers and Flower need not.
+"""kombu's Redis transport, with two repairs for a worker whose connection to Redis drops,
+and one client where kombu makes a new one per command. Workers consume through it
+(workers.security picks it); producers and Flower need not.
 
 When the broker connection drops, Celery 5.7 closes it and kombu then tries to put the
 worker's unacknowledged messages back on their queues through that closed connection;
@@ -12,6 +13,12 @@ when such a task ends after the worker reconnected, it acknowledges the message 
 a client of its own: kombu would use the closed channel, and the AttributeError stops
 the worker just the same.
 
+kombu builds a new `redis.Redis` for every command it sends outside a pipeline (each
+acknowledgement, each Celery event published, each unacked-index update), and redis-py
+fills some 170 response callbacks into each: measured, most of a busy worker's
+main-process CPU. A client holds no connection of its own (the pool does), so one per
+pool does the same work (`OneClient`).
+
 `held_tags()` names the delivery tags a worker holds, for its heartbeat card: a live
 worker puts back the unacknowledged messages of a dead one at once (bo_queue.core.heartbeats)
 and must never take those of a live one.
@@ -21,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,7 +123,25 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
 
-class Channel(kombu_redis.Channel):
+class OneClient:
+    """kombu's Channel.conn_or_acquire, minus a new client each time: one client over the
+    channel's pool, made again when kombu replaced the pool (a reconnect)."""
+
+    _one_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        if client:
+            yield client
+            return
+        channel: Any = self  # mixed into kombu's Redis channels: their pool and factory
+        pool = channel.pool
+        if self._one_client is None or self._one_client.connection_pool is not pool:
+            self._one_client = channel._create_client()  # noqa: SLF001
+        yield self._one_client
+
+
+class Channel(OneClient, kombu_redis.Channel):
     QoS = QoS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -133,7 +160,7 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class SentinelChannel(kombu_redis.SentinelChannel):
+class SentinelChannel(OneClient, kombu_redis.SentinelChannel):
     """The same repairs on Sentinel: after the close, a client on the master the
     sentinels name now (kombu's own would reach the address of the old one)."""
 

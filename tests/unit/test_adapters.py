@@ -40,6 +40,9 @@ def test_kombu_qos_removes_a_tag_from_its_indices_through_a_given_pipeline() -> 
     [
         # core/transport.py: the connection parameters it keeps for acks after a close
         (kombu_redis.Channel, "_connparams", ["self", "asynchronous"]),
+        # core/transport.py: OneClient replaces this, and makes its client with the next
+        (kombu_redis.Channel, "conn_or_acquire", ["self", "client"]),
+        (kombu_redis.Channel, "_create_client", ["self", "asynchronous"]),
         # workers/security.py: the reads it guards against messages that are not envelopes
         (kombu_redis.Channel, "_brpop_read", ["self", "options"]),
         (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),

@@ -218,39 +218,57 @@ def test_wait_returns_a_stored_result_at_once(
 def test_wait_is_woken_by_the_published_result(
     waiter: ResultWaiter, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The result arrives after wait() subscribed: only the pub/sub message can deliver it.
+    # The result arrives after wait() subscribed: only the pub/sub message can deliver it,
+    # and the stored result is read once, when the subscription is confirmed.
     calls = 0
 
     def fetch(task_id: str) -> dict[str, Any] | None:
         nonlocal calls
         calls += 1
-        if calls == 2:  # the re-check right after subscribing: publish, but report nothing
-            fake.publish("p:" + task_id, json.dumps({"status": "RETRY"}))  # ignored: not ready
-            fake.publish("p:" + task_id, json.dumps({"status": "SUCCESS", "result": 7}))
+        fake.publish("p:" + task_id, json.dumps({"status": "RETRY"}))  # ignored: not ready
+        fake.publish("p:" + task_id, json.dumps({"status": "SUCCESS", "result": 7}))
         return None
 
     monkeypatch.setattr(waiter, "fetch", fetch)
     meta = waiter.wait("a", timeout=5)
     assert meta == {"status": "SUCCESS", "result": 7}
-    assert calls >= 2
+    assert calls == 1
 
 
-def test_wait_finds_a_result_whose_publish_it_missed(
-    waiter: ResultWaiter, monkeypatch: pytest.MonkeyPatch
+def test_wait_reads_the_stored_result_once_subscribed(
+    waiter: ResultWaiter, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SUBSCRIBE returns before Redis processed it: a result stored and published in that
-    gap is never delivered by pub/sub. wait() must still find it (it re-reads), quickly."""
-    calls = 0
+    """SUBSCRIBE returns before Redis processed it: a result stored and published before
+    it took effect is never delivered by pub/sub. wait() reads the stored result once the
+    subscription is confirmed, so such a result is found at that read."""
+    subscribed_at_read: list[int] = []
 
     def fetch(task_id: str) -> dict[str, Any] | None:
-        nonlocal calls
-        calls += 1
-        return {"status": "SUCCESS", "result": 9} if calls >= 3 else None  # no publish at all
+        [(_, count)] = fake.pubsub_numsub("p:" + task_id)
+        subscribed_at_read.append(int(count))
+        return {"status": "SUCCESS", "result": 9}  # stored, never published
 
     monkeypatch.setattr(waiter, "fetch", fetch)
-    started = time.monotonic()
     assert waiter.wait("a", timeout=10) == {"status": "SUCCESS", "result": 9}
-    assert time.monotonic() - started < 3  # found by a re-read, not by running out the clock
+    assert subscribed_at_read == [1]
+
+
+def test_a_reused_connection_skips_the_last_waits_confirmation(
+    waiter: ResultWaiter, fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second wait on an idle connection first reads the first wait's unsubscribe
+    confirmation: not its own channel, so it reads no stored result for it."""
+    reads: list[str] = []
+
+    def fetch(task_id: str) -> dict[str, Any] | None:
+        reads.append(task_id)
+        fake.publish("p:" + task_id, json.dumps({"status": "SUCCESS", "result": task_id}))
+        return None
+
+    monkeypatch.setattr(waiter, "fetch", fetch)
+    assert waiter.wait("a", timeout=5) == {"status": "SUCCESS", "result": "a"}
+    assert waiter.wait("b", timeout=5) == {"status": "SUCCESS", "result": "b"}
+    assert reads == ["a", "b"]
 
 
 # -- TaskHandle over fakeredis -----------------------------------------------------------

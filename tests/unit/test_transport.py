@@ -1,16 +1,19 @@
 """bo_queue.core.transport: a worker whose connection to Redis is gone does not die putting
-its unacknowledged messages back."""
+its unacknowledged messages back; its channel keeps one Redis client."""
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Any
 from unittest import mock
 
+import kombu
 import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
+from bo_queue.core import transport
 from bo_queue.core.transport import QoS
 
 
@@ -55,3 +58,26 @@ def test_the_message_of_a_task_still_running_is_not_put_back() -> None:
                             lambda self, client=None: seen.append(list(self._delivered)))):
         qos.restore_unacked()
     assert seen == [["t2"]]  # the reserved one goes back; the running one waits in Redis
+
+
+def test_a_channel_sends_its_commands_through_one_client(redis_url: str) -> None:
+    """kombu makes a new redis.Redis per command; the worker's channel reuses one (made
+    again once kombu drops the pool, as a reconnect does), and the commands still work."""
+    with kombu.Connection(redis_url, transport=transport.Transport) as connection:
+        channel: Any = connection.default_channel
+        made: list[Any] = []
+        create = channel._create_client
+        channel._create_client = lambda *a, **kw: made.append(create(*a, **kw)) or made[-1]
+        queue = kombu.Queue("one-client", kombu.Exchange("one-client"), "one-client")
+        events = kombu.Exchange("one-client-events", type="fanout")
+        with connection.Producer(channel) as producer:
+            for i in range(20):
+                producer.publish({"i": i}, exchange=queue.exchange, routing_key="one-client",
+                                 declare=[queue])
+                producer.publish({"event": i}, exchange=events, declare=[events])
+        assert len(made) == 1
+        assert channel.client.llen("one-client") == 20
+        channel._pool = None  # what kombu's _disconnect_pools leaves
+        with channel.conn_or_acquire() as client:
+            assert client is not made[0] and client.connection_pool is channel.pool
+            assert client.llen("one-client") == 20
