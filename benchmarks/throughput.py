@@ -23,8 +23,10 @@ serializer, priorities and worker are identical; what differs is the bo_queue la
 producer (validation, the task record, the handler lookup, its own result waiter). The
 worker runs the same bo_queue task for `bo_queue.ping` whoever sent it (it writes the
 record's start and finish and checks for a cancellation), so the end-to-end and latency
-rows are repeated against a plain `@shared_task` on the same worker, which has no bo_queue
-layer at all: those rows show what the worker side costs.
+rows are repeated against a plain `@shared_task`: on a stock Celery worker (`celery -A
+benchmarks.stock_worker worker`, queue "stock": the same Celery configuration and Redis,
+kombu's own transport, no bo_queue layer at all), what a team on plain Celery runs; and, as
+before, on the bo_queue worker, which shows what the bo_queue task layer alone costs.
 
 Every variant runs once per round, the order rotating from round to round, so machine
 noise falls on all of them; the table gives the median of the rounds, and the ratio
@@ -43,10 +45,14 @@ import io
 import math
 import os
 import pstats
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +70,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "throughput.json"
 
 PING = "bo_queue.ping"  # the built-in bo_queue handler that answers at once
+STOCK_QUEUE = "stock"  # the queue the stock Celery worker consumes (plain tasks only)
 PARKED_QUEUE = "bo"  # a configured queue no worker consumes: submit-only rows send here
 GET_TIMEOUT_S = 120.0
 
@@ -142,11 +149,11 @@ def facade_many_e2e(bq: Any, n: int) -> float:
     return elapsed
 
 
-def _raw_e2e(name: str) -> Variant:
+def _raw_e2e(name: str, queue: str = RUN_QUEUE) -> Variant:
     def run(bq: Any, n: int) -> float:
         send = bq.app.send_task
         start = time.perf_counter()
-        pending = [send(name, args=[{}], queue=RUN_QUEUE) for _ in range(n)]
+        pending = [send(name, args=[{}], queue=queue) for _ in range(n)]
         results = [r.get(timeout=GET_TIMEOUT_S) for r in pending]
         elapsed = time.perf_counter() - start
         _check(results[0])
@@ -166,13 +173,13 @@ def facade_latency(bq: Any, n: int) -> list[float]:
     return samples
 
 
-def _raw_latency(name: str) -> LatencyVariant:
+def _raw_latency(name: str, queue: str = RUN_QUEUE) -> LatencyVariant:
     def run(bq: Any, n: int) -> list[float]:
         send = bq.app.send_task
         samples = []
         for _ in range(n):
             start = time.perf_counter()
-            result = send(name, args=[{}], queue=RUN_QUEUE).get(timeout=GET_TIMEOUT_S)
+            result = send(name, args=[{}], queue=queue).get(timeout=GET_TIMEOUT_S)
             samples.append(time.perf_counter() - start)
             _check(result)
         return samples
@@ -190,12 +197,14 @@ E2E_VARIANTS: dict[str, Variant] = {
     "facade_e2e": facade_e2e,
     "raw_e2e": _raw_e2e(PING),
     "plain_e2e": _raw_e2e(PLAIN),
+    "stock_e2e": _raw_e2e(PLAIN, STOCK_QUEUE),
     "facade_many_e2e": facade_many_e2e,
 }
 LATENCY_VARIANTS: dict[str, LatencyVariant] = {
     "facade_latency": facade_latency,
     "raw_latency": _raw_latency(PING),
     "plain_latency": _raw_latency(PLAIN),
+    "stock_latency": _raw_latency(PLAIN, STOCK_QUEUE),
 }
 
 
@@ -271,9 +280,12 @@ def build_rows(s: Samples) -> list[Row]:
         Row("e2e", "end-to-end rate (submit N one by one, then get each) — baseline: raw "
             "`send_task` + `AsyncResult.get`",
             s.rate("facade_e2e"), s.rate("raw_e2e"), "tasks/s", 0.9),
-        Row("e2e_vs_plain", "end-to-end rate — baseline: a plain Celery task "
-            "(no bo_queue layer on the worker either)",
-            s.rate("facade_e2e"), s.rate("plain_e2e"), "tasks/s", 1.0),
+        Row("e2e_vs_stock", "end-to-end rate — baseline: a plain Celery task on a stock "
+            "Celery worker (kombu's transport, no bo_queue layer)",
+            s.rate("facade_e2e"), s.rate("stock_e2e"), "tasks/s", 1.0),
+        Row("e2e_vs_plain", "end-to-end rate — baseline: a plain Celery task on the "
+            "bo_queue worker (what the task layer alone costs)",
+            s.rate("facade_e2e"), s.rate("plain_e2e"), "tasks/s", None, headline=False),
         Row("e2e_submit_many", "end-to-end rate with `submit_many(N)` then get each — "
             "baseline: raw `send_task` + `AsyncResult.get`",
             s.rate("facade_many_e2e"), s.rate("raw_e2e"), "tasks/s", None, headline=False),
@@ -285,10 +297,15 @@ def build_rows(s: Samples) -> list[Row]:
             s.latency_ms("facade_latency", pct), s.latency_ms("raw_latency", pct), "ms"))
     for pct in (50, 99):
         rows.append(Row(
-            f"latency_p{pct}_vs_plain", f"round-trip latency p{pct} — baseline: a plain "
-            "Celery task", s.latency_ms("facade_latency", pct),
-            s.latency_ms("plain_latency", pct), "ms", 1.0 if pct == 99 else None,
+            f"latency_p{pct}_vs_stock", f"round-trip latency p{pct} — baseline: a plain "
+            "Celery task on a stock Celery worker", s.latency_ms("facade_latency", pct),
+            s.latency_ms("stock_latency", pct), "ms", 1.0 if pct == 99 else None,
             headline=pct == 99))
+    for pct in (50, 99):
+        rows.append(Row(
+            f"latency_p{pct}_vs_plain", f"round-trip latency p{pct} — baseline: a plain "
+            "Celery task on the bo_queue worker", s.latency_ms("facade_latency", pct),
+            s.latency_ms("plain_latency", pct), "ms", headline=False))
     for depth in sorted(s.depths):
         at = s.depths[depth]
         rows.append(Row(
@@ -296,9 +313,13 @@ def build_rows(s: Samples) -> list[Row]:
             "baseline: raw `app.send_task`, same depth", at["facade_submit"],
             at["raw_submit"], "tasks/s", headline=False))
         rows.append(Row(
+            f"e2e_at_{depth}_vs_stock", f"end-to-end rate with {depth:,} tasks queued — "
+            "baseline: a plain Celery task on a stock Celery worker, same depth",
+            at["facade_e2e"], at["stock_e2e"], "tasks/s", headline=False))
+        rows.append(Row(
             f"e2e_at_{depth}", f"end-to-end rate with {depth:,} tasks queued — baseline: a "
-            "plain Celery task, same depth", at["facade_e2e"], at["plain_e2e"], "tasks/s",
-            headline=False))
+            "plain Celery task on the bo_queue worker, same depth", at["facade_e2e"],
+            at["plain_e2e"], "tasks/s", headline=False))
         rows.append(Row(
             f"bytes_at_{depth}", f"Redis bytes per queued task ({depth:,} queued) — "
             "baseline: raw `send_task` (its message alone)", at["facade_bytes"],
@@ -454,7 +475,7 @@ def measure_depths(bq: Any, depths: list[int], n: int,
             at[name] = n / elapsed
             # keep what was queued, but only the depth's own tasks count as queued
             queued_now += n
-        for name in ("facade_e2e", "plain_e2e"):
+        for name in ("facade_e2e", "plain_e2e", "stock_e2e"):
             at[name] = n / E2E_VARIANTS[name](bq, n)
         sample = max(200, min(2000, depth // 10))
         at["facade_bytes"] = bytes_per_task(bq, lambda k: fill(bq, k), sample)
@@ -463,6 +484,38 @@ def measure_depths(bq: Any, depths: list[int], n: int,
         log(f"  {depth:>7,} queued: " + ", ".join(f"{k} {v:,.0f}" for k, v in at.items()))
         out[depth] = at
     return out
+
+
+@contextmanager
+def stock_worker(bq: Any, pool: str, concurrency: int) -> Iterator[None]:
+    """A stock Celery worker (benchmarks/stock_worker.py) on the facade's Redis and
+    namespace, consuming STOCK_QUEUE with the bo_queue worker's pool and options, ready
+    (it has answered a task) when this enters; stopped, pool and all, when it leaves."""
+    env = {**os.environ, "BO_QUEUE_REDIS_URL": bq.settings.redis_url,
+           "BO_QUEUE_NAMESPACE": bq.settings.namespace,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                         if p)}
+    args = [sys.executable, "-m", "celery", "-A", "benchmarks.stock_worker", "worker",
+            "--queues", STOCK_QUEUE, "--pool", pool, "--concurrency", str(concurrency),
+            "--loglevel", "INFO", "--without-mingle", "--hostname", f"stock-{os.getpid()}@%h"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            try:
+                _check(bq.app.send_task(PLAIN, args=[{}], queue=STOCK_QUEUE).get(timeout=120))
+            except Exception:
+                log.seek(0)
+                print(log.read().decode(errors="replace")[-3000:], file=sys.stderr)
+                raise
+            yield
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def warm_up(bq: Any, n: int) -> None:
@@ -532,10 +585,11 @@ def main(argv: list[str] | None = None) -> int:
             print(message, file=sys.stderr, flush=True)
 
     def measure(bq: Any) -> tuple[Samples, str]:
-        warm_up(bq, min(args.n, 200))
-        samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
-        # last: the tasks it queues stay until the run's redis-server stops
-        samples.depths = measure_depths(bq, args.depths, min(args.n, 500), log)
+        with stock_worker(bq, args.pool, args.concurrency):
+            warm_up(bq, min(args.n, 200))
+            samples = run_rounds(bq, args.n, args.latency_n, args.rounds, args.chunk, log)
+            # last: the tasks it queues stay until the run's redis-server stops
+            samples.depths = measure_depths(bq, args.depths, min(args.n, 500), log)
         return samples, profile_submit(bq, args.n) if args.profile else ""
 
     banner = f"N={args.n}, latency N={args.latency_n}, {args.rounds} rounds"
@@ -559,12 +613,17 @@ def main(argv: list[str] | None = None) -> int:
         "Raw Celery is `bq.app.send_task(...)` + `AsyncResult.get()` on the facade's own app: "
         "same broker, backend, serializer and worker. The worker runs the same bo_queue task "
         f"for {PING!r} whoever sent it, so the non-italic rows measure the producer-side "
-        f"layer; the italic 'plain Celery task' rows use `{PLAIN}`, a plain `@shared_task` "
-        "on the same worker, so they include the worker-side layer too.",
+        f"layer. The 'plain Celery task' rows use `{PLAIN}`, a plain `@shared_task`, so "
+        "they include the worker-side layer too: 'on a stock Celery worker' is `celery -A "
+        f"benchmarks.stock_worker worker` on queue {STOCK_QUEUE!r} (bo_queue's Celery "
+        "configuration, kombu's own transport, no bo_queue layer: what plain Celery runs), "
+        "'on the bo_queue worker' is the same worker as the facade's tasks (what the task "
+        "layer alone costs).",
         "The rows 'with D tasks queued' are measured once, after the rounds, with D tasks "
         f"(records and messages) waiting on {PARKED_QUEUE!r}; bytes per queued task is the "
         "growth of Redis's used_memory over a batch of tasks, divided by their number.",
-        f"Worker: one `bo-queue worker`, pool {args.pool}, concurrency {args.concurrency}. "
+        f"Workers: one `bo-queue worker` and one stock Celery worker, each pool {args.pool}, "
+        f"concurrency {args.concurrency}; only one of them is busy at a time. "
         f"Machine: {os.cpu_count()} CPUs; load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after (other work on the machine makes numbers noisy).",
     ]
