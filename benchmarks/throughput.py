@@ -25,7 +25,8 @@ worker runs the same bo_queue task for `bo_queue.ping` whoever sent it (it write
 record's start and finish and checks for a cancellation), so the end-to-end and latency
 rows are repeated against a plain `@shared_task`: on a stock Celery worker (`celery -A
 benchmarks.stock_worker worker`, queue "stock": the same Celery configuration and Redis,
-kombu's own transport, no bo_queue layer at all), what a team on plain Celery runs; and, as
+a namespace of its own, kombu's own transport, no bo_queue layer at all), what a team on
+plain Celery runs; and, as
 before, on the bo_queue worker, which shows what the bo_queue task layer alone costs.
 
 Every variant runs once per round, the order rotating from round to round, so machine
@@ -149,9 +150,16 @@ def facade_many_e2e(bq: Any, n: int) -> float:
     return elapsed
 
 
-def _raw_e2e(name: str, queue: str = RUN_QUEUE) -> Variant:
+def _sender(bq: Any, stock: bool) -> tuple[Callable[..., Any], str]:
+    """send_task and the queue: the facade's app to its worker's queue, or the stock
+    worker's app (its own namespace, see stock_worker) to STOCK_QUEUE."""
+    app = _stock_apps[id(bq)] if stock else bq.app
+    return app.send_task, STOCK_QUEUE if stock else RUN_QUEUE
+
+
+def _raw_e2e(name: str, stock: bool = False) -> Variant:
     def run(bq: Any, n: int) -> float:
-        send = bq.app.send_task
+        send, queue = _sender(bq, stock)
         start = time.perf_counter()
         pending = [send(name, args=[{}], queue=queue) for _ in range(n)]
         results = [r.get(timeout=GET_TIMEOUT_S) for r in pending]
@@ -173,9 +181,9 @@ def facade_latency(bq: Any, n: int) -> list[float]:
     return samples
 
 
-def _raw_latency(name: str, queue: str = RUN_QUEUE) -> LatencyVariant:
+def _raw_latency(name: str, stock: bool = False) -> LatencyVariant:
     def run(bq: Any, n: int) -> list[float]:
-        send = bq.app.send_task
+        send, queue = _sender(bq, stock)
         samples = []
         for _ in range(n):
             start = time.perf_counter()
@@ -197,14 +205,14 @@ E2E_VARIANTS: dict[str, Variant] = {
     "facade_e2e": facade_e2e,
     "raw_e2e": _raw_e2e(PING),
     "plain_e2e": _raw_e2e(PLAIN),
-    "stock_e2e": _raw_e2e(PLAIN, STOCK_QUEUE),
+    "stock_e2e": _raw_e2e(PLAIN, stock=True),
     "facade_many_e2e": facade_many_e2e,
 }
 LATENCY_VARIANTS: dict[str, LatencyVariant] = {
     "facade_latency": facade_latency,
     "raw_latency": _raw_latency(PING),
     "plain_latency": _raw_latency(PLAIN),
-    "stock_latency": _raw_latency(PLAIN, STOCK_QUEUE),
+    "stock_latency": _raw_latency(PLAIN, stock=True),
 }
 
 
@@ -486,13 +494,23 @@ def measure_depths(bq: Any, depths: list[int], n: int,
     return out
 
 
+_stock_apps: dict[int, Any] = {}  # id(facade) -> the stock worker's Celery app, while it runs
+
+
 @contextmanager
 def stock_worker(bq: Any, pool: str, concurrency: int) -> Iterator[None]:
-    """A stock Celery worker (benchmarks/stock_worker.py) on the facade's Redis and
-    namespace, consuming STOCK_QUEUE with the bo_queue worker's pool and options, ready
-    (it has answered a task) when this enters; stopped, pool and all, when it leaves."""
+    """A stock Celery worker (benchmarks/stock_worker.py) on the facade's Redis, consuming
+    STOCK_QUEUE with the bo_queue worker's pool and options, ready (it has answered a task)
+    when this enters; stopped, pool and all, when it leaves. It has a namespace of its own
+    (its broker, unacked and result keys apart), so that the bo_queue worker never takes
+    its unacknowledged messages for those of a dead worker of its own namespace."""
+    from bo_queue.config import Settings
+    from bo_queue.core.celery_app import make_celery
+
+    namespace = f"{bq.settings.namespace}stock"
+    app = make_celery(Settings(redis_url=bq.settings.redis_url, namespace=namespace))
     env = {**os.environ, "BO_QUEUE_REDIS_URL": bq.settings.redis_url,
-           "BO_QUEUE_NAMESPACE": bq.settings.namespace,
+           "BO_QUEUE_NAMESPACE": namespace,
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
                                          if p)}
     args = [sys.executable, "-m", "celery", "-A", "benchmarks.stock_worker", "worker",
@@ -502,20 +520,50 @@ def stock_worker(bq: Any, pool: str, concurrency: int) -> Iterator[None]:
         process = subprocess.Popen(args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            try:
-                _check(bq.app.send_task(PLAIN, args=[{}], queue=STOCK_QUEUE).get(timeout=120))
-            except Exception:
-                log.seek(0)
-                print(log.read().decode(errors="replace")[-3000:], file=sys.stderr)
-                raise
+            _wait_ready(app, process, log)
+            _stock_apps[id(bq)] = app
             yield
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            _stock_apps.pop(id(bq), None)
+            _stop(process)
+            app.close()
+
+
+def _wait_ready(app: Any, process: subprocess.Popen[bytes], log: Any,
+                timeout: float = 120) -> None:
+    """Until the stock worker has answered a task; its log if it exits or never does."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    pending = app.send_task(PLAIN, args=[{}], queue=STOCK_QUEUE)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _check(pending.get(timeout=1))
+            return
+        except ResultTimeout:
+            if process.poll() is None and time.monotonic() < deadline:
+                continue
+        log.seek(0)
+        print(log.read().decode(errors="replace")[-3000:], file=sys.stderr)
+        raise RuntimeError("the stock Celery worker " + (
+            "did not answer in time" if process.poll() is None else "exited"))
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the worker's process group; SIGKILL if it is slow or we are interrupted."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+    except KeyboardInterrupt:
+        _kill(process)
+        raise
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def warm_up(bq: Any, n: int) -> None:
@@ -616,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         f"layer. The 'plain Celery task' rows use `{PLAIN}`, a plain `@shared_task`, so "
         "they include the worker-side layer too: 'on a stock Celery worker' is `celery -A "
         f"benchmarks.stock_worker worker` on queue {STOCK_QUEUE!r} (bo_queue's Celery "
-        "configuration, kombu's own transport, no bo_queue layer: what plain Celery runs), "
+        "configuration, a namespace of its own, kombu's own transport, no bo_queue layer: "
+        "what plain Celery runs), "
         "'on the bo_queue worker' is the same worker as the facade's tasks (what the task "
         "layer alone costs).",
         "The rows 'with D tasks queued' are measured once, after the rounds, with D tasks "
