@@ -15,7 +15,7 @@ the worker just the same.
 
 kombu builds a new `redis.Redis` for every command it sends outside a pipeline (each
 acknowledgement, each Celery event published, each unacked-index update), and redis-py
-fills some 170 response callbacks into each: measured, most of a busy worker's
+fills some 170 response callbacks into each: measured, about a fifth of a busy worker's
 main-process CPU. A client holds no connection of its own (the pool does), so one per
 pool does the same work (`OneClient`).
 
